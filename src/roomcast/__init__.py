@@ -1,0 +1,94 @@
+"""Room-based WebSocket pub/sub on anyio.
+
+Adapters live in submodules imported on demand: ``roomcast.websockets``
+(extra ``websockets``), and the test kit in ``roomcast.testing``.
+"""
+
+from .auth import ANONYMOUS as ANONYMOUS
+from .auth import Action as Action
+from .auth import AnonymousAuthenticator as AnonymousAuthenticator
+from .auth import Authenticator as Authenticator
+from .auth import Authorizer as Authorizer
+from .auth import DefaultAuthorizer as DefaultAuthorizer
+from .auth import Principal as Principal
+from .backends import Backend as Backend
+from .backends import MemoryBackend as MemoryBackend
+from .backends import Publication as Publication
+from .client import Client as Client
+from .client import ClientId as ClientId
+from .clock import Clock as Clock
+from .clock import SystemClock as SystemClock
+from .exceptions import AuthenticationError as AuthenticationError
+from .exceptions import BackendError as BackendError
+from .exceptions import ConnectionClosed as ConnectionClosed
+from .exceptions import ConnectionClosedError as ConnectionClosedError
+from .exceptions import ConnectionClosedOK as ConnectionClosedOK
+from .exceptions import LocalProtocolError as LocalProtocolError
+from .exceptions import PermissionDenied as PermissionDenied
+from .exceptions import ProtocolError as ProtocolError
+from .exceptions import RateLimited as RateLimited
+from .exceptions import RemoteProtocolError as RemoteProtocolError
+from .exceptions import RoomcastError as RoomcastError
+from .heartbeat import Heartbeat as Heartbeat
+from .heartbeat import HeartbeatPolicy as HeartbeatPolicy
+from .hub import Hub as Hub
+from .hub import HubStatistics as HubStatistics
+from .options import History as History
+from .options import RateLimit as RateLimit
+from .options import RoomOptions as RoomOptions
+from .options import SlowConsumerPolicy as SlowConsumerPolicy
+from .ratelimit import KeyedRateLimiter as KeyedRateLimiter
+from .ratelimit import RateLimiter as RateLimiter
+from .room import Room as Room
+from .transport import Handshake as Handshake
+from .transport import PingableTransport as PingableTransport
+from .transport import Transport as Transport
+from .wire import PROTOCOL as PROTOCOL
+from .wire import StreamPosition as StreamPosition
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "ANONYMOUS",
+    "PROTOCOL",
+    "Action",
+    "AnonymousAuthenticator",
+    "AuthenticationError",
+    "Authenticator",
+    "Authorizer",
+    "Backend",
+    "BackendError",
+    "Client",
+    "ClientId",
+    "Clock",
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
+    "DefaultAuthorizer",
+    "Handshake",
+    "Heartbeat",
+    "HeartbeatPolicy",
+    "History",
+    "Hub",
+    "HubStatistics",
+    "KeyedRateLimiter",
+    "LocalProtocolError",
+    "MemoryBackend",
+    "PermissionDenied",
+    "PingableTransport",
+    "Principal",
+    "ProtocolError",
+    "Publication",
+    "RateLimit",
+    "RateLimited",
+    "RateLimiter",
+    "RemoteProtocolError",
+    "Room",
+    "RoomOptions",
+    "RoomcastError",
+    "SlowConsumerPolicy",
+    "StreamPosition",
+    "SystemClock",
+    "Transport",
+    "__version__",
+]

@@ -1,0 +1,142 @@
+"""The Backend seam: how publications travel between nodes, and where history and presence live."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..options import History
+from ..wire import StreamPosition
+
+__all__ = ["Backend", "Delivery", "HistoryResult", "PresenceEntry", "Publication"]
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One published message, as it travels between nodes.
+
+    Attributes:
+        room: the room, or ``None`` for a message to a user or a client.
+        type: the event type.
+        id: the message id, shared by every copy of one publish.
+        payload_json: the payload, already encoded as JSON.
+        timestamp: milliseconds since the epoch.
+        user_id: the publisher, or ``None``.
+        ephemeral: never stored in history.
+        exclude: client ids that must not receive it (the sender, by default).
+        offset: position in the room's history (set by the backend).
+        epoch: the room's history epoch (set by the backend).
+    """
+
+    room: str | None
+    type: str
+    id: str
+    payload_json: str
+    timestamp: int
+    user_id: str | None = None
+    ephemeral: bool = False
+    exclude: frozenset[str] = frozenset()
+    offset: int | None = None
+    epoch: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    """What a backend found when asked for the messages after a position.
+
+    Attributes:
+        recovered: ``True`` when ``publications`` are exactly every message
+            after the position asked for; ``False`` when that cannot be
+            guaranteed (pruned, expired, other epoch), in which case
+            ``publications`` is empty.
+        publications: the missed messages, oldest first.
+        position: the room's latest position when the history was read.
+    """
+
+    recovered: bool
+    publications: tuple[Publication, ...]
+    position: StreamPosition
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEntry:
+    """One connection present in a room."""
+
+    client_id: str
+    user_id: str | None
+    info: object = None
+
+
+#: Where a backend hands the publications of the channels this node subscribed to.
+#: ``kind`` is ``"room"``, ``"user"`` or ``"client"`` and ``key`` the room, user or client id.
+Delivery = Callable[[str, str, Publication], None]
+
+
+class Backend(ABC):
+    """Carries publications between the nodes of one application.
+
+    The hub subscribes a node to a room when the room's first local member
+    joins and unsubscribes it when the last one leaves, so a node receives
+    only the rooms it has members in. Every publication for a room reaches
+    every subscribed node in one order, the order offsets are assigned in.
+    """
+
+    @abstractmethod
+    async def start(self, deliver: Delivery) -> None:
+        """Connect and start handing publications to ``deliver``.
+
+        ``deliver`` is synchronous and never raises; it must be called from
+        the event loop the hub runs in.
+
+        Raises:
+            BackendError: the broker cannot be reached.
+        """
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Disconnect; publications are no longer delivered."""
+
+    @abstractmethod
+    async def subscribe(self, kind: str, key: str) -> None:
+        """Receive the publications of channel ``kind``/``key`` on this node.
+
+        Raises:
+            BackendError: the broker failed.
+        """
+
+    @abstractmethod
+    async def unsubscribe(self, kind: str, key: str) -> None:
+        """Stop receiving channel ``kind``/``key`` on this node."""
+
+    @abstractmethod
+    async def publish(self, kind: str, key: str, publication: Publication, history: History | None) -> Publication:
+        """Send ``publication`` to every node subscribed to ``kind``/``key``.
+
+        With ``history`` (rooms only) and a non-ephemeral publication, the
+        backend appends it to the room's stream, atomically with sending it,
+        and returns it with ``offset`` and ``epoch`` set.
+
+        Raises:
+            BackendError: the broker failed; the publication may not have been sent.
+        """
+
+    @abstractmethod
+    async def history(self, room: str, since: StreamPosition | None, history: History) -> HistoryResult:
+        """The messages of ``room`` after ``since`` (``None``: only the latest position).
+
+        Raises:
+            BackendError: the broker failed.
+        """
+
+    @abstractmethod
+    async def presence_add(self, room: str, entry: PresenceEntry) -> None:
+        """Record that a connection is present in ``room``."""
+
+    @abstractmethod
+    async def presence_remove(self, room: str, client_id: str) -> None:
+        """Forget a connection's presence in ``room``."""
+
+    @abstractmethod
+    async def presence(self, room: str) -> list[PresenceEntry]:
+        """Every connection present in ``room``, on every node."""

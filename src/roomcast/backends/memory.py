@@ -1,0 +1,151 @@
+"""MemoryBackend: one process, no broker; history and presence kept in memory."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from itertools import islice
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Final
+
+from ..options import History
+from ..wire import StreamPosition
+from .base import Backend, Delivery, HistoryResult, PresenceEntry, Publication
+
+__all__ = ["MemoryBackend"]
+
+#: Rooms with history whose streams are checked for expiry per publish (amortized sweep).
+_SWEEP_BATCH: Final = 8
+
+
+class _Stream:
+    __slots__ = ("entries", "epoch", "idle_until", "top")
+
+    def __init__(self, size: int, idle_until: float) -> None:
+        self.epoch = secrets.token_hex(8)
+        self.top = 0
+        # A stream nobody publishes to or reads is forgotten after one ttl.
+        self.idle_until = idle_until
+        # (expires_at, publication), oldest first; maxlen prunes by size.
+        self.entries: deque[tuple[float, Publication]] = deque(maxlen=size)
+
+
+class MemoryBackend(Backend):
+    """The embedded default: delivery, history and presence inside one process.
+
+    Publishing is synchronous underneath: an offset is assigned, the message
+    stored and handed to the hub in one step, so order and recovery need no
+    locks. History is bounded by each namespace's ``History.size`` and ``ttl``;
+    a stream whose messages have all expired is forgotten, and the next
+    publish starts a new epoch.
+
+    Args:
+        clock: monotonic seconds, for history expiry (tests pass a manual clock).
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._deliver: Delivery | None = None
+        self._channels: set[tuple[str, str]] = set()
+        self._streams: dict[str, _Stream] = {}
+        self._presence: dict[str, dict[str, PresenceEntry]] = {}
+
+    async def start(self, deliver: Delivery) -> None:
+        """Start handing publications to ``deliver``."""
+        self._deliver = deliver
+
+    async def aclose(self) -> None:
+        """Stop delivering and drop every subscription."""
+        self._deliver = None
+        self._channels.clear()
+
+    async def subscribe(self, kind: str, key: str) -> None:
+        """Deliver channel ``kind``/``key`` to this node."""
+        self._channels.add((kind, key))
+
+    async def unsubscribe(self, kind: str, key: str) -> None:
+        """Stop delivering channel ``kind``/``key``."""
+        self._channels.discard((kind, key))
+
+    async def publish(self, kind: str, key: str, publication: Publication, history: History | None) -> Publication:
+        """Store (when the room keeps history) and deliver ``publication``, in one step."""
+        if history is not None and kind == "room" and not publication.ephemeral:
+            publication = self._append(key, publication, history)
+        deliver = self._deliver
+        if deliver is not None and (kind, key) in self._channels:
+            deliver(kind, key, publication)
+        return publication
+
+    def _append(self, room: str, publication: Publication, history: History) -> Publication:
+        now = self._clock()
+        stream = self._stream(room, now, history)
+        stream.top += 1
+        publication = replace(publication, offset=stream.top, epoch=stream.epoch)
+        stream.entries.append((now + history.ttl, publication))
+        self._sweep(now)
+        return publication
+
+    def _stream(self, room: str, now: float, history: History) -> _Stream:
+        """The room's live stream (expired entries pruned), started anew if it was lost."""
+        stream = self._live_stream(room, now)
+        if stream is None:
+            stream = self._streams[room] = _Stream(history.size, now + history.ttl)
+        else:
+            stream.idle_until = now + history.ttl
+        return stream
+
+    def _live_stream(self, room: str, now: float) -> _Stream | None:
+        """The room's stream with expired entries pruned; ``None`` once forgotten."""
+        stream = self._streams.get(room)
+        if stream is None:
+            return None
+        entries = stream.entries
+        while entries and entries[0][0] <= now:
+            entries.popleft()
+        if not entries and stream.idle_until <= now:
+            del self._streams[room]
+            return None
+        return stream
+
+    def _sweep(self, now: float) -> None:
+        # Bound memory without a background task: each publish checks a few
+        # streams round-robin (live ones move to the back of the dict).
+        for room in list(islice(self._streams, _SWEEP_BATCH)):
+            stream = self._live_stream(room, now)
+            if stream is not None:
+                del self._streams[room]
+                self._streams[room] = stream
+
+    async def history(self, room: str, since: StreamPosition | None, history: History) -> HistoryResult:
+        """The messages after ``since``, all of them or none."""
+        # Reading starts the stream when there is none, so the client learns the
+        # epoch the next messages will carry.
+        stream = self._stream(room, self._clock(), history)
+        position = StreamPosition(stream.top, stream.epoch)
+        if since is None:
+            return HistoryResult(True, (), position)
+        if since.epoch != stream.epoch or since.offset > stream.top:
+            return HistoryResult(False, (), position)
+        oldest = stream.top + 1 - len(stream.entries)
+        if since.offset + 1 < oldest:
+            return HistoryResult(False, (), position)
+        missed = tuple(p for _, p in stream.entries if p.offset is not None and p.offset > since.offset)
+        return HistoryResult(True, missed, position)
+
+    async def presence_add(self, room: str, entry: PresenceEntry) -> None:
+        """Record ``entry`` in ``room``."""
+        self._presence.setdefault(room, {})[entry.client_id] = entry
+
+    async def presence_remove(self, room: str, client_id: str) -> None:
+        """Forget ``client_id`` in ``room``."""
+        entries = self._presence.get(room)
+        if entries is not None:
+            entries.pop(client_id, None)
+            if not entries:
+                del self._presence[room]
+
+    async def presence(self, room: str) -> list[PresenceEntry]:
+        """Every connection present in ``room``."""
+        return list(self._presence.get(room, {}).values())

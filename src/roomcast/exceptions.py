@@ -1,0 +1,135 @@
+"""The roomcast exception tree.
+
+Every error roomcast raises through its public API derives from one root::
+
+    RoomcastError
+    ├── ProtocolError                 a frame broke wire protocol v1
+    │   ├── RemoteProtocolError       ... the peer sent it (answered in-band, never raised to the app)
+    │   └── LocalProtocolError        ... the application asked roomcast to send it
+    ├── ConnectionClosed              the connection is gone (``code``, ``reason``)
+    │   ├── ConnectionClosedOK        ... with 1000 or 1001
+    │   └── ConnectionClosedError     ... with any other code, or without a close frame
+    ├── AuthenticationError           credentials missing, invalid or expired
+    ├── PermissionDenied              the authorizer refused an action on a room
+    ├── RateLimited                   over a rate limit (``retry_after`` seconds)
+    └── BackendError                  the broker behind a backend failed
+
+Bad arguments to roomcast's own functions raise :class:`ValueError` or
+:class:`TypeError`, never one of these.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "AuthenticationError",
+    "BackendError",
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
+    "LocalProtocolError",
+    "PermissionDenied",
+    "ProtocolError",
+    "RateLimited",
+    "RemoteProtocolError",
+    "RoomcastError",
+]
+
+#: Close codes that mean the connection ended normally.
+_OK_CLOSE_CODES: Final = frozenset({1000, 1001})
+
+
+class RoomcastError(Exception):
+    """Root of every exception roomcast raises."""
+
+
+class ProtocolError(RoomcastError):
+    """A frame broke wire protocol v1.
+
+    Attributes:
+        code: the in-band error code (``bad_request``, ``limit_exceeded``, ...).
+        message: a human-readable explanation that never contains a secret.
+        ref: the request's ``ref`` when it could be read, so a reply can echo it.
+    """
+
+    def __init__(self, message: str, *, code: str = "bad_request", ref: str | int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent a frame that is not valid protocol v1."""
+
+
+class LocalProtocolError(ProtocolError, ValueError):
+    """The application asked roomcast to send something protocol v1 cannot carry.
+
+    It is also a :class:`ValueError`: it always means a bad argument.
+    """
+
+
+class ConnectionClosed(RoomcastError):
+    """The connection is closed.
+
+    Attributes:
+        code: the WebSocket close code, or 1006 when no close frame was seen.
+        reason: the close reason (at most 123 bytes of UTF-8).
+    """
+
+    def __init__(self, code: int = 1006, reason: str = ""):
+        super().__init__(f"connection closed: {code} {reason}".rstrip())
+        self.code = code
+        self.reason = reason
+
+    @staticmethod
+    def from_code(code: int, reason: str = "") -> ConnectionClosed:
+        """Build the right subclass for a close code."""
+        if code in _OK_CLOSE_CODES:
+            return ConnectionClosedOK(code, reason)
+        return ConnectionClosedError(code, reason)
+
+
+class ConnectionClosedOK(ConnectionClosed):
+    """The connection closed normally (1000 or 1001)."""
+
+
+class ConnectionClosedError(ConnectionClosed):
+    """The connection closed with an error code, or without a close frame."""
+
+
+class AuthenticationError(RoomcastError):
+    """Credentials are missing, invalid or expired.
+
+    Attributes:
+        close_code: the close code used when the connection is already accepted
+            (4001 invalid token, 4002 expired).
+        status: the HTTP status used when the handshake can still be refused.
+    """
+
+    def __init__(self, message: str = "invalid credentials", *, close_code: int = 4001, status: int = 401):
+        super().__init__(message)
+        self.close_code = close_code
+        self.status = status
+
+
+class PermissionDenied(RoomcastError):
+    """The authorizer refused an action on a room."""
+
+
+class RateLimited(RoomcastError):
+    """A rate limit was exceeded.
+
+    Attributes:
+        retry_after: seconds until the request would be allowed.
+    """
+
+    def __init__(self, message: str = "rate limited", *, retry_after: float = 0.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BackendError(RoomcastError):
+    """The broker behind a backend failed."""

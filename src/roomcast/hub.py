@@ -1,0 +1,893 @@
+"""Hub: owns the connections, rooms and background tasks of one application."""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .auth import (
+    Authenticator,
+    Authorizer,
+    AuthorizerFunction,
+    Principal,
+    AnonymousAuthenticator,
+    as_authorizer,
+    bearer_token,
+)
+from .backends.base import Backend, PresenceEntry, Publication
+from .backends.memory import MemoryBackend
+from .client import Client, ClientId
+from .clock import Clock, SystemClock
+from .exceptions import AuthenticationError, ConnectionClosed, RemoteProtocolError
+from .heartbeat import Heartbeat, HeartbeatPolicy
+from .options import DEFAULT_MAX_QUEUE, RateLimit, RoomOptions, SlowConsumerPolicy
+from .ratelimit import RateLimiter
+from .room import Room
+from .transport import PingableTransport, Transport
+from .wire import (
+    MAX_MESSAGE_SIZE,
+    PING_FRAME,
+    PROTOCOL,
+    Auth,
+    Ping,
+    Pong,
+    Presence,
+    Publish,
+    Refresh,
+    Request,
+    StreamPosition,
+    Subscribe,
+    Unsubscribe,
+    WireLimits,
+    decode,
+    dumps,
+    encode_ack,
+    encode_error,
+    encode_event,
+    encode_frame,
+    encode_reply,
+    namespace_of,
+    validate_event_type,
+    validate_room,
+)
+
+__all__ = ["Hub", "HubStatistics"]
+
+logger = logging.getLogger("roomcast.hub")
+
+#: Rooms one connection may be in at once.
+DEFAULT_MAX_ROOMS_PER_CONNECTION: Final = 100
+#: Seconds a closing connection gets to flush what is queued for it.
+DEFAULT_DRAIN_TIMEOUT: Final = 5.0
+#: Seconds a connection without handshake credentials has to send ``auth``.
+DEFAULT_AUTH_TIMEOUT: Final = 10.0
+#: Malformed requests tolerated per minute before the connection is closed with 1008.
+DEFAULT_BAD_REQUEST_LIMIT: Final = 10
+#: Longest the heartbeat task sleeps, so new clients are picked up promptly.
+_HEARTBEAT_MAX_SLEEP: Final = 1.0
+
+_CLOSE_GOING_AWAY: Final = 1001
+_CLOSE_POLICY: Final = 1008
+_CLOSE_INTERNAL: Final = 1011
+_CLOSE_TRY_AGAIN: Final = 1013
+_CLOSE_AUTH_TIMEOUT: Final = 4008
+_CLOSE_RATE_LIMIT: Final = 4029
+
+
+@dataclass(frozen=True, slots=True)
+class HubStatistics:
+    """A snapshot of a hub's counters (see :meth:`Hub.stats`).
+
+    Attributes:
+        clients: connections open now.
+        rooms: rooms with members on this node now.
+        members: members per room now.
+        connections_total: connections accepted since start.
+        messages_in: frames received from clients.
+        messages_out: frames handed to clients' transports or queues.
+        published: publications delivered to this node.
+        dropped: frames discarded (``drop_oldest`` overflow, closing clients).
+        rate_limited: client frames refused by the rate limit.
+        bad_requests: client frames refused as malformed.
+        auth_failures: connections refused for their credentials.
+        slow_consumer_disconnects: clients closed with 4009.
+        heartbeat_timeouts: clients closed for not answering heartbeats.
+    """
+
+    clients: int
+    rooms: int
+    members: Mapping[str, int]
+    connections_total: int
+    messages_in: int
+    messages_out: int
+    published: int
+    dropped: int
+    rate_limited: int
+    bad_requests: int
+    auth_failures: int
+    slow_consumer_disconnects: int
+    heartbeat_timeouts: int
+
+
+@dataclass(slots=True)
+class _Counters:
+    connections_total: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    published: int = 0
+    dropped: int = 0
+    rate_limited: int = 0
+    bad_requests: int = 0
+    auth_failures: int = 0
+    slow_consumer_disconnects: int = 0
+    heartbeat_timeouts: int = 0
+
+
+@dataclass(slots=True)
+class _Connection:
+    """Per-connection runtime state the Client itself does not need on the hot path."""
+
+    client: Client
+    limiter: RateLimiter
+    strikes: RateLimiter
+    bad_requests: RateLimiter
+    handshake_token: str | None = None
+    pending_pongs: set[int] = field(default_factory=set)
+
+
+class Hub:
+    """The center of a roomcast application: one per app, never global.
+
+    ``async with Hub(...) as hub:`` starts the backend and the heartbeat task in
+    a task group the hub owns, and on exit closes every connection with 1001
+    after flushing what is queued for it. Adapters hand each accepted
+    connection to :meth:`serve`.
+
+    Args:
+        authenticator: identifies connections (default: everyone anonymous).
+        authorizer: decides subscribe/publish/presence per room; an
+            :class:`~roomcast.Authorizer` or a function ``(principal, action, room)``
+            returning ``bool`` (or an awaitable of it). Default:
+            :class:`~roomcast.DefaultAuthorizer` (no client publish; ``user:{id}``
+            rooms private).
+        backend: carries messages between nodes (default :class:`~roomcast.MemoryBackend`).
+        namespaces: :class:`~roomcast.RoomOptions` per namespace (the part of a
+            room name before the first ``:``); others get ``default_room_options``.
+        default_room_options: options of rooms in no configured namespace.
+        heartbeat: ping interval, dead-client timeout and jitter.
+        rate_limit: per-connection message rate.
+        max_message_size: largest client frame in bytes (adapters configure
+            their framework with it; larger frames close the connection with 1009).
+        max_rooms_per_connection: rooms one connection may be in.
+        max_queue: frames a client may have waiting before ``slow_consumer`` applies.
+        slow_consumer: ``"disconnect"`` (close 4009) or ``"drop_oldest"`` (the
+            client gets a ``gap`` notice).
+        drain_timeout: seconds a closing connection gets to flush its queue.
+        auth_timeout: seconds a connection without credentials in its handshake
+            has to send an ``auth`` frame (close 4008 after).
+        bad_request_limit: malformed requests per minute before close 1008.
+        clock: time source (tests pass :class:`~roomcast.testing.ManualClock`).
+
+    Raises:
+        ValueError: a limit is not positive, or an option is malformed.
+        TypeError: an argument has the wrong type.
+    """
+
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator | None = None,
+        authorizer: Authorizer | AuthorizerFunction | None = None,
+        backend: Backend | None = None,
+        namespaces: Mapping[str, RoomOptions] | None = None,
+        default_room_options: RoomOptions | None = None,
+        heartbeat: HeartbeatPolicy | None = None,
+        rate_limit: RateLimit | None = None,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+        max_rooms_per_connection: int = DEFAULT_MAX_ROOMS_PER_CONNECTION,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        slow_consumer: SlowConsumerPolicy = "disconnect",
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
+        bad_request_limit: int = DEFAULT_BAD_REQUEST_LIMIT,
+        clock: Clock | None = None,
+    ) -> None:
+        for name, value in (
+            ("max_message_size", max_message_size),
+            ("max_rooms_per_connection", max_rooms_per_connection),
+            ("max_queue", max_queue),
+            ("bad_request_limit", bad_request_limit),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, number in (("drain_timeout", drain_timeout), ("auth_timeout", auth_timeout)):
+            if not isinstance(number, (int, float)) or not math.isfinite(number) or number <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {number!r}")
+        if slow_consumer not in ("disconnect", "drop_oldest"):
+            raise ValueError(f"slow_consumer must be 'disconnect' or 'drop_oldest', got {slow_consumer!r}")
+        self._namespaces: dict[str, RoomOptions] = {}
+        for namespace, options in (namespaces or {}).items():
+            if not isinstance(options, RoomOptions):
+                raise TypeError(f"namespaces[{namespace!r}] must be RoomOptions")
+            if not namespace or ":" in namespace:
+                raise ValueError(f"namespace {namespace!r} must be non-empty and contain no ':'")
+            self._namespaces[namespace] = options
+        self._default_options = default_room_options or RoomOptions()
+        self._authenticator: Authenticator = authenticator or AnonymousAuthenticator()
+        self._authorizer = as_authorizer(authorizer)
+        self._clock: Clock = clock or SystemClock()
+        self._backend: Backend = backend or MemoryBackend(clock=self._clock.now)
+        self.heartbeat_policy: HeartbeatPolicy = heartbeat or HeartbeatPolicy()
+        self.rate_limit: RateLimit = rate_limit or RateLimit()
+        self.max_message_size = max_message_size
+        self.max_rooms_per_connection = max_rooms_per_connection
+        self.max_queue = max_queue
+        self.slow_consumer: SlowConsumerPolicy = slow_consumer
+        self.drain_timeout = float(drain_timeout)
+        self.auth_timeout = float(auth_timeout)
+        self.bad_request_limit = bad_request_limit
+        self._wire_limits = WireLimits(
+            max_message_size=max_message_size, max_rooms_per_request=max_rooms_per_connection
+        )
+        self._node = secrets.token_hex(4)
+        self._sequence = 0
+        self._clients: dict[ClientId, Client] = {}
+        self._connections: dict[ClientId, _Connection] = {}
+        self._users: dict[str, dict[ClientId, Client]] = {}
+        self._rooms: dict[str, Room] = {}
+        self._channels: set[tuple[str, str]] = set()
+        self._channel_lock = anyio.Lock()
+        self._heartbeat: Heartbeat[ClientId] = Heartbeat(self.heartbeat_policy)
+        self._counters = _Counters()
+        self._task_group: TaskGroup | None = None
+        self._state = "new"
+        self._idle: anyio.Event | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Hub:
+        if self._state != "new":
+            raise RuntimeError("a Hub can be started once")
+        self._state = "running"
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        try:
+            await self._backend.start(self._on_publication)
+        except BaseException:
+            self._task_group.cancel_scope.cancel()
+            await self._task_group.__aexit__(None, None, None)
+            self._state = "closed"
+            raise
+        self._task_group.start_soon(self._run_heartbeat, name="roomcast heartbeat")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        await self.aclose()
+        task_group, self._task_group = self._task_group, None
+        if task_group is not None:
+            return await task_group.__aexit__(exc_type, exc, tb)
+        return None
+
+    async def aclose(self) -> None:
+        """Shut down: every client gets its queued frames (within ``drain_timeout``), then close 1001.
+
+        New connections are refused with 1001 from the moment this is called.
+        Idempotent.
+        """
+        if self._state != "running":
+            return
+        self._state = "closing"
+        with anyio.CancelScope(shield=True):
+            for client in list(self._clients.values()):
+                client.close(_CLOSE_GOING_AWAY, "server shutting down")
+            if self._clients:
+                self._idle = anyio.Event()
+                with anyio.move_on_after(self.drain_timeout + 1.0):
+                    await self._idle.wait()
+            if self._task_group is not None:
+                self._task_group.cancel_scope.cancel()
+            with anyio.move_on_after(self.drain_timeout):
+                await self._backend.aclose()
+        self._state = "closed"
+
+    @property
+    def running(self) -> bool:
+        """Whether the hub accepts connections."""
+        return self._state == "running"
+
+    # ------------------------------------------------------------------ server API
+
+    async def publish(
+        self,
+        rooms: str | Iterable[str],
+        type: str,
+        payload: Any = None,
+        *,
+        user_id: str | None = None,
+        exclude: Iterable[str] | None = None,
+        ephemeral: bool = False,
+    ) -> str:
+        """Publish an event to one room or several.
+
+        The payload is encoded once; every member of every room receives the
+        same frame text for its room, and every copy carries the same message
+        ``id``. Members of a room see its messages in publish order.
+
+        Args:
+            rooms: a room name, or several.
+            type: the event type, e.g. ``issue.created``.
+            payload: any JSON-serializable value.
+            user_id: the publisher, shown to clients as ``userId``.
+            exclude: client ids that must not receive it.
+            ephemeral: never store it in history.
+
+        Returns:
+            The message id.
+
+        Raises:
+            ValueError: a room name or the type is invalid, or the payload is
+                not JSON-serializable.
+            BackendError: the backend could not send it.
+        """
+        names = (rooms,) if isinstance(rooms, str) else tuple(dict.fromkeys(rooms))
+        for name in names:
+            validate_room(name)
+        validate_event_type(type)
+        return await self._publish(
+            names, type, dumps(payload), user_id, frozenset(exclude or ()), ephemeral
+        )
+
+    async def send_to_user(self, user_id: str, type: str, payload: Any = None) -> str:
+        """Send an event to every connection of ``user_id``, on every node, once each.
+
+        The frame carries ``room: null``.
+
+        Returns:
+            The message id.
+
+        Raises:
+            ValueError: the type is invalid or the payload is not JSON-serializable.
+        """
+        if not isinstance(user_id, str) or not user_id:
+            raise ValueError("user_id must be a non-empty string")
+        validate_event_type(type)
+        publication = self._publication(None, type, dumps(payload), None, frozenset(), True)
+        await self._backend.publish("user", user_id, publication, None)
+        return publication.id
+
+    async def send_to_client(self, client_id: str, type: str, payload: Any = None) -> str:
+        """Send an event to one connection (``room: null``).
+
+        Returns:
+            The message id.
+
+        Raises:
+            ValueError: the type is invalid or the payload is not JSON-serializable.
+        """
+        validate_event_type(type)
+        publication = self._publication(None, type, dumps(payload), None, frozenset(), True)
+        await self._backend.publish("client", client_id, publication, None)
+        return publication.id
+
+    def disconnect_user(self, user_id: str, code: int = 1000, reason: str = "") -> int:
+        """Close every connection of ``user_id`` on this node; return how many."""
+        clients = list(self._users.get(user_id, {}).values())
+        for client in clients:
+            client.close(code, reason)
+        return len(clients)
+
+    def stats(self) -> HubStatistics:
+        """A snapshot of the hub's counters."""
+        counters = self._counters
+        return HubStatistics(
+            clients=len(self._clients),
+            rooms=len(self._rooms),
+            members={name: len(room.members) for name, room in self._rooms.items()},
+            connections_total=counters.connections_total,
+            messages_in=counters.messages_in,
+            messages_out=counters.messages_out,
+            published=counters.published,
+            dropped=counters.dropped,
+            rate_limited=counters.rate_limited,
+            bad_requests=counters.bad_requests,
+            auth_failures=counters.auth_failures,
+            slow_consumer_disconnects=counters.slow_consumer_disconnects,
+            heartbeat_timeouts=counters.heartbeat_timeouts,
+        )
+
+    def room_options(self, room: str) -> RoomOptions:
+        """The options that apply to ``room`` (by its namespace)."""
+        return self._namespaces.get(namespace_of(room), self._default_options)
+
+    # ------------------------------------------------------------------ publishing
+
+    def _publication(
+        self,
+        room: str | None,
+        type_: str,
+        payload_json: str,
+        user_id: str | None,
+        exclude: frozenset[str],
+        ephemeral: bool,
+        message_id: str | None = None,
+    ) -> Publication:
+        if message_id is None:
+            self._sequence += 1
+            message_id = f"{self._node}-{self._sequence:x}"
+        return Publication(
+            room=room,
+            type=type_,
+            id=message_id,
+            payload_json=payload_json,
+            timestamp=int(time.time() * 1000),
+            user_id=user_id,
+            ephemeral=ephemeral,
+            exclude=exclude,
+        )
+
+    async def _publish(
+        self,
+        rooms: tuple[str, ...],
+        type_: str,
+        payload_json: str,
+        user_id: str | None,
+        exclude: frozenset[str],
+        ephemeral: bool,
+    ) -> str:
+        self._sequence += 1
+        message_id = f"{self._node}-{self._sequence:x}"
+        for room in rooms:
+            publication = self._publication(
+                room, type_, payload_json, user_id, exclude, ephemeral, message_id
+            )
+            await self._backend.publish("room", room, publication, self.room_options(room).history)
+        return message_id
+
+    def _on_publication(self, kind: str, key: str, publication: Publication) -> None:
+        """Fan one publication out to this node's clients; never waits, never raises."""
+        try:
+            if kind == "room":
+                room = self._rooms.get(key)
+                if room is not None:
+                    self._fan_out(room, publication)
+                return
+            if kind == "user":
+                targets: Iterable[Client] = list(self._users.get(key, {}).values())
+            elif kind == "client":
+                client = self._clients.get(ClientId(key))
+                targets = () if client is None else (client,)
+            else:
+                return
+            frame = self._encode(publication)
+            for client in targets:
+                self._count(client.deliver(frame))
+        except Exception:  # a bug here must not take down the backend's reader
+            logger.exception("fan-out failed for a %s publication", kind)
+
+    @staticmethod
+    def _encode(publication: Publication) -> str:
+        return encode_event(
+            type_=publication.type,
+            room=publication.room,
+            message_id=publication.id,
+            payload_json=publication.payload_json,
+            timestamp=publication.timestamp,
+            user_id=publication.user_id,
+            offset=publication.offset,
+            epoch=publication.epoch,
+        )
+
+    def _count(self, delivered: bool) -> None:
+        if delivered:
+            self._counters.messages_out += 1
+        else:
+            self._counters.dropped += 1
+
+    def _fan_out(self, room: Room, publication: Publication) -> None:
+        frame = self._encode(publication)
+        name = room.name
+        exclude = publication.exclude
+        delivered = 0
+        # The hot path: one frame string for every member, no per-member
+        # allocation or task; deliver() writes in place when it can.
+        if exclude:
+            sent = 0
+            for client in room.members.values():
+                if client.id not in exclude:
+                    sent += 1
+                    delivered += client.deliver(frame, name)
+        else:
+            sent = len(room.members)
+            for client in room.members.values():
+                delivered += client.deliver(frame, name)
+        if room.joining:
+            for client_id, held in room.joining.items():
+                if client_id not in exclude:
+                    held.append((publication.offset, frame))
+        counters = self._counters
+        counters.published += 1
+        counters.messages_out += delivered
+        counters.dropped += sent - delivered
+
+    # ------------------------------------------------------------------ connections
+
+    async def serve(self, transport: Transport) -> None:
+        """Run one accepted connection to its end.
+
+        Authenticates, sends ``connection.ack``, answers requests, and on the
+        way out removes the client from every room, even when the transport
+        dies mid-broadcast or this task is cancelled. Never raises for
+        anything the peer does.
+        """
+        if self._state != "running":
+            code = _CLOSE_TRY_AGAIN if self._state == "new" else _CLOSE_GOING_AWAY
+            with anyio.CancelScope(shield=True):
+                await transport.close(code, "server not running")
+            return
+        try:
+            principal = await self._authenticate(transport)
+        except AuthenticationError as exc:
+            self._counters.auth_failures += 1
+            logger.debug("authentication failed: %s", type(exc).__name__)
+            with anyio.CancelScope(shield=True):
+                await transport.close(exc.close_code, str(exc)[:120])
+            return
+        except ConnectionClosed:
+            return
+        client_id = ClientId(secrets.token_hex(8))
+        client = Client(
+            client_id, transport, principal, max_queue=self.max_queue, policy=self.slow_consumer
+        )
+        connection = self._register(client)
+        close_code, close_reason = _CLOSE_INTERNAL, "internal error"
+        try:
+            expires = principal.expires_at
+            client.deliver(
+                encode_ack(
+                    client_id=client_id,
+                    user_id=principal.user_id,
+                    heartbeat_ms=int(self.heartbeat_policy.interval * 1000),
+                    expires_at=None if expires is None else int(expires * 1000),
+                    protocol=PROTOCOL,
+                )
+            )
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(self._read_loop, connection, name=f"roomcast reader {client_id}")
+                close_code, close_reason = await client.run_writer(self.drain_timeout)
+                task_group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._unregister(connection)
+                if close_code != 1006:
+                    with anyio.move_on_after(self.drain_timeout):
+                        await transport.close(close_code, close_reason)
+
+    async def _authenticate(self, transport: Transport) -> Principal:
+        handshake = transport.handshake
+        token = bearer_token(handshake)
+        try:
+            return await self._authenticator.authenticate(handshake, token)
+        except AuthenticationError:
+            if token is not None:
+                raise
+        # No credentials in the handshake: wait for a first-message ``auth``.
+        with anyio.move_on_after(self.auth_timeout):
+            while True:
+                data = await transport.receive()
+                try:
+                    request = decode(data, self._wire_limits)
+                except RemoteProtocolError as exc:
+                    raise AuthenticationError("expected an auth frame") from exc
+                if isinstance(request, Auth):
+                    return await self._authenticator.authenticate(handshake, request.token)
+                if not isinstance(request, (Ping, Pong)):
+                    raise AuthenticationError("authenticate before any other request")
+        raise AuthenticationError("auth timeout", close_code=_CLOSE_AUTH_TIMEOUT, status=408)
+
+    def _register(self, client: Client) -> _Connection:
+        now = self._clock.now()
+        limit = self.rate_limit
+        connection = _Connection(
+            client=client,
+            limiter=RateLimiter(limit.rate, limit.period, limit.burst, now=now),
+            strikes=RateLimiter(limit.strikes, limit.period, limit.strikes, now=now),
+            bad_requests=RateLimiter(self.bad_request_limit, 60.0, self.bad_request_limit, now=now),
+        )
+        self._clients[client.id] = client
+        self._connections[client.id] = connection
+        user_id = client.user_id
+        if user_id is not None:
+            self._users.setdefault(user_id, {})[client.id] = client
+        self._heartbeat.add(client.id, now)
+        self._counters.connections_total += 1
+        return connection
+
+    async def _unregister(self, connection: _Connection) -> None:
+        client = connection.client
+        client.close(1006, "", flush=False)
+        self._heartbeat.remove(client.id)
+        self._clients.pop(client.id, None)
+        self._connections.pop(client.id, None)
+        user_id = client.user_id
+        if user_id is not None:
+            sessions = self._users.get(user_id)
+            if sessions is not None:
+                sessions.pop(client.id, None)
+                if not sessions:
+                    del self._users[user_id]
+                    await self._sync_channel("user", user_id)
+        rooms = list(client.rooms)
+        for name in rooms:
+            self._leave_local(client, name)
+        for name in rooms:
+            await self._after_leave(client, name)
+        if not self._clients and self._idle is not None:
+            self._idle.set()
+
+    async def _sync_channel(self, kind: str, key: str) -> None:
+        """Bring the backend's subscription for one channel in line with local demand.
+
+        Serialized, so a leave and a join racing on one room cannot leave the
+        node unsubscribed from a room that has members.
+        """
+        async with self._channel_lock:
+            if kind == "room":
+                wanted = key in self._rooms
+            elif kind == "user":
+                wanted = key in self._users
+            else:
+                wanted = ClientId(key) in self._clients
+            have = (kind, key) in self._channels
+            if wanted and not have:
+                await self._backend.subscribe(kind, key)
+                self._channels.add((kind, key))
+            elif not wanted and have:
+                self._channels.discard((kind, key))
+                await self._backend.unsubscribe(kind, key)
+
+    # ------------------------------------------------------------------ request loop
+
+    async def _read_loop(self, connection: _Connection) -> None:
+        client = connection.client
+        try:
+            if client.user_id is not None:
+                await self._sync_channel("user", client.user_id)
+            await self._sync_channel("client", client.id)
+            while not client.closing:
+                data = await client.transport.receive()
+                self._counters.messages_in += 1
+                self._heartbeat.seen(client.id, self._clock.now())
+                await self._handle_frame(connection, data)
+        except ConnectionClosed as exc:
+            client.close(exc.code, exc.reason, flush=False)
+        except Exception:
+            logger.exception("connection %s failed", client.id)
+            client.close(_CLOSE_INTERNAL, "internal error", flush=False)
+
+    async def _handle_frame(self, connection: _Connection, data: str | bytes) -> None:
+        client = connection.client
+        now = self._clock.now()
+        try:
+            request = decode(data, self._wire_limits)
+        except RemoteProtocolError as exc:
+            self._counters.bad_requests += 1
+            if not connection.bad_requests.allow(now):
+                client.close(_CLOSE_POLICY, "too many bad requests")
+                return
+            client.deliver(encode_error(exc.code, exc.message, ref=exc.ref, reply=exc.ref is not None))
+            return
+        if isinstance(request, Pong):
+            return
+        if not connection.limiter.allow(now):
+            self._counters.rate_limited += 1
+            if not connection.strikes.allow(now):
+                client.close(_CLOSE_RATE_LIMIT, "rate limit exceeded")
+                return
+            retry_ms = math.ceil(connection.limiter.retry_after(now) * 1000)
+            client.deliver(
+                encode_error(
+                    "rate_limited",
+                    "too many messages",
+                    ref=request.ref,
+                    reply=request.ref is not None,
+                    retryAfterMs=retry_ms,
+                )
+            )
+            return
+        await self._dispatch(connection, request)
+
+    async def _dispatch(self, connection: _Connection, request: Request) -> None:
+        client = connection.client
+        if isinstance(request, Subscribe):
+            await self._subscribe(client, request)
+        elif isinstance(request, Unsubscribe):
+            await self._unsubscribe(client, request)
+        elif isinstance(request, Publish):
+            await self._client_publish(client, request)
+        elif isinstance(request, Ping):
+            client.deliver(encode_frame("pong", ref=request.ref) if request.ref is not None else '{"type":"pong"}')
+        elif isinstance(request, Presence):
+            await self._presence(client, request)
+        elif isinstance(request, Refresh):
+            await self._refresh(client, request)
+        elif isinstance(request, Auth):
+            client.deliver(encode_error("bad_request", "already authenticated", ref=request.ref))
+
+    async def _subscribe(self, client: Client, request: Subscribe) -> None:
+        results: dict[str, Any] = {}
+        for name in request.rooms:
+            if name in client.rooms:
+                results[name] = await self._room_result(name, None, already=True)
+                continue
+            if len(client.rooms) >= self.max_rooms_per_connection:
+                results[name] = _room_error("limit_exceeded", "too many rooms on this connection")
+                continue
+            if not await self._authorizer.authorize(client.principal, "subscribe", name):
+                results[name] = _room_error("forbidden", "not allowed to subscribe")
+                continue
+            results[name] = await self._join(client, name, request.since.get(name))
+        client.deliver(encode_reply(request.ref, {"rooms": results}))
+
+    async def _room_result(self, name: str, since: StreamPosition | None, already: bool) -> dict[str, Any]:
+        history = self.room_options(name).history
+        result: dict[str, Any] = {"ok": True}
+        if history is not None:
+            found = await self._backend.history(name, None, history)
+            result.update(offset=found.position.offset, epoch=found.position.epoch)
+        return result
+
+    async def _join(self, client: Client, name: str, since: StreamPosition | None) -> dict[str, Any]:
+        options = self.room_options(name)
+        room = self._rooms.get(name)
+        if room is None:
+            room = self._rooms[name] = Room(name, options)
+        held: list[tuple[int | None, str]] = []
+        room.joining[client.id] = held
+        try:
+            await self._sync_channel("room", name)
+            result: dict[str, Any] = {"ok": True}
+            replay: tuple[Publication, ...] = ()
+            top: int | None = None
+            if options.history is not None:
+                found = await self._backend.history(name, since, options.history)
+                top = found.position.offset
+                result.update(offset=top, epoch=found.position.epoch)
+                if since is not None:
+                    result["recovered"] = found.recovered
+                    replay = found.publications
+            if client.closing:
+                return _room_error("internal", "connection closing")
+            # No await from here on: replay, then what arrived meanwhile, then live.
+            for publication in replay:
+                self._count(client.deliver(self._encode(publication), name))
+            for offset, frame in held:
+                if top is None or offset is None or offset > top:
+                    self._count(client.deliver(frame, name))
+            room.members[client.id] = client
+            client.rooms[name] = room
+        finally:
+            room.joining.pop(client.id, None)
+            if room.empty and self._rooms.get(name) is room:
+                del self._rooms[name]
+                with anyio.CancelScope(shield=True):
+                    await self._sync_channel("room", name)
+        if options.presence:
+            await self._backend.presence_add(name, PresenceEntry(client.id, client.user_id))
+            await self._presence_event(name, "presence.join", client)
+        return result
+
+    def _leave_local(self, client: Client, name: str) -> bool:
+        room = client.rooms.pop(name, None)
+        if room is None:
+            return False
+        room.members.pop(client.id, None)
+        if room.empty and self._rooms.get(name) is room:
+            del self._rooms[name]
+        return True
+
+    async def _after_leave(self, client: Client, name: str) -> None:
+        if self.room_options(name).presence:
+            await self._backend.presence_remove(name, client.id)
+            await self._presence_event(name, "presence.leave", client)
+        if name not in self._rooms:
+            await self._sync_channel("room", name)
+
+    async def _presence_event(self, room: str, type_: str, client: Client) -> None:
+        payload = dumps({"userId": client.user_id, "clientId": client.id, "info": None})
+        publication = self._publication(room, type_, payload, client.user_id, frozenset(), True)
+        await self._backend.publish("room", room, publication, None)
+
+    async def _unsubscribe(self, client: Client, request: Unsubscribe) -> None:
+        results: dict[str, Any] = {}
+        for name in request.rooms:
+            if self._leave_local(client, name):
+                await self._after_leave(client, name)
+                results[name] = {"ok": True}
+            else:
+                results[name] = _room_error("not_found", "not subscribed")
+        client.deliver(encode_reply(request.ref, {"rooms": results}))
+
+    async def _client_publish(self, client: Client, request: Publish) -> None:
+        if not await self._authorizer.authorize(client.principal, "publish", request.room):
+            client.deliver(encode_error("forbidden", "not allowed to publish here", ref=request.ref))
+            return
+        message_id = await self._publish(
+            (request.room,),
+            request.type,
+            dumps(request.payload),
+            client.user_id,
+            frozenset((client.id,)),
+            request.ephemeral,
+        )
+        client.deliver(encode_reply(request.ref, {"id": message_id}))
+
+    async def _presence(self, client: Client, request: Presence) -> None:
+        if not self.room_options(request.room).presence:
+            client.deliver(encode_error("not_found", "presence is off for this room", ref=request.ref))
+            return
+        if not await self._authorizer.authorize(client.principal, "presence", request.room):
+            client.deliver(encode_error("forbidden", "not allowed to see presence here", ref=request.ref))
+            return
+        entries = await self._backend.presence(request.room)
+        members = [{"userId": e.user_id, "clientId": e.client_id, "info": e.info} for e in entries]
+        client.deliver(encode_reply(request.ref, {"room": request.room, "members": members}))
+
+    async def _refresh(self, client: Client, request: Refresh) -> None:
+        try:
+            principal = await self._authenticator.authenticate(client.transport.handshake, request.token)
+        except AuthenticationError:
+            client.deliver(encode_error("unauthorized", "invalid token", ref=request.ref))
+            return
+        if principal.user_id != client.user_id:
+            client.close(4001, "token subject changed")
+            return
+        client.principal = principal
+        expires = principal.expires_at
+        client.deliver(
+            encode_reply(request.ref, {"expiresAt": None if expires is None else int(expires * 1000)})
+        )
+
+    # ------------------------------------------------------------------ heartbeat
+
+    async def _run_heartbeat(self) -> None:
+        clock = self._clock
+        heartbeat = self._heartbeat
+        while True:
+            now = clock.now()
+            actions = heartbeat.poll(now)
+            for client_id in actions.ping:
+                client = self._clients.get(client_id)
+                if client is not None:
+                    client.deliver(PING_FRAME)
+                    if isinstance(client.transport, PingableTransport):
+                        client.request_ping(lambda cid=client_id: self._on_pong(cid))
+            for client_id in actions.dead:
+                client = self._clients.get(client_id)
+                if client is not None and not client.closing:
+                    self._counters.heartbeat_timeouts += 1
+                    client.close(_CLOSE_INTERNAL, "heartbeat timeout", flush=False)
+            deadline = heartbeat.next_deadline()
+            limit = now + _HEARTBEAT_MAX_SLEEP
+            await clock.sleep_until(limit if deadline is None else min(deadline, limit))
+
+    def _on_pong(self, client_id: ClientId) -> None:
+        if client_id in self._clients:
+            self._heartbeat.seen(client_id, self._clock.now())
+
+
+def _room_error(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message}}

@@ -1,0 +1,123 @@
+"""The Transport seam every adapter implements, and the handshake facts it carries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Handshake", "PingableTransport", "Transport"]
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """Read-only facts about the HTTP request that opened a connection.
+
+    Attributes:
+        path: the request path, without the query string.
+        headers: every header as ``(name, value)`` pairs, names lower-cased,
+            in the order received (repeated headers appear more than once).
+        query: the query string parameters as ``(name, value)`` pairs.
+        cookies: cookies by name (the last one wins when a name repeats).
+        client: the peer's ``(host, port)``, when the server knows it.
+        subprotocols: the subprotocols the client offered, in its order.
+    """
+
+    path: str = "/"
+    headers: tuple[tuple[str, str], ...] = ()
+    query: tuple[tuple[str, str], ...] = ()
+    cookies: Mapping[str, str] = field(default_factory=dict)
+    client: tuple[str, int] | None = None
+    subprotocols: tuple[str, ...] = ()
+
+    def header(self, name: str) -> str | None:
+        """Return the first value of header ``name`` (case-insensitive), or ``None``."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def header_values(self, name: str) -> list[str]:
+        """Return every value of header ``name`` (case-insensitive), in order."""
+        name = name.lower()
+        return [value for key, value in self.headers if key == name]
+
+    def query_param(self, name: str) -> str | None:
+        """Return the first value of query parameter ``name``, or ``None``."""
+        for key, value in self.query:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def client_host(self) -> str | None:
+        """The peer's address, or ``None`` when unknown."""
+        return self.client[0] if self.client is not None else None
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """One accepted WebSocket connection, as the hub sees it.
+
+    Adapters wrap their framework's socket in an object with these members. Every
+    method may raise :class:`~roomcast.ConnectionClosed` once the connection is gone;
+    no framework exception may escape.
+    """
+
+    @property
+    def handshake(self) -> Handshake:
+        """Facts about the opening handshake."""
+        ...
+
+    async def receive(self) -> str | bytes:
+        """Wait for the next message from the peer (text as ``str``, binary as ``bytes``).
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+        """
+        ...
+
+    def try_send(self, frame: str) -> bool:
+        """Hand ``frame`` to the transport without waiting, if it can take it now.
+
+        Returns ``True`` when the frame was taken (for example, written to a write
+        buffer that is below its high-water mark) and ``False``, taking nothing,
+        when the caller must use :meth:`send` instead. A transport that can only
+        ``await`` always returns ``False``.
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+        """
+        ...
+
+    async def send(self, frames: list[str]) -> None:
+        """Send ``frames`` in order, waiting for buffer space as needed.
+
+        Handing several frames at once lets a transport write them with one
+        system call.
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+        """
+        ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection with ``code`` and ``reason`` (at most 123 bytes).
+
+        Closing a closed transport does nothing.
+        """
+        ...
+
+
+@runtime_checkable
+class PingableTransport(Transport, Protocol):
+    """A transport that can also send WebSocket protocol pings."""
+
+    async def ping(self, on_pong: Callable[[], object]) -> None:
+        """Send a protocol ping; call ``on_pong`` when the peer's pong arrives.
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+        """
+        ...
