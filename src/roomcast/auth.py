@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Union, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from .transport import Handshake
 from .wire import namespace_of
@@ -82,7 +82,7 @@ class Authorizer(Protocol):
 
 
 #: A plain function may stand in for an :class:`Authorizer`, sync or async.
-AuthorizerFunction = Callable[[Principal, Action, str], Union[bool, Awaitable[bool]]]
+AuthorizerFunction = Callable[[Principal, Action, str], bool | Awaitable[bool]]
 
 
 class DefaultAuthorizer:

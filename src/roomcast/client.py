@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, NewType
+from typing import TYPE_CHECKING, Final, NewType, Protocol
 
 import anyio
 
@@ -26,6 +27,12 @@ ClientId = NewType("ClientId", str)
 CLOSE_SLOW_CONSUMER: Final = 4009
 
 
+class DropCounter(Protocol):
+    """Where a client counts the frames it discards under ``drop_oldest``."""
+
+    dropped: int
+
+
 class Client:
     """One connected client as the hub sees it.
 
@@ -43,9 +50,10 @@ class Client:
 
     __slots__ = (
         "_close_reason",
+        "_counters",
+        "_drain_timeout",
         "_dropped",
         "_dropped_rooms",
-        "_drain_timeout",
         "_ping",
         "_queue",
         "_send_scope",
@@ -70,6 +78,7 @@ class Client:
         *,
         max_queue: int,
         policy: SlowConsumerPolicy,
+        counters: DropCounter | None = None,
     ) -> None:
         self.id = client_id
         self.transport = transport
@@ -88,6 +97,7 @@ class Client:
         self._drain_timeout = 0.0
         self._ping: Callable[[], object] | None = None
         self._dropped = 0
+        self._counters = counters
         self._dropped_rooms: dict[str, None] = {}
         # True while frames may go straight to the transport: nothing queued,
         # nothing in flight, not closing. Checked first on the hot path.
@@ -133,6 +143,8 @@ class Client:
                 return False
             _, dropped_room = queue.popleft()
             self._dropped += 1
+            if self._counters is not None:
+                self._counters.dropped += 1
             if dropped_room is not None:
                 self._dropped_rooms[dropped_room] = None
         queue.append((frame, room))
@@ -210,10 +222,8 @@ class Client:
             self._send_scope = None
         if self._queue or self._dropped:
             with anyio.move_on_after(drain_timeout):
-                try:
+                with contextlib.suppress(ConnectionClosed):
                     await self.transport.send(self._take())
-                except ConnectionClosed:
-                    pass
         code = self.close_code
         return (1006 if code is None else code), self._close_reason
 

@@ -4,7 +4,7 @@ Every error roomcast raises through its public API derives from one root::
 
     RoomcastError
     ├── ProtocolError                 a frame broke wire protocol v1
-    │   ├── RemoteProtocolError       ... the peer sent it (answered in-band, never raised to the app)
+    │   ├── RemoteProtocolError       ... the peer sent it (answered in-band, not raised to apps)
     │   └── LocalProtocolError        ... the application asked roomcast to send it
     ├── ConnectionClosed              the connection is gone (``code``, ``reason``)
     │   ├── ConnectionClosedOK        ... with 1000 or 1001
@@ -109,7 +109,9 @@ class AuthenticationError(RoomcastError):
         status: the HTTP status used when the handshake can still be refused.
     """
 
-    def __init__(self, message: str = "invalid credentials", *, close_code: int = 4001, status: int = 401):
+    def __init__(
+        self, message: str = "invalid credentials", *, close_code: int = 4001, status: int = 401
+    ):
         super().__init__(message)
         self.close_code = close_code
         self.status = status

@@ -6,8 +6,9 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
 from typing import Any, Final
 
@@ -15,17 +16,17 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .auth import (
+    AnonymousAuthenticator,
     Authenticator,
     Authorizer,
     AuthorizerFunction,
     Principal,
-    AnonymousAuthenticator,
     as_authorizer,
     bearer_token,
 )
 from .backends.base import Backend, PresenceEntry, Publication
 from .backends.memory import MemoryBackend
-from .client import Client, ClientId
+from .client import CLOSE_SLOW_CONSUMER, Client, ClientId
 from .clock import Clock, SystemClock
 from .exceptions import AuthenticationError, ConnectionClosed, RemoteProtocolError
 from .heartbeat import Heartbeat, HeartbeatPolicy
@@ -213,7 +214,9 @@ class Hub:
             if not isinstance(number, (int, float)) or not math.isfinite(number) or number <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {number!r}")
         if slow_consumer not in ("disconnect", "drop_oldest"):
-            raise ValueError(f"slow_consumer must be 'disconnect' or 'drop_oldest', got {slow_consumer!r}")
+            raise ValueError(
+                f"slow_consumer must be 'disconnect' or 'drop_oldest', got {slow_consumer!r}"
+            )
         self._namespaces: dict[str, RoomOptions] = {}
         for namespace, options in (namespaces or {}).items():
             if not isinstance(options, RoomOptions):
@@ -251,6 +254,7 @@ class Hub:
         self._task_group: TaskGroup | None = None
         self._state = "new"
         self._idle: anyio.Event | None = None
+        self._background: list[anyio.CancelScope] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -267,8 +271,17 @@ class Hub:
             await self._task_group.__aexit__(None, None, None)
             self._state = "closed"
             raise
-        self._task_group.start_soon(self._run_heartbeat, name="roomcast heartbeat")
+        self._task_group.start_soon(
+            self._background_task, self._run_heartbeat, name="roomcast heartbeat"
+        )
         return self
+
+    async def _background_task(self, run: Callable[[], Awaitable[None]]) -> None:
+        with anyio.CancelScope() as scope:
+            self._background.append(scope)
+            if self._state != "running":
+                scope.cancel()
+            await run()
 
     async def __aexit__(
         self,
@@ -283,7 +296,7 @@ class Hub:
         return None
 
     async def aclose(self) -> None:
-        """Shut down: every client gets its queued frames (within ``drain_timeout``), then close 1001.
+        """Shut down: clients get their queued frames (within ``drain_timeout``), then close 1001.
 
         New connections are refused with 1001 from the moment this is called.
         Idempotent.
@@ -298,8 +311,10 @@ class Hub:
                 self._idle = anyio.Event()
                 with anyio.move_on_after(self.drain_timeout + 1.0):
                     await self._idle.wait()
-            if self._task_group is not None:
-                self._task_group.cancel_scope.cancel()
+            # Stop the background tasks only: the task group also encloses the
+            # application's code when the hub is used as a context manager.
+            for scope in self._background:
+                scope.cancel()
             with anyio.move_on_after(self.drain_timeout):
                 await self._backend.aclose()
         self._state = "closed"
@@ -550,11 +565,21 @@ class Hub:
             return
         client_id = ClientId(secrets.token_hex(8))
         client = Client(
-            client_id, transport, principal, max_queue=self.max_queue, policy=self.slow_consumer
+            client_id,
+            transport,
+            principal,
+            max_queue=self.max_queue,
+            policy=self.slow_consumer,
+            counters=self._counters,
         )
         connection = self._register(client)
         close_code, close_reason = _CLOSE_INTERNAL, "internal error"
         try:
+            # Subscribed before the ack: once a client is acknowledged,
+            # send_to_user and send_to_client reach it.
+            if client.user_id is not None:
+                await self._sync_channel("user", client.user_id)
+            await self._sync_channel("client", client.id)
             expires = principal.expires_at
             client.deliver(
                 encode_ack(
@@ -566,15 +591,22 @@ class Hub:
                 )
             )
             async with anyio.create_task_group() as task_group:
-                task_group.start_soon(self._read_loop, connection, name=f"roomcast reader {client_id}")
+                task_group.start_soon(
+                    self._read_loop, connection, name=f"roomcast reader {client_id}"
+                )
                 close_code, close_reason = await client.run_writer(self.drain_timeout)
                 task_group.cancel_scope.cancel()
+            if close_code == CLOSE_SLOW_CONSUMER:
+                self._counters.slow_consumer_disconnects += 1
         finally:
             with anyio.CancelScope(shield=True):
                 await self._unregister(connection)
-                if close_code != 1006:
-                    with anyio.move_on_after(self.drain_timeout):
-                        await transport.close(close_code, close_reason)
+                # 1006 means the peer is already gone; closing still frees
+                # the transport, and 1006 itself may not be sent on the wire.
+                if close_code == 1006:
+                    close_code, close_reason = 1000, ""
+                with anyio.move_on_after(self.drain_timeout):
+                    await transport.close(close_code, close_reason)
 
     async def _authenticate(self, transport: Transport) -> Principal:
         handshake = transport.handshake
@@ -630,6 +662,7 @@ class Hub:
                 if not sessions:
                     del self._users[user_id]
                     await self._sync_channel("user", user_id)
+        await self._sync_channel("client", client.id)
         rooms = list(client.rooms)
         for name in rooms:
             self._leave_local(client, name)
@@ -664,9 +697,6 @@ class Hub:
     async def _read_loop(self, connection: _Connection) -> None:
         client = connection.client
         try:
-            if client.user_id is not None:
-                await self._sync_channel("user", client.user_id)
-            await self._sync_channel("client", client.id)
             while not client.closing:
                 data = await client.transport.receive()
                 self._counters.messages_in += 1
@@ -688,7 +718,9 @@ class Hub:
             if not connection.bad_requests.allow(now):
                 client.close(_CLOSE_POLICY, "too many bad requests")
                 return
-            client.deliver(encode_error(exc.code, exc.message, ref=exc.ref, reply=exc.ref is not None))
+            client.deliver(
+                encode_error(exc.code, exc.message, ref=exc.ref, reply=exc.ref is not None)
+            )
             return
         if isinstance(request, Pong):
             return
@@ -719,7 +751,11 @@ class Hub:
         elif isinstance(request, Publish):
             await self._client_publish(client, request)
         elif isinstance(request, Ping):
-            client.deliver(encode_frame("pong", ref=request.ref) if request.ref is not None else '{"type":"pong"}')
+            client.deliver(
+                encode_frame("pong", ref=request.ref)
+                if request.ref is not None
+                else '{"type":"pong"}'
+            )
         elif isinstance(request, Presence):
             await self._presence(client, request)
         elif isinstance(request, Refresh):
@@ -742,7 +778,9 @@ class Hub:
             results[name] = await self._join(client, name, request.since.get(name))
         client.deliver(encode_reply(request.ref, {"rooms": results}))
 
-    async def _room_result(self, name: str, since: StreamPosition | None, already: bool) -> dict[str, Any]:
+    async def _room_result(
+        self, name: str, since: StreamPosition | None, already: bool
+    ) -> dict[str, Any]:
         history = self.room_options(name).history
         result: dict[str, Any] = {"ok": True}
         if history is not None:
@@ -750,7 +788,9 @@ class Hub:
             result.update(offset=found.position.offset, epoch=found.position.epoch)
         return result
 
-    async def _join(self, client: Client, name: str, since: StreamPosition | None) -> dict[str, Any]:
+    async def _join(
+        self, client: Client, name: str, since: StreamPosition | None
+    ) -> dict[str, Any]:
         options = self.room_options(name)
         room = self._rooms.get(name)
         if room is None:
@@ -823,7 +863,9 @@ class Hub:
 
     async def _client_publish(self, client: Client, request: Publish) -> None:
         if not await self._authorizer.authorize(client.principal, "publish", request.room):
-            client.deliver(encode_error("forbidden", "not allowed to publish here", ref=request.ref))
+            client.deliver(
+                encode_error("forbidden", "not allowed to publish here", ref=request.ref)
+            )
             return
         message_id = await self._publish(
             (request.room,),
@@ -837,10 +879,14 @@ class Hub:
 
     async def _presence(self, client: Client, request: Presence) -> None:
         if not self.room_options(request.room).presence:
-            client.deliver(encode_error("not_found", "presence is off for this room", ref=request.ref))
+            client.deliver(
+                encode_error("not_found", "presence is off for this room", ref=request.ref)
+            )
             return
         if not await self._authorizer.authorize(client.principal, "presence", request.room):
-            client.deliver(encode_error("forbidden", "not allowed to see presence here", ref=request.ref))
+            client.deliver(
+                encode_error("forbidden", "not allowed to see presence here", ref=request.ref)
+            )
             return
         entries = await self._backend.presence(request.room)
         members = [{"userId": e.user_id, "clientId": e.client_id, "info": e.info} for e in entries]
@@ -848,7 +894,9 @@ class Hub:
 
     async def _refresh(self, client: Client, request: Refresh) -> None:
         try:
-            principal = await self._authenticator.authenticate(client.transport.handshake, request.token)
+            principal = await self._authenticator.authenticate(
+                client.transport.handshake, request.token
+            )
         except AuthenticationError:
             client.deliver(encode_error("unauthorized", "invalid token", ref=request.ref))
             return
@@ -858,7 +906,9 @@ class Hub:
         client.principal = principal
         expires = principal.expires_at
         client.deliver(
-            encode_reply(request.ref, {"expiresAt": None if expires is None else int(expires * 1000)})
+            encode_reply(
+                request.ref, {"expiresAt": None if expires is None else int(expires * 1000)}
+            )
         )
 
     # ------------------------------------------------------------------ heartbeat
@@ -874,7 +924,7 @@ class Hub:
                 if client is not None:
                     client.deliver(PING_FRAME)
                     if isinstance(client.transport, PingableTransport):
-                        client.request_ping(lambda cid=client_id: self._on_pong(cid))
+                        client.request_ping(partial(self._on_pong, client_id))
             for client_id in actions.dead:
                 client = self._clients.get(client_id)
                 if client is not None and not client.closing:

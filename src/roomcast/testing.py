@@ -201,6 +201,20 @@ class ClientEnd:
         except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise self._closed() from None
 
+    def receive_nowait(self) -> str | None:
+        """The next raw frame if one is already here, else ``None``.
+
+        Raises:
+            ConnectionClosed: the server closed the connection and every frame
+                sent before the close has been received.
+        """
+        try:
+            return self._inbound.receive_nowait()
+        except anyio.WouldBlock:
+            return None
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise self._closed() from None
+
     def _closed(self) -> ConnectionClosed:
         code, reason = self._link.server_close or self._link.client_close or (1006, "")
         return ConnectionClosed.from_code(code, reason)
@@ -231,7 +245,9 @@ def memory_transport_pair(
             reports a full buffer.
     """
     if handshake is None:
-        handshake = Handshake(path="/ws", client=("127.0.0.1", 50000), subprotocols=("roomcast.v1",))
+        handshake = Handshake(
+            path="/ws", client=("127.0.0.1", 50000), subprotocols=("roomcast.v1",)
+        )
     link = _Link()
     to_client_send, to_client_receive = anyio.create_memory_object_stream[str](buffer)
     to_server_send, to_server_receive = anyio.create_memory_object_stream[str | bytes](buffer)
@@ -288,11 +304,15 @@ class TestClient:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self.hub.serve, self.transport)
-        if self._auth_token is not None:
-            await self.send_json({"action": "auth", "token": self._auth_token})
-        self.ack = await self.receive()
-        if self.ack.get("type") != "connection.ack":
-            raise AssertionError(f"expected connection.ack, got {self.ack!r}")
+        try:
+            if self._auth_token is not None:
+                await self.send_json({"action": "auth", "token": self._auth_token})
+            self.ack = await self.receive()
+            if self.ack.get("type") != "connection.ack":
+                raise AssertionError(f"expected connection.ack, got {self.ack!r}")
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(
@@ -332,6 +352,13 @@ class TestClient:
             frame: dict[str, Any] = json.loads(await self.end.receive())
         return frame
 
+    def drain(self) -> list[dict[str, Any]]:
+        """Every frame that has already arrived, decoded, without waiting."""
+        frames, self._backlog = self._backlog, []
+        while (raw := self.end.receive_nowait()) is not None:
+            frames.append(json.loads(raw))
+        return frames
+
     async def receive_event(self, type: str | None = None) -> dict[str, Any]:
         """The next application event (optionally of ``type``); pings are answered, replies kept."""
         skipped: list[dict[str, Any]] = []
@@ -341,7 +368,9 @@ class TestClient:
                 if frame.get("type") == "ping":
                     await self.send_json({"action": "pong"})
                     continue
-                if (type is None and "room" in frame and "id" in frame) or frame.get("type") == type:
+                if (type is None and "room" in frame and "id" in frame) or frame.get(
+                    "type"
+                ) == type:
                     return frame
                 skipped.append(frame)
         finally:
@@ -361,7 +390,9 @@ class TestClient:
         finally:
             self._backlog[:0] = skipped
 
-    async def subscribe(self, *rooms: str, since: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    async def subscribe(
+        self, *rooms: str, since: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> dict[str, Any]:
         """Subscribe and return the per-room results of the reply."""
         frame: dict[str, Any] = {"action": "subscribe", "rooms": list(rooms)}
         if since:
@@ -378,7 +409,9 @@ class TestClient:
         rooms_result: dict[str, Any] = reply["payload"]["rooms"]
         return rooms_result
 
-    async def publish(self, room: str, type: str, payload: Any = None, *, ephemeral: bool = False) -> dict[str, Any]:
+    async def publish(
+        self, room: str, type: str, payload: Any = None, *, ephemeral: bool = False
+    ) -> dict[str, Any]:
         """Publish as this client and return the reply."""
         frame = {"action": "publish", "room": room, "type": type, "payload": payload}
         if ephemeral:
@@ -397,4 +430,3 @@ class TestClient:
     def abort(self) -> None:
         """Vanish without a close frame."""
         self.end.abort()
-

@@ -110,7 +110,9 @@ class Backend(ABC):
         """Stop receiving channel ``kind``/``key`` on this node."""
 
     @abstractmethod
-    async def publish(self, kind: str, key: str, publication: Publication, history: History | None) -> Publication:
+    async def publish(
+        self, kind: str, key: str, publication: Publication, history: History | None
+    ) -> Publication:
         """Send ``publication`` to every node subscribed to ``kind``/``key``.
 
         With ``history`` (rooms only) and a non-ephemeral publication, the
@@ -122,7 +124,9 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    async def history(self, room: str, since: StreamPosition | None, history: History) -> HistoryResult:
+    async def history(
+        self, room: str, since: StreamPosition | None, history: History
+    ) -> HistoryResult:
         """The messages of ``room`` after ``since`` (``None``: only the latest position).
 
         Raises:

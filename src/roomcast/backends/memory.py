@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import secrets
 import time
-from itertools import islice
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
+from itertools import islice
 from typing import Final
 
 from ..options import History
@@ -69,7 +69,9 @@ class MemoryBackend(Backend):
         """Stop delivering channel ``kind``/``key``."""
         self._channels.discard((kind, key))
 
-    async def publish(self, kind: str, key: str, publication: Publication, history: History | None) -> Publication:
+    async def publish(
+        self, kind: str, key: str, publication: Publication, history: History | None
+    ) -> Publication:
         """Store (when the room keeps history) and deliver ``publication``, in one step."""
         if history is not None and kind == "room" and not publication.ephemeral:
             publication = self._append(key, publication, history)
@@ -118,7 +120,9 @@ class MemoryBackend(Backend):
                 del self._streams[room]
                 self._streams[room] = stream
 
-    async def history(self, room: str, since: StreamPosition | None, history: History) -> HistoryResult:
+    async def history(
+        self, room: str, since: StreamPosition | None, history: History
+    ) -> HistoryResult:
         """The messages after ``since``, all of them or none."""
         # Reading starts the stream when there is none, so the client learns the
         # epoch the next messages will carry.
@@ -131,7 +135,9 @@ class MemoryBackend(Backend):
         oldest = stream.top + 1 - len(stream.entries)
         if since.offset + 1 < oldest:
             return HistoryResult(False, (), position)
-        missed = tuple(p for _, p in stream.entries if p.offset is not None and p.offset > since.offset)
+        missed = tuple(
+            p for _, p in stream.entries if p.offset is not None and p.offset > since.offset
+        )
         return HistoryResult(True, missed, position)
 
     async def presence_add(self, room: str, entry: PresenceEntry) -> None:

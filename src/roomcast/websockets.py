@@ -1,0 +1,299 @@
+"""Serve a roomcast hub with the ``websockets`` library (its asyncio implementation).
+
+Let roomcast run the server::
+
+    async with Hub() as hub, await roomcast.websockets.serve(hub, "127.0.0.1", 8765) as server:
+        await server.serve_forever()
+
+or mount the hub in a server you configure yourself::
+
+    from websockets.asyncio.server import serve
+
+    async with Hub() as hub, serve(
+        roomcast.websockets.handler(hub),
+        "127.0.0.1",
+        8765,
+        subprotocols=[roomcast.wire.PROTOCOL],
+        select_subprotocol=roomcast.websockets.select_subprotocol,
+        max_size=hub.max_message_size,
+        compression=None,
+        ping_interval=None,
+    ) as server:
+        await server.serve_forever()
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
+from http.cookies import CookieError, SimpleCookie
+from typing import TYPE_CHECKING, Any, cast
+
+from roomcast.exceptions import ConnectionClosed
+from roomcast.transport import Handshake
+from roomcast.wire import PROTOCOL
+
+try:
+    from websockets.asyncio.server import Server, ServerConnection
+    from websockets.asyncio.server import serve as _serve
+    from websockets.exceptions import ConnectionClosed as _WebSocketsClosed
+    from websockets.http11 import Request, Response
+    from websockets.protocol import CLOSED, OPEN
+    from websockets.typing import Subprotocol
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "roomcast.websockets needs the 'websockets' extra: pip install 'roomcast[websockets]'"
+    ) from exc
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from roomcast.hub import Hub
+
+__all__ = ["WebSocketsTransport", "handler", "select_subprotocol", "serve"]
+
+logger = logging.getLogger("roomcast.websockets")
+
+_MAX_REASON_BYTES = 123
+# RFC 6455 section 7.4: codes an endpoint may put in a close frame (below 3000).
+_SENDABLE_CLOSE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+)
+_ProcessRequest = Callable[
+    [ServerConnection, Request], "Awaitable[Response | None] | Response | None"
+]
+
+
+class WebSocketsTransport:
+    """A :class:`~roomcast.transport.PingableTransport` over a ``ServerConnection``."""
+
+    __slots__ = ("_connection", "_handshake")
+
+    def __init__(self, connection: ServerConnection) -> None:
+        self._connection = connection
+        self._handshake = _handshake(connection)
+
+    @property
+    def handshake(self) -> Handshake:
+        """Facts about the opening handshake."""
+        return self._handshake
+
+    async def receive(self) -> str | bytes:
+        """Wait for the next message.
+
+        Raises:
+            ConnectionClosed: the connection is closed (1009 after an oversized frame).
+        """
+        try:
+            return await self._connection.recv()
+        except _WebSocketsClosed as exc:
+            raise _closed(exc) from exc
+
+    def try_send(self, frame: str) -> bool:
+        """Write ``frame`` now if the write buffer is below its high-water mark.
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+        """
+        if not self._can_write_now():
+            return False
+        self._write([frame])
+        return True
+
+    async def send(self, frames: list[str]) -> None:
+        """Send ``frames`` in order, waiting while the write buffer is full.
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+        """
+        connection = self._connection
+        for index, frame in enumerate(frames):
+            if self._can_write_now():
+                # The rest go out in one write, so in one system call.
+                self._write(frames[index:])
+                return
+            try:
+                await connection.send(frame)
+            except _WebSocketsClosed as exc:
+                raise _closed(exc) from exc
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake and wait for it to end; closing twice does nothing.
+
+        Raises:
+            ValueError: ``code`` may not be sent in a close frame.
+        """
+        connection = self._connection
+        if connection.protocol.state is OPEN and not (
+            code in _SENDABLE_CLOSE_CODES or 3000 <= code < 5000
+        ):
+            raise ValueError(f"close code {code} cannot be sent")
+        reason = reason.encode()[:_MAX_REASON_BYTES].decode(errors="ignore")
+        try:
+            await connection.close(code, reason)
+        except Exception:  # the socket may already be gone; the goal was a closed connection
+            logger.debug("error while closing a connection", exc_info=True)
+
+    async def ping(self, on_pong: Callable[[], object]) -> None:
+        """Send a protocol ping; ``on_pong`` runs when its pong arrives.
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+        """
+        try:
+            waiter = await self._connection.ping()
+        except _WebSocketsClosed as exc:
+            raise _closed(exc) from exc
+
+        def pong_received(future: asyncio.Future[float]) -> None:
+            # Reading the exception marks it retrieved: a ping lost with its
+            # connection is not an error worth logging.
+            if future.cancelled() or future.exception() is not None:
+                return
+            try:
+                on_pong()
+            except Exception:
+                logger.exception("pong callback failed")
+
+        # ping() is typed as returning an Awaitable; it is the connection's own Future.
+        cast("asyncio.Future[float]", waiter).add_done_callback(pong_received)
+
+    def _can_write_now(self) -> bool:
+        connection = self._connection
+        state = connection.protocol.state
+        if state is not OPEN:
+            if state is CLOSED:
+                raise ConnectionClosed.from_code(*_close_info(connection))
+            return False  # closing: send() waits for the end and reports it
+        # Same gate as Connection.send(), which drains while the transport is
+        # paused (past the high-water mark until it falls to the low one).
+        transport = connection.transport
+        return (
+            connection.send_in_progress is None
+            and not connection.paused
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]
+        )
+
+    def _write(self, frames: list[str]) -> None:
+        connection = self._connection
+        try:
+            for frame in frames:
+                connection.protocol.send_text(frame.encode())
+            connection.send_data()
+        except Exception as exc:
+            # As broadcast() does, a failed write is the connection's end.
+            connection.set_connection_exc(exc)
+            connection.transport.abort()
+            raise ConnectionClosed.from_code(1006) from exc
+
+
+def handler(hub: Hub) -> Callable[[ServerConnection], Awaitable[None]]:
+    """Return a ``websockets`` connection handler that runs each connection in ``hub``."""
+
+    async def serve_connection(connection: ServerConnection) -> None:
+        await hub.serve(WebSocketsTransport(connection))
+
+    return serve_connection
+
+
+def select_subprotocol(
+    connection: ServerConnection, subprotocols: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    """Choose ``roomcast.v1`` when offered, else continue without a subprotocol.
+
+    A client that offers nothing (or only other values, such as a token carried
+    in ``Sec-WebSocket-Protocol``) is accepted rather than refused with HTTP 400,
+    as most WebSocket servers do: the hub, not the handshake, decides what such
+    a client may do, and ``connection.ack`` names the protocol. Browsers close
+    the connection themselves when none of their offers is echoed.
+    """
+    return Subprotocol(PROTOCOL) if PROTOCOL in subprotocols else None
+
+
+async def serve(
+    hub: Hub,
+    host: str | None = "127.0.0.1",
+    port: int | None = 8765,
+    *,
+    process_request: _ProcessRequest | None = None,
+    **kwargs: Any,
+) -> Server:
+    """Start a ``websockets`` server that runs every connection in ``hub``.
+
+    Defaults: subprotocol ``roomcast.v1`` (see :func:`select_subprotocol`),
+    ``max_size=hub.max_message_size`` (bigger frames close with 1009),
+    ``compression=None`` (permessage-deflate off) and ``ping_interval=None``
+    (the hub runs heartbeats). ``process_request`` and any other keyword
+    arguments go to :func:`websockets.asyncio.server.serve` and may override
+    these defaults. Close the returned server with ``async with`` or
+    ``server.close(); await server.wait_closed()``.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    kwargs.setdefault("subprotocols", [Subprotocol(PROTOCOL)])
+    kwargs.setdefault("select_subprotocol", select_subprotocol)
+    kwargs.setdefault("max_size", hub.max_message_size)
+    kwargs.setdefault("compression", None)
+    kwargs.setdefault("ping_interval", None)
+    server: Server = await _serve(
+        handler(hub), host, port, process_request=process_request, **kwargs
+    )
+    return server
+
+
+def _closed(exc: _WebSocketsClosed) -> ConnectionClosed:
+    # The side that closed first gave the reason: the peer's code when it
+    # started, ours (1009 for an oversized frame) when we did, 1006 when
+    # neither close frame made it.
+    if exc.rcvd is not None and (exc.sent is None or exc.rcvd_then_sent):
+        return ConnectionClosed.from_code(int(exc.rcvd.code), exc.rcvd.reason)
+    if exc.sent is not None:
+        return ConnectionClosed.from_code(int(exc.sent.code), exc.sent.reason)
+    return ConnectionClosed.from_code(1006)
+
+
+def _close_info(connection: ServerConnection) -> tuple[int, str]:
+    error = _closed(connection.protocol.close_exc)
+    return error.code, error.reason
+
+
+def _handshake(connection: ServerConnection) -> Handshake:
+    request = connection.request
+    if request is None:  # handlers run only after the opening handshake
+        raise ValueError("the connection has not completed its opening handshake")
+    raw_path, _, query = request.path.partition("?")
+    headers = tuple((name.lower(), value) for name, value in request.headers.raw_items())
+    offered = (
+        part.strip()
+        for value in request.headers.get_all("Sec-WebSocket-Protocol")
+        for part in value.split(",")
+    )
+    address = connection.remote_address
+    client = (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
+    return Handshake(
+        path=urllib.parse.unquote(raw_path) or "/",
+        headers=headers,
+        query=tuple(urllib.parse.parse_qsl(query, keep_blank_values=True)),
+        cookies=_cookies(request.headers.get_all("Cookie")),
+        client=client,
+        subprotocols=tuple(part for part in offered if part),
+    )
+
+
+def _cookies(values: list[str]) -> dict[str, str]:
+    # One pair at a time: SimpleCookie stops at the first malformed pair and
+    # raises on some names browsers accept, and one bad cookie should not hide
+    # the others.
+    cookies: dict[str, str] = {}
+    for value in values:
+        for pair in value.split(";"):
+            jar: SimpleCookie = SimpleCookie()
+            try:
+                jar.load(pair)
+            except CookieError:
+                continue
+            cookies.update((name, morsel.value) for name, morsel in jar.items())
+    return cookies

@@ -1,0 +1,451 @@
+"""The ``websockets`` adapter over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.asyncio.server import serve as websockets_serve
+from websockets.exceptions import ConnectionClosed as WebSocketsClosed
+from websockets.typing import Subprotocol
+
+import roomcast.websockets
+from roomcast import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    Handshake,
+    Hub,
+    PingableTransport,
+    Principal,
+)
+from roomcast.websockets import WebSocketsTransport
+
+pytestmark = pytest.mark.anyio
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "chat_websockets.py"
+TIMEOUT = 10
+V1 = [Subprotocol("roomcast.v1")]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # websockets.asyncio runs on asyncio only
+
+
+def url_of(server: Server, path: str = "/") -> str:
+    port = server.sockets[0].getsockname()[1]
+    return f"ws://127.0.0.1:{port}{path}"
+
+
+@asynccontextmanager
+async def accepted(
+    path: str = "/", **client_kwargs: Any
+) -> AsyncIterator[tuple[ClientConnection, WebSocketsTransport]]:
+    """Connect a client and hand the test the server side's transport, as a hub gets it."""
+    send, receive = anyio.create_memory_object_stream[WebSocketsTransport](1)
+    release = anyio.Event()
+
+    async def handle(connection: ServerConnection) -> None:
+        await send.send(WebSocketsTransport(connection))
+        await release.wait()  # the connection lives until the test is done with it
+
+    with send, receive:
+        async with (
+            websockets_serve(handle, "127.0.0.1", 0, compression=None, max_size=65536) as server,
+            connect(url_of(server, path), **client_kwargs) as client,
+        ):
+            transport = await receive.receive()
+            try:
+                yield client, transport
+            finally:
+                release.set()
+
+
+@asynccontextmanager
+async def served(hub: Hub, **kwargs: Any) -> AsyncIterator[Server]:
+    async with await roomcast.websockets.serve(hub, "127.0.0.1", 0, **kwargs) as server:
+        yield server
+
+
+async def next_frame(client: ClientConnection, type_: str) -> dict[str, Any]:
+    """Return the next frame of ``type_``, answering and skipping heartbeats."""
+    while True:
+        frame: dict[str, Any] = json.loads(await client.recv())
+        if frame["type"] == type_:
+            return frame
+        if frame["type"] == "ping":
+            await client.send(json.dumps({"action": "pong"}))
+
+
+async def close_code(client: ClientConnection) -> int | None:
+    """Read until the connection closes; return the close code the server sent."""
+    try:
+        while True:
+            await client.recv()
+    except WebSocketsClosed as exc:
+        return None if exc.rcvd is None else int(exc.rcvd.code)
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait for ``condition`` to hold; the caller's ``fail_after`` bounds the wait."""
+    while not condition():
+        await anyio.sleep(0.01)
+
+
+# The transport alone
+
+
+async def test_transport_is_a_pingable_transport() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (_, transport):
+            assert isinstance(transport, PingableTransport)
+
+
+async def test_handshake_carries_path_headers_query_cookies_client_and_offers() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted(
+            "/ws/a%20b?token=&room=chat:1&room=chat:2",
+            subprotocols=[Subprotocol("roomcast.v1"), Subprotocol("bearer.abc")],
+            additional_headers=[
+                ("X-Trace", "one"),
+                ("X-Trace", "two"),
+                ("Cookie", 'sid=s1; bad(name=x; theme="dark"'),
+                ("Cookie", "sid=s2"),
+            ],
+        ) as (client, transport):
+            handshake = transport.handshake
+            assert handshake.path == "/ws/a b"
+            assert handshake.header_values("x-trace") == ["one", "two"]
+            assert all(name == name.lower() for name, _ in handshake.headers)
+            assert handshake.query == (("token", ""), ("room", "chat:1"), ("room", "chat:2"))
+            assert handshake.cookies == {"sid": "s2", "theme": "dark"}
+            assert handshake.client == client.local_address[:2]
+            assert handshake.subprotocols == ("roomcast.v1", "bearer.abc")
+
+
+async def test_receive_returns_text_and_binary_messages() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            await client.send("text")
+            await client.send(b"bytes")
+            assert await transport.receive() == "text"
+            assert await transport.receive() == b"bytes"
+
+
+async def test_receive_raises_connection_closed_with_the_peers_code() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            await client.close(4000, "bye")
+            with pytest.raises(ConnectionClosedError) as excinfo:
+                await transport.receive()
+            assert (excinfo.value.code, excinfo.value.reason) == (4000, "bye")
+
+
+async def test_receive_raises_1009_for_a_frame_over_max_size() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            await client.send("x" * (65536 + 1))
+            with pytest.raises(ConnectionClosed) as excinfo:
+                await transport.receive()
+            assert excinfo.value.code == 1009
+
+
+async def test_receive_raises_1006_when_the_peer_vanishes() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            client.transport.abort()
+            with pytest.raises(ConnectionClosed) as excinfo:
+                await transport.receive()
+            assert excinfo.value.code == 1006
+
+
+async def test_try_send_writes_at_once_when_the_buffer_has_room() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            assert transport.try_send("now")
+            assert await client.recv() == "now"
+
+
+async def test_try_send_refuses_above_the_high_water_mark_and_send_waits() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted(max_queue=1) as (client, transport):
+            client.transport.pause_reading()
+            frame = "y" * 16384
+            taken = 0
+            while transport.try_send(frame):
+                taken += 1
+                # The kernel's socket buffers hold a few MiB; past them, asyncio's must fill.
+                assert taken < 2000
+            high = transport._connection.transport.get_write_buffer_limits()[1]
+            assert transport._connection.transport.get_write_buffer_size() > high
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(transport.send, [frame, "last"])
+                client.transport.resume_reading()
+                received = [await client.recv() for _ in range(taken + 2)]
+            assert received[-1] == "last"
+
+
+async def test_send_delivers_a_batch_in_order() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            await transport.send(["1", "2", "3"])
+            assert [await client.recv() for _ in range(3)] == ["1", "2", "3"]
+
+
+async def test_sending_on_a_closed_transport_raises_connection_closed() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (_, transport):
+            await transport.close(1000)
+            with pytest.raises(ConnectionClosed):
+                transport.try_send("late")
+            with pytest.raises(ConnectionClosed):
+                await transport.send(["late"])
+
+
+async def test_close_sends_code_and_reason_cut_to_123_bytes_and_is_idempotent() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            await transport.close(4009, "é" * 100)
+            await transport.close(4009, "again")
+            with pytest.raises(WebSocketsClosed) as excinfo:
+                await client.recv()
+            assert excinfo.value.rcvd is not None
+            assert excinfo.value.rcvd.code == 4009
+            assert excinfo.value.rcvd.reason == "é" * 61  # 122 bytes: no half character
+
+
+async def test_close_rejects_a_code_that_cannot_be_sent() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (_, transport):
+            with pytest.raises(ValueError, match="1006"):
+                await transport.close(1006)
+
+
+async def test_ping_calls_on_pong_when_the_pong_arrives() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            ponged = anyio.Event()
+            await transport.ping(ponged.set)
+            # The client answers pings while it reads.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.recv)
+                await ponged.wait()
+                tg.cancel_scope.cancel()
+
+
+async def test_ping_on_a_closed_transport_raises_connection_closed() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (_, transport):
+            await transport.close()
+            with pytest.raises(ConnectionClosed):
+                await transport.ping(lambda: None)
+
+
+def test_import_without_the_library_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['websockets'] = None\n"
+        "try:\n    import roomcast.websockets\n"
+        "except ImportError as exc:\n    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
+    )
+    assert "pip install 'roomcast[websockets]'" in result.stdout
+
+
+# Through a hub
+
+
+class RecordingAuthenticator:
+    def __init__(self) -> None:
+        self.handshakes: list[Handshake] = []
+
+    async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
+        self.handshakes.append(handshake)
+        return Principal("u1")
+
+
+async def subscribe(client: ClientConnection, room: str) -> dict[str, Any]:
+    await client.send(json.dumps({"action": "subscribe", "rooms": [room], "ref": 1}))
+    return await next_frame(client, "reply")
+
+
+async def test_serve_negotiates_roomcast_v1_and_sends_connection_ack() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            Hub() as hub,
+            served(hub) as server,
+            connect(url_of(server), subprotocols=V1) as client,
+        ):
+            assert client.subprotocol == "roomcast.v1"
+            ack = await next_frame(client, "connection.ack")
+            assert ack["payload"]["protocol"] == "roomcast.v1"
+
+
+@pytest.mark.parametrize("offer", [None, [Subprotocol("graphql-ws")]])
+async def test_serve_accepts_a_client_that_does_not_offer_roomcast_v1(
+    offer: list[Subprotocol] | None,
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            Hub() as hub,
+            served(hub) as server,
+            connect(url_of(server), subprotocols=offer) as client,
+        ):
+            assert client.subprotocol is None
+            await next_frame(client, "connection.ack")
+
+
+async def test_server_publish_reaches_a_subscriber() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            Hub() as hub,
+            served(hub) as server,
+            connect(url_of(server), subprotocols=V1) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            assert (await subscribe(client, "team:t1"))["ok"] is True
+            await hub.publish("team:t1", "issue.created", {"id": "i1"}, user_id="u9")
+            event = await next_frame(client, "issue.created")
+            assert (event["room"], event["payload"], event["userId"]) == (
+                "team:t1",
+                {"id": "i1"},
+                "u9",
+            )
+
+
+async def test_handshake_facts_reach_the_authenticator() -> None:
+    authenticator = RecordingAuthenticator()
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            Hub(authenticator=authenticator) as hub,
+            served(hub) as server,
+            connect(
+                url_of(server, "/ws?room=chat:1"),
+                subprotocols=V1,
+                additional_headers={"X-App": "tracker", "Cookie": "session=abc"},
+            ) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            (handshake,) = authenticator.handshakes
+            assert handshake.path == "/ws"
+            assert handshake.header("x-app") == "tracker"
+            assert handshake.query_param("room") == "chat:1"
+            assert handshake.cookies == {"session": "abc"}
+            assert handshake.client == client.local_address[:2]
+            assert handshake.subprotocols == ("roomcast.v1",)
+
+
+async def test_serve_closes_a_frame_over_the_hub_limit_with_1009() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            Hub() as hub,
+            served(hub) as server,
+            connect(url_of(server), subprotocols=V1) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            await client.send("x" * (hub.max_message_size + 1))
+            assert await close_code(client) == 1009
+
+
+async def test_hub_shutdown_closes_clients_with_1001() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            Hub() as hub,
+            served(hub) as server,
+            connect(url_of(server), subprotocols=V1) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hub.aclose)
+                assert await close_code(client) == 1001
+
+
+async def test_a_vanished_client_leaves_its_rooms() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            Hub() as hub,
+            served(hub) as server,
+            connect(url_of(server), subprotocols=V1) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            await subscribe(client, "team:t1")
+            assert hub.stats().members == {"team:t1": 1}
+            client.transport.abort()
+            await eventually(lambda: hub.stats().clients == 0)
+            assert hub.stats().rooms == 0
+
+
+# The example
+
+
+async def test_chat_example_serves_its_page_relays_messages_and_stops_on_sigint() -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with anyio.fail_after(TIMEOUT * 2):
+        async with await anyio.open_process(
+            [sys.executable, str(EXAMPLE), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        ) as process:
+            assert process.stdout is not None
+            line = b""
+            async for chunk in process.stdout:
+                line += chunk
+                if b"\n" in line:
+                    break
+            http_url = line.decode().split()[-1]
+            assert http_url.startswith("http://127.0.0.1:")
+
+            def fetch() -> tuple[int, str, str]:
+                with urllib.request.urlopen(http_url, timeout=TIMEOUT) as response:
+                    return (
+                        response.status,
+                        response.headers["Content-Type"],
+                        response.read().decode(),
+                    )
+
+            status, content_type, body = await anyio.to_thread.run_sync(fetch)
+            assert status == 200
+            assert content_type == "text/html; charset=utf-8"
+            assert "new WebSocket(" in body
+
+            ws_url = "ws" + http_url.removeprefix("http").rstrip("/") + "/ws"
+            async with (
+                connect(ws_url, subprotocols=V1) as reader,
+                connect(ws_url, subprotocols=V1) as writer,
+            ):
+                for client in (reader, writer):
+                    await next_frame(client, "connection.ack")
+                subscribe = {"action": "subscribe", "rooms": ["chat:general"], "ref": 1}
+                await reader.send(json.dumps(subscribe))
+                assert (await next_frame(reader, "reply"))["ok"] is True
+                message = {"text": "hello", "name": "ana"}
+                publish = {
+                    "action": "publish",
+                    "room": "chat:general",
+                    "type": "chat.message",
+                    "payload": message,
+                    "ref": 2,
+                }
+                await writer.send(json.dumps(publish))
+                assert (await next_frame(writer, "reply"))["ok"] is True
+                event = await next_frame(reader, "chat.message")
+                assert (event["room"], event["payload"]) == ("chat:general", message)
+
+                process.send_signal(signal.SIGINT)
+                assert await close_code(reader) == 1001
+            assert await process.wait() == 0
