@@ -31,6 +31,7 @@ from .exceptions import RemoteProtocolError as RemoteProtocolError
 from .exceptions import RoomcastError as RoomcastError
 from .heartbeat import Heartbeat as Heartbeat
 from .heartbeat import HeartbeatPolicy as HeartbeatPolicy
+from .hub import Admission as Admission
 from .hub import Hub as Hub
 from .hub import HubStatistics as HubStatistics
 from .options import History as History
@@ -52,6 +53,7 @@ __all__ = [
     "ANONYMOUS",
     "PROTOCOL",
     "Action",
+    "Admission",
     "AnonymousAuthenticator",
     "AuthenticationError",
     "Authenticator",

@@ -7,7 +7,7 @@ Every error roomcast raises through its public API derives from one root::
     │   ├── RemoteProtocolError       ... the peer sent it (answered in-band, not raised to apps)
     │   └── LocalProtocolError        ... the application asked roomcast to send it
     ├── ConnectionClosed              the connection is gone (``code``, ``reason``)
-    │   ├── ConnectionClosedOK        ... with 1000 or 1001
+    │   ├── ConnectionClosedOK        ... with 1000, 1001 or no code (1005)
     │   └── ConnectionClosedError     ... with any other code, or without a close frame
     ├── AuthenticationError           credentials missing, invalid or expired
     ├── PermissionDenied              the authorizer refused an action on a room
@@ -36,8 +36,9 @@ __all__ = [
     "RoomcastError",
 ]
 
-#: Close codes that mean the connection ended normally.
-_OK_CLOSE_CODES: Final = frozenset({1000, 1001})
+#: Close codes that mean the connection ended normally (1005: closed without a code,
+#: as a browser's plain ``ws.close()`` does).
+_OK_CLOSE_CODES: Final = frozenset({1000, 1001, 1005})
 
 
 class RoomcastError(Exception):
@@ -93,7 +94,7 @@ class ConnectionClosed(RoomcastError):
 
 
 class ConnectionClosedOK(ConnectionClosed):
-    """The connection closed normally (1000 or 1001)."""
+    """The connection closed normally (1000, 1001, or 1005: no code given)."""
 
 
 class ConnectionClosedError(ConnectionClosed):

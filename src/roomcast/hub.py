@@ -6,6 +6,7 @@ import logging
 import math
 import secrets
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,7 +34,7 @@ from .heartbeat import Heartbeat, HeartbeatPolicy
 from .options import DEFAULT_MAX_QUEUE, RateLimit, RoomOptions, SlowConsumerPolicy
 from .ratelimit import RateLimiter
 from .room import Room
-from .transport import PingableTransport, Transport
+from .transport import Handshake, PingableTransport, Transport
 from .wire import (
     MAX_MESSAGE_SIZE,
     PING_FRAME,
@@ -61,7 +62,7 @@ from .wire import (
     validate_room,
 )
 
-__all__ = ["Hub", "HubStatistics"]
+__all__ = ["Admission", "Hub", "HubStatistics"]
 
 logger = logging.getLogger("roomcast.hub")
 
@@ -100,6 +101,7 @@ class HubStatistics:
         rate_limited: client frames refused by the rate limit.
         bad_requests: client frames refused as malformed.
         auth_failures: connections refused for their credentials.
+        origin_refusals: handshakes refused for their ``Origin``.
         slow_consumer_disconnects: clients closed with 4009.
         heartbeat_timeouts: clients closed for not answering heartbeats.
     """
@@ -115,8 +117,43 @@ class HubStatistics:
     rate_limited: int
     bad_requests: int
     auth_failures: int
+    origin_refusals: int
     slow_consumer_disconnects: int
     heartbeat_timeouts: int
+
+
+#: Close codes for refusals the adapter could not answer with an HTTP status.
+_CLOSE_FOR_STATUS: Final = {401: 4001, 403: 1008, 408: 4008, 429: 1013, 503: 1013}
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The hub's answer to an opening handshake (see :meth:`Hub.admit`).
+
+    Attributes:
+        status: 101 to accept; otherwise the HTTP status to refuse with.
+        reason: why it was refused (no secrets; fits a close reason).
+        principal: who the handshake's credentials identified, or ``None``
+            when it carried none.
+        subprotocol: the subprotocol to select (``roomcast.v1`` when offered).
+        close_code: the close code to use when the adapter has already
+            accepted; derived from ``status`` when not given.
+    """
+
+    status: int = 101
+    reason: str = ""
+    principal: Principal | None = None
+    subprotocol: str | None = None
+    close_code: int = 0
+
+    def __post_init__(self) -> None:
+        if self.close_code == 0 and self.status != 101:
+            object.__setattr__(self, "close_code", _CLOSE_FOR_STATUS.get(self.status, 1008))
+
+    @property
+    def accepted(self) -> bool:
+        """Whether the handshake may be accepted."""
+        return self.status == 101
 
 
 @dataclass(slots=True)
@@ -129,6 +166,7 @@ class _Counters:
     rate_limited: int = 0
     bad_requests: int = 0
     auth_failures: int = 0
+    origin_refusals: int = 0
     slow_consumer_disconnects: int = 0
     heartbeat_timeouts: int = 0
 
@@ -176,6 +214,8 @@ class Hub:
         auth_timeout: seconds a connection without credentials in its handshake
             has to send an ``auth`` frame (close 4008 after).
         bad_request_limit: malformed requests per minute before close 1008.
+        allowed_origins: when set, only handshakes whose ``Origin`` is exactly
+            one of these (``scheme://host[:port]``) are accepted; others get 403.
         clock: time source (tests pass :class:`~roomcast.testing.ManualClock`).
 
     Raises:
@@ -200,6 +240,7 @@ class Hub:
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
         bad_request_limit: int = DEFAULT_BAD_REQUEST_LIMIT,
+        allowed_origins: Iterable[str] | None = None,
         clock: Clock | None = None,
     ) -> None:
         for name, value in (
@@ -224,6 +265,7 @@ class Hub:
             if not namespace or ":" in namespace:
                 raise ValueError(f"namespace {namespace!r} must be non-empty and contain no ':'")
             self._namespaces[namespace] = options
+        self._allowed_origins = None if allowed_origins is None else _origins(allowed_origins)
         self._default_options = default_room_options or RoomOptions()
         self._authenticator: Authenticator = authenticator or AnonymousAuthenticator()
         self._authorizer = as_authorizer(authorizer)
@@ -420,6 +462,7 @@ class Hub:
             rate_limited=counters.rate_limited,
             bad_requests=counters.bad_requests,
             auth_failures=counters.auth_failures,
+            origin_refusals=counters.origin_refusals,
             slow_consumer_disconnects=counters.slow_consumer_disconnects,
             heartbeat_timeouts=counters.heartbeat_timeouts,
         )
@@ -540,26 +583,64 @@ class Hub:
 
     # ------------------------------------------------------------------ connections
 
-    async def serve(self, transport: Transport) -> None:
+    async def admit(self, handshake: Handshake) -> Admission:
+        """Decide whether to accept an opening handshake, before the adapter accepts it.
+
+        Checks, in order: the hub is running (else 503), the ``Origin`` is in
+        ``allowed_origins`` when one is set (else 403), and credentials carried
+        by the handshake are valid (else 401). Adapters that can answer the
+        HTTP request refuse with the returned status; the others accept and
+        let :meth:`serve` close with the matching close code. A handshake
+        without credentials is admitted: it may authenticate with a first
+        ``auth`` frame.
+        """
+        if self._state == "new":
+            return Admission(503, "server not started")
+        if self._state != "running":
+            return Admission(503, "server shutting down", close_code=_CLOSE_GOING_AWAY)
+        if self._allowed_origins is not None:
+            origins = handshake.header_values("origin")
+            if len(origins) != 1 or origins[0] not in self._allowed_origins:
+                self._counters.origin_refusals += 1
+                return Admission(403, "origin not allowed")
+        subprotocol = PROTOCOL if PROTOCOL in handshake.subprotocols else None
+        token = bearer_token(handshake)
+        if token is None:
+            return Admission(101, subprotocol=subprotocol)
+        try:
+            principal = await self._authenticator.authenticate(handshake, token)
+        except AuthenticationError as exc:
+            self._counters.auth_failures += 1
+            logger.debug("handshake authentication failed: %s", type(exc).__name__)
+            return Admission(exc.status, "invalid credentials", close_code=exc.close_code)
+        return Admission(101, principal=principal, subprotocol=subprotocol)
+
+    async def serve(self, transport: Transport, admission: Admission | None = None) -> None:
         """Run one accepted connection to its end.
 
         Authenticates, sends ``connection.ack``, answers requests, and on the
         way out removes the client from every room, even when the transport
         dies mid-broadcast or this task is cancelled. Never raises for
         anything the peer does.
+
+        Args:
+            transport: the accepted connection.
+            admission: what :meth:`admit` answered for its handshake, when the
+                adapter asked before accepting; otherwise ``serve`` asks.
         """
-        if self._state != "running":
-            code = _CLOSE_TRY_AGAIN if self._state == "new" else _CLOSE_GOING_AWAY
+        if admission is None:
+            admission = await self.admit(transport.handshake)
+        if not admission.accepted:
             with anyio.CancelScope(shield=True):
-                await transport.close(code, "server not running")
+                await transport.close(admission.close_code, admission.reason)
             return
         try:
-            principal = await self._authenticate(transport)
+            principal = admission.principal or await self._authenticate(transport)
         except AuthenticationError as exc:
             self._counters.auth_failures += 1
             logger.debug("authentication failed: %s", type(exc).__name__)
             with anyio.CancelScope(shield=True):
-                await transport.close(exc.close_code, str(exc)[:120])
+                await transport.close(exc.close_code, _close_reason(exc))
             return
         except ConnectionClosed:
             return
@@ -609,14 +690,13 @@ class Hub:
                     await transport.close(close_code, close_reason)
 
     async def _authenticate(self, transport: Transport) -> Principal:
+        """Identify a connection whose handshake carried no credentials."""
         handshake = transport.handshake
-        token = bearer_token(handshake)
         try:
-            return await self._authenticator.authenticate(handshake, token)
+            return await self._authenticator.authenticate(handshake, None)
         except AuthenticationError:
-            if token is not None:
-                raise
-        # No credentials in the handshake: wait for a first-message ``auth``.
+            pass
+        # The authenticator wants credentials: wait for a first-message ``auth``.
         with anyio.move_on_after(self.auth_timeout):
             while True:
                 data = await transport.receive()
@@ -937,6 +1017,31 @@ class Hub:
     def _on_pong(self, client_id: ClientId) -> None:
         if client_id in self._clients:
             self._heartbeat.seen(client_id, self._clock.now())
+
+
+def _origins(values: Iterable[str]) -> frozenset[str]:
+    if isinstance(values, str):
+        raise TypeError("allowed_origins must be a collection of origins, not a string")
+    origins = set()
+    for value in values:
+        parsed = urllib.parse.urlsplit(value) if isinstance(value, str) else None
+        if (
+            parsed is None
+            or parsed.scheme not in ("http", "https")
+            or not parsed.hostname
+            or parsed.path
+            or parsed.query
+            or parsed.fragment
+            or parsed.username is not None
+        ):
+            raise ValueError(f"allowed origin {value!r} must look like https://host[:port]")
+        origins.add(value)
+    return frozenset(origins)
+
+
+def _close_reason(exc: Exception) -> str:
+    """A close reason from an exception message: at most 123 bytes of UTF-8."""
+    return str(exc).encode("utf-8")[:123].decode("utf-8", "ignore")
 
 
 def _room_error(code: str, message: str) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
 from typing import Protocol, runtime_checkable
 
 __all__ = ["Handshake", "PingableTransport", "Transport"]
@@ -30,6 +32,37 @@ class Handshake:
     client: tuple[str, int] | None = None
     subprotocols: tuple[str, ...] = ()
 
+    @classmethod
+    def from_request(
+        cls,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        client: tuple[str, int] | None = None,
+    ) -> Handshake:
+        """Build the facts from a raw request, as adapters receive it.
+
+        Args:
+            target: the request target, path and query string (``/ws?x=1``).
+            headers: header ``(name, value)`` pairs in the order received.
+            client: the peer's ``(host, port)``, when known.
+        """
+        raw_path, _, query = target.partition("?")
+        pairs = tuple((name.lower(), value) for name, value in headers)
+        offered = (
+            part.strip()
+            for name, value in pairs
+            if name == "sec-websocket-protocol"
+            for part in value.split(",")
+        )
+        return cls(
+            path=urllib.parse.unquote(raw_path) or "/",
+            headers=pairs,
+            query=tuple(urllib.parse.parse_qsl(query, keep_blank_values=True)),
+            cookies=_cookies(value for name, value in pairs if name == "cookie"),
+            client=client,
+            subprotocols=tuple(part for part in offered if part),
+        )
+
     def header(self, name: str) -> str | None:
         """Return the first value of header ``name`` (case-insensitive), or ``None``."""
         name = name.lower()
@@ -54,6 +87,22 @@ class Handshake:
     def client_host(self) -> str | None:
         """The peer's address, or ``None`` when unknown."""
         return self.client[0] if self.client is not None else None
+
+
+def _cookies(values: Iterable[str]) -> dict[str, str]:
+    # One pair at a time: SimpleCookie stops at the first malformed pair and
+    # raises on some names browsers accept, and one bad cookie should not hide
+    # the others.
+    cookies: dict[str, str] = {}
+    for value in values:
+        for pair in value.split(";"):
+            jar: SimpleCookie = SimpleCookie()
+            try:
+                jar.load(pair)
+            except CookieError:
+                continue
+            cookies.update((name, morsel.value) for name, morsel in jar.items())
+    return cookies
 
 
 @runtime_checkable

@@ -25,9 +25,7 @@ or mount the hub in a server you configure yourself::
 from __future__ import annotations
 
 import logging
-import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Any, cast
 
 from roomcast.exceptions import ConnectionClosed
@@ -264,36 +262,6 @@ def _handshake(connection: ServerConnection) -> Handshake:
     request = connection.request
     if request is None:  # handlers run only after the opening handshake
         raise ValueError("the connection has not completed its opening handshake")
-    raw_path, _, query = request.path.partition("?")
-    headers = tuple((name.lower(), value) for name, value in request.headers.raw_items())
-    offered = (
-        part.strip()
-        for value in request.headers.get_all("Sec-WebSocket-Protocol")
-        for part in value.split(",")
-    )
     address = connection.remote_address
     client = (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
-    return Handshake(
-        path=urllib.parse.unquote(raw_path) or "/",
-        headers=headers,
-        query=tuple(urllib.parse.parse_qsl(query, keep_blank_values=True)),
-        cookies=_cookies(request.headers.get_all("Cookie")),
-        client=client,
-        subprotocols=tuple(part for part in offered if part),
-    )
-
-
-def _cookies(values: list[str]) -> dict[str, str]:
-    # One pair at a time: SimpleCookie stops at the first malformed pair and
-    # raises on some names browsers accept, and one bad cookie should not hide
-    # the others.
-    cookies: dict[str, str] = {}
-    for value in values:
-        for pair in value.split(";"):
-            jar: SimpleCookie = SimpleCookie()
-            try:
-                jar.load(pair)
-            except CookieError:
-                continue
-            cookies.update((name, morsel.value) for name, morsel in jar.items())
-    return cookies
+    return Handshake.from_request(request.path, request.headers.raw_items(), client)
