@@ -261,10 +261,13 @@ class TestClient:
 
     ``async with TestClient(hub) as client:`` runs ``hub.serve`` for it in a
     task group and waits for ``connection.ack``. Frames are decoded JSON
-    objects (``dict``).
+    objects (``dict``). Clients opened this way must close in reverse order;
+    pass ``task_group`` to open and close many in any order.
 
     Args:
         hub: a running hub.
+        task_group: run ``hub.serve`` in this task group instead of one of
+            the client's own.
         handshake: the facts the hub sees (headers, query, cookies, ...).
         buffer: frames that may wait unread before the hub's fast path reports
             a full buffer (a small one makes a slow consumer).
@@ -281,8 +284,11 @@ class TestClient:
         buffer: int = DEFAULT_BUFFER,
         timeout: float = 5.0,
         auth_token: str | None = None,
+        task_group: TaskGroup | None = None,
     ) -> None:
         self.hub = hub
+        self._external = task_group
+        self._served = anyio.Event()
         self.transport, self.end = memory_transport_pair(handshake, buffer=buffer)
         self.timeout = timeout
         self._auth_token = auth_token
@@ -297,13 +303,22 @@ class TestClient:
         """The id from ``connection.ack``."""
         return str(self.ack["payload"]["clientId"])
 
+    async def _serve(self) -> None:
+        try:
+            await self.hub.serve(self.transport)
+        finally:
+            self._served.set()
+
     async def __aenter__(self) -> TestClient:
-        # The scope lets __aexit__ bound how long the hub may take to finish.
-        self._scope = anyio.CancelScope()
-        self._scope.__enter__()
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        self._task_group.start_soon(self.hub.serve, self.transport)
+        if self._external is not None:
+            self._external.start_soon(self._serve)
+        else:
+            # The scope lets __aexit__ bound how long the hub may take to finish.
+            self._scope = anyio.CancelScope()
+            self._scope.__enter__()
+            self._task_group = anyio.create_task_group()
+            await self._task_group.__aenter__()
+            self._task_group.start_soon(self._serve)
         try:
             if self._auth_token is not None:
                 await self.send_json({"action": "auth", "token": self._auth_token})
@@ -322,6 +337,10 @@ class TestClient:
         tb: TracebackType | None,
     ) -> bool | None:
         await self.end.close()
+        if self._external is not None:
+            with anyio.fail_after(self.timeout):
+                await self._served.wait()
+            return None
         task_group, self._task_group = self._task_group, None
         scope = self._scope
         if task_group is None or scope is None:

@@ -5,14 +5,20 @@ Let roomcast run the server::
     async with Hub() as hub, await roomcast.websockets.serve(hub, "127.0.0.1", 8765) as server:
         await server.serve_forever()
 
-or mount the hub in a server you configure yourself::
+or mount the hub in a server you configure yourself, passing the handler's
+``process_request`` so that a refused handshake gets its HTTP status (403 for
+an ``Origin`` not allowed, 401 for bad credentials, 503 while the hub is not
+running) before the connection is accepted::
 
     from websockets.asyncio.server import serve
 
-    async with Hub() as hub, serve(
-        roomcast.websockets.handler(hub),
+    hub = Hub()
+    hub_handler = roomcast.websockets.handler(hub)
+    async with hub, serve(
+        hub_handler,
         "127.0.0.1",
         8765,
+        process_request=hub_handler.process_request,
         subprotocols=[roomcast.wire.PROTOCOL],
         select_subprotocol=roomcast.websockets.select_subprotocol,
         max_size=hub.max_message_size,
@@ -20,6 +26,9 @@ or mount the hub in a server you configure yourself::
         ping_interval=None,
     ) as server:
         await server.serve_forever()
+
+Without it the handshake is accepted and a refused connection is closed with
+the matching close code instead.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
+from weakref import WeakKeyDictionary
 
 from roomcast.exceptions import ConnectionClosed
 from roomcast.transport import Handshake
@@ -47,9 +57,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 if TYPE_CHECKING:
     import asyncio
 
-    from roomcast.hub import Hub
+    from roomcast.hub import Admission, Hub
 
-__all__ = ["WebSocketsTransport", "handler", "select_subprotocol", "serve"]
+__all__ = ["Handler", "WebSocketsTransport", "handler", "select_subprotocol", "serve"]
 
 logger = logging.getLogger("roomcast.websockets")
 
@@ -187,13 +197,56 @@ class WebSocketsTransport:
             raise ConnectionClosed.from_code(1006) from exc
 
 
-def handler(hub: Hub) -> Callable[[ServerConnection], Awaitable[None]]:
-    """Return a ``websockets`` connection handler that runs each connection in ``hub``."""
+class Handler:
+    """A ``websockets`` connection handler that runs each connection in a hub.
 
-    async def serve_connection(connection: ServerConnection) -> None:
-        await hub.serve(WebSocketsTransport(connection))
+    Pass :meth:`process_request` to the server too: it asks the hub to admit
+    each handshake before it is accepted, so a refusal is an HTTP response.
 
-    return serve_connection
+    Args:
+        hub: the hub to run connections in.
+        process_request: your own hook, called first; when it returns a
+            response (a page, a 404), the hub is not asked.
+    """
+
+    __slots__ = ("_admissions", "_hub", "_then")
+
+    def __init__(self, hub: Hub, process_request: _ProcessRequest | None = None) -> None:
+        self._hub = hub
+        self._then = process_request
+        # Keyed weakly: a handshake that fails after admission must not leak its entry.
+        self._admissions: WeakKeyDictionary[ServerConnection, Admission] = WeakKeyDictionary()
+
+    async def process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        """Refuse the handshake with the hub's HTTP status, or remember its admission."""
+        if self._then is not None:
+            response = self._then(connection, request)
+            if isinstance(response, Awaitable):
+                response = await response
+            if response is not None:
+                return response
+        admission = await self._hub.admit(
+            Handshake.from_request(request.path, request.headers.raw_items(), _client(connection))
+        )
+        if not admission.accepted:
+            return connection.respond(admission.status, admission.reason + "\n")
+        self._admissions[connection] = admission
+        return None
+
+    async def __call__(self, connection: ServerConnection) -> None:
+        """Run one accepted connection in the hub to its end."""
+        admission = self._admissions.pop(connection, None)
+        await self._hub.serve(WebSocketsTransport(connection), admission)
+
+
+def handler(hub: Hub, process_request: _ProcessRequest | None = None) -> Handler:
+    """Return a ``websockets`` connection handler that runs each connection in ``hub``.
+
+    Give the server its ``process_request`` as well (see :class:`Handler`).
+    """
+    return Handler(hub, process_request)
 
 
 def select_subprotocol(
@@ -236,8 +289,9 @@ async def serve(
     kwargs.setdefault("max_size", hub.max_message_size)
     kwargs.setdefault("compression", None)
     kwargs.setdefault("ping_interval", None)
+    hub_handler = handler(hub, process_request)
     server: Server = await _serve(
-        handler(hub), host, port, process_request=process_request, **kwargs
+        hub_handler, host, port, process_request=hub_handler.process_request, **kwargs
     )
     return server
 
@@ -262,6 +316,9 @@ def _handshake(connection: ServerConnection) -> Handshake:
     request = connection.request
     if request is None:  # handlers run only after the opening handshake
         raise ValueError("the connection has not completed its opening handshake")
+    return Handshake.from_request(request.path, request.headers.raw_items(), _client(connection))
+
+
+def _client(connection: ServerConnection) -> tuple[str, int] | None:
     address = connection.remote_address
-    client = (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
-    return Handshake.from_request(request.path, request.headers.raw_items(), client)
+    return (str(address[0]), int(address[1])) if isinstance(address, tuple) else None

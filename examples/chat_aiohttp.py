@@ -1,0 +1,69 @@
+"""A chat server: a roomcast hub and its web page in one aiohttp application.
+
+Run it (after ``pip install -e ".[aiohttp]"``) with::
+
+    python examples/chat_aiohttp.py
+
+then open http://127.0.0.1:8080/ in a few browser tabs. Rooms ``chat:*`` keep
+their last 100 messages for ten minutes, so a browser that reconnects catches up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+from pathlib import Path
+
+from aiohttp import web
+
+import roomcast.aiohttp
+from roomcast import DefaultAuthorizer, History, Hub, RoomOptions
+
+PAGE = (Path(__file__).parent / "static" / "chat.html").read_text(encoding="utf-8")
+
+
+async def page(request: web.Request) -> web.Response:
+    """Serve the chat page, which connects back to ``/ws``."""
+    return web.Response(text=PAGE, content_type="text/html", charset="utf-8")
+
+
+def make_app(hub: Hub) -> web.Application:
+    """The page at ``/``, the hub at ``/ws``, and the hub's lifetime tied to the app's."""
+    app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_get("/ws", roomcast.aiohttp.handler(hub))
+    app.cleanup_ctx.append(roomcast.aiohttp.cleanup_ctx(hub))
+    return app
+
+
+async def main(host: str, port: int) -> None:
+    """Serve until cancelled, then close every client with 1001 and stop listening."""
+    hub = Hub(
+        # Clients may publish in chat:* rooms; everyone may join any room but
+        # another user's user:{id}.
+        authorizer=DefaultAuthorizer(publish=["chat"]),
+        namespaces={"chat": RoomOptions(history=History(size=100, ttl=600))},
+    )
+    runner = web.AppRunner(make_app(hub))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        port = runner.addresses[0][1]
+        print(f"chat server listening on http://{host}:{port}/", flush=True)
+        await asyncio.Event().wait()
+    finally:
+        # The hub flushes and closes its clients with 1001 (on shutdown),
+        # before aiohttp waits for its handlers and stops.
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    args = parser.parse_args()
+    # Ctrl-C cancels main(), which shuts down gracefully before this returns.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main(args.host, args.port))

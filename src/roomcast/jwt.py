@@ -1,0 +1,392 @@
+"""JWTAuthenticator: identify connections by JSON Web Tokens, verified with pyjwt."""
+
+from __future__ import annotations
+
+import binascii
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.to_thread
+import jwt
+from jwt.algorithms import get_default_algorithms, has_crypto, requires_cryptography
+
+from .auth import Principal
+from .clock import Clock, SystemClock
+from .exceptions import AuthenticationError
+from .transport import Handshake
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from jwt.algorithms import AllowedPrivateKeys, AllowedPublicKeys
+
+    #: What ``key`` accepts: an HMAC secret, a PEM or SSH key, or a key object.
+    VerificationKey: TypeAlias = str | bytes | AllowedPublicKeys | AllowedPrivateKeys
+
+__all__ = ["JWTAuthenticator"]
+
+logger = logging.getLogger("roomcast.jwt")
+
+#: Tokens longer than this are refused before any parsing: a bearer token is a
+#: few hundred bytes, and pyjwt would otherwise base64- and JSON-decode whatever
+#: an unauthenticated peer sends.
+MAX_TOKEN_LENGTH: Final = 8192
+
+#: Age after which a fetched key set is no longer trusted without a refetch, so
+#: that a key the issuer withdrew stops verifying tokens (at least the cooldown).
+JWKS_LIFESPAN: Final = 300.0
+
+#: RFC 7518 §3.2: an HMAC key must be at least as long as the hash output.
+_HMAC_MIN_KEY_BYTES: Final = {"HS256": 32, "HS384": 48, "HS512": 64}
+
+#: RFC 7518 §3.3 and §3.5: RSA keys of at least 2048 bits.
+_MIN_RSA_BITS: Final = 2048
+
+# Decoding attacker-controlled bytes can fail in the standard library as well
+# as in pyjwt (bad base64, bad UTF-8, absurd numbers, deep JSON nesting).
+_INVALID_TOKEN_ERRORS: Final = (
+    jwt.PyJWTError,
+    ValueError,
+    TypeError,
+    UnicodeError,
+    binascii.Error,
+    OverflowError,
+    RecursionError,
+)
+
+
+class JWTAuthenticator:
+    """An :class:`~roomcast.Authenticator` for JSON Web Tokens (RFC 7519).
+
+    Verifies the signature with a fixed key or with the issuer's JWKS, checks
+    ``exp``, ``nbf``, ``iat``, ``aud`` and ``iss``, and returns a
+    :class:`~roomcast.Principal` whose ``user_id`` is the ``user_claim`` claim,
+    whose ``claims`` are the token's claims and whose ``expires_at`` is ``exp``.
+
+    Args:
+        key: the verification key: for HMAC (``HS*``) the shared secret, at least
+            as many bytes as the hash output (32 for ``HS256``); for asymmetric
+            algorithms a PEM or SSH public key or a ``cryptography`` key object
+            (RSA of at least 2048 bits; a private key is reduced to its public
+            half). Exactly one of ``key`` and ``jwks_url`` is required.
+        algorithms: the algorithms tokens may use. Never taken from the token:
+            it must name HMAC algorithms only or asymmetric algorithms only.
+        audience: the accepted ``aud`` value(s). When ``None``, a token that
+            carries an ``aud`` claim is refused.
+        issuer: the accepted ``iss`` value(s); ``None`` skips the check.
+        leeway: seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``.
+        require: claims every token must carry.
+        user_claim: the claim that names the user; it must be a non-empty string.
+        jwks_url: the ``http(s)`` URL of the issuer's JSON Web Key Set; tokens must
+            then name their key with a ``kid`` header. The set is refetched when a
+            token names an unknown ``kid`` and once it is :data:`JWKS_LIFESPAN`
+            seconds old (or ``jwks_cooldown``, if longer).
+        jwks_cooldown: minimum seconds between two fetches of the key set, however
+            many tokens name an unknown ``kid``; a failed fetch counts too.
+        jwks_timeout: socket timeout, in seconds, of a fetch of the key set.
+        clock: monotonic time source for the JWKS cooldown and cache (tests pass
+            :class:`~roomcast.testing.ManualClock`). Token times use wall-clock time.
+
+    Raises:
+        ValueError: the configuration is unsafe or inconsistent: no algorithms,
+            ``none``, an unknown algorithm, HMAC mixed with asymmetric
+            algorithms, a short HMAC secret, a key that does not suit the
+            algorithms, both or neither of ``key`` and ``jwks_url``, ``jwks_url``
+            with HMAC, or a negative leeway, cooldown or timeout.
+        TypeError: ``algorithms``, ``require``, ``audience`` or ``issuer`` is a
+            single string where a collection is expected, or ``key`` has the
+            wrong type for the algorithms.
+        ImportError: an asymmetric algorithm is configured but the
+            ``cryptography`` package (``pip install 'pyjwt[crypto]'``) is missing.
+    """
+
+    def __init__(
+        self,
+        key: VerificationKey | None = None,
+        *,
+        algorithms: Sequence[str],
+        audience: str | Iterable[str] | None = None,
+        issuer: str | Iterable[str] | None = None,
+        leeway: float = 0,
+        require: Sequence[str] = ("exp", "sub"),
+        user_claim: str = "sub",
+        jwks_url: str | None = None,
+        jwks_cooldown: float = 300.0,
+        jwks_timeout: float = 5.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self._algorithms = _check_algorithms(algorithms)
+        hmac_algorithms = [name for name in self._algorithms if name in _HMAC_MIN_KEY_BYTES]
+        if (key is None) == (jwks_url is None):
+            raise ValueError("pass exactly one of key and jwks_url")
+        if not math.isfinite(leeway) or leeway < 0:
+            raise ValueError("leeway must be a finite number of seconds, at least 0")
+        if not math.isfinite(jwks_cooldown) or jwks_cooldown < 0:
+            raise ValueError("jwks_cooldown must be a finite number of seconds, at least 0")
+        if not math.isfinite(jwks_timeout) or jwks_timeout <= 0:
+            raise ValueError("jwks_timeout must be a finite number of seconds above 0")
+        if not isinstance(user_claim, str) or not user_claim:
+            raise ValueError("user_claim must be a non-empty claim name")
+        self._require = _names("require", require)
+        self._audience = _accepted_values("audience", audience)
+        self._issuer = _accepted_values("issuer", issuer)
+        self._leeway = float(leeway)
+        self._user_claim = user_claim
+
+        self._key: Any = None
+        self._jwks: jwt.PyJWKClient | None = None
+        if jwks_url is not None:
+            if hmac_algorithms:
+                raise ValueError(
+                    "jwks_url publishes public keys: use it with asymmetric algorithms only"
+                )
+            # urllib would also open file: and ftp: URLs.
+            if urlsplit(jwks_url).scheme.lower() not in ("http", "https"):
+                raise ValueError("invalid jwks_url: only http and https URLs are fetched")
+            self._jwks = jwt.PyJWKClient(
+                jwks_url,
+                # The key set is cached here, with a lifespan and a refetch
+                # cooldown; pyjwt's per-kid cache never forgets a withdrawn key.
+                cache_keys=False,
+                cache_jwk_set=False,
+                headers={"User-Agent": "roomcast", "Accept": "application/json"},
+                timeout=jwks_timeout,
+            )
+        elif hmac_algorithms:
+            self._key = _hmac_key(key, hmac_algorithms)
+        else:
+            self._key = _public_key(key, self._algorithms)
+
+        self._clock: Clock = clock or SystemClock()
+        self._jwks_cooldown = float(jwks_cooldown)
+        self._jwks_lifespan = max(JWKS_LIFESPAN, self._jwks_cooldown)
+        self._jwks_keys: dict[str, jwt.PyJWK] = {}
+        self._jwks_fetched_at: float | None = None
+        self._jwks_attempted_at: float | None = None
+        self._jwks_lock = anyio.Lock()
+
+    async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
+        """Verify ``token`` and return who it names.
+
+        Args:
+            handshake: the opening handshake's facts (unused: the token says it all).
+            token: the compact JWT, or ``None`` when the client sent none yet.
+
+        Returns:
+            The principal: ``user_id`` from ``user_claim``, every claim, and
+            ``expires_at`` from ``exp`` when the token has one.
+
+        Raises:
+            AuthenticationError: with close code 4001 when the token is missing
+                or invalid (bad signature, algorithm, claims, ``kid`` or format),
+                4002 when it has expired beyond the leeway.
+        """
+        if token is None:
+            raise AuthenticationError("missing token")
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+            raise AuthenticationError("invalid token")
+        try:
+            header = jwt.get_unverified_header(token)
+            # RFC 7515 §4.1.11: a critical extension we do not implement (and we
+            # implement none, not even the detached payload of RFC 7797) means
+            # the token must be refused.
+            if "crit" in header:
+                raise jwt.InvalidTokenError("unsupported critical header parameters")
+            key = self._key if self._jwks is None else await self._jwks_key(header)
+            payload = jwt.decode(
+                token,
+                key,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={
+                    "require": list(self._require),
+                    "verify_signature": True,
+                    "verify_exp": True,
+                    "verify_nbf": True,
+                    "verify_iat": True,
+                    "verify_aud": True,
+                    "verify_iss": True,
+                    "verify_sub": True,
+                    "verify_jti": True,
+                    # Weak keys from the key set fail the token instead of warning.
+                    "enforce_minimum_key_length": True,
+                },
+            )
+            return self._principal(payload)
+        except jwt.ExpiredSignatureError as exc:
+            logger.debug("token refused: %s", type(exc).__name__)
+            raise AuthenticationError("token expired", close_code=4002, status=401) from exc
+        except _INVALID_TOKEN_ERRORS as exc:
+            logger.debug("token refused: %s", type(exc).__name__)
+            raise AuthenticationError("invalid token") from exc
+
+    def _principal(self, payload: Mapping[str, Any]) -> Principal:
+        user_id = payload.get(self._user_claim)
+        if not isinstance(user_id, str) or not user_id:
+            raise jwt.InvalidTokenError(f"the {self._user_claim} claim must be a non-empty string")
+        expires_at = None
+        if "exp" in payload:
+            exp = payload["exp"]
+            # RFC 7519 §2: NumericDate is a JSON number; pyjwt also takes strings.
+            if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+                raise jwt.InvalidTokenError("the exp claim must be a number")
+            # float() overflows on integers past 1e308, which pyjwt's int() allows.
+            expires_at = float(exp)
+        return Principal(user_id, claims=dict(payload), expires_at=expires_at)
+
+    async def _jwks_key(self, header: Mapping[str, Any]) -> jwt.PyJWK:
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise jwt.InvalidTokenError("a kid header is required with a key set")
+        key = self._cached_key(kid)
+        if key is not None:
+            return key
+        # One fetch at a time: connections arriving together wait for it and
+        # then read its result instead of fetching again.
+        async with self._jwks_lock:
+            key = self._cached_key(kid)
+            if key is not None:
+                return key
+            now = self._clock.now()
+            attempted = self._jwks_attempted_at
+            if attempted is not None and now - attempted < self._jwks_cooldown:
+                # Unknown kids are free for anyone to invent: without this,
+                # each would cost a request to the issuer.
+                raise jwt.PyJWKClientError("unknown kid and the key set was fetched recently")
+            self._jwks_attempted_at = now
+            await self._fetch_jwks(now)
+        key = self._cached_key(kid)
+        if key is None:
+            raise jwt.PyJWKClientError("no signing key in the key set matches the kid")
+        return key
+
+    def _cached_key(self, kid: str) -> jwt.PyJWK | None:
+        fetched = self._jwks_fetched_at
+        if fetched is None or self._clock.now() - fetched >= self._jwks_lifespan:
+            return None
+        return self._jwks_keys.get(kid)
+
+    async def _fetch_jwks(self, now: float) -> None:
+        client = self._jwks
+        if client is None:  # pragma: no cover - only called with a key set
+            raise RuntimeError("no jwks_url configured")
+        try:
+            # urllib blocks: run it in a worker thread, never on the event loop.
+            keys = await anyio.to_thread.run_sync(client.get_signing_keys, True)
+        except (OSError, ValueError) as exc:
+            # pyjwt wraps URL errors but not a reset mid-body or a non-JSON body.
+            logger.debug("key set fetch failed: %s", type(exc).__name__)
+            raise jwt.PyJWKClientConnectionError("the key set could not be fetched") from exc
+        except jwt.PyJWTError as exc:
+            logger.debug("key set fetch failed: %s", type(exc).__name__)
+            raise
+        # A key is usable only with an algorithm we accept; pyjwt binds each
+        # JWK to one algorithm and checks it against the token's ``alg``.
+        self._jwks_keys = {
+            key.key_id: key
+            for key in keys
+            if key.key_id
+            and key.algorithm_name in self._algorithms
+            and not _weak_rsa(key.algorithm_name, key.key)
+        }
+        self._jwks_fetched_at = now
+        logger.debug("key set fetched: %d usable keys", len(self._jwks_keys))
+
+
+def _check_algorithms(algorithms: Sequence[str]) -> tuple[str, ...]:
+    names = _names("algorithms", algorithms)
+    if not names:
+        raise ValueError("algorithms must name at least one algorithm, e.g. ['HS256']")
+    known = set(get_default_algorithms()) | set(requires_cryptography)
+    for name in names:
+        if name.lower() == "none":
+            # RFC 8725 §3.2: an unsigned token proves nothing.
+            raise ValueError("the 'none' algorithm is never accepted")
+        if name not in known:
+            raise ValueError(
+                f"unknown algorithm {name!r}; known: {', '.join(sorted(known - {'none'}))}"
+            )
+        if name in requires_cryptography and not has_crypto:
+            raise ImportError(f"{name} needs the cryptography package: pip install 'pyjwt[crypto]'")
+    hmac = [name for name in names if name in _HMAC_MIN_KEY_BYTES]
+    if hmac and len(hmac) != len(names):
+        # RFC 8725 §3.1: with both kinds accepted, a token signed with HMAC
+        # using the public key as the secret would verify.
+        asymmetric = [name for name in names if name not in _HMAC_MIN_KEY_BYTES]
+        raise ValueError(
+            f"algorithms mix HMAC ({', '.join(hmac)}) and asymmetric "
+            f"({', '.join(asymmetric)}) algorithms; configure one kind per authenticator"
+        )
+    return names
+
+
+def _names(what: str, values: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{what} must be a collection of names, not a single string")
+    names = tuple(values)
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"{what} must contain strings, not {type(name).__name__}")
+    return names
+
+
+def _accepted_values(what: str, values: str | Iterable[str] | None) -> str | tuple[str, ...] | None:
+    if values is None or isinstance(values, str):
+        return values
+    accepted = _names(what, values)
+    if not accepted:
+        raise ValueError(f"{what} must not be empty; pass None to skip the check")
+    return accepted
+
+
+def _hmac_key(key: object, algorithms: Sequence[str]) -> bytes:
+    if isinstance(key, str):
+        secret = key.encode("utf-8")
+    elif isinstance(key, bytes):
+        secret = key
+    else:
+        raise TypeError(f"an HMAC key must be str or bytes, not {type(key).__name__}")
+    minimum = max(_HMAC_MIN_KEY_BYTES[name] for name in algorithms)
+    if len(secret) < minimum:
+        raise ValueError(
+            f"the HMAC secret is {len(secret)} bytes; {', '.join(algorithms)} "
+            f"need at least {minimum} random bytes"
+        )
+    try:
+        # pyjwt refuses PEM, SSH and DER keys as HMAC secrets; say so now.
+        jwt.get_algorithm_by_name(algorithms[0]).prepare_key(secret)
+    except jwt.PyJWTError as exc:
+        raise ValueError(f"unusable HMAC secret: {exc}") from exc
+    return secret
+
+
+def _public_key(key: object, algorithms: Sequence[str]) -> Any:
+    prepared: Any = None
+    for name in algorithms:
+        algorithm = jwt.get_algorithm_by_name(name)
+        try:
+            prepared = algorithm.prepare_key(key)
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise ValueError(
+                f"key is not a public key for {name}: pass a PEM or SSH public key "
+                "or a key object, not a shared secret"
+            ) from exc
+        # A verifier needs only the public half, and pyjwt's RSA verification
+        # calls a method private key objects lack.
+        if hasattr(prepared, "private_bytes"):
+            prepared = prepared.public_key()
+        if _weak_rsa(name, prepared):
+            raise ValueError(
+                f"the RSA key has {prepared.key_size} bits; {name} needs at least {_MIN_RSA_BITS}"
+            )
+    return prepared
+
+
+def _weak_rsa(algorithm: str, key: Any) -> bool:
+    return algorithm[:2] in ("RS", "PS") and getattr(key, "key_size", _MIN_RSA_BITS) < _MIN_RSA_BITS

@@ -1,0 +1,230 @@
+"""Serve a roomcast hub from a Starlette or FastAPI application.
+
+Mount one endpoint and open the hub with the application::
+
+    app = Starlette(
+        routes=[WebSocketRoute("/ws", roomcast.starlette.endpoint(hub))],
+        lifespan=roomcast.starlette.lifespan(hub),
+    )
+
+    app = FastAPI(lifespan=roomcast.starlette.lifespan(hub))
+    app.add_api_websocket_route("/ws", roomcast.starlette.endpoint(hub))
+
+ASGI gives an application no say over the server's WebSocket settings, so
+configure the server too: a frame limit no larger than ``hub.max_message_size``
+(uvicorn: ``--ws-max-size 65536``; hypercorn: ``websocket_max_message_size``)
+and permessage-deflate off (uvicorn: ``--ws-per-message-deflate false``).
+Whatever the server allows, :class:`StarletteTransport` closes the connection
+with 1009 on a message over ``hub.max_message_size`` bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from roomcast.exceptions import ConnectionClosed
+from roomcast.transport import Handshake
+
+try:
+    from starlette.responses import PlainTextResponse
+    from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "roomcast.starlette needs the 'starlette' extra: pip install 'roomcast[starlette]'"
+    ) from exc
+
+if TYPE_CHECKING:
+    from roomcast.hub import Hub
+
+__all__ = ["StarletteTransport", "endpoint", "lifespan"]
+
+logger = logging.getLogger("roomcast.starlette")
+
+_MAX_REASON_BYTES = 123
+# RFC 6455 section 7.4: codes an endpoint may put in a close frame (below 3000).
+_SENDABLE_CLOSE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+)
+# Starlette raises RuntimeError (WebSocketDisconnected among them) once a side
+# has closed; servers raise OSError (uvicorn's ClientDisconnected) when the
+# socket is gone.
+_GONE = (WebSocketDisconnect, RuntimeError, OSError)
+
+
+class StarletteTransport:
+    """A :class:`~roomcast.transport.Transport` over an accepted Starlette ``WebSocket``.
+
+    Sends can only be awaited, so :meth:`try_send` always declines and the hub
+    writes through the client's bounded writer.
+    """
+
+    __slots__ = ("_handshake", "_max_size", "_websocket")
+
+    def __init__(self, websocket: WebSocket, max_message_size: int) -> None:
+        self._websocket = websocket
+        self._max_size = max_message_size
+        self._handshake = _handshake(websocket)
+
+    @property
+    def handshake(self) -> Handshake:
+        """Facts about the opening handshake."""
+        return self._handshake
+
+    async def receive(self) -> str | bytes:
+        """Wait for the next message.
+
+        Raises:
+            ConnectionClosed: the connection is closed: with the peer's code
+                (1005 when it gave none, 1006 when the socket was lost), or
+                1009 after a message over the size limit.
+        """
+        try:
+            message = await self._websocket.receive()
+        except _GONE as exc:
+            raise ConnectionClosed.from_code(1006) from exc
+        if message["type"] == "websocket.disconnect":
+            code = message.get("code") or 1005
+            raise ConnectionClosed.from_code(int(code), message.get("reason") or "")
+        text: str | None = message.get("text")
+        data: str | bytes = text if text is not None else bytes(message.get("bytes") or b"")
+        limit = self._max_size
+        if isinstance(data, str):
+            # n characters take n to 4n bytes of UTF-8: encode only when that is not enough.
+            too_big = len(data) > limit or (len(data) * 4 > limit and len(data.encode()) > limit)
+        else:
+            too_big = len(data) > limit
+        if too_big:
+            await self.close(1009, "message too big")
+            raise ConnectionClosed.from_code(1009, "message too big")
+        return data
+
+    def try_send(self, frame: str) -> bool:
+        """Decline: an ASGI send can only be awaited."""
+        return False
+
+    async def send(self, frames: list[str]) -> None:
+        """Send ``frames`` in order, each awaited.
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+        """
+        websocket = self._websocket
+        for frame in frames:
+            try:
+                await websocket.send_text(frame)
+            except WebSocketDisconnect as exc:
+                raise ConnectionClosed.from_code(exc.code, exc.reason) from exc
+            except _GONE as exc:
+                raise ConnectionClosed.from_code(1006) from exc
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame; closing twice, or after the peer left, does nothing.
+
+        Raises:
+            ValueError: ``code`` may not be sent in a close frame.
+        """
+        websocket = self._websocket
+        if (
+            websocket.application_state is not WebSocketState.CONNECTED
+            or websocket.client_state is WebSocketState.DISCONNECTED
+        ):
+            return
+        if not (code in _SENDABLE_CLOSE_CODES or 3000 <= code < 5000):
+            raise ValueError(f"close code {code} cannot be sent")
+        reason = reason.encode()[:_MAX_REASON_BYTES].decode(errors="ignore")
+        try:
+            await websocket.close(code, reason)
+        except Exception:  # the socket may already be gone; the goal was a closed connection
+            logger.debug("error while closing a connection", exc_info=True)
+
+
+def endpoint(hub: Hub) -> Callable[[WebSocket], Awaitable[None]]:
+    """Return a WebSocket endpoint that runs each connection in ``hub``.
+
+    It takes one ``websocket: WebSocket`` argument, so Starlette's
+    ``WebSocketRoute`` and FastAPI's ``add_api_websocket_route`` and
+    ``@app.websocket`` accept it alike. A handshake the hub refuses is answered
+    with the hub's HTTP status when the server supports the ASGI
+    ``websocket.http.response`` extension, and otherwise closed before
+    accepting, which servers answer with 403.
+    """
+
+    async def roomcast_endpoint(websocket: WebSocket) -> None:
+        transport = StarletteTransport(websocket, hub.max_message_size)
+        admission = await hub.admit(transport.handshake)
+        try:
+            if not admission.accepted:
+                if "websocket.http.response" in websocket.scope.get("extensions", {}):
+                    refusal = PlainTextResponse(admission.reason, status_code=admission.status)
+                    await websocket.send_denial_response(refusal)
+                else:
+                    await websocket.close(admission.close_code, admission.reason)
+                return
+            await websocket.accept(subprotocol=admission.subprotocol)
+        except _GONE:  # the client left during the handshake
+            logger.debug("connection lost during the handshake", exc_info=True)
+            return
+        await hub.serve(transport, admission)
+
+    return roomcast_endpoint
+
+
+class _Lifespan:
+    """Opens the hub with the application and closes it on shutdown."""
+
+    __slots__ = ("_hub",)
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    def __call__(self, app: object) -> _Lifespan:
+        return self
+
+    async def __aenter__(self) -> None:
+        await self._hub.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._hub.__aexit__(exc_type, exc, tb)
+
+
+def lifespan(hub: Hub) -> Callable[[object], AbstractAsyncContextManager[None]]:
+    """Return a lifespan that runs ``hub`` (``async with hub``) while the application runs.
+
+    Pass it as ``Starlette(lifespan=...)`` or ``FastAPI(lifespan=...)``. On
+    shutdown the hub flushes and closes its clients with 1001, but servers
+    close open WebSockets before the lifespan ends (uvicorn with 1012); call
+    ``await hub.aclose()`` before the server shuts down to say goodbye first,
+    as the examples do.
+    """
+    return _Lifespan(hub)
+
+
+def _handshake(websocket: WebSocket) -> Handshake:
+    scope = websocket.scope
+    # raw_path keeps percent-escapes, which Handshake.from_request decodes once.
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else urllib.parse.quote(scope["path"])
+    query = scope.get("query_string", b"").decode("latin-1")
+    target = f"{path}?{query}" if query else path
+    headers = [
+        (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
+    ]
+    peer = scope.get("client")
+    client = (str(peer[0]), int(peer[1])) if peer else None
+    handshake = Handshake.from_request(target, headers, client)
+    # The server's own parse, which also covers HTTP/2 and HTTP/3 handshakes.
+    offered = scope.get("subprotocols")
+    if offered is not None:
+        handshake = dataclasses.replace(handshake, subprotocols=tuple(offered))
+    return handshake

@@ -1,0 +1,1 @@
+"""One contract suite run against every adapter over real sockets on 127.0.0.1."""

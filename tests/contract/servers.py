@@ -1,0 +1,276 @@
+"""A hub served behind each adapter on 127.0.0.1 with an ephemeral port, for the contract suite.
+
+Every server kind is an async context manager ``start(hub_kwargs)`` that builds
+``Hub(**hub_kwargs)``, serves it, yields a :class:`Served` and shuts down within
+:data:`SHUTDOWN_TIMEOUT` seconds. Clients are always the ``websockets`` asyncio
+client in the test's own event loop. A server that runs on another event loop
+(trio) runs in a thread of its own; the test reaches its hub only through
+:meth:`Served.run`, which executes in the hub's loop.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Literal, TypeVar
+
+import anyio
+import hypercorn.config
+import hypercorn.trio
+import trio
+import uvicorn
+from aiohttp import web
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+
+import roomcast.aiohttp
+import roomcast.starlette
+import roomcast.websockets
+from roomcast import Hub
+from roomcast.hub import HubStatistics
+
+__all__ = ["KINDS", "SHUTDOWN_TIMEOUT", "ServerKind", "Served"]
+
+T = TypeVar("T")
+
+#: Seconds a server gets to stop once the test is done with it.
+SHUTDOWN_TIMEOUT = 10.0
+#: The path every server mounts the hub on.
+PATH = "/ws"
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running server: where to connect, and a way into its hub's event loop."""
+
+    url: str
+    hub: Hub
+    enter: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+    async def run(self, function: Callable[[Hub], Awaitable[T]]) -> T:
+        """Await ``function(hub)`` in the event loop the hub runs in."""
+        result: T = await self.enter(lambda: function(self.hub))
+        return result
+
+    async def stats(self) -> HubStatistics:
+        """The hub's counters, read in its own event loop."""
+
+        async def read(hub: Hub) -> HubStatistics:
+            return hub.stats()
+
+        return await self.run(read)
+
+
+async def _same_loop(call: Callable[[], Awaitable[Any]]) -> Any:
+    return await call()
+
+
+@dataclass(frozen=True)
+class ServerKind:
+    """One way of serving a hub, and what it does where adapters may differ.
+
+    Attributes:
+        name: the test id.
+        start: serves ``Hub(**hub_kwargs)``; see the module docstring.
+        hub_backend: the anyio backend the hub and the server run on.
+        refusal: how a handshake the hub refuses is answered: ``"http"``, an
+            HTTP error status before the connection is accepted; ``"close"``,
+            accepted and closed with the matching close code.
+        deflate: whether permessage-deflate is negotiated with a client that
+            offers it, as configured here.
+        known_failures: contract tests this kind fails today, by test function
+            name, with the reason; they run and are reported as expected
+            failures (strict: a fix turns them into errors until removed here).
+    """
+
+    name: str
+    start: Callable[[Mapping[str, Any]], AbstractAsyncContextManager[Served]]
+    hub_backend: Literal["asyncio", "trio"]
+    refusal: Literal["http", "close"]
+    deflate: bool
+    known_failures: Mapping[str, str] = field(default_factory=dict)
+
+
+@asynccontextmanager
+async def _websockets(hub_kwargs: Mapping[str, Any]) -> AsyncIterator[Served]:
+    hub = Hub(**hub_kwargs)
+    server = await roomcast.websockets.serve(hub, "127.0.0.1", 0, start_serving=False)
+    # Leaving in reverse order: the hub closes its clients with 1001 first,
+    # then the server stops listening.
+    async with server, hub:
+        await server.start_serving()
+        port = server.sockets[0].getsockname()[1]
+        yield Served(f"ws://127.0.0.1:{port}{PATH}", hub, _same_loop)
+
+
+def _starlette_app(hub: Hub) -> Starlette:
+    return Starlette(
+        routes=[WebSocketRoute(PATH, roomcast.starlette.endpoint(hub))],
+        lifespan=roomcast.starlette.lifespan(hub),
+    )
+
+
+@asynccontextmanager
+async def _starlette_uvicorn(hub_kwargs: Mapping[str, Any]) -> AsyncIterator[Served]:
+    hub = Hub(**hub_kwargs)
+    config = uvicorn.Config(
+        _starlette_app(hub),
+        host="127.0.0.1",
+        port=0,
+        ws_max_size=hub.max_message_size,
+        ws_per_message_deflate=False,
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    stopped = anyio.Event()
+
+    async def run() -> None:
+        try:
+            await server.serve()
+        finally:
+            stopped.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        while not server.started:
+            if stopped.is_set():
+                raise RuntimeError("uvicorn did not start")
+            await anyio.sleep(0.005)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            yield Served(f"ws://127.0.0.1:{port}{PATH}", hub, _same_loop)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.fail_after(SHUTDOWN_TIMEOUT):
+                # uvicorn closes WebSockets with 1012 before the lifespan ends;
+                # the hub says goodbye with 1001 first.
+                await hub.aclose()
+                server.should_exit = True
+                await stopped.wait()
+
+
+@dataclass(frozen=True)
+class _TrioServer:
+    hub: Hub
+    url: str
+    token: trio.lowlevel.TrioToken
+    shutdown: trio.Event
+
+
+def _serve_starlette_with_hypercorn(
+    hub_kwargs: Mapping[str, Any], started: queue.SimpleQueue[_TrioServer | BaseException]
+) -> None:
+    async def main() -> None:
+        # Built inside trio: a hub's primitives belong to the loop it runs on.
+        hub = Hub(**hub_kwargs)
+        config = hypercorn.config.Config()
+        config.bind = ["127.0.0.1:0"]
+        config.websocket_max_message_size = hub.max_message_size
+        config.errorlog = None
+        config.graceful_timeout = SHUTDOWN_TIMEOUT / 2
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(
+                partial(
+                    hypercorn.trio.serve,
+                    _starlette_app(hub),  # type: ignore[arg-type]  # hypercorn's own ASGI types
+                    config,
+                    shutdown_trigger=shutdown.wait,
+                )
+            )
+            url = binds[0].replace("http://", "ws://", 1) + PATH
+            started.put(_TrioServer(hub, url, trio.lowlevel.current_trio_token(), shutdown))
+
+    try:
+        trio.run(main)
+    except BaseException as exc:  # the test thread waits for a server or a reason
+        started.put(exc)
+
+
+@asynccontextmanager
+async def _starlette_hypercorn_trio(hub_kwargs: Mapping[str, Any]) -> AsyncIterator[Served]:
+    started: queue.SimpleQueue[_TrioServer | BaseException] = queue.SimpleQueue()
+    thread = threading.Thread(
+        target=_serve_starlette_with_hypercorn,
+        args=(hub_kwargs, started),
+        name="trio server",
+        daemon=True,  # a hung server must not keep the test run alive
+    )
+    thread.start()
+    result = await anyio.to_thread.run_sync(
+        partial(started.get, timeout=SHUTDOWN_TIMEOUT), abandon_on_cancel=True
+    )
+    if isinstance(result, BaseException):
+        raise RuntimeError("the trio server did not start") from result
+    server = result
+
+    async def enter(call: Callable[[], Awaitable[Any]]) -> Any:
+        return await anyio.to_thread.run_sync(
+            partial(trio.from_thread.run, call, trio_token=server.token),
+            abandon_on_cancel=True,
+        )
+
+    try:
+        yield Served(server.url, server.hub, enter)
+    finally:
+        with anyio.CancelScope(shield=True), anyio.fail_after(SHUTDOWN_TIMEOUT):
+            await enter(server.hub.aclose)
+            await enter(_set_event(server.shutdown))
+            await anyio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
+        if thread.is_alive():
+            raise RuntimeError("the trio server did not stop")
+
+
+@asynccontextmanager
+async def _aiohttp(hub_kwargs: Mapping[str, Any]) -> AsyncIterator[Served]:
+    hub = Hub(**hub_kwargs)
+    app = web.Application()
+    app.router.add_get(PATH, roomcast.aiohttp.handler(hub))
+    app.cleanup_ctx.append(roomcast.aiohttp.cleanup_ctx(hub))
+    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT / 2)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        yield Served(f"ws://127.0.0.1:{port}{PATH}", hub, _same_loop)
+    finally:
+        with anyio.CancelScope(shield=True), anyio.fail_after(SHUTDOWN_TIMEOUT):
+            await runner.cleanup()
+
+
+def _set_event(event: trio.Event) -> Callable[[], Awaitable[None]]:
+    async def set_event() -> None:
+        event.set()
+
+    return set_event
+
+
+KINDS: list[ServerKind] = [
+    ServerKind("websockets", _websockets, hub_backend="asyncio", refusal="http", deflate=False),
+    ServerKind(
+        "starlette-uvicorn",
+        _starlette_uvicorn,
+        hub_backend="asyncio",
+        refusal="http",
+        deflate=False,
+    ),
+    ServerKind(
+        "starlette-hypercorn-trio",
+        _starlette_hypercorn_trio,
+        hub_backend="trio",
+        refusal="http",
+        # hypercorn accepts every permessage-deflate offer and has no setting against it.
+        deflate=True,
+        known_failures={
+            "test_slow_consumer_is_closed_4009_while_others_receive_everything": (
+                "hypercorn's trio worker shields socket writes from cancellation, so a "
+                "client stalled mid-write is not let go until it reads again"
+            ),
+        },
+    ),
+    ServerKind("aiohttp", _aiohttp, hub_backend="asyncio", refusal="http", deflate=False),
+]

@@ -1,0 +1,430 @@
+"""The same behaviour behind every adapter, over real sockets on 127.0.0.1.
+
+Each test runs once per server kind in :data:`tests.contract.servers.KINDS`.
+The client is the ``websockets`` asyncio client, so tests run on asyncio; a
+kind whose hub runs on trio serves from a thread of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed as WebSocketsClosed
+from websockets.exceptions import InvalidStatus
+from websockets.typing import Subprotocol
+
+from roomcast import Handshake, Hub, Principal, RateLimit
+from roomcast.hub import HubStatistics
+
+from .servers import KINDS, PATH, Served, ServerKind
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT = 10
+V1 = [Subprotocol("roomcast.v1")]
+
+
+@pytest.fixture(params=KINDS, ids=[kind.name for kind in KINDS])
+def kind(request: pytest.FixtureRequest) -> ServerKind:
+    server_kind: ServerKind = request.param
+    return server_kind
+
+
+@pytest.fixture
+def anyio_backend(kind: ServerKind) -> str:
+    # The websockets client runs on asyncio only; a kind whose hub runs on
+    # trio serves from its own thread (see servers.py), so the test side is
+    # asyncio for every kind.
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def known_failure(request: pytest.FixtureRequest, kind: ServerKind) -> None:
+    reason = kind.known_failures.get(request.node.originalname)
+    if reason is not None:
+        request.node.add_marker(pytest.mark.xfail(reason=reason, strict=True))
+
+
+@asynccontextmanager
+async def serving(kind: ServerKind, **hub_kwargs: Any) -> AsyncIterator[Served]:
+    async with kind.start(hub_kwargs) as served:
+        yield served
+
+
+@asynccontextmanager
+async def connected(
+    served: Served, target: str = PATH, **kwargs: Any
+) -> AsyncIterator[ClientConnection]:
+    """A client whose ``connection.ack`` has been read."""
+    async with open_client(served, target, **kwargs) as client:
+        await next_frame(client, "connection.ack")
+        yield client
+
+
+def open_client(served: Served, target: str = PATH, **kwargs: Any) -> connect:
+    base = served.url.removesuffix(PATH)
+    kwargs.setdefault("subprotocols", V1)
+    return connect(base + target, open_timeout=TIMEOUT, close_timeout=TIMEOUT, **kwargs)
+
+
+async def receive(client: ClientConnection) -> dict[str, Any]:
+    frame: dict[str, Any] = json.loads(await client.recv())
+    return frame
+
+
+async def next_frame(client: ClientConnection, type_: str) -> dict[str, Any]:
+    """The next frame of ``type_``, answering heartbeats and failing on anything else."""
+    while True:
+        frame = await receive(client)
+        if frame["type"] == type_:
+            return frame
+        if frame["type"] != "ping":
+            raise AssertionError(f"expected {type_}, got {frame}")
+        await client.send(json.dumps({"action": "pong"}))
+
+
+async def request(client: ClientConnection, frame: dict[str, Any]) -> dict[str, Any]:
+    await client.send(json.dumps(frame))
+    return await next_frame(client, "reply")
+
+
+async def frames_before_pong(client: ClientConnection, ref: str = "sync") -> list[dict[str, Any]]:
+    """Everything the server sent before answering a ping: a barrier instead of a sleep."""
+    await client.send(json.dumps({"action": "ping", "ref": ref}))
+    frames = []
+    while (frame := await receive(client)) != {"type": "pong", "ref": ref}:
+        frames.append(frame)
+    return frames
+
+
+async def close_code(client: ClientConnection) -> int | None:
+    """Read until the connection closes; the close code the server sent, if any."""
+    try:
+        while True:
+            await client.recv()
+    except WebSocketsClosed as exc:
+        return None if exc.rcvd is None else int(exc.rcvd.code)
+
+
+async def eventually(served: Served, condition: Callable[[HubStatistics], bool]) -> None:
+    """Wait for the hub's counters to satisfy ``condition``; the caller's bound limits it."""
+    while not condition(await served.stats()):
+        await anyio.sleep(0.01)
+
+
+def publisher(
+    room: str, type_: str, payloads: list[Any], **kwargs: Any
+) -> Callable[[Hub], Awaitable[None]]:
+    async def publish(hub: Hub) -> None:
+        for payload in payloads:
+            await hub.publish(room, type_, payload, **kwargs)
+
+    return publish
+
+
+class UserAuthenticator:
+    """The user is whoever the ``x-user`` header names; every handshake is kept."""
+
+    def __init__(self) -> None:
+        self.handshakes: list[Handshake] = []
+
+    async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
+        self.handshakes.append(handshake)
+        return Principal(handshake.header("x-user"))
+
+
+# Connection
+
+
+async def test_connect_negotiates_roomcast_v1_and_acks(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served, open_client(served) as client:
+            assert client.subprotocol == "roomcast.v1"
+            assert client.response is not None
+            extensions = client.response.headers.get("Sec-WebSocket-Extensions", "")
+            assert ("permessage-deflate" in extensions) == kind.deflate
+            ack = await next_frame(client, "connection.ack")
+            payload = ack["payload"]
+            assert isinstance(payload["clientId"], str)
+            assert payload["clientId"]
+            assert payload["heartbeatMs"] > 0
+            assert payload["protocol"] == "roomcast.v1"
+
+
+async def test_ping_is_answered_with_pong_echoing_ref(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served, connected(served) as client:
+            await client.send(json.dumps({"action": "ping", "ref": 1}))
+            assert await receive(client) == {"type": "pong", "ref": 1}
+
+
+# Rooms
+
+
+async def test_subscribe_and_unsubscribe_reply_per_room(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served, connected(served) as client:
+            joined = await request(
+                client, {"action": "subscribe", "rooms": ["team:t1", "user:other"], "ref": 1}
+            )
+            assert joined["ref"] == 1
+            assert joined["ok"] is True
+            rooms = joined["payload"]["rooms"]
+            assert rooms["team:t1"]["ok"] is True
+            assert rooms["user:other"]["error"]["code"] == "forbidden"
+            assert (await served.stats()).members == {"team:t1": 1}
+
+            left = await request(
+                client, {"action": "unsubscribe", "rooms": ["team:t1", "team:t2"], "ref": 2}
+            )
+            assert left["payload"]["rooms"]["team:t1"] == {"ok": True}
+            assert left["payload"]["rooms"]["team:t2"]["error"]["code"] == "not_found"
+            assert (await served.stats()).rooms == 0
+
+
+async def test_publish_reaches_exactly_the_room_members(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(kind) as served,
+            connected(served) as member,
+            connected(served) as other_member,
+            connected(served) as outsider,
+        ):
+            for client in (member, other_member):
+                await request(client, {"action": "subscribe", "rooms": ["team:t1"], "ref": 1})
+            await request(outsider, {"action": "subscribe", "rooms": ["team:t2"], "ref": 1})
+
+            await served.run(publisher("team:t1", "issue.created", [{"id": "i1"}], user_id="u9"))
+
+            for client in (member, other_member):
+                event = await next_frame(client, "issue.created")
+                assert (event["room"], event["payload"], event["userId"]) == (
+                    "team:t1",
+                    {"id": "i1"},
+                    "u9",
+                )
+            # The event was written to every member before publish returned.
+            assert await frames_before_pong(outsider) == []
+
+
+async def test_send_to_user_reaches_every_connection_of_the_user(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(kind, authenticator=UserAuthenticator()) as served,
+            connected(served, additional_headers={"x-user": "u1"}) as phone,
+            connected(served, additional_headers={"x-user": "u1"}) as laptop,
+            connected(served, additional_headers={"x-user": "u2"}) as someone_else,
+        ):
+
+            async def send(hub: Hub) -> str:
+                return await hub.send_to_user("u1", "notification", {"text": "hi"})
+
+            message_id = await served.run(send)
+            for client in (phone, laptop):
+                event = await next_frame(client, "notification")
+                assert (event["id"], event["room"], event["payload"]) == (
+                    message_id,
+                    None,
+                    {"text": "hi"},
+                )
+            assert await frames_before_pong(someone_else) == []
+
+
+# Bad input and limits
+
+
+@pytest.mark.parametrize(
+    "frame",
+    ["not json", '{"action": "fly"}', '{"action": "subscribe", "rooms": ["bad room"]}'],
+)
+async def test_bad_frame_gets_bad_request_and_connection_stays(
+    kind: ServerKind, frame: str
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served, connected(served) as client:
+            await client.send(frame)
+            refused = await receive(client)
+            error = refused.get("payload") or refused.get("error")
+            assert error is not None
+            assert error["code"] == "bad_request"
+            await client.send(json.dumps({"action": "ping", "ref": 2}))
+            assert await receive(client) == {"type": "pong", "ref": 2}
+
+
+async def test_frame_over_64_kib_closes_with_1009(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served, connected(served) as client:
+            frame = json.dumps({"action": "ping", "ref": "x" * 65536})
+            await client.send(frame)
+            assert await close_code(client) == 1009
+
+
+async def test_rate_limited_request_gets_retry_after(kind: ServerKind) -> None:
+    limit = RateLimit(rate=60, period=60, burst=2, strikes=3)
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind, rate_limit=limit) as served, connected(served) as client:
+            for ref in (1, 2):
+                await client.send(json.dumps({"action": "ping", "ref": ref}))
+                assert await receive(client) == {"type": "pong", "ref": ref}
+            refused = await request(client, {"action": "ping", "ref": 3})
+            assert (refused["ref"], refused["ok"]) == (3, False)
+            assert refused["error"]["code"] == "rate_limited"
+            assert 0 < refused["error"]["retryAfterMs"] <= 1000
+            assert (await served.stats()).rate_limited == 1
+
+
+async def test_sustained_abuse_closes_with_4029(kind: ServerKind) -> None:
+    limit = RateLimit(rate=60, period=60, burst=2, strikes=3)
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind, rate_limit=limit) as served, connected(served) as client:
+            for _ in range(10):
+                await client.send(json.dumps({"action": "ping"}))
+            assert await close_code(client) == 4029
+
+
+# Slow consumers
+
+
+STALL_FRAMES = 2000
+STALL_BURST = 25  # half the hub's max_queue: a client that keeps reading never overflows
+STALL_PAYLOAD = "z" * 8192
+STALL_RELEASE_SECONDS = 3
+
+
+async def test_slow_consumer_is_closed_4009_while_others_receive_everything(
+    kind: ServerKind,
+) -> None:
+    # A small receive buffer on the stalled client's socket: the server's
+    # writes back up after a few MiB of kernel buffers, not tens of them.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    received: list[int] = []
+    burst_seconds: list[float] = []
+
+    async def publish(hub: Hub) -> None:
+        for start in range(0, STALL_FRAMES, STALL_BURST):
+            began = anyio.current_time()
+            for n in range(start, start + STALL_BURST):
+                await hub.publish("feed", "feed.item", [n, STALL_PAYLOAD])
+            burst_seconds.append(anyio.current_time() - began)
+            # Paced by the healthy reader, so only the stalled client can overflow.
+            while len(received) < start + STALL_BURST:
+                await anyio.sleep(0.001)
+
+    with anyio.fail_after(TIMEOUT * 3), sock:
+        async with serving(kind, max_queue=50) as served, connected(served) as healthy:
+            host, port = served.url.split("//")[1].split("/")[0].split(":")
+            sock.connect((host, int(port)))
+            async with connected(served, sock=sock, max_queue=1) as stalled:
+                for client in (healthy, stalled):
+                    await request(client, {"action": "subscribe", "rooms": ["feed"], "ref": 1})
+                stalled.transport.pause_reading()
+
+                async def read_healthy() -> None:
+                    while len(received) < STALL_FRAMES:
+                        received.append((await next_frame(healthy, "feed.item"))["payload"][0])
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(read_healthy)
+                    await served.run(publish)
+
+                assert received == list(range(STALL_FRAMES))
+                # A publisher that waited for the stalled client would stall with it.
+                assert max(burst_seconds) < 1.0
+                try:
+                    # Its queue overflowed during the publishing: the hub lets go of
+                    # it now, not once it reads again.
+                    with anyio.fail_after(STALL_RELEASE_SECONDS):
+                        await eventually(served, lambda stats: stats.slow_consumer_disconnects == 1)
+                finally:
+                    stalled.transport.resume_reading()
+                    # Read to the close even on failure: unread frames would
+                    # hold the closing handshake up until its timeout.
+                    code = await close_code(stalled)
+                assert code == 4009
+            assert (await served.stats()).slow_consumer_disconnects == 1
+
+
+# Shutdown and departures
+
+
+async def test_shutdown_flushes_then_closes_1001(kind: ServerKind) -> None:
+    count = 200
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served, connected(served) as client:
+            await request(client, {"action": "subscribe", "rooms": ["feed"], "ref": 1})
+
+            async def publish_then_close(hub: Hub) -> None:
+                await publisher("feed", "feed.item", list(range(count)))(hub)
+                await hub.aclose()
+
+            received: list[int] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(served.run, publish_then_close)
+                with pytest.raises(WebSocketsClosed) as excinfo:
+                    while True:
+                        received.append((await next_frame(client, "feed.item"))["payload"])
+            assert received == list(range(count))
+            assert excinfo.value.rcvd is not None
+            assert excinfo.value.rcvd.code == 1001
+
+
+async def test_vanished_client_leaves_the_hub_and_its_rooms(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served, connected(served) as client:
+            await request(client, {"action": "subscribe", "rooms": ["team:t1"], "ref": 1})
+            assert (await served.stats()).members == {"team:t1": 1}
+            client.transport.abort()  # no close frame
+            await eventually(served, lambda stats: stats.clients == 0)
+            assert (await served.stats()).rooms == 0
+
+
+# Handshake
+
+
+async def test_disallowed_origin_is_refused(kind: ServerKind) -> None:
+    evil = {"Origin": "https://app.example.com.evil.com"}
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind, allowed_origins=["https://app.example.com"]) as served:
+            if kind.refusal == "http":
+                with pytest.raises(InvalidStatus) as excinfo:
+                    async with open_client(served, additional_headers=evil):
+                        pass
+                assert excinfo.value.response.status_code == 403
+            else:
+                async with open_client(served, additional_headers=evil) as client:
+                    assert await close_code(client) == 1008
+            assert (await served.stats()).origin_refusals == 1
+            assert (await served.stats()).connections_total == 0
+
+            allowed = {"Origin": "https://app.example.com"}
+            async with connected(served, additional_headers=allowed):
+                assert (await served.stats()).clients == 1
+
+
+async def test_handshake_facts_reach_the_authenticator(kind: ServerKind) -> None:
+    authenticator = UserAuthenticator()
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(kind, authenticator=authenticator) as served,
+            connected(
+                served,
+                f"{PATH}?room=chat%3A1&flag=",
+                additional_headers={"X-User": "u1", "Cookie": "session=abc; theme=dark"},
+            ) as client,
+        ):
+            (handshake,) = authenticator.handshakes
+            assert handshake.path == PATH
+            assert handshake.header("x-user") == "u1"
+            assert handshake.query_param("room") == "chat:1"
+            assert handshake.query_param("flag") == ""
+            assert handshake.cookies == {"session": "abc", "theme": "dark"}
+            assert handshake.client == client.local_address[:2]
+            assert handshake.subprotocols == ("roomcast.v1",)

@@ -1,0 +1,592 @@
+"""The aiohttp adapter over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed as WebSocketsClosed
+from websockets.exceptions import InvalidStatus
+from websockets.typing import Origin, Subprotocol
+
+import roomcast.aiohttp
+from roomcast import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    Handshake,
+    Hub,
+    PingableTransport,
+    Principal,
+)
+from roomcast.aiohttp import AiohttpTransport
+
+pytestmark = pytest.mark.anyio
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "chat_aiohttp.py"
+TIMEOUT = 10
+V1 = [Subprotocol("roomcast.v1")]
+# Payload sizes at the edges of RFC 6455's three length encodings.
+EDGE_SIZES = [0, 1, 125, 126, 127, 65535, 65536, 70000]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # aiohttp runs on asyncio only
+
+
+@asynccontextmanager
+async def running(app: web.Application) -> AsyncIterator[str]:
+    """Serve ``app`` on an ephemeral port; yield its ``ws://`` base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"ws://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def accepted(
+    path: str = "/ws", *, compress: bool = False, **client_kwargs: Any
+) -> AsyncIterator[tuple[ClientConnection, AiohttpTransport]]:
+    """Connect a client and hand the test the server side's transport, as a hub gets it."""
+    send, receive = anyio.create_memory_object_stream[AiohttpTransport](1)
+    release = anyio.Event()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ws: web.WebSocketResponse = web.WebSocketResponse(
+            max_msg_size=65536 + 1, compress=compress, autoping=False
+        )
+        await ws.prepare(request)
+        transport = AiohttpTransport(request, ws)
+        await send.send(transport)
+        await release.wait()  # the connection lives until the test is done with it
+        await transport.close(1001)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/{path:.*}", handle)
+    with send, receive:
+        async with running(app) as base, connect(base + path, **client_kwargs) as client:
+            transport = await receive.receive()
+            try:
+                yield client, transport
+            finally:
+                release.set()
+
+
+@asynccontextmanager
+async def served(**hub_kwargs: Any) -> AsyncIterator[tuple[Hub, str]]:
+    """A hub mounted at ``/ws`` with its lifetime tied to the app's; yield it and the URL."""
+    hub = Hub(**hub_kwargs)
+    app = web.Application()
+    app.router.add_get("/ws", roomcast.aiohttp.handler(hub))
+    app.cleanup_ctx.append(roomcast.aiohttp.cleanup_ctx(hub))
+    async with running(app) as base:
+        yield hub, base + "/ws"
+
+
+async def next_frame(client: ClientConnection, type_: str) -> dict[str, Any]:
+    """Return the next frame of ``type_``, answering and skipping heartbeats."""
+    while True:
+        frame: dict[str, Any] = json.loads(await client.recv())
+        if frame["type"] == type_:
+            return frame
+        if frame["type"] == "ping":
+            await client.send(json.dumps({"action": "pong"}))
+
+
+async def close_code(client: ClientConnection) -> int | None:
+    """Read until the connection closes; return the close code the server sent."""
+    try:
+        while True:
+            await client.recv()
+    except WebSocketsClosed as exc:
+        return None if exc.rcvd is None else int(exc.rcvd.code)
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait for ``condition`` to hold; the caller's ``fail_after`` bounds the wait."""
+    while not condition():
+        await anyio.sleep(0.01)
+
+
+def edge_frames() -> list[str]:
+    # Two-byte characters: a frame's length is counted in bytes, not characters.
+    return ["é" * (size // 2) + "x" * (size % 2) for size in EDGE_SIZES]
+
+
+# The transport alone
+
+
+async def test_transport_is_a_pingable_transport() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (_, transport):
+            assert isinstance(transport, PingableTransport)
+
+
+async def test_handshake_carries_path_headers_query_cookies_client_and_offers() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted(
+            "/ws/a%20b?token=&room=chat:1&room=chat%3A2",
+            subprotocols=[Subprotocol("roomcast.v1"), Subprotocol("other")],
+            additional_headers=[
+                ("X-Trace", "one"),
+                ("X-Trace", "two"),
+                ("Cookie", 'sid=s1; bad(name=x; theme="dark"'),
+                ("Cookie", "sid=s2"),
+            ],
+        ) as (client, transport):
+            handshake = transport.handshake
+            assert handshake.path == "/ws/a b"
+            assert handshake.header_values("x-trace") == ["one", "two"]
+            assert all(name == name.lower() for name, _ in handshake.headers)
+            assert handshake.query == (("token", ""), ("room", "chat:1"), ("room", "chat:2"))
+            assert handshake.cookies == {"sid": "s2", "theme": "dark"}
+            assert handshake.client == client.local_address[:2]
+            assert handshake.subprotocols == ("roomcast.v1", "other")
+
+
+async def test_receive_returns_text_and_binary_messages() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            await client.send("text")
+            await client.send(b"bytes")
+            assert await transport.receive() == "text"
+            assert await transport.receive() == b"bytes"
+
+
+async def test_receive_raises_connection_closed_with_the_peers_code() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            async with anyio.create_task_group() as tg:
+                # aiohttp answers a close frame only while someone receives.
+                tg.start_soon(client.close, 4000, "bye")
+                with pytest.raises(ConnectionClosedError) as excinfo:
+                    await transport.receive()
+            assert (excinfo.value.code, excinfo.value.reason) == (4000, "bye")
+
+
+async def test_receive_takes_max_msg_size_and_raises_1009_past_it() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            await client.send("x" * 65536)
+            assert await transport.receive() == "x" * 65536
+            await client.send("x" * (65536 + 1))
+            with pytest.raises(ConnectionClosed) as excinfo:
+                await transport.receive()
+            assert excinfo.value.code == 1009
+
+
+async def test_receive_raises_1006_when_the_peer_vanishes() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            client.transport.abort()
+            with pytest.raises(ConnectionClosed) as excinfo:
+                await transport.receive()
+            assert excinfo.value.code == 1006
+
+
+async def test_receive_answers_pings_from_the_peer() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            pong = await client.ping()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(transport.receive)
+                await pong
+                tg.cancel_scope.cancel()
+
+
+async def test_try_send_writes_at_once_when_the_buffer_has_room() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            assert transport.try_send("now")
+            assert await client.recv() == "now"
+
+
+async def test_try_send_and_send_write_valid_frames_of_every_length_encoding() -> None:
+    frames = edge_frames()
+    with anyio.fail_after(TIMEOUT):
+        # The client checks every frame strictly: header, length and UTF-8.
+        async with accepted(max_size=None) as (client, transport):
+            for frame in frames:
+                assert transport.try_send(frame)
+            await transport.send(frames)
+            received = [await client.recv() for _ in range(2 * len(frames))]
+            assert received == frames + frames
+            assert [len(frame.encode()) for frame in frames] == EDGE_SIZES
+
+
+async def test_try_send_refuses_above_the_high_water_mark_and_send_waits() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted(max_queue=1) as (client, transport):
+            client.transport.pause_reading()
+            taken: list[str] = []
+            while transport.try_send(frame := f"{len(taken):06d}" + "y" * 16384):
+                taken.append(frame)
+                # The kernel's socket buffers hold a few MiB; past them, asyncio's must fill.
+                assert len(taken) < 2000
+            server = transport._request.transport
+            assert server is not None
+            assert server.get_write_buffer_size() > server.get_write_buffer_limits()[1]
+
+            rest = ["next", "last"]
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(transport.send, rest)
+                await anyio.sleep(0.05)
+                client.transport.resume_reading()
+                received = [await client.recv() for _ in range(len(taken) + len(rest))]
+            assert received == taken + rest
+
+
+async def test_a_compressed_connection_sends_through_aiohttp_only() -> None:
+    with anyio.fail_after(TIMEOUT):
+        # The client offers permessage-deflate, which this server accepts.
+        async with accepted(compress=True) as (client, transport):
+            assert transport._ws.compress
+            assert not transport.try_send("now")
+            await transport.send(["1", "2"])
+            assert [await client.recv() for _ in range(2)] == ["1", "2"]
+
+
+async def test_sending_on_a_closed_transport_raises_connection_closed() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (_, transport):
+            await transport.close(1000)
+            with pytest.raises(ConnectionClosed):
+                transport.try_send("late")
+            with pytest.raises(ConnectionClosed):
+                await transport.send(["late"])
+            with pytest.raises(ConnectionClosed):
+                await transport.ping(lambda: None)
+
+
+async def test_close_sends_code_and_reason_cut_to_123_bytes_and_is_idempotent() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            await transport.close(4009, "é" * 100)
+            await transport.close(4009, "again")
+            with pytest.raises(WebSocketsClosed) as excinfo:
+                await client.recv()
+            assert excinfo.value.rcvd is not None
+            assert excinfo.value.rcvd.code == 4009
+            assert excinfo.value.rcvd.reason == "é" * 61  # 122 bytes: no half character
+
+
+async def test_close_rejects_a_code_that_cannot_be_sent() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (_, transport):
+            with pytest.raises(ValueError, match="1006"):
+                await transport.close(1006)
+
+
+async def test_ping_calls_on_pong_when_the_pong_arrives() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (_, transport):
+            ponged = anyio.Event()
+            await transport.ping(ponged.set)
+            async with anyio.create_task_group() as tg:
+                # Pongs arrive through receive(), which the hub always runs.
+                tg.start_soon(transport.receive)
+                await ponged.wait()
+                tg.cancel_scope.cancel()
+
+
+def test_import_without_the_library_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['aiohttp'] = None\n"
+        "try:\n    import roomcast.aiohttp\n"
+        "except ImportError as exc:\n    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
+    )
+    assert "pip install 'roomcast[aiohttp]'" in result.stdout
+
+
+# Through a hub
+
+
+class RecordingAuthenticator:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Handshake, str | None]] = []
+
+    async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
+        self.calls.append((handshake, token))
+        return Principal("u1")
+
+
+async def subscribe(client: ClientConnection, room: str) -> dict[str, Any]:
+    await client.send(json.dumps({"action": "subscribe", "rooms": [room], "ref": 1}))
+    return await next_frame(client, "reply")
+
+
+async def test_serve_negotiates_roomcast_v1_and_sends_connection_ack() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with served() as (_, url), connect(url, subprotocols=V1) as client:
+            assert client.subprotocol == "roomcast.v1"
+            ack = await next_frame(client, "connection.ack")
+            assert ack["payload"]["protocol"] == "roomcast.v1"
+
+
+async def test_server_publish_reaches_a_subscriber() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with served() as (hub, url), connect(url, subprotocols=V1) as client:
+            await next_frame(client, "connection.ack")
+            assert (await subscribe(client, "team:t1"))["ok"] is True
+            await hub.publish("team:t1", "issue.created", {"id": "i1"}, user_id="u9")
+            event = await next_frame(client, "issue.created")
+            assert (event["room"], event["payload"], event["userId"]) == (
+                "team:t1",
+                {"id": "i1"},
+                "u9",
+            )
+
+
+async def test_handshake_facts_reach_the_authenticator_before_accept() -> None:
+    authenticator = RecordingAuthenticator()
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            served(authenticator=authenticator) as (_, url),
+            connect(
+                url + "?room=chat:1",
+                subprotocols=V1,
+                additional_headers={
+                    "X-App": "tracker",
+                    "Cookie": "session=abc",
+                    "Authorization": "Bearer t0ken",
+                },
+            ) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            ((handshake, token),) = authenticator.calls
+            assert token == "t0ken"
+            assert handshake.path == "/ws"
+            assert handshake.header("x-app") == "tracker"
+            assert handshake.query_param("room") == "chat:1"
+            assert handshake.cookies == {"session": "abc"}
+            assert handshake.client == client.local_address[:2]
+            assert handshake.subprotocols == ("roomcast.v1",)
+
+
+async def test_the_client_address_is_what_a_proxy_middleware_resolved() -> None:
+    authenticator = RecordingAuthenticator()
+    hub = Hub(authenticator=authenticator)
+
+    @web.middleware
+    async def trust_proxy(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await handler(request.clone(remote=request.headers["X-Forwarded-For"]))
+
+    app = web.Application(middlewares=[trust_proxy])
+    app.router.add_get("/ws", roomcast.aiohttp.handler(hub))
+    app.cleanup_ctx.append(roomcast.aiohttp.cleanup_ctx(hub))
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            running(app) as base,
+            connect(base + "/ws", additional_headers={"X-Forwarded-For": "203.0.113.7"}) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            ((handshake, _),) = authenticator.calls
+            assert handshake.client == ("203.0.113.7", client.local_address[1])
+
+
+async def test_a_disallowed_origin_is_refused_with_403_before_accept() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with served(allowed_origins=["https://app.example.com"]) as (hub, url):
+            with pytest.raises(InvalidStatus) as excinfo:
+                async with connect(url, origin=Origin("https://evil.example.com")):
+                    pass
+            assert excinfo.value.response.status_code == 403
+            assert excinfo.value.response.body == b"origin not allowed"
+            assert hub.stats().origin_refusals == 1
+            async with connect(url, origin=Origin("https://app.example.com")) as client:
+                await next_frame(client, "connection.ack")
+
+
+async def test_serve_takes_a_frame_at_the_hub_limit_and_closes_one_past_it_with_1009() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with served() as (hub, url), connect(url, subprotocols=V1) as client:
+            await next_frame(client, "connection.ack")
+            await client.send("x" * hub.max_message_size)
+            error = await next_frame(client, "error")  # not JSON, but not too big
+            assert error["payload"]["code"] == "bad_request"
+            await client.send("x" * (hub.max_message_size + 1))
+            assert await close_code(client) == 1009
+
+
+async def test_a_vanished_client_leaves_its_rooms() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with served() as (hub, url), connect(url, subprotocols=V1) as client:
+            await next_frame(client, "connection.ack")
+            await subscribe(client, "team:t1")
+            assert hub.stats().members == {"team:t1": 1}
+            client.transport.abort()
+            await eventually(lambda: hub.stats().clients == 0)
+            assert hub.stats().rooms == 0
+
+
+async def test_app_shutdown_flushes_queued_frames_then_closes_with_1001() -> None:
+    hub = Hub()
+    app = web.Application()
+    app.router.add_get("/ws", roomcast.aiohttp.handler(hub))
+    app.cleanup_ctx.append(roomcast.aiohttp.cleanup_ctx(hub))
+    # aiohttp would wait 60 s for open handlers: only on_shutdown closes them in time.
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"ws://127.0.0.1:{runner.addresses[0][1]}/ws"
+    with anyio.fail_after(TIMEOUT):
+        async with connect(url, subprotocols=V1, max_queue=1) as client:
+            await next_frame(client, "connection.ack")
+            await subscribe(client, "team:t1")
+            client.transport.pause_reading()
+            (state,) = hub._clients.values()
+            payload = "z" * 16384
+            published = 0
+            # Past the kernel's and asyncio's buffers, frames wait in the hub's queue.
+            while state.direct or published < 50:
+                await hub.publish("team:t1", "note", {"n": published, "text": payload})
+                published += 1
+                assert published < 2000
+            started = anyio.current_time()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(runner.cleanup)
+                await anyio.sleep(0.05)
+                client.transport.resume_reading()
+                numbers = [
+                    (await next_frame(client, "note"))["payload"]["n"] for _ in range(published)
+                ]
+                assert numbers == list(range(published))
+                assert await close_code(client) == 1001
+            # No wait for close replies that aiohttp, shutting down, no longer reads.
+            assert anyio.current_time() - started < hub.drain_timeout / 2
+        assert not hub.running
+
+
+async def test_startup_and_cleanup_may_run_in_different_tasks() -> None:
+    hub = Hub()
+    app = web.Application()
+    app.router.add_get("/ws", roomcast.aiohttp.handler(hub))
+    app.cleanup_ctx.append(roomcast.aiohttp.cleanup_ctx(hub))
+    runner = web.AppRunner(app)
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.setup)
+        assert hub.running
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.cleanup)
+        assert not hub.running
+
+
+async def test_a_hub_that_cannot_start_fails_the_application_startup() -> None:
+    hub = Hub()
+    app = web.Application()
+    app.cleanup_ctx.append(roomcast.aiohttp.cleanup_ctx(hub))
+    runner = web.AppRunner(app)
+    with anyio.fail_after(TIMEOUT):
+        async with hub:  # a hub starts once
+            with pytest.raises(RuntimeError, match="started once"):
+                await runner.setup()
+            assert hub.running  # the cleanup context did not close a hub it had not started
+            await runner.cleanup()
+
+
+async def test_cleanup_ctx_on_a_sub_application_is_refused() -> None:
+    sub = web.Application()
+    sub.cleanup_ctx.append(roomcast.aiohttp.cleanup_ctx(Hub()))
+    app = web.Application()
+    app.add_subapp("/chat", sub)
+    runner = web.AppRunner(app)
+    with anyio.fail_after(TIMEOUT), pytest.raises(RuntimeError, match="root application"):
+        await runner.setup()
+    await runner.cleanup()
+
+
+async def test_a_hub_that_is_not_running_refuses_with_503() -> None:
+    hub = Hub()
+    app = web.Application()
+    app.router.add_get("/ws", roomcast.aiohttp.handler(hub))
+    with anyio.fail_after(TIMEOUT):
+        async with running(app) as base:
+            with pytest.raises(InvalidStatus) as excinfo:
+                async with connect(base + "/ws"):
+                    pass
+            assert excinfo.value.response.status_code == 503
+
+
+# The example
+
+
+async def test_chat_example_serves_its_page_relays_messages_and_stops_on_sigint() -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with anyio.fail_after(TIMEOUT * 2):
+        async with await anyio.open_process(
+            [sys.executable, str(EXAMPLE), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        ) as process:
+            assert process.stdout is not None
+            line = b""
+            async for chunk in process.stdout:
+                line += chunk
+                if b"\n" in line:
+                    break
+            http_url = line.decode().split()[-1]
+            assert http_url.startswith("http://127.0.0.1:")
+
+            def fetch() -> tuple[int, str, str]:
+                with urllib.request.urlopen(http_url, timeout=TIMEOUT) as response:
+                    return (
+                        response.status,
+                        response.headers["Content-Type"],
+                        response.read().decode(),
+                    )
+
+            status, content_type, body = await anyio.to_thread.run_sync(fetch)
+            assert status == 200
+            assert content_type == "text/html; charset=utf-8"
+            assert "new WebSocket(" in body
+
+            ws_url = "ws" + http_url.removeprefix("http").rstrip("/") + "/ws"
+            async with (
+                connect(ws_url, subprotocols=V1) as reader,
+                connect(ws_url, subprotocols=V1) as writer,
+            ):
+                for client in (reader, writer):
+                    await next_frame(client, "connection.ack")
+                subscribe = {"action": "subscribe", "rooms": ["chat:general"], "ref": 1}
+                await reader.send(json.dumps(subscribe))
+                assert (await next_frame(reader, "reply"))["ok"] is True
+                message = {"text": "hello", "name": "ana"}
+                publish = {
+                    "action": "publish",
+                    "room": "chat:general",
+                    "type": "chat.message",
+                    "payload": message,
+                    "ref": 2,
+                }
+                await writer.send(json.dumps(publish))
+                assert (await next_frame(writer, "reply"))["ok"] is True
+                event = await next_frame(reader, "chat.message")
+                assert (event["room"], event["payload"]) == ("chat:general", message)
+
+                process.send_signal(signal.SIGINT)
+                assert await close_code(reader) == 1001
+            assert await process.wait() == 0

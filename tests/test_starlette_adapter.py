@@ -1,0 +1,643 @@
+"""The Starlette adapter over real sockets on 127.0.0.1: uvicorn on asyncio, hypercorn on trio.
+
+The client is the ``websockets`` library's: its asyncio implementation under
+uvicorn and its trio implementation under hypercorn, which share one API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import hypercorn.config
+import hypercorn.trio
+import pytest
+import sniffio
+import trio
+import uvicorn
+import websockets.asyncio.client
+import websockets.trio.client
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+from websockets.exceptions import ConnectionClosed as WebSocketsClosed
+from websockets.exceptions import InvalidStatus
+from websockets.typing import Subprotocol
+
+import roomcast.starlette
+from roomcast import (
+    AuthenticationError,
+    ConnectionClosed,
+    ConnectionClosedError,
+    Handshake,
+    Hub,
+    Principal,
+    Transport,
+)
+from roomcast.starlette import StarletteTransport
+
+pytestmark = pytest.mark.anyio
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+TIMEOUT = 10
+V1 = [Subprotocol("roomcast.v1")]
+SERVERS = {"asyncio": "uvicorn", "trio": "hypercorn"}
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("asyncio", id="uvicorn-asyncio"),
+        pytest.param("trio", id="hypercorn-trio"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Each server on the event loop it is built for: uvicorn on asyncio, hypercorn on trio."""
+    backend: str = request.param
+    return backend
+
+
+class Client(Protocol):
+    """What the tests use of a ``websockets`` client connection, asyncio or trio."""
+
+    @property
+    def subprotocol(self) -> Subprotocol | None: ...
+    @property
+    def local_address(self) -> Any: ...
+    async def recv(self) -> str | bytes: ...
+    async def send(self, message: str | bytes) -> None: ...
+
+
+def connect(url: str, **kwargs: Any) -> AbstractAsyncContextManager[Client]:
+    kwargs.setdefault("proxy", None)
+    if anyio_backend_name() == "trio":
+        return websockets.trio.client.connect(url, **kwargs)
+    return websockets.asyncio.client.connect(url, **kwargs)
+
+
+def anyio_backend_name() -> str:
+    return sniffio.current_async_library()
+
+
+async def close(client: Client, code: int, reason: str) -> None:
+    if isinstance(client, websockets.asyncio.client.ClientConnection):
+        await client.close(code, reason)
+    else:
+        assert isinstance(client, websockets.trio.client.ClientConnection)
+        await client.aclose(code, reason)
+
+
+async def abort(client: Client) -> None:
+    """Drop the TCP connection without a closing handshake: reset it."""
+    if isinstance(client, websockets.asyncio.client.ClientConnection):
+        client.transport.abort()
+    else:
+        assert isinstance(client, websockets.trio.client.ClientConnection)
+        assert isinstance(client.stream, trio.SocketStream)
+        client.stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await client.stream.aclose()
+
+
+@asynccontextmanager
+async def uvicorn_serving(app: ASGIApp, **options: Any) -> AsyncIterator[str]:
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_config=None, lifespan="on", **options
+    )
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        while not server.started:
+            await anyio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            yield f"ws://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+
+
+@asynccontextmanager
+async def hypercorn_serving(app: ASGIApp, **options: Any) -> AsyncIterator[str]:
+    config = hypercorn.config.Config()
+    config.bind = ["127.0.0.1:0"]
+    config.graceful_timeout = 1.0
+    config.accesslog = None
+    for name, value in options.items():
+        setattr(config, name, value)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        binds: list[str] = await tg.start(
+            lambda task_status: hypercorn.trio.serve(
+                app,  # type: ignore[arg-type]  # hypercorn's ASGI types are its own
+                config,
+                shutdown_trigger=stop.wait,
+                task_status=task_status,
+            )
+        )
+        try:
+            yield "ws" + binds[0].removeprefix("http")
+        finally:
+            stop.set()
+
+
+def serving(app: ASGIApp, **options: Any) -> AbstractAsyncContextManager[str]:
+    """Serve ``app`` on an ephemeral port for the duration; yield its ``ws://`` base URL."""
+    if anyio_backend_name() == "trio":
+        return hypercorn_serving(app, **options)
+    return uvicorn_serving(app, **options)
+
+
+def starlette_app(hub: Hub) -> Starlette:
+    return Starlette(
+        routes=[WebSocketRoute("/ws", roomcast.starlette.endpoint(hub))],
+        lifespan=roomcast.starlette.lifespan(hub),
+    )
+
+
+async def next_frame(client: Client, type_: str) -> dict[str, Any]:
+    """Return the next frame of ``type_``, answering and skipping heartbeats."""
+    while True:
+        frame: dict[str, Any] = json.loads(await client.recv())
+        if frame["type"] == type_:
+            return frame
+        if frame["type"] == "ping":
+            await client.send(json.dumps({"action": "pong"}))
+
+
+async def subscribe(client: Client, room: str) -> dict[str, Any]:
+    await client.send(json.dumps({"action": "subscribe", "rooms": [room], "ref": 1}))
+    return await next_frame(client, "reply")
+
+
+async def close_code(client: Client) -> int | None:
+    """Read until the connection closes; return the close code the server sent."""
+    try:
+        while True:
+            await client.recv()
+    except WebSocketsClosed as exc:
+        return None if exc.rcvd is None else int(exc.rcvd.code)
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait for ``condition`` to hold; the caller's ``fail_after`` bounds the wait."""
+    while not condition():
+        await anyio.sleep(0.01)
+
+
+# The transport alone
+
+
+@asynccontextmanager
+async def accepted(
+    path: str = "/ws", **client_kwargs: Any
+) -> AsyncIterator[tuple[Client, StarletteTransport]]:
+    """Connect a client and hand the test the server side's transport."""
+    send, receive = anyio.create_memory_object_stream[StarletteTransport](1)
+    release = anyio.Event()
+
+    async def handle(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await send.send(StarletteTransport(websocket, 65536))
+        await release.wait()  # the connection lives until the test is done with it
+
+    app = Starlette(routes=[WebSocketRoute("/ws", handle)])
+    with send, receive:
+        async with serving(app) as base, connect(base + path, **client_kwargs) as client:
+            transport = await receive.receive()
+            try:
+                yield client, transport
+            finally:
+                release.set()
+
+
+async def test_transport_is_a_transport() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (_, transport):
+            assert isinstance(transport, Transport)
+            assert transport.try_send("frame") is False
+
+
+async def test_handshake_carries_path_headers_query_cookies_client_and_offers() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted(
+            "/ws?token=&room=chat%3A1&room=chat:2",
+            subprotocols=[Subprotocol("roomcast.v1"), Subprotocol("bearer.abc")],
+            additional_headers=[
+                ("X-Trace", "one"),
+                ("X-Trace", "two"),
+                ("Cookie", 'sid=s1; bad(name=x; theme="dark"'),
+            ],
+        ) as (client, transport):
+            handshake = transport.handshake
+            assert handshake.path == "/ws"
+            assert handshake.header_values("x-trace") == ["one", "two"]
+            assert handshake.query == (("token", ""), ("room", "chat:1"), ("room", "chat:2"))
+            assert handshake.cookies == {"sid": "s1", "theme": "dark"}
+            assert handshake.client == client.local_address[:2]
+            assert handshake.subprotocols == ("roomcast.v1", "bearer.abc")
+
+
+async def test_receive_returns_text_as_str_and_binary_as_bytes() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            await client.send("text")
+            await client.send(b"bytes")
+            await client.send(b"")
+            assert await transport.receive() == "text"
+            assert await transport.receive() == b"bytes"
+            assert await transport.receive() == b""
+
+
+async def test_receive_raises_connection_closed_when_the_peer_closes(anyio_backend: str) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            await close(client, 4000, "bye")
+            with pytest.raises(ConnectionClosed) as excinfo:
+                await transport.receive()
+            if SERVERS[anyio_backend] == "uvicorn":
+                assert (excinfo.value.code, excinfo.value.reason) == (4000, "bye")
+            else:
+                # hypercorn reports every closed stream as 1006, whatever the peer sent.
+                assert excinfo.value.code == 1006
+
+
+async def test_receive_closes_a_message_over_the_limit_with_1009() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            await client.send("é" * 32769)  # 32769 characters, 65538 bytes
+            with pytest.raises(ConnectionClosedError) as excinfo:
+                await transport.receive()
+            assert excinfo.value.code == 1009
+            assert await close_code(client) == 1009
+
+
+async def test_receive_takes_a_message_at_the_limit() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            await client.send("é" * 32768)
+            await client.send(b"x" * 65536)
+            assert await transport.receive() == "é" * 32768
+            assert await transport.receive() == b"x" * 65536
+
+
+async def test_receive_raises_connection_closed_when_the_peer_vanishes(anyio_backend: str) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            await abort(client)
+            with pytest.raises(ConnectionClosed) as excinfo:
+                await transport.receive()
+            # uvicorn reports a connection lost after the handshake as 1005 (no
+            # code), hypercorn as 1006; the transport passes on what it is told.
+            assert excinfo.value.code == (1005 if SERVERS[anyio_backend] == "uvicorn" else 1006)
+
+
+async def test_send_delivers_a_batch_in_order() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            await transport.send(["1", "2", "3"])
+            assert [await client.recv() for _ in range(3)] == ["1", "2", "3"]
+
+
+async def test_sending_on_a_closed_transport_raises_connection_closed() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (_, transport):
+            await transport.close(1000)
+            with pytest.raises(ConnectionClosed):
+                await transport.send(["late"])
+
+
+async def test_close_sends_code_and_reason_cut_to_123_bytes_and_is_idempotent() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (client, transport):
+            await transport.close(4009, "é" * 100)
+            await transport.close(4009, "again")
+            with pytest.raises(WebSocketsClosed) as excinfo:
+                await client.recv()
+            assert excinfo.value.rcvd is not None
+            assert excinfo.value.rcvd.code == 4009
+            assert excinfo.value.rcvd.reason == "é" * 61  # 122 bytes: no half character
+
+
+async def test_close_rejects_a_code_that_cannot_be_sent() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (_, transport):
+            with pytest.raises(ValueError, match="1006"):
+                await transport.close(1006)
+
+
+def test_import_without_starlette_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['starlette'] = None\n"
+        "try:\n    import roomcast.starlette\n"
+        "except ImportError as exc:\n    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
+    )
+    assert "pip install 'roomcast[starlette]'" in result.stdout
+
+
+# Through a hub
+
+
+class RecordingAuthenticator:
+    """Lets everyone in as ``u1`` and keeps the handshakes; refuses the token ``bad``."""
+
+    def __init__(self) -> None:
+        self.handshakes: list[Handshake] = []
+
+    async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
+        self.handshakes.append(handshake)
+        if token == "bad":
+            raise AuthenticationError()
+        return Principal("u1")
+
+
+async def test_lifespan_runs_the_hub_while_the_app_runs() -> None:
+    hub = Hub()
+    with anyio.fail_after(TIMEOUT):
+        async with serving(starlette_app(hub)):
+            assert hub.running
+        await eventually(lambda: not hub.running)
+
+
+async def test_endpoint_negotiates_roomcast_v1_and_sends_connection_ack() -> None:
+    hub = Hub()
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(starlette_app(hub)) as base,
+            connect(base + "/ws", subprotocols=V1) as client,
+        ):
+            assert client.subprotocol == "roomcast.v1"
+            ack = await next_frame(client, "connection.ack")
+            assert ack["payload"]["protocol"] == "roomcast.v1"
+
+
+async def test_server_publish_reaches_a_subscriber() -> None:
+    hub = Hub()
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(starlette_app(hub)) as base,
+            connect(base + "/ws", subprotocols=V1) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            assert (await subscribe(client, "team:t1"))["ok"] is True
+            await hub.publish("team:t1", "issue.created", {"id": "i1"}, user_id="u9")
+            event = await next_frame(client, "issue.created")
+            assert (event["room"], event["payload"], event["userId"]) == (
+                "team:t1",
+                {"id": "i1"},
+                "u9",
+            )
+
+
+async def test_handshake_facts_reach_the_authenticator() -> None:
+    authenticator = RecordingAuthenticator()
+    hub = Hub(authenticator=authenticator)
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(starlette_app(hub)) as base,
+            connect(
+                base + "/ws?room=chat:1",
+                subprotocols=V1,
+                additional_headers={"X-App": "tracker", "Cookie": "session=abc"},
+            ) as client,
+        ):
+            ack = await next_frame(client, "connection.ack")
+            assert ack["payload"]["userId"] == "u1"
+            (handshake,) = authenticator.handshakes
+            assert handshake.path == "/ws"
+            assert handshake.header("x-app") == "tracker"
+            assert handshake.query_param("room") == "chat:1"
+            assert handshake.cookies == {"session": "abc"}
+            assert handshake.client == client.local_address[:2]
+            assert handshake.subprotocols == ("roomcast.v1",)
+
+
+async def test_a_frame_over_the_hub_limit_closes_with_1009() -> None:
+    # The servers' own limits stay at their 16 MiB defaults: the transport enforces the hub's.
+    hub = Hub()
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(starlette_app(hub)) as base,
+            connect(base + "/ws", subprotocols=V1) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            await client.send("x" * (hub.max_message_size + 1))
+            assert await close_code(client) == 1009
+            await eventually(lambda: hub.stats().clients == 0)
+
+
+async def test_hub_shutdown_flushes_queued_frames_then_closes_with_1001() -> None:
+    hub = Hub()
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(starlette_app(hub)) as base,
+            connect(base + "/ws", subprotocols=V1) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            await subscribe(client, "team:t1")
+            for index in range(20):
+                await hub.publish("team:t1", "tick", index)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hub.aclose)
+                received = [(await next_frame(client, "tick"))["payload"] for _ in range(20)]
+                assert received == list(range(20))
+                assert await close_code(client) == 1001
+
+
+async def test_a_vanished_client_is_removed() -> None:
+    hub = Hub()
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(starlette_app(hub)) as base,
+            connect(base + "/ws", subprotocols=V1) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            await subscribe(client, "team:t1")
+            assert hub.stats().members == {"team:t1": 1}
+            await abort(client)
+            await eventually(lambda: hub.stats().clients == 0)
+            assert hub.stats().rooms == 0
+
+
+def without_denial_responses(app: ASGIApp) -> ASGIApp:
+    """``app`` behind a server that lacks the ``websocket.http.response`` extension."""
+
+    async def stripped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            extensions = dict(scope.get("extensions") or {})
+            extensions.pop("websocket.http.response", None)
+            scope = {**scope, "extensions": extensions}
+        await app(scope, receive, send)
+
+    return stripped
+
+
+@pytest.mark.parametrize(
+    ("denial_responses", "expected"),
+    [
+        pytest.param(True, (403, 401), id="with-denial-responses"),
+        # Closing before accept is all ASGI offers then; both servers answer 403.
+        pytest.param(False, (403, 403), id="without-denial-responses"),
+    ],
+)
+async def test_a_refused_handshake_gets_an_http_status(
+    denial_responses: bool, expected: tuple[int, int]
+) -> None:
+    hub = Hub(authenticator=RecordingAuthenticator(), allowed_origins=["https://app.example.com"])
+    app: ASGIApp = starlette_app(hub)
+    if not denial_responses:
+        app = without_denial_responses(app)
+    refusals: list[dict[str, Any]] = [
+        {"origin": "https://evil.example"},
+        {
+            "origin": "https://app.example.com",
+            "additional_headers": {"Authorization": "Bearer bad"},
+        },
+    ]
+    statuses = []
+    with anyio.fail_after(TIMEOUT):
+        async with serving(app) as base:
+            for kwargs in refusals:
+                with pytest.raises(InvalidStatus) as excinfo:
+                    async with connect(base + "/ws", subprotocols=V1, **kwargs):
+                        pass
+                statuses.append(excinfo.value.response.status_code)
+            async with connect(
+                base + "/ws", subprotocols=V1, origin="https://app.example.com"
+            ) as client:
+                await next_frame(client, "connection.ack")
+    assert tuple(statuses) == expected
+    assert hub.stats().clients == 0
+
+
+async def test_permessage_deflate_is_off_under_uvicorn_and_always_on_under_hypercorn(
+    anyio_backend: str,
+) -> None:
+    hub = Hub()
+    options = {"ws_per_message_deflate": False} if anyio_backend == "asyncio" else {}
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(starlette_app(hub), **options) as base,
+            connect(base + "/ws", subprotocols=V1) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            header = client.response.headers.get("Sec-WebSocket-Extensions")  # type: ignore[attr-defined]
+            if SERVERS[anyio_backend] == "uvicorn":
+                assert header is None
+            else:
+                # hypercorn accepts a client's offer and has no setting to refuse it.
+                assert header is not None
+                assert header.startswith("permessage-deflate")
+
+
+# FastAPI
+
+
+def fastapi_app(hub: Hub, how: str) -> FastAPI:
+    app = FastAPI(lifespan=roomcast.starlette.lifespan(hub))
+    handler = roomcast.starlette.endpoint(hub)
+    if how == "add_api_websocket_route":
+        app.add_api_websocket_route("/ws", handler)
+    elif how == "decorator":
+        app.websocket("/ws")(handler)
+    else:
+
+        @app.websocket("/ws")
+        async def wrapper(websocket: WebSocket) -> None:
+            await handler(websocket)
+
+    return app
+
+
+@pytest.mark.parametrize("how", ["add_api_websocket_route", "decorator", "wrapper"])
+async def test_fastapi_app_relays_a_publish(how: str) -> None:
+    hub = Hub()
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(fastapi_app(hub, how)) as base,
+            connect(base + "/ws", subprotocols=V1) as client,
+        ):
+            assert client.subprotocol == "roomcast.v1"
+            await next_frame(client, "connection.ack")
+            assert (await subscribe(client, "team:t1"))["ok"] is True
+            await hub.publish("team:t1", "issue.created", {"id": "i1"})
+            event = await next_frame(client, "issue.created")
+            assert event["payload"] == {"id": "i1"}
+
+
+# The examples
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("example", ["chat_starlette.py", "chat_fastapi.py"])
+async def test_chat_example_serves_its_page_relays_messages_and_stops_on_sigint(
+    example: str,
+) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with anyio.fail_after(TIMEOUT * 2):
+        async with await anyio.open_process(
+            [sys.executable, str(EXAMPLES / example), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        ) as process:
+            assert process.stdout is not None
+            line = b""
+            async for chunk in process.stdout:
+                line += chunk
+                if b"\n" in line:
+                    break
+            http_url = line.decode().split()[-1]
+            assert http_url.startswith("http://127.0.0.1:")
+
+            def fetch() -> tuple[int, str, str]:
+                with urllib.request.urlopen(http_url, timeout=TIMEOUT) as response:
+                    return (
+                        response.status,
+                        response.headers["Content-Type"],
+                        response.read().decode(),
+                    )
+
+            status, content_type, body = await anyio.to_thread.run_sync(fetch)
+            assert status == 200
+            assert content_type == "text/html; charset=utf-8"
+            assert "new WebSocket(" in body
+
+            ws_url = "ws" + http_url.removeprefix("http").rstrip("/") + "/ws"
+            async with (
+                connect(ws_url, subprotocols=V1) as reader,
+                connect(ws_url, subprotocols=V1) as writer,
+            ):
+                for client in (reader, writer):
+                    await next_frame(client, "connection.ack")
+                assert (await subscribe(reader, "chat:general"))["ok"] is True
+                message = {"text": "hello", "name": "ana"}
+                publish = {
+                    "action": "publish",
+                    "room": "chat:general",
+                    "type": "chat.message",
+                    "payload": message,
+                    "ref": 2,
+                }
+                await writer.send(json.dumps(publish))
+                assert (await next_frame(writer, "reply"))["ok"] is True
+                event = await next_frame(reader, "chat.message")
+                assert (event["room"], event["payload"]) == ("chat:general", message)
+
+                process.send_signal(signal.SIGINT)
+                assert await close_code(reader) == 1001
+            with anyio.fail_after(5):
+                assert await process.wait() == 0
