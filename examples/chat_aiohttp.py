@@ -4,8 +4,9 @@ Run it (after ``pip install -e ".[aiohttp]"``) with::
 
     python examples/chat_aiohttp.py
 
-then open http://127.0.0.1:8080/ in a few browser tabs. Rooms ``chat:*`` keep
-their last 100 messages for ten minutes, so a browser that reconnects catches up.
+then open http://127.0.0.1:8080/ in a few browser tabs (``--host`` and ``--port``
+choose the address; ``--port 0`` picks a free one and prints it). Rooms ``chat:*``
+keep their last 100 messages for ten minutes, so a browser that reconnects catches up.
 """
 
 from __future__ import annotations

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
+import math
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, NewType, Protocol
+from typing import TYPE_CHECKING, Final, NewType
 
 import anyio
+from anyio.abc import TaskGroup
 
 from .auth import Principal
 from .exceptions import ConnectionClosed
@@ -18,7 +19,7 @@ from .wire import encode_gap
 if TYPE_CHECKING:
     from .room import Room
 
-__all__ = ["Client", "ClientId"]
+__all__ = ["CLOSE_SLOW_CONSUMER", "Client", "ClientId"]
 
 #: A connection's id, unique across nodes.
 ClientId = NewType("ClientId", str)
@@ -27,46 +28,48 @@ ClientId = NewType("ClientId", str)
 CLOSE_SLOW_CONSUMER: Final = 4009
 
 
-class DropCounter(Protocol):
-    """Where a client counts the frames it discards under ``drop_oldest``."""
-
-    dropped: int
-
-
 class Client:
     """One connected client as the hub sees it.
 
-    A client owns a bounded queue of frames waiting for its transport. Fan-out
-    hands each frame to :meth:`deliver`, which never waits: when nothing is
-    queued and the transport can take the frame at once, it is written in
-    place; otherwise it is queued for the client's writer task, and when the
-    queue is full the slow-consumer policy applies.
+    Fan-out hands each frame to :meth:`deliver`, which never waits: when
+    nothing is queued and the transport can take the frame at once, it is
+    written in place. Otherwise it joins a bounded queue drained by a writer
+    task that exists only while something is queued, so an idle connection
+    costs no task. When the queue is full the slow-consumer policy applies.
 
     Attributes:
         id: the connection's id.
         principal: who is connected.
         rooms: the rooms this client is a member of.
+        transport: the connection.
+        direct: whether frames may go straight to the transport right now
+            (nothing queued, nothing in flight, not closing).
+        send_now: the transport's ``try_send``, bound once for the hot path.
+        close_code: the code the connection is closing with, once it is.
     """
 
     __slots__ = (
+        "_close_deadline",
         "_close_reason",
-        "_counters",
         "_drain_timeout",
         "_dropped",
         "_dropped_rooms",
+        "_on_close",
+        "_on_drop",
         "_ping",
         "_queue",
+        "_reader_scope",
         "_send_scope",
-        "_try_send",
-        "_wakeup",
+        "_task_group",
+        "_writing",
         "close_code",
         "direct",
         "id",
         "max_queue",
-        "on_overflow",
         "policy",
         "principal",
         "rooms",
+        "send_now",
         "transport",
     )
 
@@ -78,30 +81,33 @@ class Client:
         *,
         max_queue: int,
         policy: SlowConsumerPolicy,
-        counters: DropCounter | None = None,
+        drain_timeout: float = 5.0,
+        on_close: Callable[[Client], None] | None = None,
+        on_drop: Callable[[], None] | None = None,
     ) -> None:
         self.id = client_id
         self.transport = transport
         self.principal = principal
         self.rooms: dict[str, Room] = {}
         self.max_queue = max_queue
-        self.policy = policy
-        #: Called once when the ``disconnect`` policy fires (the hub counts it).
-        self.on_overflow: object = None
+        self.policy: SlowConsumerPolicy = policy
+        self.send_now = transport.try_send
+        self.direct = True
         self.close_code: int | None = None
         self._close_reason = ""
-        self._queue: deque[tuple[str, str | None]] = deque()
-        self._try_send = transport.try_send
-        self._wakeup: anyio.Event | None = None
-        self._send_scope: anyio.CancelScope | None = None
-        self._drain_timeout = 0.0
-        self._ping: Callable[[], object] | None = None
+        self._close_deadline = math.inf
+        self._drain_timeout = drain_timeout
+        self._on_close = on_close
+        self._on_drop = on_drop
+        # Created on first use: most connections never queue anything.
+        self._queue: deque[tuple[str, str | None]] | None = None
         self._dropped = 0
-        self._counters = counters
-        self._dropped_rooms: dict[str, None] = {}
-        # True while frames may go straight to the transport: nothing queued,
-        # nothing in flight, not closing. Checked first on the hot path.
-        self.direct = True
+        self._dropped_rooms: dict[str, None] | None = None
+        self._ping: Callable[[], object] | None = None
+        self._task_group: TaskGroup | None = None
+        self._reader_scope: anyio.CancelScope | None = None
+        self._send_scope: anyio.CancelScope | None = None
+        self._writing = False
 
     @property
     def user_id(self) -> str | None:
@@ -114,118 +120,146 @@ class Client:
         return self.close_code is not None
 
     @property
+    def close_reason(self) -> str:
+        """The reason the connection is closing with."""
+        return self._close_reason
+
+    @property
     def queued(self) -> int:
         """Frames waiting for the transport."""
-        return len(self._queue)
+        return len(self._queue) if self._queue else 0
+
+    def attach(self, task_group: TaskGroup, reader_scope: anyio.CancelScope) -> None:
+        """Give the client the connection's task group and the reader's cancel scope.
+
+        The writer runs in ``task_group`` while frames are queued; closing
+        cancels ``reader_scope`` once what had to be flushed is flushed.
+        """
+        self._task_group = task_group
+        self._reader_scope = reader_scope
+        if self.close_code is not None and not self._writing:
+            reader_scope.cancel()
+        elif self._queue or self._ping is not None:
+            self._start_writer()
 
     def deliver(self, frame: str, room: str | None = None) -> bool:
         """Hand ``frame`` to this client without waiting.
 
         Returns ``False`` when the frame was dropped (the client is closing, or
-        its queue overflowed), ``True`` otherwise.
+        its queue overflowed under ``disconnect``), ``True`` otherwise.
         """
         if self.direct:
             try:
-                if self._try_send(frame):
+                if self.send_now(frame):
                     return True
             except ConnectionClosed:
-                self.close(1006, "")
+                self.close(1006, "", flush=False)
                 return False
-        elif self.close_code is not None:
-            return False
-        return self._enqueue(frame, room)
+        return self.enqueue(frame, room)
 
-    def _enqueue(self, frame: str, room: str | None) -> bool:
+    def enqueue(self, frame: str, room: str | None = None) -> bool:
+        """Queue ``frame`` for the writer; the slow path of :meth:`deliver`."""
+        if self.close_code is not None:
+            return False
         queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
         if len(queue) >= self.max_queue:
             if self.policy == "disconnect":
                 self.close(CLOSE_SLOW_CONSUMER, "slow consumer", flush=False)
                 return False
             _, dropped_room = queue.popleft()
             self._dropped += 1
-            if self._counters is not None:
-                self._counters.dropped += 1
             if dropped_room is not None:
+                if self._dropped_rooms is None:
+                    self._dropped_rooms = {}
                 self._dropped_rooms[dropped_room] = None
+            if self._on_drop is not None:
+                self._on_drop()
         queue.append((frame, room))
         self.direct = False
-        if self._wakeup is not None:
-            self._wakeup.set()
+        if not self._writing:
+            self._start_writer()
         return True
 
     def request_ping(self, on_pong: Callable[[], object]) -> None:
-        """Ask the writer to send a protocol ping (the transport must support it)."""
+        """Ask for a protocol ping (where the transport supports them)."""
+        if self.close_code is not None or not isinstance(self.transport, PingableTransport):
+            return
         self._ping = on_pong
         self.direct = False
-        if self._wakeup is not None:
-            self._wakeup.set()
+        if not self._writing:
+            self._start_writer()
 
     def close(self, code: int, reason: str, *, flush: bool = True) -> None:
-        """Ask the writer to close the connection with ``code``.
+        """Close the connection with ``code``; the first request wins.
 
-        With ``flush``, frames already queued are sent first (within the
-        hub's drain deadline); otherwise they are discarded. The first
-        request wins.
+        With ``flush``, frames already queued are sent first, within the
+        drain deadline; otherwise they are discarded and a send in flight is
+        abandoned.
         """
         if self.close_code is not None:
             return
         self.close_code = code
         self._close_reason = reason
+        self._close_deadline = anyio.current_time() + self._drain_timeout
         self.direct = False
-        scope = self._send_scope
+        if self._on_close is not None:
+            self._on_close(self)
         if not flush:
-            self._queue.clear()
-            if scope is not None:
-                scope.cancel()
-        elif scope is not None:
-            # A batch is in flight: give it the drain deadline, not forever.
-            scope.deadline = min(scope.deadline, anyio.current_time() + self._drain_timeout)
-        if self._wakeup is not None:
-            self._wakeup.set()
+            self._queue = None
+            self._ping = None
+            if self._send_scope is not None:
+                self._send_scope.cancel()
+        elif self._send_scope is not None:
+            self._send_scope.deadline = min(self._send_scope.deadline, self._close_deadline)
+        if not self._writing and self._reader_scope is not None:
+            self._reader_scope.cancel()
+
+    def _start_writer(self) -> None:
+        if self._task_group is None:
+            return  # attach() starts it
+        self._writing = True
+        self._task_group.start_soon(self._write)
 
     def _take(self) -> list[str]:
-        frames = [frame for frame, _ in self._queue]
-        self._queue.clear()
+        queue = self._queue
+        frames = [frame for frame, _ in queue] if queue else []
+        self._queue = None
         if self._dropped:
-            frames.insert(0, encode_gap(self._dropped, list(self._dropped_rooms)))
+            rooms = list(self._dropped_rooms or ())
+            frames.insert(0, encode_gap(self._dropped, rooms))
             self._dropped = 0
-            self._dropped_rooms.clear()
+            self._dropped_rooms = None
         return frames
 
-    async def run_writer(self, drain_timeout: float) -> tuple[int, str]:
-        """Send queued frames until a close is requested; return the close code and reason.
+    async def _write(self) -> None:
+        """Drain the queue (and a requested ping), then end; restarted on demand.
 
-        Runs in the connection's own task group. While a batch is in flight,
-        new frames queue behind it, so per-room order holds. A close request
-        cancels a stalled send (``flush=False``) or bounds it by
-        ``drain_timeout`` seconds.
+        While a batch is in flight, new frames queue behind it, so per-room
+        order holds.
         """
-        self._drain_timeout = drain_timeout
         transport = self.transport
-        while self.close_code is None:
-            on_pong = self._ping
-            if not self._queue and on_pong is None:
-                self.direct = True
-                self._wakeup = anyio.Event()
-                await self._wakeup.wait()
-                self._wakeup = None
-                continue
-            with anyio.CancelScope() as self._send_scope:
-                try:
-                    if self._queue:
-                        await transport.send(self._take())
-                    if on_pong is not None and isinstance(transport, PingableTransport):
-                        self._ping = None
-                        await transport.ping(on_pong)
-                except ConnectionClosed as exc:
-                    self.close(exc.code, "", flush=False)
+        try:
+            while self._queue or self._dropped or self._ping is not None:
+                deadline = self._close_deadline if self.close_code is not None else math.inf
+                with anyio.CancelScope(deadline=deadline) as self._send_scope:
+                    try:
+                        if self._queue or self._dropped:
+                            await transport.send(self._take())
+                        on_pong, self._ping = self._ping, None
+                        if on_pong is not None and isinstance(transport, PingableTransport):
+                            await transport.ping(on_pong)
+                    except ConnectionClosed as exc:
+                        self.close(exc.code, exc.reason, flush=False)
+                self._send_scope = None
+        finally:
             self._send_scope = None
-        if self._queue or self._dropped:
-            with anyio.move_on_after(drain_timeout):
-                with contextlib.suppress(ConnectionClosed):
-                    await self.transport.send(self._take())
-        code = self.close_code
-        return (1006 if code is None else code), self._close_reason
+            self._writing = False
+            if self.close_code is None:
+                self.direct = True
+            elif self._reader_scope is not None:
+                self._reader_scope.cancel()
 
     def __repr__(self) -> str:
         return f"<Client {self.id} user={self.user_id!r} rooms={len(self.rooms)}>"

@@ -308,6 +308,7 @@ class Hub:
         await self._task_group.__aenter__()
         try:
             await self._backend.start(self._on_publication)
+            await self._sync_channel("node", self._node)
         except BaseException:
             self._task_group.cancel_scope.cancel()
             await self._task_group.__aexit__(None, None, None)
@@ -427,7 +428,7 @@ class Hub:
         return publication.id
 
     async def send_to_client(self, client_id: str, type: str, payload: Any = None) -> str:
-        """Send an event to one connection (``room: null``).
+        """Send an event to one connection, on whichever node holds it (``room: null``).
 
         Returns:
             The message id.
@@ -436,8 +437,10 @@ class Hub:
             ValueError: the type is invalid or the payload is not JSON-serializable.
         """
         validate_event_type(type)
+        node, dot, _ = client_id.partition(".")
         publication = self._publication(None, type, dumps(payload), None, frozenset(), True)
-        await self._backend.publish("client", client_id, publication, None)
+        if dot:
+            await self._backend.publish("node", node, publication._replace(client=client_id), None)
         return publication.id
 
     def disconnect_user(self, user_id: str, code: int = 1000, reason: str = "") -> int:
@@ -525,8 +528,8 @@ class Hub:
                 return
             if kind == "user":
                 targets: Iterable[Client] = list(self._users.get(key, {}).values())
-            elif kind == "client":
-                client = self._clients.get(ClientId(key))
+            elif kind == "node":
+                client = self._clients.get(ClientId(publication.client or ""))
                 targets = () if client is None else (client,)
             else:
                 return
@@ -559,27 +562,33 @@ class Hub:
         frame = self._encode(publication)
         name = room.name
         exclude = publication.exclude
-        delivered = 0
-        # The hot path: one frame string for every member, no per-member
-        # allocation or task; deliver() writes in place when it can.
+        # A snapshot: a member closing mid-loop leaves the room at once.
+        members = tuple(room.members.values())
         if exclude:
-            sent = 0
-            for client in room.members.values():
-                if client.id not in exclude:
-                    sent += 1
-                    delivered += client.deliver(frame, name)
-        else:
-            sent = len(room.members)
-            for client in room.members.values():
-                delivered += client.deliver(frame, name)
+            members = tuple(client for client in members if client.id not in exclude)
+        dropped = 0
+        # The hot path: one frame string for every member, no per-member
+        # allocation or task; the frame is written in place when the transport
+        # can take it now (Client.deliver, inlined).
+        for client in members:
+            if client.direct:
+                try:
+                    if client.send_now(frame):
+                        continue
+                except ConnectionClosed:
+                    client.close(1006, "", flush=False)
+                    dropped += 1
+                    continue
+            if not client.enqueue(frame, name):
+                dropped += 1
         if room.joining:
             for client_id, held in room.joining.items():
                 if client_id not in exclude:
                     held.append((publication.offset, frame))
         counters = self._counters
         counters.published += 1
-        counters.messages_out += delivered
-        counters.dropped += sent - delivered
+        counters.messages_out += len(members) - dropped
+        counters.dropped += dropped
 
     # ------------------------------------------------------------------ connections
 
@@ -644,23 +653,24 @@ class Hub:
             return
         except ConnectionClosed:
             return
-        client_id = ClientId(secrets.token_hex(8))
+        # The node prefix routes send_to_client to the node holding the client.
+        client_id = ClientId(f"{self._node}.{secrets.token_hex(6)}")
         client = Client(
             client_id,
             transport,
             principal,
             max_queue=self.max_queue,
             policy=self.slow_consumer,
-            counters=self._counters,
+            drain_timeout=self.drain_timeout,
+            on_close=self._on_client_close,
+            on_drop=self._on_drop,
         )
         connection = self._register(client)
-        close_code, close_reason = _CLOSE_INTERNAL, "internal error"
         try:
             # Subscribed before the ack: once a client is acknowledged,
-            # send_to_user and send_to_client reach it.
+            # send_to_user reaches it.
             if client.user_id is not None:
                 await self._sync_channel("user", client.user_id)
-            await self._sync_channel("client", client.id)
             expires = principal.expires_at
             client.deliver(
                 encode_ack(
@@ -671,23 +681,34 @@ class Hub:
                     protocol=PROTOCOL,
                 )
             )
+            # The reader runs in this task; a writer joins the task group only
+            # while frames are queued, and closing cancels the reader.
             async with anyio.create_task_group() as task_group:
-                task_group.start_soon(
-                    self._read_loop, connection, name=f"roomcast reader {client_id}"
-                )
-                close_code, close_reason = await client.run_writer(self.drain_timeout)
-                task_group.cancel_scope.cancel()
-            if close_code == CLOSE_SLOW_CONSUMER:
-                self._counters.slow_consumer_disconnects += 1
+                with anyio.CancelScope() as reader_scope:
+                    client.attach(task_group, reader_scope)
+                    await self._read_loop(connection)
         finally:
             with anyio.CancelScope(shield=True):
+                # Cancelled from outside (the server is going away), or a bug.
+                client.close(_CLOSE_GOING_AWAY, "going away", flush=False)
                 await self._unregister(connection)
+                close_code, close_reason = client.close_code or 1000, client.close_reason
                 # 1006 means the peer is already gone; closing still frees
                 # the transport, and 1006 itself may not be sent on the wire.
                 if close_code == 1006:
                     close_code, close_reason = 1000, ""
                 with anyio.move_on_after(self.drain_timeout):
                     await transport.close(close_code, close_reason)
+
+    def _on_client_close(self, client: Client) -> None:
+        """A client started closing: stop fan-out to it at once, before its task ends."""
+        if client.close_code == CLOSE_SLOW_CONSUMER:
+            self._counters.slow_consumer_disconnects += 1
+        for room in client.rooms.values():
+            room.members.pop(client.id, None)
+
+    def _on_drop(self) -> None:
+        self._counters.dropped += 1
 
     async def _authenticate(self, transport: Transport) -> Principal:
         """Identify a connection whose handshake carried no credentials."""
@@ -730,7 +751,6 @@ class Hub:
 
     async def _unregister(self, connection: _Connection) -> None:
         client = connection.client
-        client.close(1006, "", flush=False)
         self._heartbeat.remove(client.id)
         self._clients.pop(client.id, None)
         self._connections.pop(client.id, None)
@@ -742,7 +762,6 @@ class Hub:
                 if not sessions:
                     del self._users[user_id]
                     await self._sync_channel("user", user_id)
-        await self._sync_channel("client", client.id)
         rooms = list(client.rooms)
         for name in rooms:
             self._leave_local(client, name)
@@ -763,7 +782,7 @@ class Hub:
             elif kind == "user":
                 wanted = key in self._users
             else:
-                wanted = ClientId(key) in self._clients
+                wanted = key == self._node and self._state == "running"
             have = (kind, key) in self._channels
             if wanted and not have:
                 await self._backend.subscribe(kind, key)

@@ -265,12 +265,6 @@ KINDS: list[ServerKind] = [
         refusal="http",
         # hypercorn accepts every permessage-deflate offer and has no setting against it.
         deflate=True,
-        known_failures={
-            "test_slow_consumer_is_closed_4009_while_others_receive_everything": (
-                "hypercorn's trio worker shields socket writes from cancellation, so a "
-                "client stalled mid-write is not let go until it reads again"
-            ),
-        },
     ),
     ServerKind("aiohttp", _aiohttp, hub_backend="asyncio", refusal="http", deflate=False),
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..options import History
 from ..wire import StreamPosition
@@ -12,9 +13,12 @@ from ..wire import StreamPosition
 __all__ = ["Backend", "Delivery", "HistoryResult", "PresenceEntry", "Publication"]
 
 
-@dataclass(frozen=True, slots=True)
-class Publication:
+class Publication(NamedTuple):
     """One published message, as it travels between nodes.
+
+    An immutable record (a named tuple: built once per publish on the hot
+    path, where a frozen dataclass costs several times more); copy it with
+    ``publication._replace(offset=...)``.
 
     Attributes:
         room: the room, or ``None`` for a message to a user or a client.
@@ -27,6 +31,7 @@ class Publication:
         exclude: client ids that must not receive it (the sender, by default).
         offset: position in the room's history (set by the backend).
         epoch: the room's history epoch (set by the backend).
+        client: the target client id, for a message to one client.
     """
 
     room: str | None
@@ -39,6 +44,7 @@ class Publication:
     exclude: frozenset[str] = frozenset()
     offset: int | None = None
     epoch: str | None = None
+    client: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +75,7 @@ class PresenceEntry:
 
 
 #: Where a backend hands the publications of the channels this node subscribed to.
-#: ``kind`` is ``"room"``, ``"user"`` or ``"client"`` and ``key`` the room, user or client id.
+#: ``kind`` is ``"room"``, ``"user"`` or ``"node"`` and ``key`` the room, user or node id.
 Delivery = Callable[[str, str, Publication], None]
 
 

@@ -6,7 +6,6 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from itertools import islice
 from typing import Final
 
@@ -84,7 +83,7 @@ class MemoryBackend(Backend):
         now = self._clock()
         stream = self._stream(room, now, history)
         stream.top += 1
-        publication = replace(publication, offset=stream.top, epoch=stream.epoch)
+        publication = publication._replace(offset=stream.top, epoch=stream.epoch)
         stream.entries.append((now + history.ttl, publication))
         self._sweep(now)
         return publication
