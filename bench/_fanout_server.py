@@ -31,12 +31,15 @@ import socket
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 ROOM = "bench"
 EVENT_TYPE = "bench.event"
 PATH = "/ws"
+#: The floors select the subprotocol the clients offer, as roomcast does.
+PROTOCOL = "roomcast.v1"
 BACKLOG = 4096
 KINDS = (
     "roomcast-websockets",
@@ -175,6 +178,7 @@ async def start_roomcast_websockets(args: argparse.Namespace, stack: Any) -> Ser
 async def start_websockets_broadcast(args: argparse.Namespace, stack: Any) -> Server:
     from websockets.asyncio.server import broadcast, serve
     from websockets.exceptions import ConnectionClosed
+    from websockets.typing import Subprotocol
 
     floor = Floor()
 
@@ -194,7 +198,13 @@ async def start_websockets_broadcast(args: argparse.Namespace, stack: Any) -> Se
             floor.clients -= 1
 
     ws_server = await serve(
-        handler, "127.0.0.1", 0, compression=None, ping_interval=None, backlog=BACKLOG
+        handler,
+        "127.0.0.1",
+        0,
+        subprotocols=[Subprotocol(PROTOCOL)],
+        compression=None,
+        ping_interval=None,
+        backlog=BACKLOG,
     )
     stack.push_async_callback(ws_server.wait_closed)
     stack.callback(ws_server.close)
@@ -270,7 +280,8 @@ async def start_naive_starlette(args: argparse.Namespace, stack: Any) -> Server:
     floor = Floor()
 
     async def endpoint(websocket: WebSocket) -> None:
-        await websocket.accept()
+        offered = PROTOCOL in websocket.scope.get("subprotocols", ())
+        await websocket.accept(subprotocol=PROTOCOL if offered else None)
         floor.clients += 1
         try:
             await websocket.send_text(floor.ACK)
@@ -338,7 +349,7 @@ async def start_naive_aiohttp(args: argparse.Namespace, stack: Any) -> Server:
     floor = Floor()
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(compress=False)
+        ws = web.WebSocketResponse(protocols=(PROTOCOL,), compress=False)
         await ws.prepare(request)
         floor.clients += 1
         try:
@@ -411,6 +422,7 @@ async def control(server: Server, args: argparse.Namespace) -> None:
     # A hard stop whatever happens to the driver.
     loop.call_later(args.max_seconds, finish, None, None)
     profiler = cProfile.Profile() if args.profile else None
+    baseline: tracemalloc.Snapshot | None = None
     gc.collect()
     write_line({"ready": True, "port": server.port, "pid": os.getpid(), "kind": args.kind})
     while True:
@@ -435,10 +447,53 @@ async def control(server: Server, args: argparse.Namespace) -> None:
             await server.publish(n, pad)
             t1, cpu1 = time.time(), time.process_time()
             write_line({"t0": t0, "t1": t1, "cpu0": cpu0, "cpu1": cpu1})
+        elif name == "trace_start":
+            gc.collect()
+            tracemalloc.start(int(command.get("depth", 1)))
+            baseline = tracemalloc.take_snapshot()
+            write_line({"tracing": True})
+        elif name == "trace_report":
+            write_line(trace_report(baseline, int(command["n"]), int(command.get("limit", 20))))
         elif name == "quit":
             finish(profiler, args.profile)
         else:
             write_line({"error": f"unknown command {name!r}"})
+
+
+def trace_report(baseline: tracemalloc.Snapshot | None, n: int, limit: int) -> dict[str, Any]:
+    """Growth since ``trace_start``, bytes per connection, by line and by file."""
+    if baseline is None:
+        return {"error": "trace_start first"}
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    by_line = after.compare_to(baseline, "lineno")
+    by_file = after.compare_to(baseline, "filename")
+    total = sum(diff.size_diff for diff in by_file)
+
+    def rows(diffs: list[tracemalloc.StatisticDiff]) -> list[tuple[float, int, str]]:
+        top = sorted(diffs, key=lambda diff: -diff.size_diff)[:limit]
+        return [
+            (
+                diff.size_diff / n,
+                diff.count_diff // n,
+                f"{short(diff.traceback[0].filename)}:{diff.traceback[0].lineno}",
+            )
+            for diff in top
+        ]
+
+    return {
+        "total": total / n,
+        "by_line": rows(by_line),
+        "by_file": [(size, count, where.rsplit(":", 1)[0]) for size, count, where in rows(by_file)],
+    }
+
+
+def short(filename: str) -> str:
+    for marker in (os.sep + "site-packages" + os.sep, os.sep + "src" + os.sep):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return os.path.basename(filename)
 
 
 async def main(args: argparse.Namespace) -> None:

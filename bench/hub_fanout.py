@@ -221,11 +221,44 @@ def measure_floor(scenario: Scenario) -> Sample:
     return Sample(cpu, wall, scenario.deliveries, 0)
 
 
+def measure_encode_floor(scenario: Scenario) -> Sample:
+    """What any server must do per publish: encode the event once, then hand it to each sink.
+
+    The same event fields the hub sends (type, room, id, payload, timestamp,
+    userId), encoded with ``json.dumps`` per room per round, then the plain
+    ``try_send`` loop.
+    """
+    rooms_groups = list(zip(scenario.rooms, scenario.groups, strict=True))
+    rounds = scenario.rounds
+    dumps = json.dumps
+
+    def encode_floor_loop() -> None:
+        for n in range(rounds):
+            for room, group in rooms_groups:
+                frame = dumps(
+                    {
+                        "type": EVENT_TYPE,
+                        "room": room,
+                        "id": f"m-{n}",
+                        "payload": {"n": n, "text": TEXT},
+                        "timestamp": int(time.time() * 1000),
+                        "userId": None,
+                    },
+                    separators=(",", ":"),
+                )
+                for transport in group:
+                    transport.try_send(frame)
+
+    cpu, wall = timed(encode_floor_loop)
+    return Sample(cpu, wall, scenario.deliveries, 0)
+
+
 @dataclass
 class Result:
     name: str
     hub: list[Sample]
     floor: list[Sample]
+    encode_floor: list[Sample]
 
 
 def per_delivery_us(samples: list[Sample], wall: bool = False) -> list[float]:
@@ -255,10 +288,11 @@ async def run_throughput(
             scenario = Scenario(name, [f"s{k}:r{j}" for j in range(rooms)], groups, rounds)
             # Warm up (and leave each room's frame in its sinks' ``last`` for the floor).
             await measure_hub(hub, Scenario(name, scenario.rooms, groups, 1))
-            result = Result(name, [], [])
+            result = Result(name, [], [], [])
             for _ in range(repeat):
                 result.hub.append(await measure_hub(hub, scenario))
                 result.floor.append(measure_floor(scenario))
+                result.encode_floor.append(measure_encode_floor(scenario))
             results.append(result)
         await hub.aclose()
     return results
@@ -291,6 +325,18 @@ def print_throughput(results: list[Result]) -> None:
         print(
             f"{result.name:<24}{result.hub[0].deliveries:>11}  {spread(hub):<22}{spread(floor):<22}"
             f"{spread(overhead):<22}{spread(ratio, 1):<20}{rate:>11,.0f}{lost:>6}"
+        )
+    print()
+    print("Against the encode-and-send floor: json.dumps of the event once per room per round,")
+    print("then try_send to each recipient (the least work any server must do per publish)")
+    for result in results:
+        hub = per_delivery_us(result.hub)
+        floor = per_delivery_us(result.encode_floor)
+        overhead = [h - f for h, f in zip(hub, floor, strict=True)]
+        ratio = [h / f for h, f in zip(hub, floor, strict=True)]
+        print(
+            f"  {result.name:<22} floor {spread(floor)} us  overhead {spread(overhead)} us"
+            f"  hub/floor {spread(ratio, 2)}"
         )
     print()
     print("Wall time per delivery (us), median [min-max]")

@@ -208,7 +208,7 @@ async def accepted(
 
     async def handle(websocket: WebSocket) -> None:
         await websocket.accept()
-        await send.send(StarletteTransport(websocket, 65536))
+        await send.send(StarletteTransport(websocket, max_message_size=65536))
         await release.wait()  # the connection lives until the test is done with it
 
     app = Starlette(routes=[WebSocketRoute("/ws", handle)])

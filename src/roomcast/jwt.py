@@ -286,8 +286,9 @@ class JWTAuthenticator:
         except jwt.PyJWTError as exc:
             logger.debug("key set fetch failed: %s", type(exc).__name__)
             raise
-        # A key is usable only with an algorithm we accept; pyjwt binds each
-        # JWK to one algorithm and checks it against the token's ``alg``.
+        # pyjwt verifies with the algorithm a JWK is bound to (older releases
+        # without comparing it to the token's ``alg``), so a key of another kind,
+        # such as a shared secret published by mistake, must not be reachable.
         self._jwks_keys = {
             key.key_id: key
             for key in keys

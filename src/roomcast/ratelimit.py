@@ -124,6 +124,18 @@ class RateLimiter:
         self._tokens = self._params.burst
         self._last = _check_finite("now", now)
 
+    def fresh(self, now: float) -> RateLimiter:
+        """A new, full bucket with the same parameters, for another client.
+
+        Raises:
+            ValueError: ``now`` is not finite.
+        """
+        bucket = RateLimiter.__new__(RateLimiter)
+        bucket._params = self._params
+        bucket._tokens = self._params.burst
+        bucket._last = _check_finite("now", now)
+        return bucket
+
     @property
     def rate(self) -> float:
         """Tokens added per ``period``."""

@@ -33,7 +33,8 @@ class Room:
         self.name = name
         self.options = options
         self.members: dict[ClientId, Client] = {}
-        self.joining: dict[ClientId, list[tuple[int | None, str]]] = {}
+        # None while nobody is joining (almost always): an emptied dict keeps its table.
+        self.joining: dict[ClientId, list[tuple[int | None, str]]] | None = None
 
     @property
     def empty(self) -> bool:

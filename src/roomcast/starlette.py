@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from roomcast.exceptions import ConnectionClosed
 from roomcast.transport import Handshake
+from roomcast.wire import MAX_MESSAGE_SIZE
 
 try:
     from starlette.responses import PlainTextResponse
@@ -62,11 +63,15 @@ class StarletteTransport:
 
     Sends can only be awaited, so :meth:`try_send` always declines and the hub
     writes through the client's bounded writer.
+
+    Args:
+        websocket: the connection, accepted by the caller.
+        max_message_size: messages over this many bytes close the connection with 1009.
     """
 
     __slots__ = ("_handshake", "_max_size", "_websocket")
 
-    def __init__(self, websocket: WebSocket, max_message_size: int) -> None:
+    def __init__(self, websocket: WebSocket, *, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
         self._websocket = websocket
         self._max_size = max_message_size
         self._handshake = _handshake(websocket)
@@ -156,7 +161,7 @@ def endpoint(hub: Hub) -> Callable[[WebSocket], Awaitable[None]]:
     """
 
     async def roomcast_endpoint(websocket: WebSocket) -> None:
-        transport = StarletteTransport(websocket, hub.max_message_size)
+        transport = StarletteTransport(websocket, max_message_size=hub.max_message_size)
         admission = await hub.admit(transport.handshake)
         try:
             if not admission.accepted:

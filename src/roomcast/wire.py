@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -193,7 +194,7 @@ def validate_room(name: object) -> str:
     Raises:
         LocalProtocolError: (a ``ValueError``) it is not.
     """
-    problem = _room_problem(name)
+    problem = _cached_room_problem(name) if type(name) is str else _room_problem(name)
     if problem is not None:
         raise LocalProtocolError(problem)
     return name  # type: ignore[return-value]
@@ -205,7 +206,7 @@ def validate_event_type(name: object) -> str:
     Raises:
         LocalProtocolError: (a ``ValueError``) it is malformed or reserved.
     """
-    problem = _type_problem(name)
+    problem = _cached_type_problem(name) if type(name) is str else _type_problem(name)
     if problem is not None:
         raise LocalProtocolError(problem)
     return name  # type: ignore[return-value]
@@ -227,6 +228,17 @@ def _room_problem(name: object) -> str | None:
     if _ROOM_RE.fullmatch(name) is None:
         return "room name may only contain A-Z a-z 0-9 _ - . : @ = /"
     return None
+
+
+# Servers publish to the same rooms and types over and over: remember the verdicts.
+@functools.lru_cache(maxsize=4096)
+def _cached_room_problem(name: str) -> str | None:
+    return _room_problem(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_type_problem(name: str) -> str | None:
+    return _type_problem(name)
 
 
 def _type_problem(name: object) -> str | None:
@@ -612,6 +624,20 @@ def encode_gap(dropped: int, rooms: list[str]) -> str:
     return dumps({"type": "gap", "payload": {"dropped": dropped, "rooms": rooms}})
 
 
+#: Strings JSON encodes as themselves between quotes: no escapes needed.
+_PLAIN: Final = re.compile(r"[A-Za-z0-9_\-.:@=/]*")
+
+
+def _json_string(text: str) -> str:
+    return '"' + text + '"' if _PLAIN.fullmatch(text) else dumps(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _quote_name(name: str) -> str:
+    """A room name or event type as a JSON string; cached, since the same few recur."""
+    return '"' + name + '"' if _PLAIN.fullmatch(name) else dumps(name)
+
+
 def encode_event(
     *,
     type_: str,
@@ -633,17 +659,17 @@ def encode_event(
     """
     head = (
         '{"type":'
-        + dumps(type_)
+        + _quote_name(type_)
         + ',"room":'
-        + dumps(room)
+        + ("null" if room is None else _quote_name(room))
         + ',"id":'
-        + dumps(message_id)
+        + _json_string(message_id)
         + ',"payload":'
         + payload_json
         + ',"timestamp":'
         + str(timestamp)
         + ',"userId":'
-        + dumps(user_id)
+        + ("null" if user_id is None else _json_string(user_id))
     )
     if offset is None:
         return head + "}"

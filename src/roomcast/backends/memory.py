@@ -47,7 +47,6 @@ class MemoryBackend(Backend):
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._deliver: Delivery | None = None
-        self._channels: set[tuple[str, str]] = set()
         self._streams: dict[str, _Stream] = {}
         self._presence: dict[str, dict[str, PresenceEntry]] = {}
 
@@ -58,15 +57,16 @@ class MemoryBackend(Backend):
     async def aclose(self) -> None:
         """Stop delivering and drop every subscription."""
         self._deliver = None
-        self._channels.clear()
 
     async def subscribe(self, kind: str, key: str) -> None:
-        """Deliver channel ``kind``/``key`` to this node."""
-        self._channels.add((kind, key))
+        """Nothing to do: the one node receives every publication.
+
+        The hub drops publications for rooms and users it has no members for,
+        so tracking subscriptions here would only cost memory.
+        """
 
     async def unsubscribe(self, kind: str, key: str) -> None:
-        """Stop delivering channel ``kind``/``key``."""
-        self._channels.discard((kind, key))
+        """Nothing to do (see :meth:`subscribe`)."""
 
     async def publish(
         self, kind: str, key: str, publication: Publication, history: History | None
@@ -75,7 +75,7 @@ class MemoryBackend(Backend):
         if history is not None and kind == "room" and not publication.ephemeral:
             publication = self._append(key, publication, history)
         deliver = self._deliver
-        if deliver is not None and (kind, key) in self._channels:
+        if deliver is not None:
             deliver(kind, key, publication)
         return publication
 

@@ -1,0 +1,613 @@
+"""End-to-end fan-out over real sockets: each roomcast adapter against its transport's floor.
+
+Every server runs in its own process (pinned to one CPU), the clients in others
+(pinned to the remaining CPUs), all on 127.0.0.1. Each server reports its own CPU
+time and RSS over a control pipe. Run ``python bench/fanout.py --help``; see
+bench/README.md for how to read the output. This is a benchmark, not a test: it
+asserts nothing about timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _fanout_procs import Child, ChildError, Clients
+
+ALL_SERVERS = (
+    "roomcast-websockets",
+    "websockets-broadcast",
+    "roomcast-starlette",
+    "naive-starlette",
+    "roomcast-aiohttp",
+    "naive-aiohttp",
+)
+#: (roomcast adapter, its floor, CPU-per-delivery ratio target)
+PAIRS = (
+    ("roomcast-websockets", "websockets-broadcast", 1.25),
+    ("roomcast-starlette", "naive-starlette", 1.10),
+    ("roomcast-aiohttp", "naive-aiohttp", 1.10),
+)
+#: Extra memory per idle connection a roomcast adapter may use over its floor (KiB).
+MEMORY_TARGET_KIB = 3.0
+#: Clients connected, sent a few events and closed before the idle baseline RSS.
+WARMUP_CLIENTS = 10
+#: Payload padding: {"t": ..., "seq": ..., "pad": "x" * PAD} is about 100 bytes.
+PAD = 60
+#: Seconds a server may take to settle (clients counted, subscribed) after a change.
+SETTLE_TIMEOUT = 120.0
+
+
+def default_messages(connections: int, quick: bool) -> int:
+    """Messages per measurement: about 150,000 deliveries (30,000 with --quick)."""
+    budget = 30_000 if quick else 150_000
+    return max(10, min(200, budget // connections))
+
+
+# ---------------------------------------------------------------------- CPUs
+
+
+@dataclass
+class Placement:
+    server: set[int] | None
+    clients: set[int] | None
+    note: str
+
+
+def placement() -> Placement:
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return Placement(None, None, "CPU affinity not available: processes not pinned")
+    if len(cpus) < 2:
+        return Placement(None, None, f"only CPU {cpus} available: processes not pinned")
+    server, clients = {cpus[0]}, set(cpus[1:])
+    try:
+        os.sched_setaffinity(0, clients)  # the driver sits with the clients
+    except OSError as exc:
+        return Placement(None, None, f"sched_setaffinity failed ({exc}): processes not pinned")
+    return Placement(server, clients, f"server on CPU {cpus[0]}, clients + driver on {cpus[1:]}")
+
+
+# ---------------------------------------------------------------------- one server
+
+
+@dataclass
+class Sample:
+    server: str
+    connections: int
+    messages: int
+    cpu_us: float  # server CPU per delivery
+    rate: float  # deliveries per wall second, first publish to last receive
+    p50_ms: float
+    p99_ms: float
+    lost: int
+    extra: int
+    server_busy: float  # server CPU / wall over the same window
+    client_busy: float  # client CPU / (wall x client processes)
+    client_us: float  # client CPU per delivery
+    lag_ms: float  # last receive after the server's publish loop ended
+
+
+@dataclass
+class Outcome:
+    samples: list[Sample] = field(default_factory=list)
+    memory: dict[int, float] = field(default_factory=dict)  # bytes per idle connection
+    base_rss: int = 0
+    connect_seconds: float = 0.0
+
+
+def start_server(
+    kind: str, args: argparse.Namespace, where: Placement, extra: Sequence[str] = ()
+) -> tuple[Child, int]:
+    argv = ["_fanout_server.py", kind, "--max-seconds", str(args.max_seconds), *extra]
+    if args.uvicorn_ws:
+        argv += ["--uvicorn-ws", args.uvicorn_ws]
+    server = Child(kind, argv, where.server)
+    ready = server.read(timeout=60)
+    return server, int(ready["port"])
+
+
+def settle(server: Child, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while True:
+        stats = server.call({"cmd": "stats"})
+        if done(stats):
+            return stats
+        if time.monotonic() > deadline:
+            raise ChildError(f"{server.name}: {what} not reached: {stats}")
+        time.sleep(0.05)
+
+
+def connect(server: Child, clients: Clients, port: int, total: int) -> None:
+    answers = clients.connect(port, total)
+    failed = sum(answer["failed"] for answer in answers)
+    if failed:
+        raise ChildError(f"{server.name}: {failed} connections failed")
+    settle(
+        server,
+        lambda s: s["clients"] == total and s["subscribed"] == total,
+        f"{total} subscribed clients",
+    )
+
+
+def shrink(server: Child, clients: Clients, total: int) -> None:
+    clients.close(total)
+    settle(
+        server,
+        lambda s: s["clients"] == total and s["subscribed"] == total,
+        f"{total} clients after closing",
+    )
+
+
+def percentile(values: array[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def measure(kind: str, server: Child, clients: Clients, connections: int, messages: int) -> Sample:
+    deliveries = connections * messages
+    timeout = 60.0 + deliveries / 2_000  # generous: even at 2,000 deliveries/s
+    clients.arm(messages, timeout)
+    published = server.call({"cmd": "publish", "n": messages, "pad": PAD}, timeout)
+    results = clients.results(timeout + 10)
+    after = server.call({"cmd": "stats"})
+    received = sum(r["received"] for r in results)
+    lost = sum(r["lost"] for r in results)
+    extra = sum(r["extra"] for r in results)
+    last_rx = max(r["last_rx"] for r in results) or time.time()
+    wall = max(last_rx - published["t0"], 1e-9)
+    server_cpu = after["cpu"] - published["cpu0"]
+    client_cpu = sum(r["cpu"] for r in results)
+    latencies: array[float] = array("d")
+    for r in results:
+        latencies.frombytes(base64.b64decode(r["latencies"]))
+    return Sample(
+        server=kind,
+        connections=connections,
+        messages=messages,
+        cpu_us=server_cpu / deliveries * 1e6,
+        rate=received / wall,
+        p50_ms=percentile(latencies, 0.50) * 1e3,
+        p99_ms=percentile(latencies, 0.99) * 1e3,
+        lost=lost,
+        extra=extra,
+        server_busy=server_cpu / wall,
+        client_busy=client_cpu / (wall * len(clients.children)),
+        client_us=client_cpu / max(received, 1) * 1e6,
+        lag_ms=(last_rx - published["t1"]) * 1e3,
+    )
+
+
+def run_server(kind: str, args: argparse.Namespace, where: Placement) -> Outcome:
+    """One server process: warm up, idle memory at each size, then fan-out (largest first)."""
+    outcome = Outcome()
+    sizes = sorted(set(args.connections))
+    server, port = start_server(kind, args, where)
+    clients: Clients | None = None
+    try:
+        clients = Clients(args.client_procs, where.clients, args.max_seconds)
+        # Warm-up: imports, caches and first-use paths, before the baseline.
+        connect(server, clients, port, WARMUP_CLIENTS)
+        measure(kind, server, clients, WARMUP_CLIENTS, 5)
+        shrink(server, clients, 0)
+        time.sleep(0.2)
+        outcome.base_rss = server.call({"cmd": "stats", "gc": True})["rss"]
+        for n in sizes:
+            began = time.perf_counter()
+            connect(server, clients, port, n)
+            outcome.connect_seconds += time.perf_counter() - began
+            time.sleep(0.2)
+            rss = server.call({"cmd": "stats", "gc": True})["rss"]
+            outcome.memory[n] = (rss - outcome.base_rss) / n
+        for n in reversed(sizes):
+            shrink(server, clients, n)
+            messages = args.messages or default_messages(n, args.quick)
+            outcome.samples.append(measure(kind, server, clients, n, messages))
+    finally:
+        if clients is not None:
+            clients.stop()
+        server.stop()
+    return outcome
+
+
+# ---------------------------------------------------------------------- report
+
+
+def spread(values: Sequence[float], digits: int = 2) -> str:
+    median = statistics.median(values)
+    if len(values) == 1:
+        return f"{median:.{digits}f}"
+    return f"{median:.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
+def done(outcomes: list[Outcome | None]) -> list[Outcome]:
+    return [o for o in outcomes if o is not None]
+
+
+def print_table(
+    servers: list[str], sizes: list[int], outcomes: dict[str, list[Outcome | None]]
+) -> None:
+    print()
+    print("Fan-out over loopback WebSockets, one room, medians of the repetitions [min-max]")
+    print("  cpu us/dlv: server CPU (user+sys, its own process) / (messages x clients)")
+    print("  dlv/s: deliveries per wall second, first publish to last receive")
+    print("  latency: receive time - send time in the payload (time.time(), same machine)")
+    header = (
+        f"{'server':<22}{'clients':>8}{'msgs':>6}  {'cpu us/dlv':<22}{'dlv/s':>10}"
+        f"{'p50 ms':>9}{'p99 ms':>9}{'lost':>6}{'srv busy':>10}{'cli busy':>10}"
+        f"{'cli us/dlv':>11}{'lag ms':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for n in sorted(sizes, reverse=True):
+        for kind in servers:
+            samples = [s for o in done(outcomes[kind]) for s in o.samples if s.connections == n]
+            if not samples:
+                continue
+            med = statistics.median
+            print(
+                f"{kind:<22}{n:>8}{samples[0].messages:>6}  "
+                f"{spread([s.cpu_us for s in samples]):<22}"
+                f"{med(s.rate for s in samples):>10,.0f}"
+                f"{med(s.p50_ms for s in samples):>9.1f}"
+                f"{med(s.p99_ms for s in samples):>9.1f}"
+                f"{sum(s.lost for s in samples):>6}"
+                f"{med(s.server_busy for s in samples):>10.0%}"
+                f"{med(s.client_busy for s in samples):>10.0%}"
+                f"{med(s.client_us for s in samples):>11.2f}"
+                f"{med(s.lag_ms for s in samples):>9.1f}"
+            )
+    print()
+    print("Server memory per idle connection (RSS with N subscribed clients - RSS with none) / N,")
+    print("after a warm-up; KiB per connection, median [min-max]")
+    header = f"{'server':<22}" + "".join(f"{f'N={n:,}':>22}" for n in sorted(sizes))
+    print(header + f"{'idle RSS MiB':>14}")
+    print("-" * (len(header) + 14))
+    for kind in servers:
+        finished = done(outcomes[kind])
+        if not finished:
+            continue
+        cells = "".join(
+            f"{spread([o.memory[n] / 1024 for o in finished]):>22}" for n in sorted(sizes)
+        )
+        base = statistics.median(o.base_rss for o in finished) / 2**20
+        print(f"{kind:<22}{cells}{base:>14.1f}")
+
+
+def print_ratios(
+    servers: list[str], sizes: list[int], outcomes: dict[str, list[Outcome | None]]
+) -> None:
+    pairs = [p for p in PAIRS if p[0] in servers and p[1] in servers]
+    if not pairs:
+        return
+    print()
+    print("Ratios, roomcast / floor, paired within each repetition: median [min-max]")
+    for adapter, floor, target in pairs:
+        paired = [
+            (mine, theirs)
+            for mine, theirs in zip(outcomes[adapter], outcomes[floor], strict=True)
+            if mine is not None and theirs is not None
+        ]
+        if not paired:
+            continue
+        for n in sorted(sizes, reverse=True):
+            ratios = []
+            for mine, theirs in paired:
+                a = [s.cpu_us for s in mine.samples if s.connections == n]
+                b = [s.cpu_us for s in theirs.samples if s.connections == n]
+                if a and b:
+                    ratios.append(a[0] / b[0])
+            if ratios:
+                verdict = "ok" if statistics.median(ratios) <= target else "OVER TARGET"
+                print(
+                    f"  cpu/dlv  {adapter} / {floor}, N={n:,}: {spread(ratios)}"
+                    f"  (target <= {target:.2f}) {verdict}"
+                )
+        for n in sorted(sizes):
+            diffs = [(mine.memory[n] - theirs.memory[n]) / 1024 for mine, theirs in paired]
+            verdict = "ok" if statistics.median(diffs) <= MEMORY_TARGET_KIB else "OVER TARGET"
+            print(
+                f"  mem/conn {adapter} - {floor}, N={n:,}: {spread(diffs, 1)} KiB"
+                f"  (target <= +{MEMORY_TARGET_KIB:.0f} KiB) {verdict}"
+            )
+
+
+# ---------------------------------------------------------------------- heartbeat
+
+
+def run_heartbeat(args: argparse.Namespace, where: Placement) -> None:
+    n = max(args.connections)
+    interval, timeout = args.heartbeat_policy
+    print()
+    print(
+        f"Heartbeat soak: roomcast-websockets, {n:,} clients, "
+        f"HeartbeatPolicy(interval={interval:g}, timeout={timeout:g}), "
+        f"{args.heartbeat_seconds:g} s; clients answer pings (protocol and {{'type':'ping'}})"
+    )
+    server, port = start_server(
+        "roomcast-websockets", args, where, ["--heartbeat", f"{interval},{timeout}"]
+    )
+    clients: Clients | None = None
+    try:
+        clients = Clients(args.client_procs, where.clients, args.max_seconds)
+        base = server.call({"cmd": "stats", "gc": True})
+        started = time.perf_counter()
+        connect(server, clients, port, n)
+        connected_in = time.perf_counter() - started
+        first = server.call({"cmd": "stats"})
+        wall0 = time.perf_counter()
+        status0 = clients.status()
+        samples = []
+        while time.perf_counter() - wall0 < args.heartbeat_seconds:
+            time.sleep(min(5.0, args.heartbeat_seconds))
+            samples.append(server.call({"cmd": "stats"}))
+        last = samples[-1] if samples else first
+        wall = time.perf_counter() - wall0
+        status = clients.status()
+    finally:
+        if clients is not None:
+            clients.stop()
+        server.stop()
+    open_now = sum(s["open"] for s in status)
+    closed = sum(s["closed_by_server"] for s in status)
+    app_pings = sum(s["app_pings"] for s in status) - sum(s["app_pings"] for s in status0)
+    protocol_pings = sum(s["protocol_pings"] for s in status) - sum(
+        s["protocol_pings"] for s in status0
+    )
+    client_cpu = sum(s["cpu"] for s in status) - sum(s["cpu"] for s in status0)
+    cpu = last["cpu"] - first["cpu"]
+    print(f"  connected {n:,} in {connected_in:.1f} s")
+    print(
+        f"  after {wall:.1f} s: server counts {last['clients']:,} clients "
+        f"({last['subscribed']:,} subscribed), heartbeat timeouts {last['heartbeat_timeouts']}; "
+        f"clients see {open_now:,} open, {closed} closed by the server"
+    )
+    print(
+        f"  pings received: {app_pings:,} {{'type':'ping'}} + {protocol_pings:,} protocol "
+        f"(expected about {n * wall / interval:,.0f} of each)"
+    )
+    print(
+        f"  server CPU {cpu / wall:.1%} of one core "
+        f"(per-sample: {', '.join(f'{x:.1%}' for x in cpu_series(first, samples))}); "
+        f"clients {client_cpu / wall:.1%}"
+    )
+    print(
+        f"  server RSS {last['rss'] / 2**20:.1f} MiB "
+        f"({(last['rss'] - base['rss']) / n / 1024:.1f} KiB per connection over idle)"
+    )
+    verdict = "all stayed connected" if open_now == n and last["clients"] == n else "LOST CLIENTS"
+    print(f"  {verdict}")
+
+
+def cpu_series(first: dict[str, Any], samples: list[dict[str, Any]]) -> list[float]:
+    # Stats are taken every 5 s; the per-sample CPU share shows bursts (or their absence).
+    out = []
+    previous = first
+    for sample in samples:
+        out.append((sample["cpu"] - previous["cpu"]) / 5.0)
+        previous = sample
+    return out
+
+
+# ---------------------------------------------------------------------- profile
+
+
+def run_profile(kind: str, args: argparse.Namespace, where: Placement) -> None:
+    n = max(args.connections)
+    messages = args.messages or default_messages(n, args.quick)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f".fanout-{kind}.prof")
+    print()
+    print(f"cProfile of {kind} (publish to {n:,} clients, {messages} messages), by own time:")
+    server, port = start_server(kind, args, where, ["--profile", path])
+    clients: Clients | None = None
+    try:
+        clients = Clients(args.client_procs, where.clients, args.max_seconds)
+        connect(server, clients, port, n)
+        sample = measure(kind, server, clients, n, messages)
+    finally:
+        if clients is not None:
+            clients.stop()
+        server.stop()
+    print(f"  (under the profiler: {sample.cpu_us:.2f} us/dlv, lost {sample.lost})")
+    import pstats
+
+    stats = pstats.Stats(path)
+    stats.sort_stats("tottime").print_stats(args.profile_lines)
+    os.unlink(path)
+
+
+# ---------------------------------------------------------------------- memory trace
+
+
+def run_trace_memory(kind: str, args: argparse.Namespace, where: Placement) -> None:
+    n = max(args.connections)
+    print()
+    print(f"tracemalloc of {kind}: growth from 0 to {n:,} idle subscribed clients, per connection")
+    server, port = start_server(kind, args, where)
+    clients: Clients | None = None
+    try:
+        clients = Clients(args.client_procs, where.clients, args.max_seconds)
+        connect(server, clients, port, WARMUP_CLIENTS)
+        shrink(server, clients, 0)
+        server.call({"cmd": "trace_start"})
+        connect(server, clients, port, n)
+        report = server.call({"cmd": "trace_report", "n": n, "limit": args.profile_lines}, 300)
+    finally:
+        if clients is not None:
+            clients.stop()
+        server.stop()
+    print(f"  traced Python allocations: {report['total']:,.0f} bytes per connection")
+    print("  by file:")
+    for size, count, where_ in report["by_file"][:12]:
+        print(f"    {size:>8,.0f} B {count:>4} blocks  {where_}")
+    print("  by line:")
+    for size, count, where_ in report["by_line"]:
+        print(f"    {size:>8,.0f} B {count:>4} blocks  {where_}")
+
+
+# ---------------------------------------------------------------------- main
+
+
+def comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--servers",
+        type=comma_list,
+        default=list(ALL_SERVERS),
+        help=f"comma list among {', '.join(ALL_SERVERS)} (default: all)",
+    )
+    parser.add_argument(
+        "--connections",
+        type=lambda text: [int(part) for part in comma_list(text)],
+        default=None,
+        help="comma list of client counts (default 1000,5000; 10000 with --heartbeat)",
+    )
+    parser.add_argument(
+        "--messages",
+        type=int,
+        default=None,
+        help="messages per measurement (default: about 250,000 deliveries, 10 to 200)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="server processes per kind (default 3; 1 quick)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 500 clients, 1 repetition, ~1 minute"
+    )
+    parser.add_argument(
+        "--heartbeat",
+        action="store_true",
+        help="soak instead: roomcast-websockets, hub heartbeat on, clients stay connected",
+    )
+    parser.add_argument(
+        "--heartbeat-policy",
+        type=lambda text: tuple(float(part) for part in comma_list(text)),
+        default=(5.0, 15.0),
+        help="interval,timeout in seconds for --heartbeat (default 5,15)",
+    )
+    parser.add_argument("--heartbeat-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--profile",
+        type=comma_list,
+        default=[],
+        help="comma list of servers to run once under cProfile (publish window only)",
+    )
+    parser.add_argument(
+        "--trace-memory",
+        type=comma_list,
+        default=[],
+        help="comma list of servers whose idle-connection memory to attribute (tracemalloc)",
+    )
+    parser.add_argument("--profile-lines", type=int, default=30)
+    parser.add_argument(
+        "--client-procs",
+        type=int,
+        default=None,
+        help="client processes (default: one per CPU left after the server's, at most 4)",
+    )
+    parser.add_argument(
+        "--uvicorn-ws", default="websockets-sansio", help="uvicorn's ws implementation"
+    )
+    parser.add_argument(
+        "--max-seconds", type=float, default=900.0, help="each child exits after this long"
+    )
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.servers + args.profile + args.trace_memory if s not in ALL_SERVERS]
+    if unknown:
+        parser.error(f"unknown servers: {', '.join(unknown)}")
+    if args.connections is None:
+        args.connections = [10_000] if args.heartbeat else [500] if args.quick else [1_000, 5_000]
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.quick and args.heartbeat:
+        args.heartbeat_seconds = min(args.heartbeat_seconds, 12.0)
+    if args.repeat < 1 or min(args.connections) < 1:
+        parser.error("--repeat and --connections must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    needed = max(args.connections) + 100
+    if hard < needed:
+        sys.exit(f"RLIMIT_NOFILE hard limit {hard} is below {needed}: raise ulimit -n")
+    where = placement()
+    if args.client_procs is None:
+        args.client_procs = max(1, min(4, len(where.clients or {0})))
+    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    print(f"roomcast end-to-end fan-out benchmark, {now}")
+    print(
+        f"Python {platform.python_version()}, websockets {version('websockets')}, "
+        f"starlette {version('starlette')}, uvicorn {version('uvicorn')} "
+        f"(ws={args.uvicorn_ws}), aiohttp {version('aiohttp')}, roomcast {version('roomcast')}; "
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
+    )
+    print(f"{where.note}; {args.client_procs} client process(es) (raw asyncio WebSocket clients)")
+    started = time.perf_counter()
+    if args.heartbeat:
+        run_heartbeat(args, where)
+    elif args.profile or args.trace_memory:
+        for kind in args.profile:
+            run_profile(kind, args, where)
+        for kind in args.trace_memory:
+            run_trace_memory(kind, args, where)
+    else:
+        print(
+            f"servers: {', '.join(args.servers)}; clients {args.connections}; "
+            f"repeat={args.repeat}{' (quick)' if args.quick else ''}; "
+            f"payload ~{PAD + 40} bytes; hub heartbeat quiet (3600 s)",
+            flush=True,
+        )
+        outcomes: dict[str, list[Outcome | None]] = {kind: [] for kind in args.servers}
+        # Interleaved: a slow spell of the machine hits every server alike.
+        for rep in range(args.repeat):
+            for kind in args.servers:
+                began = time.perf_counter()
+                try:
+                    outcome = run_server(kind, args, where)
+                except ChildError as exc:
+                    print(f"  [{rep + 1}/{args.repeat}] {kind}: FAILED: {exc}", flush=True)
+                    outcomes[kind].append(None)
+                    continue
+                outcomes[kind].append(outcome)
+                summary = ", ".join(
+                    f"N={s.connections}: {s.cpu_us:.2f} us/dlv, lost {s.lost}"
+                    for s in outcome.samples
+                )
+                took = time.perf_counter() - began
+                print(
+                    f"  [{rep + 1}/{args.repeat}] {kind}: {summary} "
+                    f"({took:.0f} s, connecting {outcome.connect_seconds:.0f} s)",
+                    flush=True,
+                )
+        print_table(args.servers, args.connections, outcomes)
+        print_ratios(args.servers, args.connections, outcomes)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
