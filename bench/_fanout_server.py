@@ -137,10 +137,18 @@ def hub_stats(hub: Any) -> dict[str, Any]:
 
 
 def make_hub(heartbeat: tuple[float, float] | None) -> Any:
+    import inspect
+
+    import roomcast
     from roomcast import HeartbeatPolicy, Hub
 
     interval, timeout = heartbeat or (3600.0, 7200.0)  # quiet unless asked for
-    return Hub(heartbeat=HeartbeatPolicy(interval=interval, timeout=timeout))
+    options: dict[str, Any] = {"heartbeat": HeartbeatPolicy(interval=interval, timeout=timeout)}
+    limits = getattr(roomcast, "ConnectionLimits", None)
+    if limits is not None and "limits" in inspect.signature(Hub).parameters:
+        # Every client comes from 127.0.0.1: lift the per-address cap.
+        options["limits"] = limits(max_connections_per_ip=1_000_000)
+    return Hub(**options)
 
 
 def hub_publisher(hub: Any) -> Callable[[int, str], Awaitable[None]]:

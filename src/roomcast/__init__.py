@@ -10,7 +10,9 @@ from .auth import AnonymousAuthenticator as AnonymousAuthenticator
 from .auth import Authenticator as Authenticator
 from .auth import Authorizer as Authorizer
 from .auth import DefaultAuthorizer as DefaultAuthorizer
+from .auth import NamespaceAuthorizer as NamespaceAuthorizer
 from .auth import Principal as Principal
+from .auth import TokenSources as TokenSources
 from .backends import Backend as Backend
 from .backends import MemoryBackend as MemoryBackend
 from .backends import Publication as Publication
@@ -34,6 +36,7 @@ from .heartbeat import HeartbeatPolicy as HeartbeatPolicy
 from .hub import Admission as Admission
 from .hub import Hub as Hub
 from .hub import HubStatistics as HubStatistics
+from .limits import ConnectionLimits as ConnectionLimits
 from .options import History as History
 from .options import RateLimit as RateLimit
 from .options import RoomOptions as RoomOptions
@@ -63,6 +66,7 @@ __all__ = [
     "Client",
     "ClientId",
     "Clock",
+    "ConnectionLimits",
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
@@ -76,6 +80,7 @@ __all__ = [
     "KeyedRateLimiter",
     "LocalProtocolError",
     "MemoryBackend",
+    "NamespaceAuthorizer",
     "PermissionDenied",
     "PingableTransport",
     "Principal",
@@ -91,6 +96,7 @@ __all__ = [
     "SlowConsumerPolicy",
     "StreamPosition",
     "SystemClock",
+    "TokenSources",
     "Transport",
     "__version__",
 ]

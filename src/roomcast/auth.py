@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 from .transport import Handshake
 from .wire import namespace_of
@@ -18,7 +18,11 @@ __all__ = [
     "Authorizer",
     "AuthorizerFunction",
     "DefaultAuthorizer",
+    "NamespaceAuthorizer",
+    "NamespaceRule",
     "Principal",
+    "SUBPROTOCOL_BEARER_PREFIX",
+    "TokenSources",
     "bearer_token",
 ]
 
@@ -112,6 +116,63 @@ class DefaultAuthorizer:
         return True
 
 
+#: A per-namespace rule: ``(principal, action, room_id)`` where ``room_id`` is the part
+#: of the room name after ``namespace:``; returns ``bool`` or an awaitable of it.
+NamespaceRule = Callable[[Principal, Action, str], bool | Awaitable[bool]]
+
+
+class NamespaceAuthorizer:
+    """Authorization written per room namespace.
+
+    ::
+
+        NamespaceAuthorizer({
+            # team:{id} - members of the team, listed in the token's claims
+            "team": lambda principal, action, team: team in principal.claims.get("teams", ()),
+            # issue:{id} - anyone may read, nobody may publish from the client
+            "issue": lambda principal, action, issue: action != "publish",
+        })
+
+    Rooms of a namespace without a rule go to ``default``
+    (:class:`DefaultAuthorizer` unless given), which also keeps ``user:{id}``
+    rooms private unless a ``"user"`` rule replaces it. A rule's answer counts
+    only when it is exactly ``True``.
+
+    Args:
+        rules: a rule per namespace.
+        default: decides every other room.
+
+    Raises:
+        TypeError: a rule is not callable.
+        ValueError: a namespace is empty or contains ``:``.
+    """
+
+    def __init__(
+        self,
+        rules: Mapping[str, NamespaceRule],
+        *,
+        default: Authorizer | AuthorizerFunction | None = None,
+    ) -> None:
+        for namespace, rule in rules.items():
+            if not namespace or ":" in namespace:
+                raise ValueError(f"namespace {namespace!r} must be non-empty and contain no ':'")
+            if not callable(rule):
+                raise TypeError(f"the rule for namespace {namespace!r} is not callable")
+        self._rules = dict(rules)
+        self._default = as_authorizer(default)
+
+    async def authorize(self, principal: Principal, action: Action, room: str) -> bool:
+        """Apply the namespace's rule, or the default."""
+        namespace, sep, room_id = room.partition(":")
+        rule = self._rules.get(namespace) if sep else None
+        if rule is None:
+            return await self._default.authorize(principal, action, room)
+        result = rule(principal, action, room_id)
+        if inspect.isawaitable(result):
+            result = await result
+        return result is True
+
+
 class _FunctionAuthorizer:
     def __init__(self, function: AuthorizerFunction) -> None:
         self._function = function
@@ -132,6 +193,53 @@ def as_authorizer(value: Authorizer | AuthorizerFunction | None) -> Authorizer:
     if callable(value):
         return _FunctionAuthorizer(value)
     raise TypeError(f"authorizer must be an Authorizer or a callable, not {type(value).__name__}")
+
+
+#: Prefix of a ``Sec-WebSocket-Protocol`` entry carrying a token: ``roomcast.bearer.<token>``.
+SUBPROTOCOL_BEARER_PREFIX: Final = "roomcast.bearer."
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSources:
+    """Where the hub looks for a token in the opening handshake, in this order.
+
+    A connection whose handshake carries no token may still send one in a
+    first-message ``auth`` frame, the preferred source: it never appears in
+    URLs, logs or headers.
+
+    Attributes:
+        subprotocol: accept a ``roomcast.bearer.<token>`` entry offered beside
+            ``roomcast.v1`` in ``Sec-WebSocket-Protocol`` (the server echoes only
+            ``roomcast.v1``); the one handshake source a browser can set.
+        header: accept ``Authorization: Bearer <token>`` (non-browser clients).
+        cookie: the name of a cookie holding the token, or ``None``. Cookies
+            are sent by browsers automatically, so pair this with an
+            ``allowed_origins`` list.
+        query: the name of a query parameter holding the token, or ``None``
+            (the default): URLs end up in access logs and browser history.
+    """
+
+    subprotocol: bool = True
+    header: bool = True
+    cookie: str | None = None
+    query: str | None = None
+
+    def find(self, handshake: Handshake) -> str | None:
+        """The first token found in the handshake, or ``None``."""
+        if self.subprotocol:
+            for offered in handshake.subprotocols:
+                if offered.startswith(SUBPROTOCOL_BEARER_PREFIX):
+                    entry = offered[len(SUBPROTOCOL_BEARER_PREFIX) :]
+                    if entry:
+                        return entry
+        found: str | None = None
+        if self.header:
+            found = bearer_token(handshake)
+        if not found and self.cookie is not None:
+            found = handshake.cookies.get(self.cookie)
+        if not found and self.query is not None:
+            found = handshake.query_param(self.query)
+        return found or None
 
 
 def bearer_token(handshake: Handshake) -> str | None:

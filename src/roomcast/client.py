@@ -58,14 +58,18 @@ class Client:
         "_on_drop",
         "_ping",
         "_queue",
+        "_queued_bytes",
         "_reader_scope",
         "_send_scope",
         "_task_group",
         "_writing",
         "close_code",
         "direct",
+        "expiry_deadline",
+        "expiry_sequence",
         "id",
         "max_queue",
+        "max_queue_bytes",
         "policy",
         "principal",
         "rooms",
@@ -81,6 +85,7 @@ class Client:
         *,
         max_queue: int,
         policy: SlowConsumerPolicy,
+        max_queue_bytes: int = 1024 * 1024,
         drain_timeout: float = 5.0,
         on_close: Callable[[Client], None] | None = None,
         on_drop: Callable[[], None] | None = None,
@@ -90,6 +95,12 @@ class Client:
         self.principal = principal
         self.rooms: dict[str, Room] = {}
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
+        self._queued_bytes = 0
+        #: Which token expiry schedule is current (the hub's bookkeeping).
+        self.expiry_sequence = 0
+        #: When the token expires, on the hub's clock.
+        self.expiry_deadline = math.inf
         self.policy: SlowConsumerPolicy = policy
         self.send_now = transport.try_send
         self.direct = True
@@ -164,11 +175,15 @@ class Client:
         queue = self._queue
         if queue is None:
             queue = self._queue = deque()
-        if len(queue) >= self.max_queue:
+        size = len(frame)
+        while queue and (
+            len(queue) >= self.max_queue or self._queued_bytes + size > self.max_queue_bytes
+        ):
             if self.policy == "disconnect":
                 self.close(CLOSE_SLOW_CONSUMER, "slow consumer", flush=False)
                 return False
-            _, dropped_room = queue.popleft()
+            dropped_frame, dropped_room = queue.popleft()
+            self._queued_bytes -= len(dropped_frame)
             self._dropped += 1
             if dropped_room is not None:
                 if self._dropped_rooms is None:
@@ -177,6 +192,7 @@ class Client:
             if self._on_drop is not None:
                 self._on_drop()
         queue.append((frame, room))
+        self._queued_bytes += size
         self.direct = False
         if not self._writing:
             self._start_writer()
@@ -208,6 +224,7 @@ class Client:
             self._on_close(self)
         if not flush:
             self._queue = None
+            self._queued_bytes = 0
             self._ping = None
             if self._send_scope is not None:
                 self._send_scope.cancel()
@@ -226,6 +243,7 @@ class Client:
         queue = self._queue
         frames = [frame for frame, _ in queue] if queue else []
         self._queue = None
+        self._queued_bytes = 0
         if self._dropped:
             rooms = list(self._dropped_rooms or ())
             frames.insert(0, encode_gap(self._dropped, rooms))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import secrets
@@ -22,8 +23,8 @@ from .auth import (
     Authorizer,
     AuthorizerFunction,
     Principal,
+    TokenSources,
     as_authorizer,
-    bearer_token,
 )
 from .backends.base import Backend, PresenceEntry, Publication
 from .backends.memory import MemoryBackend
@@ -31,6 +32,7 @@ from .client import CLOSE_SLOW_CONSUMER, Client, ClientId
 from .clock import Clock, SystemClock
 from .exceptions import AuthenticationError, ConnectionClosed, RemoteProtocolError
 from .heartbeat import Heartbeat, HeartbeatPolicy
+from .limits import ConnectionLimits, ConnectionTracker
 from .options import DEFAULT_MAX_QUEUE, RateLimit, RoomOptions, SlowConsumerPolicy
 from .ratelimit import RateLimiter
 from .room import Room
@@ -72,6 +74,8 @@ DEFAULT_MAX_ROOMS_PER_CONNECTION: Final = 100
 DEFAULT_DRAIN_TIMEOUT: Final = 5.0
 #: Seconds a connection without handshake credentials has to send ``auth``.
 DEFAULT_AUTH_TIMEOUT: Final = 10.0
+#: Seconds before a token expires that the client is sent ``token.expiring``.
+DEFAULT_TOKEN_EXPIRY_WARNING: Final = 60.0
 #: Malformed requests tolerated per minute before the connection is closed with 1008.
 DEFAULT_BAD_REQUEST_LIMIT: Final = 10
 #: Longest the heartbeat task sleeps, so new clients are picked up promptly.
@@ -82,6 +86,7 @@ _CLOSE_GOING_AWAY: Final = 1001
 _CLOSE_POLICY: Final = 1008
 _CLOSE_INTERNAL: Final = 1011
 _CLOSE_TRY_AGAIN: Final = 1013
+_CLOSE_TOKEN_EXPIRED: Final = 4002
 _CLOSE_AUTH_TIMEOUT: Final = 4008
 _CLOSE_RATE_LIMIT: Final = 4029
 
@@ -103,6 +108,8 @@ class HubStatistics:
         bad_requests: client frames refused as malformed.
         auth_failures: connections refused for their credentials.
         origin_refusals: handshakes refused for their ``Origin``.
+        limit_refusals: connections refused by a connection or failure limit.
+        token_expirations: connections closed with 4002 because their token expired.
         slow_consumer_disconnects: clients closed with 4009.
         heartbeat_timeouts: clients closed for not answering heartbeats.
     """
@@ -119,6 +126,8 @@ class HubStatistics:
     bad_requests: int
     auth_failures: int
     origin_refusals: int
+    limit_refusals: int
+    token_expirations: int
     slow_consumer_disconnects: int
     heartbeat_timeouts: int
 
@@ -168,6 +177,8 @@ class _Counters:
     bad_requests: int = 0
     auth_failures: int = 0
     origin_refusals: int = 0
+    limit_refusals: int = 0
+    token_expirations: int = 0
     slow_consumer_disconnects: int = 0
     heartbeat_timeouts: int = 0
 
@@ -216,6 +227,15 @@ class Hub:
         bad_request_limit: malformed requests per minute before close 1008.
         allowed_origins: when set, only handshakes whose ``Origin`` is exactly
             one of these (``scheme://host[:port]``) are accepted; others get 403.
+        token_sources: where a token is looked for in the handshake (default:
+            ``Sec-WebSocket-Protocol`` bearer entry and ``Authorization`` header;
+            cookie and query string only when named).
+        limits: connections per user and per address, failed authentications
+            per address, queued bytes per client.
+        token_expiry_warning: seconds before a token expires that the client
+            is sent ``token.expiring``.
+        token_expiry_grace: seconds after expiry before the connection is
+            closed with 4002.
         clock: time source (tests pass :class:`~roomcast.testing.ManualClock`).
 
     Raises:
@@ -241,6 +261,10 @@ class Hub:
         auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
         bad_request_limit: int = DEFAULT_BAD_REQUEST_LIMIT,
         allowed_origins: Iterable[str] | None = None,
+        token_sources: TokenSources | None = None,
+        limits: ConnectionLimits | None = None,
+        token_expiry_warning: float = DEFAULT_TOKEN_EXPIRY_WARNING,
+        token_expiry_grace: float = 0.0,
         clock: Clock | None = None,
     ) -> None:
         for name, value in (
@@ -251,7 +275,11 @@ class Hub:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name, number in (("drain_timeout", drain_timeout), ("auth_timeout", auth_timeout)):
+        for name, number in (
+            ("drain_timeout", drain_timeout),
+            ("auth_timeout", auth_timeout),
+            ("token_expiry_warning", token_expiry_warning),
+        ):
             if not isinstance(number, (int, float)) or not math.isfinite(number) or number <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {number!r}")
         if slow_consumer not in ("disconnect", "drop_oldest"):
@@ -266,6 +294,19 @@ class Hub:
                 raise ValueError(f"namespace {namespace!r} must be non-empty and contain no ':'")
             self._namespaces[namespace] = options
         self._allowed_origins = None if allowed_origins is None else _origins(allowed_origins)
+        if (
+            not isinstance(token_expiry_grace, (int, float))
+            or not 0 <= token_expiry_grace < math.inf
+        ):
+            raise ValueError(f"token_expiry_grace must be >= 0 seconds, got {token_expiry_grace!r}")
+        self._token_sources = token_sources or TokenSources()
+        self.limits = limits or ConnectionLimits()
+        self._tracker = ConnectionTracker(self.limits)
+        self.token_expiry_warning = float(token_expiry_warning)
+        self.token_expiry_grace = float(token_expiry_grace)
+        # (deadline on the hub clock, sequence, client id, "warn" | "expire")
+        self._expiries: list[tuple[float, int, ClientId, str]] = []
+        self._expiry_sequence = 0
         self._default_options = default_room_options or RoomOptions()
         self._authenticator: Authenticator = authenticator or AnonymousAuthenticator()
         self._authorizer = as_authorizer(authorizer)
@@ -457,7 +498,14 @@ class Hub:
         return publication.id
 
     def disconnect_user(self, user_id: str, code: int = 1000, reason: str = "") -> int:
-        """Close every connection of ``user_id`` on this node; return how many."""
+        """Close every connection of ``user_id`` on this node, e.g. on logout; return how many.
+
+        Raises:
+            ValueError: ``code`` may not be sent in a close frame (use 1000,
+                1001, 1008, or an application code 3000-4999).
+        """
+        if not (code in (1000, 1001, 1008, 1011, 1013) or 3000 <= code <= 4999):
+            raise ValueError(f"close code {code!r} may not be sent by an application")
         clients = list(self._users.get(user_id, {}).values())
         for client in clients:
             client.close(code, reason)
@@ -479,6 +527,8 @@ class Hub:
             bad_requests=counters.bad_requests,
             auth_failures=counters.auth_failures,
             origin_refusals=counters.origin_refusals,
+            limit_refusals=counters.limit_refusals,
+            token_expirations=counters.token_expirations,
             slow_consumer_disconnects=counters.slow_consumer_disconnects,
             heartbeat_timeouts=counters.heartbeat_timeouts,
         )
@@ -609,13 +659,16 @@ class Hub:
     async def admit(self, handshake: Handshake) -> Admission:
         """Decide whether to accept an opening handshake, before the adapter accepts it.
 
-        Checks, in order: the hub is running (else 503), the ``Origin`` is in
-        ``allowed_origins`` when one is set (else 403), and credentials carried
-        by the handshake are valid (else 401). Adapters that can answer the
-        HTTP request refuse with the returned status; the others accept and
-        let :meth:`serve` close with the matching close code. A handshake
-        without credentials is admitted: it may authenticate with a first
-        ``auth`` frame.
+        Checks, in order: the hub is running (else 503); the ``Origin`` is in
+        ``allowed_origins`` when one is set (else 403); the client address has
+        not failed authentication too often (else 429) nor has too many
+        connections open (else 503); credentials carried by the handshake
+        (see ``token_sources``) are valid (else 401, or 401 with close code
+        4002 when expired); the user has not too many connections open (else
+        503). Adapters that can answer the HTTP request refuse with the
+        returned status; the others accept and let :meth:`serve` close with
+        the matching close code. A handshake without credentials is admitted:
+        it may authenticate with a first ``auth`` frame.
         """
         if self._state == "new":
             return Admission(503, "server not started")
@@ -626,17 +679,31 @@ class Hub:
             if len(origins) != 1 or origins[0] not in self._allowed_origins:
                 self._counters.origin_refusals += 1
                 return Admission(403, "origin not allowed")
+        ip = handshake.client_host
+        refusal = self._tracker.ip_refusal(ip, self._clock.now())
+        if refusal is not None:
+            self._counters.limit_refusals += 1
+            reason = "too many failed authentications" if refusal == 429 else "too many connections"
+            return Admission(refusal, reason)
         subprotocol = PROTOCOL if PROTOCOL in handshake.subprotocols else None
-        token = bearer_token(handshake)
+        token = self._token_sources.find(handshake)
         if token is None:
             return Admission(101, subprotocol=subprotocol)
         try:
             principal = await self._authenticator.authenticate(handshake, token)
         except AuthenticationError as exc:
-            self._counters.auth_failures += 1
-            logger.debug("handshake authentication failed: %s", type(exc).__name__)
-            return Admission(exc.status, "invalid credentials", close_code=exc.close_code)
+            self._auth_failed(ip, exc)
+            return Admission(exc.status, _close_reason(exc), close_code=exc.close_code)
+        if self._tracker.user_refusal(principal.user_id) is not None:
+            self._counters.limit_refusals += 1
+            return Admission(503, "too many connections for this user")
         return Admission(101, principal=principal, subprotocol=subprotocol)
+
+    def _auth_failed(self, ip: str | None, exc: AuthenticationError) -> None:
+        self._counters.auth_failures += 1
+        self._tracker.failed(ip, self._clock.now())
+        # The exception class only: messages may quote what the client sent.
+        logger.debug("authentication failed: %s", type(exc).__name__)
 
     async def serve(self, transport: Transport, admission: Admission | None = None) -> None:
         """Run one accepted connection to its end.
@@ -662,12 +729,16 @@ class Hub:
         try:
             principal = handshake_principal or await self._authenticate(transport)
         except AuthenticationError as exc:
-            self._counters.auth_failures += 1
-            logger.debug("authentication failed: %s", type(exc).__name__)
+            self._auth_failed(transport.handshake.client_host, exc)
             with anyio.CancelScope(shield=True):
                 await transport.close(exc.close_code, _close_reason(exc))
             return
         except ConnectionClosed:
+            return
+        if handshake_principal is None and self._tracker.user_refusal(principal.user_id):
+            self._counters.limit_refusals += 1
+            with anyio.CancelScope(shield=True):
+                await transport.close(_CLOSE_TRY_AGAIN, "too many connections for this user")
             return
         # The node prefix routes send_to_client to the node holding the client.
         client_id = ClientId(f"{self._node}.{secrets.token_hex(6)}")
@@ -676,6 +747,7 @@ class Hub:
             transport,
             principal,
             max_queue=self.max_queue,
+            max_queue_bytes=self.limits.max_queue_bytes,
             policy=self.slow_consumer,
             drain_timeout=self.drain_timeout,
             on_close=self._client_closed,
@@ -770,13 +842,16 @@ class Hub:
         if user_id is not None:
             self._users.setdefault(user_id, {})[client.id] = client
         self._heartbeat.add(client.id, now)
+        self._tracker.opened(client.transport.handshake.client_host, user_id)
+        self._schedule_expiry(client)
         self._counters.connections_total += 1
         return connection
 
     async def _unregister(self, connection: _Connection) -> None:
         client = connection.client
         self._heartbeat.remove(client.id)
-        self._clients.pop(client.id, None)
+        if self._clients.pop(client.id, None) is not None:
+            self._tracker.closed(client.transport.handshake.client_host, client.user_id)
         user_id = client.user_id
         if user_id is not None:
             sessions = self._users.get(user_id)
@@ -1011,21 +1086,37 @@ class Hub:
         client.deliver(encode_reply(request.ref, {"room": request.room, "members": members}))
 
     async def _refresh(self, client: Client, request: Refresh) -> None:
+        """Replace the connection's token: same subject only; rooms re-checked at once."""
+        ip = client.transport.handshake.client_host
         try:
             principal = await self._authenticator.authenticate(
                 client.transport.handshake, request.token
             )
-        except AuthenticationError:
+        except AuthenticationError as exc:
+            self._auth_failed(ip, exc)
             client.deliver(encode_error("unauthorized", "invalid token", ref=request.ref))
             return
         if principal.user_id != client.user_id:
+            self._auth_failed(ip, AuthenticationError("subject changed"))
             client.close(4001, "token subject changed")
             return
         client.principal = principal
+        self._schedule_expiry(client)
+        # The new claims may no longer allow every room the client is in.
+        removed = []
+        for name in list(client.rooms):
+            if not await self._authorizer.authorize(principal, "subscribe", name):
+                if self._leave_local(client, name):
+                    await self._after_leave(client, name)
+                removed.append(name)
         expires = principal.expires_at
         client.deliver(
             encode_reply(
-                request.ref, {"expiresAt": None if expires is None else int(expires * 1000)}
+                request.ref,
+                {
+                    "expiresAt": None if expires is None else int(expires * 1000),
+                    "removed": removed,
+                },
             )
         )
 
@@ -1048,9 +1139,45 @@ class Hub:
                 if client is not None and not client.closing:
                     self._counters.heartbeat_timeouts += 1
                     client.close(_CLOSE_INTERNAL, "heartbeat timeout", flush=False)
+            self._run_expiries(now)
             deadline = heartbeat.next_deadline()
+            if self._expiries:
+                first = self._expiries[0][0]
+                deadline = first if deadline is None else min(deadline, first)
             limit = now + _HEARTBEAT_MAX_SLEEP
             await clock.sleep_until(limit if deadline is None else min(deadline, limit))
+
+    def _schedule_expiry(self, client: Client) -> None:
+        """Queue the ``token.expiring`` notice and the 4002 close for the client's token."""
+        expires_at = client.principal.expires_at
+        if expires_at is None:
+            return
+        # Token times are wall-clock; the schedule runs on the hub's clock.
+        left = expires_at - time.time()
+        now = self._clock.now()
+        self._expiry_sequence += 1
+        sequence = self._expiry_sequence
+        warn_at = now + left - self.token_expiry_warning
+        heapq.heappush(self._expiries, (warn_at, sequence, client.id, "warn"))
+        expire_at = now + left + self.token_expiry_grace
+        heapq.heappush(self._expiries, (expire_at, sequence, client.id, "expire"))
+        client.expiry_sequence = sequence
+        client.expiry_deadline = now + left
+
+    def _run_expiries(self, now: float) -> None:
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            _, sequence, client_id, action = heapq.heappop(expiries)
+            client = self._clients.get(client_id)
+            # A refresh schedules anew; entries of the old token are stale.
+            if client is None or client.closing or client.expiry_sequence != sequence:
+                continue
+            if action == "warn":
+                left_ms = max(0, int((client.expiry_deadline - now) * 1000))
+                client.deliver(encode_frame("token.expiring", payload={"expiresInMs": left_ms}))
+            else:
+                self._counters.token_expirations += 1
+                client.close(_CLOSE_TOKEN_EXPIRED, "token expired")
 
     def _on_pong(self, client_id: ClientId) -> None:
         if client_id in self._clients:

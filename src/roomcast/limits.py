@@ -1,0 +1,136 @@
+"""Connection limits per user and per IP, and failed-authentication limits per IP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from .ratelimit import KeyedRateLimiter
+
+__all__ = [
+    "DEFAULT_AUTH_FAILURES_PER_MINUTE",
+    "DEFAULT_MAX_CONNECTIONS_PER_IP",
+    "DEFAULT_MAX_CONNECTIONS_PER_USER",
+    "DEFAULT_MAX_QUEUE_BYTES",
+    "DEFAULT_MAX_TRACKED_IPS",
+    "ConnectionLimits",
+    "ConnectionTracker",
+]
+
+#: Open connections one user may have on one node (tabs, devices).
+DEFAULT_MAX_CONNECTIONS_PER_USER: Final = 32
+#: Open connections from one IP address on one node (offices share NAT addresses).
+DEFAULT_MAX_CONNECTIONS_PER_IP: Final = 256
+#: Failed authentications one IP address may make per minute.
+DEFAULT_AUTH_FAILURES_PER_MINUTE: Final = 10
+#: Distinct IP addresses whose failures are remembered at once.
+DEFAULT_MAX_TRACKED_IPS: Final = 100_000
+#: Characters of frames that may wait for one client (1 MiB of ASCII).
+DEFAULT_MAX_QUEUE_BYTES: Final = 1024 * 1024
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """Caps that keep one user, one address or one client from exhausting a node.
+
+    Attributes:
+        max_connections_per_user: open connections per user id; over it the
+            handshake is refused with 503 (or the connection closed with 1013).
+        max_connections_per_ip: open connections per client address; likewise.
+        auth_failures_per_minute: failed authentications per client address
+            per minute; past it, handshakes from that address are refused with
+            429 (or closed with 1013) until the budget refills. Only failures
+            count, so a busy office behind one address is not locked out by
+            its own successful logins, while guessing tokens is.
+        max_tracked_ips: addresses whose failures are remembered at once; the
+            table never grows past it (full buckets are forgotten first, then
+            the least recently seen).
+        max_queue_bytes: characters of frames (bytes, for ASCII) that may wait
+            for one client before the slow-consumer policy applies.
+    """
+
+    max_connections_per_user: int = DEFAULT_MAX_CONNECTIONS_PER_USER
+    max_connections_per_ip: int = DEFAULT_MAX_CONNECTIONS_PER_IP
+    auth_failures_per_minute: int = DEFAULT_AUTH_FAILURES_PER_MINUTE
+    max_tracked_ips: int = DEFAULT_MAX_TRACKED_IPS
+    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_connections_per_user",
+            "max_connections_per_ip",
+            "auth_failures_per_minute",
+            "max_tracked_ips",
+            "max_queue_bytes",
+        ):
+            _positive_int(f"ConnectionLimits.{name}", getattr(self, name))
+
+
+class ConnectionTracker:
+    """Counts open connections per user and per address, and failures per address.
+
+    Pure bookkeeping: the hub asks before accepting and reports opens, closes
+    and failures. Entries exist only while connections are open, and the
+    failure table is bounded, so memory follows the open connections.
+    """
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        self.limits = limits
+        self._per_ip: dict[str, int] = {}
+        self._per_user: dict[str, int] = {}
+        self._failures: KeyedRateLimiter[str] = KeyedRateLimiter(
+            limits.auth_failures_per_minute,
+            60.0,
+            limits.auth_failures_per_minute,
+            max_keys=limits.max_tracked_ips,
+        )
+
+    def ip_refusal(self, ip: str | None, now: float) -> int | None:
+        """The HTTP status refusing another connection from ``ip``, or ``None``."""
+        if ip is None:
+            return None
+        if self._failures.retry_after(ip, now) > 0:
+            return 429
+        if self._per_ip.get(ip, 0) >= self.limits.max_connections_per_ip:
+            return 503
+        return None
+
+    def user_refusal(self, user_id: str | None) -> int | None:
+        """The HTTP status refusing another connection of ``user_id``, or ``None``."""
+        if user_id is None:
+            return None
+        if self._per_user.get(user_id, 0) >= self.limits.max_connections_per_user:
+            return 503
+        return None
+
+    def failed(self, ip: str | None, now: float) -> None:
+        """Count a failed authentication from ``ip``."""
+        if ip is not None:
+            self._failures.allow(ip, now)
+
+    def opened(self, ip: str | None, user_id: str | None) -> None:
+        """Count an accepted connection."""
+        if ip is not None:
+            self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        if user_id is not None:
+            self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
+
+    def closed(self, ip: str | None, user_id: str | None) -> None:
+        """Forget a connection counted by :meth:`opened`."""
+        for table, key in ((self._per_ip, ip), (self._per_user, user_id)):
+            if key is not None:
+                left = table.get(key, 0) - 1
+                if left > 0:
+                    table[key] = left
+                else:
+                    table.pop(key, None)
+
+    @property
+    def tracked_ips(self) -> int:
+        """Addresses in the failure table."""
+        return len(self._failures)
