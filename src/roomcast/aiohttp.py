@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from roomcast.exceptions import ConnectionClosed
-from roomcast.transport import Handshake
+from roomcast.transport import Handshake, close_frame
 
 try:
     from aiohttp import WebSocketError, WSMsgType, web
@@ -36,11 +36,6 @@ __all__ = ["AiohttpTransport", "cleanup_ctx", "handler"]
 
 logger = logging.getLogger("roomcast.aiohttp")
 
-_MAX_REASON_BYTES = 123
-# RFC 6455 section 7.4: codes an endpoint may put in a close frame (below 3000).
-_SENDABLE_CLOSE_CODES = frozenset(
-    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
-)
 # The hub waits for one pong at a time; older unanswered pings are forgotten.
 _MAX_PENDING_PINGS = 8
 # RFC 6455 section 5.2: FIN + text opcode, then a 7-bit length, or 126 and a 16-bit
@@ -154,9 +149,7 @@ class AiohttpTransport:
         ws = self._ws
         if ws.closed:
             return
-        if not (code in _SENDABLE_CLOSE_CODES or 3000 <= code < 5000):
-            raise ValueError(f"close code {code} cannot be sent")
-        reason = reason.encode()[:_MAX_REASON_BYTES].decode(errors="ignore")
+        code, reason = close_frame(code, reason)
         self._sent = (code, reason)
         try:
             # 1001: this server is going away. aiohttp stops reading once its

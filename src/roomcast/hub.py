@@ -36,7 +36,7 @@ from .limits import ConnectionLimits, ConnectionTracker
 from .options import DEFAULT_MAX_QUEUE, RateLimit, RoomOptions, SlowConsumerPolicy
 from .ratelimit import RateLimiter
 from .room import Room
-from .transport import Handshake, PingableTransport, Transport
+from .transport import Handshake, PingableTransport, Transport, close_frame
 from .wire import (
     MAX_MESSAGE_SIZE,
     PING_FRAME,
@@ -343,6 +343,8 @@ class Hub:
         self._state = "new"
         self._idle: anyio.Event | None = None
         self._background: list[anyio.CancelScope] = []
+        # Connections inside serve() past registration, until their close frame is sent.
+        self._serving = 0
         # Bound once and shared by every client, rather than a bound method each.
         self._client_closed = self._on_client_close
         self._frame_dropped = self._on_drop
@@ -399,7 +401,7 @@ class Hub:
         with anyio.CancelScope(shield=True):
             for client in list(self._clients.values()):
                 client.close(_CLOSE_GOING_AWAY, "server shutting down")
-            if self._clients:
+            if self._serving:
                 self._idle = anyio.Event()
                 with anyio.move_on_after(self.drain_timeout + 1.0):
                     await self._idle.wait()
@@ -501,11 +503,10 @@ class Hub:
         """Close every connection of ``user_id`` on this node, e.g. on logout; return how many.
 
         Raises:
-            ValueError: ``code`` may not be sent in a close frame (use 1000,
-                1001, 1008, or an application code 3000-4999).
+            ValueError: ``code`` may not be sent in a close frame (1005, 1006,
+                1015, below 1000, or from 5000 up).
         """
-        if not (code in (1000, 1001, 1008, 1011, 1013) or 3000 <= code <= 4999):
-            raise ValueError(f"close code {code!r} may not be sent by an application")
+        code, reason = close_frame(code, reason)
         clients = list(self._users.get(user_id, {}).values())
         for client in clients:
             client.close(code, reason)
@@ -754,6 +755,7 @@ class Hub:
             on_drop=self._frame_dropped,
         )
         connection = self._register(client)
+        self._serving += 1
         try:
             # Subscribed before the ack: once a client is acknowledged,
             # send_to_user reaches it.
@@ -799,6 +801,10 @@ class Hub:
                     close_code, close_reason = 1000, ""
                 with anyio.move_on_after(self.drain_timeout):
                     await transport.close(close_code, close_reason)
+                # Only now is this connection done: aclose() waits for its close frame.
+                self._serving -= 1
+                if not self._serving and self._idle is not None:
+                    self._idle.set()
 
     def _on_client_close(self, client: Client) -> None:
         """A client started closing: stop fan-out to it at once, before its task ends."""
@@ -865,8 +871,6 @@ class Hub:
             self._leave_local(client, name)
         for name in rooms:
             await self._after_leave(client, name)
-        if not self._clients and self._idle is not None:
-            self._idle.set()
 
     async def _sync_channel(self, kind: str, key: str) -> None:
         """Bring the backend's subscription for one channel in line with local demand.
@@ -1205,8 +1209,8 @@ def _origins(values: Iterable[str]) -> frozenset[str]:
 
 
 def _close_reason(exc: Exception) -> str:
-    """A close reason from an exception message: at most 123 bytes of UTF-8."""
-    return str(exc).encode("utf-8")[:123].decode("utf-8", "ignore")
+    """A close reason from an exception message, cut to fit a close frame."""
+    return close_frame(1000, str(exc))[1]
 
 
 def _room_error(code: str, message: str) -> dict[str, Any]:

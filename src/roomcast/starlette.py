@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from roomcast.exceptions import ConnectionClosed
-from roomcast.transport import Handshake
+from roomcast.transport import Handshake, close_frame
 from roomcast.wire import MAX_MESSAGE_SIZE
 
 try:
@@ -47,11 +47,6 @@ __all__ = ["StarletteTransport", "endpoint", "lifespan"]
 
 logger = logging.getLogger("roomcast.starlette")
 
-_MAX_REASON_BYTES = 123
-# RFC 6455 section 7.4: codes an endpoint may put in a close frame (below 3000).
-_SENDABLE_CLOSE_CODES = frozenset(
-    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
-)
 # Starlette raises RuntimeError (WebSocketDisconnected among them) once a side
 # has closed; servers raise OSError (uvicorn's ClientDisconnected) when the
 # socket is gone.
@@ -140,9 +135,7 @@ class StarletteTransport:
             or websocket.client_state is WebSocketState.DISCONNECTED
         ):
             return
-        if not (code in _SENDABLE_CLOSE_CODES or 3000 <= code < 5000):
-            raise ValueError(f"close code {code} cannot be sent")
-        reason = reason.encode()[:_MAX_REASON_BYTES].decode(errors="ignore")
+        code, reason = close_frame(code, reason)
         try:
             await websocket.close(code, reason)
         except Exception:  # the socket may already be gone; the goal was a closed connection

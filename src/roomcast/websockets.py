@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, cast
 from weakref import WeakKeyDictionary
 
 from roomcast.exceptions import ConnectionClosed
-from roomcast.transport import Handshake
+from roomcast.transport import MAX_CLOSE_REASON_BYTES, Handshake, close_frame
 from roomcast.wire import PROTOCOL
 
 try:
@@ -63,11 +63,6 @@ __all__ = ["Handler", "WebSocketsTransport", "handler", "select_subprotocol", "s
 
 logger = logging.getLogger("roomcast.websockets")
 
-_MAX_REASON_BYTES = 123
-# RFC 6455 section 7.4: codes an endpoint may put in a close frame (below 3000).
-_SENDABLE_CLOSE_CODES = frozenset(
-    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
-)
 _ProcessRequest = Callable[
     [ServerConnection, Request], "Awaitable[Response | None] | Response | None"
 ]
@@ -133,11 +128,10 @@ class WebSocketsTransport:
             ValueError: ``code`` may not be sent in a close frame.
         """
         connection = self._connection
-        if connection.protocol.state is OPEN and not (
-            code in _SENDABLE_CLOSE_CODES or 3000 <= code < 5000
-        ):
-            raise ValueError(f"close code {code} cannot be sent")
-        reason = reason.encode()[:_MAX_REASON_BYTES].decode(errors="ignore")
+        if connection.protocol.state is OPEN:
+            code, reason = close_frame(code, reason)
+        else:
+            reason = reason.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
         try:
             await connection.close(code, reason)
         except Exception:  # the socket may already be gone; the goal was a closed connection
