@@ -455,6 +455,13 @@ async def control(server: Server, args: argparse.Namespace) -> None:
             await server.publish(n, pad)
             t1, cpu1 = time.time(), time.process_time()
             write_line({"t0": t0, "t1": t1, "cpu0": cpu0, "cpu1": cpu1})
+        elif name == "profile":
+            if profiler is not None:
+                if command.get("on"):
+                    profiler.enable()
+                else:
+                    profiler.disable()
+            write_line({"profiling": profiler is not None and bool(command.get("on"))})
         elif name == "trace_start":
             gc.collect()
             tracemalloc.start(int(command.get("depth", 1)))

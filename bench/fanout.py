@@ -340,9 +340,10 @@ def run_heartbeat(args: argparse.Namespace, where: Placement) -> None:
         f"HeartbeatPolicy(interval={interval:g}, timeout={timeout:g}), "
         f"{args.heartbeat_seconds:g} s; clients answer pings (protocol and {{'type':'ping'}})"
     )
-    server, port = start_server(
-        "roomcast-websockets", args, where, ["--heartbeat", f"{interval},{timeout}"]
-    )
+    profile = "roomcast-websockets" in args.profile
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".fanout-heartbeat.prof")
+    extra = ["--heartbeat", f"{interval},{timeout}"] + (["--profile", path] if profile else [])
+    server, port = start_server("roomcast-websockets", args, where, extra)
     clients: Clients | None = None
     try:
         clients = Clients(args.client_procs, where.clients, args.max_seconds)
@@ -350,13 +351,16 @@ def run_heartbeat(args: argparse.Namespace, where: Placement) -> None:
         started = time.perf_counter()
         connect(server, clients, port, n)
         connected_in = time.perf_counter() - started
+        server.call({"cmd": "profile", "on": True})
         first = server.call({"cmd": "stats"})
+        server.call({"cmd": "profile", "on": True})  # stats pauses the profiler
         wall0 = time.perf_counter()
         status0 = clients.status()
         samples = []
         while time.perf_counter() - wall0 < args.heartbeat_seconds:
             time.sleep(min(5.0, args.heartbeat_seconds))
             samples.append(server.call({"cmd": "stats"}))
+            server.call({"cmd": "profile", "on": True})
         last = samples[-1] if samples else first
         wall = time.perf_counter() - wall0
         status = clients.status()
@@ -393,6 +397,12 @@ def run_heartbeat(args: argparse.Namespace, where: Placement) -> None:
     )
     verdict = "all stayed connected" if open_now == n and last["clients"] == n else "LOST CLIENTS"
     print(f"  {verdict}")
+    if profile:
+        import pstats
+
+        print("  cProfile of the server over the soak (CPU% above is inflated by it), by own time:")
+        pstats.Stats(path).sort_stats("tottime").print_stats(args.profile_lines)
+        os.unlink(path)
 
 
 def cpu_series(first: dict[str, Any], samples: list[dict[str, Any]]) -> list[float]:
@@ -486,13 +496,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--messages",
         type=int,
         default=None,
-        help="messages per measurement (default: about 250,000 deliveries, 10 to 200)",
+        help="messages per measurement (default: about 150,000 deliveries, 10 to 200)",
     )
     parser.add_argument(
-        "--repeat", type=int, default=None, help="server processes per kind (default 3; 1 quick)"
+        "--repeat", type=int, default=3, help="server processes per kind (default 3)"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 500 clients, 1 repetition, ~1 minute"
+        "--quick",
+        action="store_true",
+        help="smoke run: 500 clients, ~30,000 deliveries per measurement (under a minute)",
     )
     parser.add_argument(
         "--heartbeat",
@@ -505,7 +517,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=(5.0, 15.0),
         help="interval,timeout in seconds for --heartbeat (default 5,15)",
     )
-    parser.add_argument("--heartbeat-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--heartbeat-seconds", type=float, default=30.0, help="length of the --heartbeat soak"
+    )
     parser.add_argument(
         "--profile",
         type=comma_list,
@@ -518,7 +532,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=[],
         help="comma list of servers whose idle-connection memory to attribute (tracemalloc)",
     )
-    parser.add_argument("--profile-lines", type=int, default=30)
+    parser.add_argument(
+        "--profile-lines", type=int, default=30, help="rows printed by --profile, --trace-memory"
+    )
     parser.add_argument(
         "--client-procs",
         type=int,
@@ -537,8 +553,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown servers: {', '.join(unknown)}")
     if args.connections is None:
         args.connections = [10_000] if args.heartbeat else [500] if args.quick else [1_000, 5_000]
-    if args.repeat is None:
-        args.repeat = 1 if args.quick else 3
     if args.quick and args.heartbeat:
         args.heartbeat_seconds = min(args.heartbeat_seconds, 12.0)
     if args.repeat < 1 or min(args.connections) < 1:

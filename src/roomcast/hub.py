@@ -727,6 +727,17 @@ class Hub:
             return
         handshake_principal = admission.principal
         del admission  # not kept alive for the connection's lifetime
+        ip = transport.handshake.client_host
+        # Counted from acceptance, so sockets still waiting to authenticate count too.
+        self._tracker.opened(ip, None)
+        try:
+            await self._serve_accepted(transport, handshake_principal)
+        finally:
+            self._tracker.closed(ip, None)
+
+    async def _serve_accepted(
+        self, transport: Transport, handshake_principal: Principal | None
+    ) -> None:
         try:
             principal = handshake_principal or await self._authenticate(transport)
         except AuthenticationError as exc:
@@ -848,7 +859,7 @@ class Hub:
         if user_id is not None:
             self._users.setdefault(user_id, {})[client.id] = client
         self._heartbeat.add(client.id, now)
-        self._tracker.opened(client.transport.handshake.client_host, user_id)
+        self._tracker.opened(None, user_id)
         self._schedule_expiry(client)
         self._counters.connections_total += 1
         return connection
@@ -857,7 +868,7 @@ class Hub:
         client = connection.client
         self._heartbeat.remove(client.id)
         if self._clients.pop(client.id, None) is not None:
-            self._tracker.closed(client.transport.handshake.client_host, client.user_id)
+            self._tracker.closed(None, client.user_id)
         user_id = client.user_id
         if user_id is not None:
             sessions = self._users.get(user_id)

@@ -1,0 +1,975 @@
+"""Attacks on authentication, authorization and the handshake, against every adapter.
+
+Each test runs once per server kind in :data:`tests.contract.servers.KINDS`,
+over real sockets on 127.0.0.1, with a :class:`~roomcast.jwt.JWTAuthenticator`
+in front of the hub. A refusal before accept is checked as the HTTP status the
+client receives; a refusal after accept (first-message ``auth``, ``refresh``)
+as the close code. The last tests drive :meth:`Hub.admit` in memory with
+arbitrary handshakes.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Literal
+
+import anyio
+import jwt
+import pytest
+from anyio.abc import SocketAttribute, SocketStream
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed as WebSocketsClosed
+from websockets.exceptions import InvalidHandshake, InvalidMessage, InvalidStatus
+from websockets.typing import Subprotocol
+
+from roomcast import Handshake, Hub, Principal
+from roomcast.auth import TokenSources
+from roomcast.hub import Admission, HubStatistics
+from roomcast.jwt import JWTAuthenticator
+from roomcast.limits import ConnectionLimits
+
+from .servers import KINDS, PATH, Served, ServerKind
+
+TIMEOUT = 10
+SECRET = b"roomcast-security-hmac-secret-32"  # exactly 32 bytes
+AUDIENCE = "roomcast-tests"
+ISSUER = "https://auth.example.com"
+APP_ORIGIN = "https://app.example.com"
+V1 = Subprotocol("roomcast.v1")
+
+
+@pytest.fixture(params=KINDS, ids=[kind.name for kind in KINDS])
+def kind(request: pytest.FixtureRequest) -> ServerKind:
+    server_kind: ServerKind = request.param
+    return server_kind
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    # The websockets client runs on asyncio only; the trio server kind serves
+    # from a thread of its own (see servers.py).
+    return "asyncio"
+
+
+#: Tests a server kind fails today because of the framework, with the reason;
+#: strict, so a fixed framework turns them into errors until removed here.
+KNOWN_FAILURES: dict[tuple[str, str], str] = {
+    (
+        "test_header_over_the_servers_line_limit_is_refused_promptly",
+        "starlette-uvicorn",
+    ): (
+        "uvicorn 0.54's websockets-sansio handshake never writes the 431 that the "
+        "websockets parser prepares for a header line over 8192 bytes: the client "
+        "gets no answer until its own timeout"
+    ),
+}
+
+
+@pytest.fixture(autouse=True)
+def known_failure(request: pytest.FixtureRequest) -> None:
+    if "kind" not in request.fixturenames:
+        return
+    kind: ServerKind = request.getfixturevalue("kind")
+    reason = kind.known_failures.get(request.node.originalname) or KNOWN_FAILURES.get(
+        (request.node.originalname, kind.name)
+    )
+    if reason is not None:
+        request.node.add_marker(pytest.mark.xfail(reason=reason, strict=True))
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+@functools.cache
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def rsa_public_pem() -> bytes:
+    return rsa_key().public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def segment(value: Any) -> str:
+    return b64url(json.dumps(value, separators=(",", ":")).encode("utf-8"))
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "sub": "alice",
+        "exp": time.time() + 600,
+        "aud": AUDIENCE,
+        "iss": ISSUER,
+    }
+    payload.update(overrides)
+    return payload
+
+
+def token(**overrides: Any) -> str:
+    """A valid HS256 token for alice, unless ``overrides`` say otherwise."""
+    return jwt.encode(claims(**overrides), SECRET, "HS256")
+
+
+def signed(header: dict[str, Any], payload: dict[str, Any], secret: bytes = SECRET) -> str:
+    """Signed by hand, so that headers pyjwt refuses to emit can be sent."""
+    signing_input = f"{segment(header)}.{segment(payload)}"
+    signature = hmac.new(secret, signing_input.encode("ascii"), hashlib.sha256).digest()
+    return f"{signing_input}.{b64url(signature)}"
+
+
+#: Seconds of clock skew forgiven; the expired and not-yet-valid attacks are far beyond it.
+LEEWAY = 5
+
+
+def jwt_authenticator() -> JWTAuthenticator:
+    return JWTAuthenticator(
+        SECRET, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER, leeway=LEEWAY
+    )
+
+
+def rs256_authenticator() -> JWTAuthenticator:
+    return JWTAuthenticator(
+        rsa_public_pem(), algorithms=["RS256"], audience=AUDIENCE, issuer=ISSUER
+    )
+
+
+#: Tokens a JWT authenticator must refuse, and the close code of the refusal.
+ATTACKS: dict[str, tuple[Callable[[], str], int]] = {
+    "alg-none": (lambda: f"{segment({'alg': 'none', 'typ': 'JWT'})}.{segment(claims())}.", 4001),
+    "alg-not-listed": (lambda: jwt.encode(claims(), SECRET * 2, "HS512"), 4001),
+    "expired-beyond-leeway": (lambda: token(exp=time.time() - 60), 4002),
+    "not-yet-valid": (lambda: token(nbf=time.time() + 600), 4001),
+    "wrong-audience": (lambda: token(aud="another-service"), 4001),
+    "wrong-issuer": (lambda: token(iss="https://evil.example.com"), 4001),
+    "unknown-crit": (
+        lambda: signed({"alg": "HS256", "crit": ["urn:example:unknown"]}, claims()),
+        4001,
+    ),
+    "wrong-secret": (lambda: jwt.encode(claims(), b"x" * 32, "HS256"), 4001),
+    "random-segments": (
+        lambda: ".".join(b64url(os.urandom(size)) for size in (24, 48, 32)),
+        4001,
+    ),
+    "non-ascii": (lambda: "é.ü.ß" + token(), 4001),
+}
+
+#: Tokens an HTTP server may refuse itself (header line limits, control
+#: characters) before the hub sees them; as a frame they reach the hub.
+FRAME_ONLY_ATTACKS: dict[str, tuple[Callable[[], str], int]] = {
+    "over-8192-characters": (lambda: token(padding="x" * 8192), 4001),
+    "control-characters": (lambda: "\x00.\x00.\x00", 4001),
+}
+
+
+# ----------------------------------------------------------------------------- clients
+
+
+@asynccontextmanager
+async def serving(kind: ServerKind, **hub_kwargs: Any) -> AsyncIterator[Served]:
+    hub_kwargs.setdefault("authenticator", jwt_authenticator())
+    async with kind.start(hub_kwargs) as served:
+        yield served
+
+
+def open_client(
+    served: Served,
+    target: str = PATH,
+    *,
+    subprotocols: Sequence[str] = (V1,),
+    **kwargs: Any,
+) -> connect:
+    base = served.url.removesuffix(PATH)
+    return connect(
+        base + target,
+        subprotocols=[Subprotocol(name) for name in subprotocols],
+        open_timeout=TIMEOUT,
+        close_timeout=TIMEOUT,
+        **kwargs,
+    )
+
+
+def bearer(value: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {value}"}
+
+
+async def receive(client: ClientConnection) -> dict[str, Any]:
+    frame: dict[str, Any] = json.loads(await client.recv())
+    return frame
+
+
+async def next_frame(client: ClientConnection, type_: str) -> dict[str, Any]:
+    """The next frame of ``type_``, answering heartbeats and failing on anything else."""
+    while True:
+        frame = await receive(client)
+        if frame["type"] == type_:
+            return frame
+        if frame["type"] != "ping":
+            raise AssertionError(f"expected {type_}, got {frame}")
+        await client.send(json.dumps({"action": "pong"}))
+
+
+async def request(client: ClientConnection, frame: dict[str, Any]) -> dict[str, Any]:
+    await client.send(json.dumps(frame))
+    return await next_frame(client, "reply")
+
+
+async def still_open(client: ClientConnection) -> bool:
+    """Whether the connection still answers a ping."""
+    try:
+        await client.send(json.dumps({"action": "ping", "ref": "alive"}))
+        return await next_frame(client, "pong") == {"type": "pong", "ref": "alive"}
+    except WebSocketsClosed:
+        return False
+
+
+async def frames_until_close(client: ClientConnection) -> tuple[list[Any], int | None]:
+    """Everything received until the connection closed, and the server's close code."""
+    frames: list[Any] = []
+    try:
+        while True:
+            frames.append(await client.recv())
+    except WebSocketsClosed as exc:
+        return frames, None if exc.rcvd is None else int(exc.rcvd.code)
+
+
+async def refused_status(served: Served, target: str = PATH, **kwargs: Any) -> int:
+    """The HTTP status that refused the handshake (every server kind answers before accept)."""
+    with pytest.raises(InvalidStatus) as caught:
+        async with open_client(served, target, **kwargs):
+            pass
+    return caught.value.response.status_code
+
+
+async def handshake_status(served: Served, target: str = PATH, **kwargs: Any) -> int:
+    """101 once ``connection.ack`` has arrived, or the HTTP status that refused the handshake."""
+    try:
+        async with open_client(served, target, **kwargs) as client:
+            await next_frame(client, "connection.ack")
+    except InvalidStatus as exc:
+        return exc.response.status_code
+    return 101
+
+
+async def accepted_user(served: Served, target: str = PATH, **kwargs: Any) -> str | None:
+    """The user id ``connection.ack`` names for a handshake that must be accepted."""
+    async with open_client(served, target, **kwargs) as client:
+        assert client.subprotocol == V1
+        ack = await next_frame(client, "connection.ack")
+        user: str | None = ack["payload"]["userId"]
+        return user
+
+
+async def unauthenticated(served: Served, target: str = PATH, **kwargs: Any) -> None:
+    """Assert the handshake was accepted without credentials: no ack, and the
+    first request that is not ``auth`` closes it with 4001."""
+    async with open_client(served, target, **kwargs) as client:
+        await client.send(json.dumps({"action": "subscribe", "rooms": ["team:t1"], "ref": 1}))
+        assert await frames_until_close(client) == ([], 4001)
+
+
+async def eventually(served: Served, condition: Callable[[HubStatistics], bool]) -> HubStatistics:
+    """The hub's counters once they satisfy ``condition``; the caller's bound limits the wait."""
+    while not condition(stats := await served.stats()):
+        await anyio.sleep(0.01)
+    return stats
+
+
+# ----------------------------------------------------------------------------- token attacks
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("attack", list(ATTACKS))
+async def test_attack_token_in_the_handshake_is_refused_with_401(
+    kind: ServerKind, attack: str
+) -> None:
+    make, _ = ATTACKS[attack]
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served:
+            assert await refused_status(served, additional_headers=bearer(make())) == 401
+            stats = await served.stats()
+            assert (stats.auth_failures, stats.connections_total, stats.clients) == (1, 0, 0)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("attack", list(ATTACKS) + list(FRAME_ONLY_ATTACKS))
+async def test_attack_token_in_the_auth_frame_closes_the_connection(
+    kind: ServerKind, attack: str
+) -> None:
+    make, code = {**ATTACKS, **FRAME_ONLY_ATTACKS}[attack]
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served, open_client(served) as client:
+            await client.send(json.dumps({"action": "auth", "token": make()}))
+            assert await frames_until_close(client) == ([], code)
+            stats = await eventually(served, lambda stats: stats.auth_failures == 1)
+            assert (stats.connections_total, stats.clients) == (0, 0)
+
+
+@pytest.mark.anyio
+async def test_hmac_token_signed_with_the_rsa_public_key_is_refused(kind: ServerKind) -> None:
+    # The classic key confusion: a verifier that let the token choose HS256
+    # would take the (public) PEM for the HMAC secret.
+    forged = signed({"alg": "HS256", "typ": "JWT"}, claims(), secret=rsa_public_pem())
+    genuine = jwt.encode(claims(), rsa_key(), "RS256")
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind, authenticator=rs256_authenticator()) as served:
+            assert await refused_status(served, additional_headers=bearer(forged)) == 401
+            async with open_client(served) as client:
+                await client.send(json.dumps({"action": "auth", "token": forged}))
+                assert await frames_until_close(client) == ([], 4001)
+            assert await accepted_user(served, additional_headers=bearer(genuine)) == "alice"
+            stats = await served.stats()
+            assert (stats.auth_failures, stats.connections_total) == (2, 1)
+
+
+#: How each HTTP server answers a 1 MB header, before the hub is asked:
+#: with a status, or (``None``) by closing without a valid HTTP response.
+HUGE_HEADER_REFUSAL: dict[str, int | None] = {
+    "websockets": 431,
+    "starlette-uvicorn": 400,
+    "starlette-hypercorn-trio": 431,
+    "aiohttp": None,
+}
+
+
+@pytest.mark.anyio
+async def test_one_megabyte_token_never_reaches_the_hub(kind: ServerKind) -> None:
+    huge = "a" * 1_000_000
+    expected = HUGE_HEADER_REFUSAL[kind.name]
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served:
+            if expected is None:
+                with pytest.raises(InvalidMessage):
+                    async with open_client(served, additional_headers=bearer(huge)):
+                        pass
+            else:
+                assert await refused_status(served, additional_headers=bearer(huge)) == expected
+            # As a frame it is over the 64 KiB message limit.
+            async with open_client(served) as client:
+                await client.send(json.dumps({"action": "auth", "token": huge}))
+                assert await frames_until_close(client) == ([], 1009)
+            stats = await served.stats()
+            assert (stats.auth_failures, stats.connections_total, stats.clients) == (0, 0, 0)
+
+
+@pytest.mark.anyio
+async def test_header_over_the_servers_line_limit_is_refused_promptly(kind: ServerKind) -> None:
+    # Just over the 8190/8192-byte header line limits of the servers; a server
+    # with a higher limit passes it to the hub, which refuses tokens over 8192
+    # characters unread.
+    long_token = bearer("a" * 9000)
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served:
+            with pytest.raises((InvalidStatus, InvalidMessage)) as caught:
+                async with connect(
+                    served.url, additional_headers=long_token, open_timeout=1, close_timeout=1
+                ):
+                    pass
+            if isinstance(caught.value, InvalidStatus):
+                assert caught.value.response.status_code in {400, 401, 431}
+            assert (await served.stats()).clients == 0
+
+
+@pytest.mark.anyio
+async def test_request_before_auth_closes_4001_and_never_subscribes(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served, open_client(served) as client:
+            await client.send(json.dumps({"action": "subscribe", "rooms": ["team:t1"], "ref": 1}))
+            await client.send(json.dumps({"action": "auth", "token": token()}))
+            assert await frames_until_close(client) == ([], 4001)
+            stats = await eventually(served, lambda stats: stats.auth_failures == 1)
+            assert (stats.rooms, stats.members, stats.connections_total) == (0, {}, 0)
+
+
+# ----------------------------------------------------------------------------- authorization
+
+
+@pytest.mark.anyio
+async def test_another_users_room_is_forbidden_and_the_connection_stays(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(kind) as served,
+            open_client(served, additional_headers=bearer(token())) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            reply = await request(
+                client, {"action": "subscribe", "rooms": ["user:bob", "user:alice"], "ref": 1}
+            )
+            rooms = reply["payload"]["rooms"]
+            assert rooms["user:bob"]["error"]["code"] == "forbidden"
+            assert rooms["user:alice"]["ok"] is True
+            assert (await served.stats()).members == {"user:alice": 1}
+            assert await still_open(client)
+
+
+@pytest.mark.anyio
+async def test_client_publish_outside_the_allowed_namespaces_is_forbidden(
+    kind: ServerKind,
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(kind) as served,
+            open_client(served, additional_headers=bearer(token())) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            await request(client, {"action": "subscribe", "rooms": ["team:t1"], "ref": 1})
+            reply = await request(
+                client,
+                {"action": "publish", "room": "team:t1", "type": "x.y", "payload": 1, "ref": 2},
+            )
+            assert (reply["ref"], reply["ok"], reply["error"]["code"]) == (2, False, "forbidden")
+            assert (await served.stats()).published == 0
+            assert await still_open(client)
+
+
+@pytest.mark.anyio
+async def test_refresh_with_another_subject_closes_4001(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(kind) as served,
+            open_client(served, additional_headers=bearer(token())) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            await client.send(
+                json.dumps({"action": "refresh", "token": token(sub="mallory"), "ref": 1})
+            )
+            assert await frames_until_close(client) == ([], 4001)
+            stats = await eventually(served, lambda stats: stats.clients == 0)
+            assert stats.auth_failures == 1
+
+
+# ----------------------------------------------------------------------------- origin
+
+
+class RecordingAuthenticator:
+    """Everyone is ``u1``; every handshake is kept for inspection."""
+
+    def __init__(self) -> None:
+        self.handshakes: list[Handshake] = []
+
+    async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
+        self.handshakes.append(handshake)
+        return Principal("u1")
+
+
+#: Origin headers a cross-site page, a non-browser client or a proxy might send.
+LOOK_ALIKE_ORIGINS: dict[str, list[tuple[str, str]]] = {
+    "suffix-domain": [("Origin", "https://app.example.com.evil.com")],
+    "other-scheme": [("Origin", "http://app.example.com")],
+    "explicit-port": [("Origin", "https://app.example.com:443")],
+    "trailing-slash": [("Origin", "https://app.example.com/")],
+    "upper-case": [("Origin", "https://APP.example.com")],
+    "null": [("Origin", "null")],
+    "missing": [],
+    "duplicated-allowed-first": [("Origin", APP_ORIGIN), ("Origin", "https://evil.com")],
+    "duplicated-allowed-twice": [("Origin", APP_ORIGIN), ("Origin", APP_ORIGIN)],
+}
+
+#: Servers whose WebSocket handshake (the websockets library's, in both) takes
+#: ``Origin`` as single-valued and refuses a repeated one with 400 itself:
+#: uvicorn before the application is asked; the websockets server after its
+#: ``process_request`` hook, where the hub has already refused a handshake
+#: outside its allowlist with 403.
+REFUSES_REPEATED_ORIGIN: dict[str, Literal["before the hub", "after the hub"]] = {
+    "starlette-uvicorn": "before the hub",
+    "websockets": "after the hub",
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("origin", list(LOOK_ALIKE_ORIGINS))
+async def test_origin_other_than_exactly_one_allowed_origin_is_refused(
+    kind: ServerKind, origin: str
+) -> None:
+    headers = LOOK_ALIKE_ORIGINS[origin]
+    repeated = len(headers) > 1
+    server_first = REFUSES_REPEATED_ORIGIN.get(kind.name) == "before the hub"
+    expected = 400 if repeated and server_first else 403
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind, allowed_origins=[APP_ORIGIN]) as served:
+            credentials = [*headers, ("Authorization", f"Bearer {token()}")]
+            assert await refused_status(served, additional_headers=credentials) == expected
+            stats = await served.stats()
+            assert stats.origin_refusals == (1 if expected == 403 else 0)
+            assert stats.connections_total == 0
+            # Refused before the token was looked at.
+            assert stats.auth_failures == 0
+
+
+@pytest.mark.anyio
+async def test_exactly_the_allowed_origin_is_accepted(kind: ServerKind) -> None:
+    headers = [("Origin", APP_ORIGIN), ("Authorization", f"Bearer {token()}")]
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind, allowed_origins=[APP_ORIGIN]) as served:
+            assert await accepted_user(served, additional_headers=headers) == "alice"
+            assert (await served.stats()).origin_refusals == 0
+
+
+async def raw_request_lines(headers: list[tuple[str, str]]) -> list[str]:
+    """The request lines the websockets client sends with ``additional_headers``."""
+    lines: list[str] = []
+
+    async def read_request(stream: SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive()
+        lines.extend(data.decode("latin-1").split("\r\n"))
+        await stream.aclose()
+
+    async with (
+        await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
+        anyio.create_task_group() as task_group,
+    ):
+        port = listener.extra(SocketAttribute.local_port)
+        task_group.start_soon(listener.serve, read_request)
+        with pytest.raises((InvalidHandshake, OSError)):
+            async with connect(
+                f"ws://127.0.0.1:{port}{PATH}", additional_headers=headers, open_timeout=TIMEOUT
+            ):
+                pass
+        task_group.cancel_scope.cancel()
+    return lines
+
+
+@pytest.mark.anyio
+async def test_the_client_sends_both_origin_headers() -> None:
+    # Otherwise the duplicated-Origin cases above would test nothing.
+    headers = [("Origin", APP_ORIGIN), ("Origin", "https://evil.com")]
+    with anyio.fail_after(TIMEOUT):
+        lines = await raw_request_lines(headers)
+    assert [line for line in lines if line.lower().startswith("origin:")] == [
+        f"Origin: {APP_ORIGIN}",
+        "Origin: https://evil.com",
+    ]
+
+
+@pytest.mark.anyio
+async def test_repeated_origin_reaches_the_hub_whole_or_not_at_all(kind: ServerKind) -> None:
+    # Without an allowlist the hub admits anything, so what a server does with
+    # the second header shows: pass both on, or refuse the handshake itself.
+    authenticator = RecordingAuthenticator()
+    headers = [("Origin", APP_ORIGIN), ("Origin", "https://evil.com")]
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind, authenticator=authenticator) as served:
+            if kind.name in REFUSES_REPEATED_ORIGIN:
+                assert await refused_status(served, additional_headers=headers) == 400
+                assert authenticator.handshakes == []
+                return
+            assert await accepted_user(served, additional_headers=headers) == "u1"
+    (handshake,) = authenticator.handshakes
+    assert handshake.header_values("origin") == [APP_ORIGIN, "https://evil.com"]
+
+
+# ----------------------------------------------------------------------------- token sources
+
+
+@pytest.mark.anyio
+async def test_token_in_a_subprotocol_entry_authenticates_and_is_not_echoed(
+    kind: ServerKind,
+) -> None:
+    offered = (V1, f"roomcast.bearer.{token()}")
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served:
+            async with open_client(served, subprotocols=offered) as client:
+                assert client.subprotocol == V1
+                assert client.response is not None
+                assert client.response.headers.get_all("Sec-WebSocket-Protocol") == [V1]
+                ack = await next_frame(client, "connection.ack")
+                assert ack["payload"]["userId"] == "alice"
+
+
+@pytest.mark.anyio
+async def test_token_in_the_authorization_header_authenticates(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served:
+            assert await accepted_user(served, additional_headers=bearer(token())) == "alice"
+
+
+@pytest.mark.anyio
+async def test_token_in_a_named_cookie_authenticates(kind: ServerKind) -> None:
+    cookie = {"Cookie": f"theme=dark; session={token()}"}
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind, token_sources=TokenSources(cookie="session")) as served:
+            assert await accepted_user(served, additional_headers=cookie) == "alice"
+
+
+@pytest.mark.anyio
+async def test_token_in_a_cookie_is_ignored_unless_the_cookie_is_named(
+    kind: ServerKind,
+) -> None:
+    cookie = {"Cookie": f"session={token()}"}
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served:
+            await unauthenticated(served, additional_headers=cookie)
+
+
+@pytest.mark.anyio
+async def test_token_in_the_query_authenticates_when_switched_on(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind, token_sources=TokenSources(query="token")) as served:
+            assert await accepted_user(served, f"{PATH}?token={token()}") == "alice"
+
+
+@pytest.mark.anyio
+async def test_token_in_the_query_is_ignored_by_default(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served:
+            await unauthenticated(served, f"{PATH}?token={token()}")
+            await unauthenticated(served, f"{PATH}?access_token={token()}")
+
+
+# ----------------------------------------------------------------------------- expiry
+
+
+@pytest.mark.anyio
+async def test_live_connection_is_warned_then_closed_4002_when_its_token_expires(
+    kind: ServerKind,
+) -> None:
+    lifetime = 1.2
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind, token_expiry_warning=0.6, token_expiry_grace=0) as served:
+            expires_at = time.time() + lifetime
+            async with open_client(served, additional_headers=bearer(token(exp=expires_at))) as c:
+                ack = await next_frame(c, "connection.ack")
+                assert ack["payload"]["expiresAt"] == int(expires_at * 1000)
+                warning = await next_frame(c, "token.expiring")
+                assert 0 < warning["payload"]["expiresInMs"] <= 600
+                frames, code = await frames_until_close(c)
+                assert (frames, code) == ([], 4002)
+                # Not before the token's own expiry.
+                assert time.time() >= expires_at
+            stats = await eventually(served, lambda stats: stats.clients == 0)
+            assert stats.token_expirations == 1
+
+
+@pytest.mark.anyio
+async def test_refresh_with_the_same_subject_keeps_the_connection_past_the_old_expiry(
+    kind: ServerKind,
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind, token_expiry_warning=0.6, token_expiry_grace=0) as served:
+            old_expiry = time.time() + 1.2
+            headers = bearer(token(exp=old_expiry))
+            async with open_client(served, additional_headers=headers) as client:
+                await next_frame(client, "connection.ack")
+                await request(client, {"action": "subscribe", "rooms": ["team:t1"], "ref": 1})
+                await next_frame(client, "token.expiring")
+                new_expiry = time.time() + 600
+                reply = await request(
+                    client, {"action": "refresh", "token": token(exp=new_expiry), "ref": 2}
+                )
+                assert reply["ok"] is True
+                assert reply["payload"] == {
+                    "expiresAt": int(new_expiry * 1000),
+                    "removed": [],
+                }
+                await anyio.sleep(max(0.0, old_expiry - time.time()) + 0.3)
+                assert await still_open(client)
+                stats = await served.stats()
+                assert (stats.token_expirations, stats.members) == (0, {"team:t1": 1})
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+@pytest.mark.anyio
+async def test_address_with_ten_failed_authentications_is_refused_429(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served:
+            for n in range(10):
+                bad = bearer(token(sub=f"guess-{n}", aud="another-service"))
+                assert await refused_status(served, additional_headers=bad) == 401
+            # Even a valid token, until the address's budget refills.
+            assert await refused_status(served, additional_headers=bearer(token())) == 429
+            stats = await served.stats()
+            assert (stats.auth_failures, stats.limit_refusals, stats.clients) == (10, 1, 0)
+
+
+@pytest.mark.anyio
+async def test_third_connection_of_a_user_is_refused_503(kind: ServerKind) -> None:
+    limits = ConnectionLimits(max_connections_per_user=2)
+    headers = bearer(token())
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(kind, limits=limits) as served,
+            open_client(served, additional_headers=headers),
+            open_client(served, additional_headers=headers),
+        ):
+            await eventually(served, lambda stats: stats.clients == 2)
+            assert await refused_status(served, additional_headers=headers) == 503
+            # Another user is not affected.
+            other = bearer(token(sub="bob"))
+            assert await accepted_user(served, additional_headers=other) == "bob"
+            assert (await served.stats()).limit_refusals == 1
+
+
+@pytest.mark.anyio
+async def test_connection_over_the_per_address_cap_is_refused_503(kind: ServerKind) -> None:
+    limits = ConnectionLimits(max_connections_per_ip=2)
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(kind, limits=limits) as served,
+            open_client(served, additional_headers=bearer(token(sub="a"))),
+            open_client(served, additional_headers=bearer(token(sub="b"))),
+        ):
+            await eventually(served, lambda stats: stats.clients == 2)
+            third = bearer(token(sub="c"))
+            assert await refused_status(served, additional_headers=third) == 503
+            assert (await served.stats()).limit_refusals == 1
+
+
+@pytest.mark.anyio
+async def test_connections_waiting_for_auth_count_against_the_per_address_cap(
+    kind: ServerKind,
+) -> None:
+    limits = ConnectionLimits(max_connections_per_ip=2)
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(kind, limits=limits) as served,
+            open_client(served),
+            open_client(served),
+        ):
+            assert await refused_status(served) == 503
+
+
+# ----------------------------------------------------------------------------- logs
+
+
+class Captured(logging.Handler):
+    """Keeps every record it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+#: Server-side loggers and the level each runs at: roomcast at its most
+#: verbose; the frameworks at INFO, where production servers run them (at
+#: DEBUG, the websockets server logs every request header). The test's own
+#: websockets *client* (``websockets.client``) is not listened to.
+SERVER_LOG_LEVELS = {
+    "roomcast": logging.DEBUG,
+    "uvicorn": logging.INFO,
+    "uvicorn.error": logging.INFO,
+    "uvicorn.access": logging.INFO,
+    "hypercorn.error": logging.INFO,
+    "hypercorn.access": logging.INFO,
+    "aiohttp": logging.INFO,
+    "websockets.server": logging.INFO,
+}
+#: Handlers go on these only: the others' records propagate to one of them.
+#: Not on the root logger, since uvicorn's loggers do not propagate.
+CAPTURED_LOGGERS = ("roomcast", "uvicorn", "hypercorn", "aiohttp", "websockets.server")
+#: The loggers that write a WebSocket request's URL at INFO.
+URL_LOGGERS = ("uvicorn.error", "uvicorn.access", "hypercorn.access", "aiohttp.access")
+
+
+class RedactQueryToken(logging.Filter):
+    """Masks a query parameter's value in a log line (the recipe in docs/topics/security.md)."""
+
+    def __init__(self, parameter: str) -> None:
+        super().__init__()
+        self._pattern = re.compile(rf"([?&]{re.escape(parameter)}=)[^&\s\"']*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self._pattern.sub(r"\1[redacted]", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+@contextmanager
+def capturing_server_logs(redact_query: str | None = None) -> Iterator[Captured]:
+    captured = Captured()
+    redact = None if redact_query is None else RedactQueryToken(redact_query)
+    saved = [(logging.getLogger(name), level) for name, level in SERVER_LOG_LEVELS.items()]
+    previous = [logger.level for logger, _ in saved]
+    for logger, level in saved:
+        logger.setLevel(level)
+    for name in CAPTURED_LOGGERS:
+        logging.getLogger(name).addHandler(captured)
+    if redact is not None:
+        for name in URL_LOGGERS:
+            logging.getLogger(name).addFilter(redact)
+    try:
+        yield captured
+    finally:
+        for name in CAPTURED_LOGGERS:
+            logging.getLogger(name).removeHandler(captured)
+        if redact is not None:
+            for name in URL_LOGGERS:
+                logging.getLogger(name).removeFilter(redact)
+        for (logger, _), level in zip(saved, previous, strict=True):
+            logger.setLevel(level)
+
+
+async def session_with_tokens_everywhere(served: Served, sources: TokenSources) -> list[str]:
+    """Present valid and refused tokens in every source ``sources`` switches on,
+    and in ``auth`` and ``refresh`` frames; return every token sent."""
+    tokens: list[str] = []
+
+    def remember(value: str) -> str:
+        tokens.append(value)
+        return value
+
+    origin = [("Origin", APP_ORIGIN)]
+    for value, status in ((token(), 101), (token(aud="another-service"), 401)):
+        remember(value)
+        attempts = [
+            (PATH, origin, (V1, f"roomcast.bearer.{value}")),
+            (PATH, [*origin, ("Authorization", f"Bearer {value}")], (V1,)),
+        ]
+        if sources.cookie is not None:
+            attempts.append((PATH, [*origin, ("Cookie", f"{sources.cookie}={value}")], (V1,)))
+        if sources.query is not None:
+            attempts.append((f"{PATH}?{sources.query}={value}", origin, (V1,)))
+        for target, headers, offered in attempts:
+            outcome = await handshake_status(
+                served, target, additional_headers=headers, subprotocols=offered
+            )
+            assert outcome == status
+    # Refused for its origin, before the token is read.
+    refused = remember(token())
+    assert await refused_status(served, additional_headers=bearer(refused)) == 403
+    if sources.query is not None:
+        assert await refused_status(served, f"{PATH}?{sources.query}={refused}") == 403
+    async with open_client(served, additional_headers=origin) as client:
+        await client.send(json.dumps({"action": "auth", "token": remember(token())}))
+        await next_frame(client, "connection.ack")
+        bad = remember(token(aud="another-service"))
+        reply = await request(client, {"action": "refresh", "token": bad, "ref": 1})
+        assert reply["error"]["code"] == "unauthorized"
+        reply = await request(client, {"action": "refresh", "token": remember(token()), "ref": 2})
+        assert reply["ok"] is True
+        await client.send(json.dumps({"action": "refresh", "token": remember(token(sub="bob"))}))
+        assert (await frames_until_close(client))[1] == 4001
+    async with open_client(served, additional_headers=origin) as client:
+        await client.send(json.dumps({"action": "auth", "token": remember(token(nbf=2**40))}))
+        assert (await frames_until_close(client))[1] == 4001
+    await eventually(served, lambda stats: stats.clients == 0)
+    return tokens
+
+
+def leaks(records: list[logging.LogRecord], tokens: list[str]) -> list[str]:
+    """Formatted log lines that contain a token, or a token's signature alone."""
+    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    lines = [formatter.format(record) for record in records]
+    signatures = [value.rsplit(".", 1)[-1] for value in tokens]
+    return [line for line in lines if any(part in line for part in (*tokens, *signatures))]
+
+
+@pytest.mark.anyio
+async def test_logs_never_contain_a_token_from_the_handshake_or_frames(kind: ServerKind) -> None:
+    sources = TokenSources(cookie="session")
+    limits = ConnectionLimits(auth_failures_per_minute=100)
+    with anyio.fail_after(TIMEOUT * 2):
+        async with serving(
+            kind, token_sources=sources, allowed_origins=[APP_ORIGIN], limits=limits
+        ) as served:
+            # After the server started: uvicorn sets its loggers' levels then.
+            with capturing_server_logs() as captured:
+                tokens = await session_with_tokens_everywhere(served, sources)
+    assert any(record.name.startswith("roomcast") for record in captured.records)
+    assert leaks(captured.records, tokens) == []
+
+
+@pytest.mark.anyio
+async def test_logs_never_contain_a_query_token_once_url_logs_are_redacted(
+    kind: ServerKind,
+) -> None:
+    sources = TokenSources(cookie="session", query="token")
+    limits = ConnectionLimits(auth_failures_per_minute=100)
+    with anyio.fail_after(TIMEOUT * 2):
+        async with serving(
+            kind, token_sources=sources, allowed_origins=[APP_ORIGIN], limits=limits
+        ) as served:
+            with capturing_server_logs(redact_query="token") as captured:
+                tokens = await session_with_tokens_everywhere(served, sources)
+    assert any(record.name.startswith("roomcast") for record in captured.records)
+    assert leaks(captured.records, tokens) == []
+
+
+# ----------------------------------------------------------------------------- admit, in memory
+
+header_names = st.sampled_from(
+    ["origin", "authorization", "cookie", "sec-websocket-protocol", "host", "x-forwarded-for"]
+)
+texts = st.text(max_size=200)
+token_like = st.one_of(
+    texts,
+    st.sampled_from([make() for make, _ in ATTACKS.values()]),
+    st.builds(lambda sub: token(sub=sub), st.text(min_size=1, max_size=20)),
+    st.builds(lambda exp: token(exp=exp), st.floats(allow_nan=False, allow_infinity=False)),
+)
+header_values = st.one_of(
+    texts,
+    st.builds(lambda value: f"Bearer {value}", token_like),
+    st.builds(lambda value: f"session={value}", token_like),
+    st.builds(lambda value: f"roomcast.v1, roomcast.bearer.{value}", token_like),
+    st.sampled_from([APP_ORIGIN, "null", "https://app.example.com.evil.com"]),
+)
+handshakes = st.builds(
+    Handshake,
+    path=texts,
+    headers=st.lists(st.tuples(header_names, header_values), max_size=6).map(tuple),
+    query=st.lists(st.tuples(st.sampled_from(["token", "x"]), token_like), max_size=3).map(tuple),
+    cookies=st.dictionaries(st.sampled_from(["session", "x"]), token_like, max_size=2),
+    client=st.one_of(
+        st.none(), st.tuples(st.sampled_from(["127.0.0.1", "::1", "10.0.0.1"]), st.just(1))
+    ),
+    subprotocols=st.lists(
+        st.one_of(
+            st.just("roomcast.v1"),
+            texts,
+            st.builds(lambda value: f"roomcast.bearer.{value}", token_like),
+        ),
+        max_size=3,
+    ).map(tuple),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    handshake=handshakes,
+    origins=st.sampled_from([None, [APP_ORIGIN]]),
+    limits=st.sampled_from([ConnectionLimits(), ConnectionLimits(auth_failures_per_minute=1)]),
+)
+def test_admit_answers_any_handshake_with_an_admission(
+    handshake: Handshake, origins: list[str] | None, limits: ConnectionLimits
+) -> None:
+    async def admit_twice() -> list[Admission]:
+        async with Hub(
+            authenticator=jwt_authenticator(),
+            allowed_origins=origins,
+            token_sources=TokenSources(cookie="session", query="token"),
+            limits=limits,
+        ) as hub:
+            # Twice: the second may meet the failure budget the first spent.
+            return [await hub.admit(handshake), await hub.admit(handshake)]
+
+    for admission in anyio.run(admit_twice):
+        assert isinstance(admission, Admission)
+        assert admission.status in {101, 401, 403, 429, 503}
+        if admission.principal is not None:
+            assert admission.accepted
+        assert len(admission.reason.encode("utf-8")) <= 123
