@@ -24,6 +24,9 @@ __all__ = ["CLOSE_SLOW_CONSUMER", "Client", "ClientId"]
 #: A connection's id, unique across nodes.
 ClientId = NewType("ClientId", str)
 
+#: Seconds an idle writer waits for more frames before its task ends.
+WRITER_LINGER: Final = 1.0
+
 #: Close code for a client whose queue overflowed under the ``disconnect`` policy.
 CLOSE_SLOW_CONSUMER: Final = 4009
 
@@ -62,6 +65,7 @@ class Client:
         "_reader_scope",
         "_send_scope",
         "_task_group",
+        "_wakeup",
         "_writing",
         "close_code",
         "direct",
@@ -70,6 +74,7 @@ class Client:
         "id",
         "max_queue",
         "max_queue_bytes",
+        "pingable",
         "policy",
         "principal",
         "rooms",
@@ -119,6 +124,9 @@ class Client:
         self._reader_scope: anyio.CancelScope | None = None
         self._send_scope: anyio.CancelScope | None = None
         self._writing = False
+        self._wakeup: anyio.Event | None = None
+        #: Whether the transport sends protocol pings (checked once: the check is slow).
+        self.pingable = isinstance(transport, PingableTransport)
 
     @property
     def user_id(self) -> str | None:
@@ -194,18 +202,16 @@ class Client:
         queue.append((frame, room))
         self._queued_bytes += size
         self.direct = False
-        if not self._writing:
-            self._start_writer()
+        self._wake_writer()
         return True
 
     def request_ping(self, on_pong: Callable[[], object]) -> None:
         """Ask for a protocol ping (where the transport supports them)."""
-        if self.close_code is not None or not isinstance(self.transport, PingableTransport):
+        if self.close_code is not None or not self.pingable:
             return
         self._ping = on_pong
         self.direct = False
-        if not self._writing:
-            self._start_writer()
+        self._wake_writer()
 
     def close(self, code: int, reason: str, *, flush: bool = True) -> None:
         """Close the connection with ``code``; the first request wins.
@@ -230,8 +236,16 @@ class Client:
                 self._send_scope.cancel()
         elif self._send_scope is not None:
             self._send_scope.deadline = min(self._send_scope.deadline, self._close_deadline)
+        if self._wakeup is not None:
+            self._wakeup.set()
         if not self._writing and self._reader_scope is not None:
             self._reader_scope.cancel()
+
+    def _wake_writer(self) -> None:
+        if not self._writing:
+            self._start_writer()
+        elif self._wakeup is not None:
+            self._wakeup.set()
 
     def _start_writer(self) -> None:
         if self._task_group is None:
@@ -252,27 +266,49 @@ class Client:
         return frames
 
     async def _write(self) -> None:
-        """Drain the queue (and a requested ping), then end; restarted on demand.
+        """Drain the queue (and a requested ping); linger briefly, then end.
 
         While a batch is in flight, new frames queue behind it, so per-room
-        order holds.
+        order holds. After draining, the writer waits up to
+        :data:`WRITER_LINGER` seconds for more, so a steady stream to a
+        transport that can only ``await`` reuses one task instead of starting
+        one per frame; an idle connection keeps no writer.
         """
         transport = self.transport
         try:
-            while self._queue or self._dropped or self._ping is not None:
-                deadline = self._close_deadline if self.close_code is not None else math.inf
-                with anyio.CancelScope(deadline=deadline) as self._send_scope:
-                    try:
-                        if self._queue or self._dropped:
+            with anyio.CancelScope() as scope:
+                self._send_scope = scope
+                if self.close_code is not None:
+                    scope.deadline = self._close_deadline
+                while True:
+                    if self._queue or self._dropped:
+                        try:
                             await transport.send(self._take())
-                        on_pong, self._ping = self._ping, None
-                        if on_pong is not None and isinstance(transport, PingableTransport):
-                            await transport.ping(on_pong)
-                    except ConnectionClosed as exc:
-                        self.close(exc.code, exc.reason, flush=False)
-                self._send_scope = None
+                        except ConnectionClosed as exc:
+                            self.close(exc.code, exc.reason, flush=False)
+                            break
+                        continue
+                    on_pong = self._ping
+                    if on_pong is not None:
+                        self._ping = None
+                        try:
+                            await transport.ping(on_pong)  # type: ignore[attr-defined]
+                        except ConnectionClosed as exc:
+                            self.close(exc.code, exc.reason, flush=False)
+                            break
+                        continue
+                    if self.close_code is not None:
+                        break
+                    self.direct = True
+                    wakeup = self._wakeup = anyio.Event()
+                    with anyio.move_on_after(WRITER_LINGER):
+                        await wakeup.wait()
+                    self._wakeup = None
+                    if not (self._queue or self._dropped or self._ping is not None):
+                        break
         finally:
             self._send_scope = None
+            self._wakeup = None
             self._writing = False
             if self.close_code is None:
                 self.direct = True

@@ -36,7 +36,7 @@ from .limits import ConnectionLimits, ConnectionTracker
 from .options import DEFAULT_MAX_QUEUE, RateLimit, RoomOptions, SlowConsumerPolicy
 from .ratelimit import RateLimiter
 from .room import Room
-from .transport import Handshake, PingableTransport, Transport, close_frame
+from .transport import Handshake, Transport, close_frame
 from .wire import (
     MAX_MESSAGE_SIZE,
     PING_FRAME,
@@ -1145,10 +1145,14 @@ class Hub:
             actions = heartbeat.poll(now)
             for client_id in actions.ping:
                 client = self._clients.get(client_id)
-                if client is not None:
+                if client is None:
+                    continue
+                # Protocol pings where the transport has them (browsers answer
+                # on their own); the application ping frame otherwise.
+                if client.pingable:
+                    client.request_ping(partial(self._on_pong, client_id))
+                else:
                     client.deliver(PING_FRAME)
-                    if isinstance(client.transport, PingableTransport):
-                        client.request_ping(partial(self._on_pong, client_id))
             for client_id in actions.dead:
                 client = self._clients.get(client_id)
                 if client is not None and not client.closing:
