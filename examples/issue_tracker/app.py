@@ -46,7 +46,7 @@ from roomcast.jwt import JWTAuthenticator
 
 PAGE: Final = (Path(__file__).parent / "static" / "index.html").read_text(encoding="utf-8")
 
-# The demo's directory: who exists and which teams they belong to.
+# A fixed directory stands in for the app's users and teams.
 TEAMS: Final = {"t1": "Platform", "t2": "Design"}
 MEMBERS: Final = {"alice": ("t1",), "bob": ("t1",), "carol": ("t2",)}
 STATUSES: Final = ("open", "in_progress", "done")
@@ -120,8 +120,8 @@ def create_app(*, secret: bytes, origins: Sequence[str], token_ttl: int) -> tupl
             "team": RoomOptions(history=recent),
             "issue": RoomOptions(history=recent, presence=True),
         },
-        # Browsers send cookies and open WebSockets to any site: only our own
-        # pages may connect. A deployed app lists its real https:// origins.
+        # Any site's pages may open a WebSocket to us, and no CORS check stops
+        # them: only our own may. A deployed app lists its real https:// origins.
         allowed_origins=origins,
     )
     # --8<-- [end:hub]
