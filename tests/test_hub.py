@@ -519,3 +519,32 @@ async def test_presence_is_not_found_where_it_is_off(hub: Hub) -> None:
     async with TestClient(hub) as client:
         reply = await client.request({"action": "presence", "room": "room:a"})
         assert reply["error"]["code"] == "not_found"
+
+
+async def test_client_types_limit_what_clients_may_publish_and_force_ephemeral(
+    clock: ManualClock,
+) -> None:
+    options = RoomOptions(
+        history=History(size=10, ttl=60), client_types=frozenset({"typing"}), client_ephemeral=True
+    )
+    async with (
+        Hub(
+            clock=clock, authorizer=DefaultAuthorizer(publish=["doc"]), namespaces={"doc": options}
+        ) as hub,
+        TestClient(hub) as writer,
+        TestClient(hub) as reader,
+    ):
+        await writer.subscribe("doc:d1")
+        await reader.subscribe("doc:d1")
+        forged = await writer.publish("doc:d1", "comment.created", {})
+        assert forged["error"]["code"] == "forbidden"
+        assert (await writer.publish("doc:d1", "typing", {}))["ok"] is True
+        typing = await reader.receive_event("typing")
+        assert "offset" not in typing  # never stored, though the client did not ask
+
+
+def test_client_types_are_validated() -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        RoomOptions(client_types=frozenset({"reply"}))
+    with pytest.raises(TypeError, match="collection"):
+        RoomOptions(client_types="typing")  # type: ignore[arg-type]

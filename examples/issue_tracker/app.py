@@ -118,7 +118,13 @@ def create_app(*, secret: bytes, origins: Sequence[str], token_ttl: int) -> tupl
         authorizer=authorizer,
         namespaces={
             "team": RoomOptions(history=recent),
-            "issue": RoomOptions(history=recent, presence=True),
+            # Browsers may publish only `typing` in issue rooms, never stored.
+            "issue": RoomOptions(
+                history=recent,
+                presence=True,
+                client_types=frozenset({"typing"}),
+                client_ephemeral=True,
+            ),
         },
         # Any site's pages may open a WebSocket to us, and no CORS check stops
         # them: only our own may. A deployed app lists its real https:// origins.
@@ -203,8 +209,8 @@ def create_app(*, secret: bytes, origins: Sequence[str], token_ttl: int) -> tupl
             raise HTTPException(409, f"this demo keeps at most {MAX_ISSUES} issues")
         issue = Issue(f"i{len(issues) + 1}", team, title)
         issues[issue.id] = issue
-        # Published without user_id: pages trust server events by their null
-        # userId, since a member could publish any type into an issue room.
+        # Published without user_id: the page treats events with a null userId
+        # as the server's (clients can only publish `typing`, and carry theirs).
         await hub.publish(f"team:{team}", "issue.created", {"issue": issue.public(), "by": user})
         return JSONResponse(issue.public(), status_code=201)
 

@@ -1075,13 +1075,19 @@ class Hub:
                 encode_error("forbidden", "not allowed to publish here", ref=request.ref)
             )
             return
+        options = self.room_options(request.room)
+        if options.client_types is not None and request.type not in options.client_types:
+            client.deliver(
+                encode_error("forbidden", "clients may not publish this type", ref=request.ref)
+            )
+            return
         message_id = await self._publish(
             (request.room,),
             request.type,
             dumps(request.payload),
             client.user_id,
             frozenset((client.id,)),
-            request.ephemeral,
+            request.ephemeral or options.client_ephemeral,
         )
         client.deliver(encode_reply(request.ref, {"id": message_id}))
 

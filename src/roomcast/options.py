@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from .wire import validate_event_type
+
 __all__ = [
     "DEFAULT_MAX_QUEUE",
     "History",
@@ -52,16 +54,32 @@ class RoomOptions:
     Attributes:
         history: keep recent messages for recovery, or ``None`` (at-most-once).
         presence: track who is in each room and send ``presence.join``/``presence.leave``.
+        client_types: the event types clients may publish in these rooms (where
+            the authorizer lets them publish at all); ``None`` allows any type.
+            Keeps clients from forging the server's own events.
+        client_ephemeral: client publishes in these rooms are never stored in
+            history, whatever the client asked (typing indicators, cursors).
     """
 
     history: History | None = None
     presence: bool = False
+    client_types: frozenset[str] | None = None
+    client_ephemeral: bool = False
 
     def __post_init__(self) -> None:
         if self.history is not None and not isinstance(self.history, History):
             raise TypeError("RoomOptions.history must be a History or None")
         if not isinstance(self.presence, bool):
             raise TypeError("RoomOptions.presence must be a bool")
+        if self.client_types is not None:
+            if isinstance(self.client_types, str):
+                raise TypeError("RoomOptions.client_types must be a collection of types")
+            types = frozenset(self.client_types)
+            for name in types:
+                validate_event_type(name)
+            object.__setattr__(self, "client_types", types)
+        if not isinstance(self.client_ephemeral, bool):
+            raise TypeError("RoomOptions.client_ephemeral must be a bool")
 
 
 @dataclass(frozen=True, slots=True)
