@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, NewType
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final, NewType
 
 import anyio
 from anyio.abc import TaskGroup
@@ -13,7 +13,7 @@ from anyio.abc import TaskGroup
 from .auth import Principal
 from .exceptions import ConnectionClosed
 from .options import SlowConsumerPolicy
-from .transport import PingableTransport, Transport
+from .transport import EagerTransport, PingableTransport, Transport
 from .wire import encode_gap
 
 if TYPE_CHECKING:
@@ -47,16 +47,21 @@ class Client:
         transport: the connection.
         direct: whether frames may go straight to the transport right now
             (nothing queued, nothing in flight, not closing).
-        send_now: the transport's ``try_send``, bound once for the hot path.
+        send_now: the transport's ``try_send``, bound once for the hot path;
+            for an :class:`~roomcast.transport.EagerTransport` (Starlette on
+            asyncio), a method that starts the send in place and leaves only
+            a send that has to wait to the writer.
         close_code: the code the connection is closing with, once it is.
     """
 
     __slots__ = (
+        "_begin_send",
         "_close_deadline",
         "_close_reason",
         "_drain_timeout",
         "_dropped",
         "_dropped_rooms",
+        "_inflight",
         "_on_close",
         "_on_drop",
         "_ping",
@@ -108,6 +113,13 @@ class Client:
         self.expiry_deadline = math.inf
         self.policy: SlowConsumerPolicy = policy
         self.send_now = transport.try_send
+        #: The rest of a send that :meth:`EagerTransport.begin_send` started
+        #: but could not finish without waiting; the writer finishes it first.
+        self._inflight: Coroutine[Any, Any, None] | None = None
+        self._begin_send: Callable[[str], Coroutine[Any, Any, None] | None] | None = None
+        if isinstance(transport, EagerTransport) and transport.eager:
+            self._begin_send = transport.begin_send
+            self.send_now = self._send_begun
         self.direct = True
         self.close_code: int | None = None
         self._close_reason = ""
@@ -158,7 +170,7 @@ class Client:
         self._reader_scope = reader_scope
         if self.close_code is not None and not self._writing:
             reader_scope.cancel()
-        elif self._queue or self._ping is not None:
+        elif self._queue or self._ping is not None or self._inflight is not None:
             self._start_writer()
 
     def deliver(self, frame: str, room: str | None = None) -> bool:
@@ -175,6 +187,22 @@ class Client:
                 self.close(1006, "", flush=False)
                 return False
         return self.enqueue(frame, room)
+
+    def _send_begun(self, frame: str) -> bool:
+        """``send_now`` for an :class:`EagerTransport`: start the send in place.
+
+        The frame is always taken: when the send cannot finish without
+        waiting, its rest goes to the writer, and later frames queue behind it.
+        """
+        begin = self._begin_send
+        if begin is None:
+            return False
+        rest = begin(frame)
+        if rest is not None:
+            self._inflight = rest
+            self.direct = False
+            self._wake_writer()
+        return True
 
     def enqueue(self, frame: str, room: str | None = None) -> bool:
         """Queue ``frame`` for the writer; the slow path of :meth:`deliver`."""
@@ -232,6 +260,9 @@ class Client:
             self._queue = None
             self._queued_bytes = 0
             self._ping = None
+            inflight, self._inflight = self._inflight, None
+            if inflight is not None:
+                inflight.close()  # abandoned, as a send in flight is
             if self._send_scope is not None:
                 self._send_scope.cancel()
         elif self._send_scope is not None:
@@ -281,6 +312,15 @@ class Client:
                 if self.close_code is not None:
                     scope.deadline = self._close_deadline
                 while True:
+                    inflight = self._inflight
+                    if inflight is not None:
+                        self._inflight = None
+                        try:
+                            await inflight
+                        except ConnectionClosed as exc:
+                            self.close(exc.code, exc.reason, flush=False)
+                            break
+                        continue
                     if self._queue or self._dropped:
                         try:
                             await transport.send(self._take())
@@ -304,9 +344,17 @@ class Client:
                     with anyio.move_on_after(WRITER_LINGER):
                         await wakeup.wait()
                     self._wakeup = None
-                    if not (self._queue or self._dropped or self._ping is not None):
+                    if not (
+                        self._queue
+                        or self._dropped
+                        or self._ping is not None
+                        or self._inflight is not None
+                    ):
                         break
         finally:
+            inflight, self._inflight = self._inflight, None
+            if inflight is not None:  # cancelled before it was picked up
+                inflight.close()
             self._send_scope = None
             self._wakeup = None
             self._writing = False

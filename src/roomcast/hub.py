@@ -783,23 +783,24 @@ class Hub:
                 )
             )
             # The reader runs in this task; a writer joins the task group only
-            # while frames are queued, and closing cancels the reader.
+            # while frames are queued, and closing cancels the task group's
+            # scope once no writer runs (its own scope: no second one per
+            # idle connection).
             async with anyio.create_task_group() as task_group:
-                with anyio.CancelScope() as reader_scope:
-                    client.attach(task_group, reader_scope)
-                    # The request loop, inline: one coroutine frame fewer per
-                    # idle connection.
-                    try:
-                        while not client.closing:
-                            data = await transport.receive()
-                            self._counters.messages_in += 1
-                            self._heartbeat.seen(client_id, self._clock.now())
-                            await self._handle_frame(connection, data)
-                    except ConnectionClosed as exc:
-                        client.close(exc.code, exc.reason, flush=False)
-                    except Exception:
-                        logger.exception("connection %s failed", client_id)
-                        client.close(_CLOSE_INTERNAL, "internal error", flush=False)
+                client.attach(task_group, task_group.cancel_scope)
+                # The request loop, inline: one coroutine frame fewer per
+                # idle connection.
+                try:
+                    while not client.closing:
+                        data = await transport.receive()
+                        self._counters.messages_in += 1
+                        self._heartbeat.seen(client_id, self._clock.now())
+                        await self._handle_frame(connection, data)
+                except ConnectionClosed as exc:
+                    client.close(exc.code, exc.reason, flush=False)
+                except Exception:
+                    logger.exception("connection %s failed", client_id)
+                    client.close(_CLOSE_INTERNAL, "internal error", flush=False)
         finally:
             with anyio.CancelScope(shield=True):
                 # Cancelled from outside (the server is going away), or a bug.

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from roomcast.exceptions import ConnectionClosed
 from roomcast.transport import Handshake, close_frame
@@ -56,20 +59,34 @@ _GONE = (WebSocketDisconnect, RuntimeError, OSError)
 class StarletteTransport:
     """A :class:`~roomcast.transport.Transport` over an accepted Starlette ``WebSocket``.
 
-    Sends can only be awaited, so :meth:`try_send` always declines and the hub
-    writes through the client's bounded writer.
+    Sends can only be awaited, so :meth:`try_send` always declines. On asyncio
+    the transport is an :class:`~roomcast.transport.EagerTransport`: the hub
+    runs each send in place with :meth:`begin_send`, which on a server such as
+    uvicorn finishes without waiting unless the peer is slow, and only a send
+    that has to wait continues in the client's bounded writer. Elsewhere (trio)
+    every frame goes through the writer.
 
     Args:
         websocket: the connection, accepted by the caller.
         max_message_size: messages over this many bytes close the connection with 1009.
     """
 
-    __slots__ = ("_handshake", "_max_size", "_websocket")
+    __slots__ = ("_eager", "_handshake", "_max_size", "_websocket")
 
     def __init__(self, websocket: WebSocket, *, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
         self._websocket = websocket
         self._max_size = max_message_size
         self._handshake = _handshake(websocket)
+        self._eager = _on_asyncio()
+
+    @property
+    def eager(self) -> bool:
+        """Whether :meth:`begin_send` may be used: only on asyncio.
+
+        A send continued in another task must not depend on which task runs
+        it, which holds for asyncio's futures but not for trio's scheduler.
+        """
+        return self._eager
 
     @property
     def handshake(self) -> Handshake:
@@ -108,6 +125,26 @@ class StarletteTransport:
         """Decline: an ASGI send can only be awaited."""
         return False
 
+    def begin_send(self, frame: str) -> Coroutine[Any, Any, None] | None:
+        """Run the send of ``frame`` until it finishes or first has to wait.
+
+        Returns ``None`` when the frame was sent, or else the rest of the send,
+        which any task on the same loop may await (or close, to abandon it).
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+        """
+        sending = self._websocket.send_text(frame)
+        try:
+            suspended = sending.send(None)
+        except StopIteration:
+            return None
+        except WebSocketDisconnect as exc:
+            raise ConnectionClosed.from_code(exc.code, exc.reason) from exc
+        except _GONE as exc:
+            raise ConnectionClosed.from_code(1006) from exc
+        return _finish_send(_resume(sending, suspended))
+
     async def send(self, frames: list[str]) -> None:
         """Send ``frames`` in order, each awaited.
 
@@ -140,6 +177,38 @@ class StarletteTransport:
             await websocket.close(code, reason)
         except Exception:  # the socket may already be gone; the goal was a closed connection
             logger.debug("error while closing a connection", exc_info=True)
+
+
+def _on_asyncio() -> bool:
+    # The backend's own cancellation class tells which event loop runs us.
+    return anyio.get_cancelled_exc_class().__module__.startswith("asyncio")
+
+
+@types.coroutine
+def _resume(sending: Coroutine[Any, Any, None], suspended: Any) -> Generator[Any, Any, None]:
+    """Continue ``sending``, which suspended with ``suspended``, in the awaiting task."""
+    try:
+        while True:
+            try:
+                sent = yield suspended
+            except GeneratorExit:
+                sending.close()
+                raise
+            except BaseException as exc:  # cancellation, delivered to the send
+                suspended = sending.throw(exc)
+            else:
+                suspended = sending.send(sent)
+    except StopIteration:
+        return
+
+
+async def _finish_send(rest: Awaitable[None]) -> None:
+    try:
+        await rest
+    except WebSocketDisconnect as exc:
+        raise ConnectionClosed.from_code(exc.code, exc.reason) from exc
+    except _GONE as exc:
+        raise ConnectionClosed.from_code(1006) from exc
 
 
 def endpoint(hub: Hub) -> Callable[[WebSocket], Awaitable[None]]:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import sys
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
-from typing import Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
-__all__ = ["MAX_CLOSE_REASON_BYTES", "Handshake", "PingableTransport", "Transport", "close_frame"]
+__all__ = [
+    "MAX_CLOSE_REASON_BYTES",
+    "EagerTransport",
+    "Handshake",
+    "PingableTransport",
+    "Transport",
+    "close_frame",
+]
 
 #: RFC 6455 section 5.5: a close frame's payload is at most 125 bytes, 2 of them the code.
 MAX_CLOSE_REASON_BYTES: Final = 123
@@ -16,6 +24,8 @@ MAX_CLOSE_REASON_BYTES: Final = 123
 _SENDABLE_CLOSE_CODES: Final = frozenset(
     {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
 )
+
+_intern = sys.intern
 
 
 def close_frame(code: int, reason: str = "") -> tuple[int, str]:
@@ -69,7 +79,8 @@ class Handshake:
             client: the peer's ``(host, port)``, when known.
         """
         raw_path, _, query = target.partition("?")
-        pairs = tuple((name.lower(), value) for name, value in headers)
+        # Names interned: every connection shares one string per header name.
+        pairs = tuple((_intern(name.lower()), value) for name, value in headers)
         offered = (
             part.strip()
             for name, value in pairs
@@ -187,6 +198,34 @@ class PingableTransport(Transport, Protocol):
 
     async def ping(self, on_pong: Callable[[], object]) -> None:
         """Send a protocol ping; call ``on_pong`` when the peer's pong arrives.
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+        """
+        ...
+
+
+@runtime_checkable
+class EagerTransport(Transport, Protocol):
+    """A transport whose sends can only be awaited but usually finish without waiting.
+
+    For such a transport (an ASGI server's ``send``), :meth:`begin_send` runs
+    the send in the caller's task up to its first suspension, so the common
+    case costs no task switch; only a send that must wait is finished by the
+    client's writer task.
+    """
+
+    @property
+    def eager(self) -> bool:
+        """Whether :meth:`begin_send` may be used (it depends on the event loop)."""
+        ...
+
+    def begin_send(self, frame: str) -> Coroutine[Any, Any, None] | None:
+        """Send ``frame`` as far as it goes without waiting.
+
+        Returns ``None`` when the frame was sent, or else the rest of the
+        send, to be awaited (or closed, to abandon it) from any task before
+        anything else is sent.
 
         Raises:
             ConnectionClosed: the connection is closed.

@@ -34,7 +34,7 @@ the matching close code instead.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
 from weakref import WeakKeyDictionary
 
@@ -229,10 +229,14 @@ class Handler:
         self._admissions[connection] = admission
         return None
 
-    async def __call__(self, connection: ServerConnection) -> None:
-        """Run one accepted connection in the hub to its end."""
+    def __call__(self, connection: ServerConnection) -> Coroutine[Any, Any, None]:
+        """Run one accepted connection in the hub to its end.
+
+        A plain function returning :meth:`Hub.serve`'s coroutine: no extra
+        coroutine frame stays alive for each idle connection.
+        """
         admission = self._admissions.pop(connection, None)
-        await self._hub.serve(WebSocketsTransport(connection), admission)
+        return self._hub.serve(WebSocketsTransport(connection), admission)
 
 
 def handler(hub: Hub, process_request: _ProcessRequest | None = None) -> Handler:
