@@ -44,6 +44,7 @@ from .options import SlowConsumerPolicy as SlowConsumerPolicy
 from .ratelimit import KeyedRateLimiter as KeyedRateLimiter
 from .ratelimit import RateLimiter as RateLimiter
 from .room import Room as Room
+from .transport import EagerTransport as EagerTransport
 from .transport import Handshake as Handshake
 from .transport import PingableTransport as PingableTransport
 from .transport import Transport as Transport
@@ -71,6 +72,7 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionClosedOK",
     "DefaultAuthorizer",
+    "EagerTransport",
     "Handshake",
     "Heartbeat",
     "HeartbeatPolicy",
