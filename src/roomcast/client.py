@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from .room import Room
 
 __all__ = ["CLOSE_SLOW_CONSUMER", "Client", "ClientId"]
+
+logger = logging.getLogger("roomcast.client")
 
 #: A connection's id, unique across nodes.
 ClientId = NewType("ClientId", str)
@@ -61,6 +64,7 @@ class Client:
         "_drain_timeout",
         "_dropped",
         "_dropped_rooms",
+        "_finished",
         "_inflight",
         "_on_close",
         "_on_drop",
@@ -116,6 +120,7 @@ class Client:
         #: The rest of a send that :meth:`EagerTransport.begin_send` started
         #: but could not finish without waiting; the writer finishes it first.
         self._inflight: Coroutine[Any, Any, None] | None = None
+        self._finished: anyio.Event | None = None
         self._begin_send: Callable[[str], Coroutine[Any, Any, None] | None] | None = None
         if isinstance(transport, EagerTransport) and transport.eager:
             self._begin_send = transport.begin_send
@@ -161,7 +166,7 @@ class Client:
         return len(self._queue) if self._queue else 0
 
     def attach(self, task_group: TaskGroup, reader_scope: anyio.CancelScope) -> None:
-        """Give the client the connection's task group and the reader's cancel scope.
+        """Give the client the task group its writer runs in, and the reader's cancel scope.
 
         The writer runs in ``task_group`` while frames are queued; closing
         cancels ``reader_scope`` once what had to be flushed is flushed.
@@ -172,6 +177,12 @@ class Client:
             reader_scope.cancel()
         elif self._queue or self._ping is not None or self._inflight is not None:
             self._start_writer()
+
+    async def writer_finished(self) -> None:
+        """Return once no writer runs for this client."""
+        if self._writing:
+            finished = self._finished = anyio.Event()
+            await finished.wait()
 
     def deliver(self, frame: str, room: str | None = None) -> bool:
         """Hand ``frame`` to this client without waiting.
@@ -351,10 +362,18 @@ class Client:
                         or self._inflight is not None
                     ):
                         break
+        except Exception:
+            # The writer runs in the hub's task group: a bug here must end
+            # this connection, never the hub.
+            logger.exception("writer of connection %s failed", self.id)
+            self.close(1011, "internal error", flush=False)
         finally:
             inflight, self._inflight = self._inflight, None
             if inflight is not None:  # cancelled before it was picked up
                 inflight.close()
+            if self._finished is not None:
+                self._finished.set()
+                self._finished = None
             self._send_scope = None
             self._wakeup = None
             self._writing = False

@@ -782,14 +782,12 @@ class Hub:
                     protocol=PROTOCOL,
                 )
             )
-            # The reader runs in this task; a writer joins the task group only
-            # while frames are queued, and closing cancels the task group's
-            # scope once no writer runs (its own scope: no second one per
-            # idle connection).
-            async with anyio.create_task_group() as task_group:
-                client.attach(task_group, task_group.cancel_scope)
-                # The request loop, inline: one coroutine frame fewer per
-                # idle connection.
+            # The request loop runs in this task, inline (one coroutine frame
+            # fewer per idle connection). A writer runs in the hub's task group
+            # only while frames are queued; closing cancels the reader's scope
+            # once what had to be flushed is flushed.
+            with anyio.CancelScope() as reader_scope:
+                client.attach(self._tasks(), reader_scope)
                 try:
                     while not client.closing:
                         data = await transport.receive()
@@ -801,6 +799,8 @@ class Hub:
                 except Exception:
                     logger.exception("connection %s failed", client_id)
                     client.close(_CLOSE_INTERNAL, "internal error", flush=False)
+            # A writer may still be flushing (bounded by the drain deadline).
+            await client.writer_finished()
         finally:
             with anyio.CancelScope(shield=True):
                 # Cancelled from outside (the server is going away), or a bug.
@@ -817,6 +817,11 @@ class Hub:
                 self._serving -= 1
                 if not self._serving and self._idle is not None:
                     self._idle.set()
+
+    def _tasks(self) -> TaskGroup:
+        if self._task_group is None:  # serve() refuses connections before start
+            raise RuntimeError("the hub is not running")
+        return self._task_group
 
     def _on_client_close(self, client: Client) -> None:
         """A client started closing: stop fan-out to it at once, before its task ends."""
