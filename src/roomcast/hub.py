@@ -730,93 +730,90 @@ class Hub:
         ip = transport.handshake.client_host
         # Counted from acceptance, so sockets still waiting to authenticate count too.
         self._tracker.opened(ip, None)
+        # One coroutine frame per connection: the rest of the connection runs
+        # here rather than in a helper coroutine.
         try:
-            await self._serve_accepted(transport, handshake_principal)
+            try:
+                principal = handshake_principal or await self._authenticate(transport)
+            except AuthenticationError as exc:
+                self._auth_failed(transport.handshake.client_host, exc)
+                with anyio.CancelScope(shield=True):
+                    await transport.close(exc.close_code, _close_reason(exc))
+                return
+            except ConnectionClosed:
+                return
+            if handshake_principal is None and self._tracker.user_refusal(principal.user_id):
+                self._counters.limit_refusals += 1
+                with anyio.CancelScope(shield=True):
+                    await transport.close(_CLOSE_TRY_AGAIN, "too many connections for this user")
+                return
+            # The node prefix routes send_to_client to the node holding the client.
+            client_id = ClientId(f"{self._node}.{secrets.token_hex(6)}")
+            client = Client(
+                client_id,
+                transport,
+                principal,
+                max_queue=self.max_queue,
+                max_queue_bytes=self.limits.max_queue_bytes,
+                policy=self.slow_consumer,
+                drain_timeout=self.drain_timeout,
+                on_close=self._client_closed,
+                on_drop=self._frame_dropped,
+            )
+            connection = self._register(client)
+            self._serving += 1
+            try:
+                # Subscribed before the ack: once a client is acknowledged,
+                # send_to_user reaches it.
+                if client.user_id is not None:
+                    await self._sync_channel("user", client.user_id)
+                expires = principal.expires_at
+                client.deliver(
+                    encode_ack(
+                        client_id=client_id,
+                        user_id=principal.user_id,
+                        heartbeat_ms=int(self.heartbeat_policy.interval * 1000),
+                        expires_at=None if expires is None else int(expires * 1000),
+                        protocol=PROTOCOL,
+                    )
+                )
+                # The request loop runs in this task, inline (one coroutine frame
+                # fewer per idle connection). A writer runs in the hub's task group
+                # only while frames are queued; closing cancels the reader's scope
+                # once what had to be flushed is flushed.
+                with anyio.CancelScope() as reader_scope:
+                    client.attach(self._tasks(), reader_scope)
+                    try:
+                        while not client.closing:
+                            data = await transport.receive()
+                            self._counters.messages_in += 1
+                            self._heartbeat.seen(client_id, self._clock.now())
+                            await self._handle_frame(connection, data)
+                    except ConnectionClosed as exc:
+                        client.close(exc.code, exc.reason, flush=False)
+                    except Exception:
+                        logger.exception("connection %s failed", client_id)
+                        client.close(_CLOSE_INTERNAL, "internal error", flush=False)
+                # A writer may still be flushing (bounded by the drain deadline).
+                await client.writer_finished()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    # Cancelled from outside (the server is going away), or a bug.
+                    client.close(_CLOSE_GOING_AWAY, "going away", flush=False)
+                    await self._unregister(connection)
+                    close_code, close_reason = client.close_code or 1000, client.close_reason
+                    # 1006 means the peer is already gone; closing still frees
+                    # the transport, and 1006 itself may not be sent on the wire.
+                    if close_code == 1006:
+                        close_code, close_reason = 1000, ""
+                    with anyio.move_on_after(self.drain_timeout):
+                        await transport.close(close_code, close_reason)
+                    # Only now is this connection done: aclose() waits for its close frame.
+                    self._serving -= 1
+                    if not self._serving and self._idle is not None:
+                        self._idle.set()
         finally:
             self._tracker.closed(ip, None)
-
-    async def _serve_accepted(
-        self, transport: Transport, handshake_principal: Principal | None
-    ) -> None:
-        try:
-            principal = handshake_principal or await self._authenticate(transport)
-        except AuthenticationError as exc:
-            self._auth_failed(transport.handshake.client_host, exc)
-            with anyio.CancelScope(shield=True):
-                await transport.close(exc.close_code, _close_reason(exc))
-            return
-        except ConnectionClosed:
-            return
-        if handshake_principal is None and self._tracker.user_refusal(principal.user_id):
-            self._counters.limit_refusals += 1
-            with anyio.CancelScope(shield=True):
-                await transport.close(_CLOSE_TRY_AGAIN, "too many connections for this user")
-            return
-        # The node prefix routes send_to_client to the node holding the client.
-        client_id = ClientId(f"{self._node}.{secrets.token_hex(6)}")
-        client = Client(
-            client_id,
-            transport,
-            principal,
-            max_queue=self.max_queue,
-            max_queue_bytes=self.limits.max_queue_bytes,
-            policy=self.slow_consumer,
-            drain_timeout=self.drain_timeout,
-            on_close=self._client_closed,
-            on_drop=self._frame_dropped,
-        )
-        connection = self._register(client)
-        self._serving += 1
-        try:
-            # Subscribed before the ack: once a client is acknowledged,
-            # send_to_user reaches it.
-            if client.user_id is not None:
-                await self._sync_channel("user", client.user_id)
-            expires = principal.expires_at
-            client.deliver(
-                encode_ack(
-                    client_id=client_id,
-                    user_id=principal.user_id,
-                    heartbeat_ms=int(self.heartbeat_policy.interval * 1000),
-                    expires_at=None if expires is None else int(expires * 1000),
-                    protocol=PROTOCOL,
-                )
-            )
-            # The request loop runs in this task, inline (one coroutine frame
-            # fewer per idle connection). A writer runs in the hub's task group
-            # only while frames are queued; closing cancels the reader's scope
-            # once what had to be flushed is flushed.
-            with anyio.CancelScope() as reader_scope:
-                client.attach(self._tasks(), reader_scope)
-                try:
-                    while not client.closing:
-                        data = await transport.receive()
-                        self._counters.messages_in += 1
-                        self._heartbeat.seen(client_id, self._clock.now())
-                        await self._handle_frame(connection, data)
-                except ConnectionClosed as exc:
-                    client.close(exc.code, exc.reason, flush=False)
-                except Exception:
-                    logger.exception("connection %s failed", client_id)
-                    client.close(_CLOSE_INTERNAL, "internal error", flush=False)
-            # A writer may still be flushing (bounded by the drain deadline).
-            await client.writer_finished()
-        finally:
-            with anyio.CancelScope(shield=True):
-                # Cancelled from outside (the server is going away), or a bug.
-                client.close(_CLOSE_GOING_AWAY, "going away", flush=False)
-                await self._unregister(connection)
-                close_code, close_reason = client.close_code or 1000, client.close_reason
-                # 1006 means the peer is already gone; closing still frees
-                # the transport, and 1006 itself may not be sent on the wire.
-                if close_code == 1006:
-                    close_code, close_reason = 1000, ""
-                with anyio.move_on_after(self.drain_timeout):
-                    await transport.close(close_code, close_reason)
-                # Only now is this connection done: aclose() waits for its close frame.
-                self._serving -= 1
-                if not self._serving and self._idle is not None:
-                    self._idle.set()
 
     def _tasks(self) -> TaskGroup:
         if self._task_group is None:  # serve() refuses connections before start
