@@ -548,3 +548,16 @@ def test_client_types_are_validated() -> None:
         RoomOptions(client_types=frozenset({"reply"}))
     with pytest.raises(TypeError, match="collection"):
         RoomOptions(client_types="typing")  # type: ignore[arg-type]
+
+
+async def test_cancelled_connection_task_still_leaves_every_room(hub: Hub) -> None:
+    client = TestClient(hub)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hub.serve, client.transport)
+        assert (await client.receive())["type"] == "connection.ack"
+        await client.subscribe("room:a", "team:t1")
+        assert hub.stats().rooms == 2
+        tg.cancel_scope.cancel()  # the adapter's task is cancelled mid-connection
+    assert (hub.stats().clients, hub.stats().rooms) == (0, 0)
+    assert await client.wait_closed() == 1001
+    await client.end.close()
