@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -35,7 +31,6 @@ from roomcast.aiohttp import AiohttpTransport
 
 pytestmark = pytest.mark.anyio
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "chat_aiohttp.py"
 TIMEOUT = 10
 V1 = [Subprotocol("roomcast.v1")]
 # Payload sizes at the edges of RFC 6455's three length encodings.
@@ -528,65 +523,3 @@ async def test_a_hub_that_is_not_running_refuses_with_503() -> None:
                 async with connect(base + "/ws"):
                     pass
             assert excinfo.value.response.status_code == 503
-
-
-# The example
-
-
-async def test_chat_example_serves_its_page_relays_messages_and_stops_on_sigint() -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with anyio.fail_after(TIMEOUT * 2):
-        async with await anyio.open_process(
-            [sys.executable, str(EXAMPLE), "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        ) as process:
-            assert process.stdout is not None
-            line = b""
-            async for chunk in process.stdout:
-                line += chunk
-                if b"\n" in line:
-                    break
-            http_url = line.decode().split()[-1]
-            assert http_url.startswith("http://127.0.0.1:")
-
-            def fetch() -> tuple[int, str, str]:
-                with urllib.request.urlopen(http_url, timeout=TIMEOUT) as response:
-                    return (
-                        response.status,
-                        response.headers["Content-Type"],
-                        response.read().decode(),
-                    )
-
-            status, content_type, body = await anyio.to_thread.run_sync(fetch)
-            assert status == 200
-            assert content_type == "text/html; charset=utf-8"
-            assert "new WebSocket(" in body
-
-            ws_url = "ws" + http_url.removeprefix("http").rstrip("/") + "/ws"
-            async with (
-                connect(ws_url, subprotocols=V1) as reader,
-                connect(ws_url, subprotocols=V1) as writer,
-            ):
-                for client in (reader, writer):
-                    await next_frame(client, "connection.ack")
-                subscribe = {"action": "subscribe", "rooms": ["chat:general"], "ref": 1}
-                await reader.send(json.dumps(subscribe))
-                assert (await next_frame(reader, "reply"))["ok"] is True
-                message = {"text": "hello", "name": "ana"}
-                publish = {
-                    "action": "publish",
-                    "room": "chat:general",
-                    "type": "chat.message",
-                    "payload": message,
-                    "ref": 2,
-                }
-                await writer.send(json.dumps(publish))
-                assert (await next_frame(writer, "reply"))["ok"] is True
-                event = await next_frame(reader, "chat.message")
-                assert (event["room"], event["payload"]) == ("chat:general", message)
-
-                process.send_signal(signal.SIGINT)
-                assert await close_code(reader) == 1001
-            assert await process.wait() == 0

@@ -7,16 +7,12 @@ uvicorn and its trio implementation under hypercorn, which share one API.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import struct
 import subprocess
 import sys
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
@@ -51,7 +47,6 @@ from roomcast.starlette import StarletteTransport
 
 pytestmark = pytest.mark.anyio
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
 TIMEOUT = 10
 V1 = [Subprotocol("roomcast.v1")]
 SERVERS = {"asyncio": "uvicorn", "trio": "hypercorn"}
@@ -576,68 +571,3 @@ async def test_fastapi_app_relays_a_publish(how: str) -> None:
             await hub.publish("team:t1", "issue.created", {"id": "i1"})
             event = await next_frame(client, "issue.created")
             assert event["payload"] == {"id": "i1"}
-
-
-# The examples
-
-
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-@pytest.mark.parametrize("example", ["chat_starlette.py", "chat_fastapi.py"])
-async def test_chat_example_serves_its_page_relays_messages_and_stops_on_sigint(
-    example: str,
-) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with anyio.fail_after(TIMEOUT * 2):
-        async with await anyio.open_process(
-            [sys.executable, str(EXAMPLES / example), "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        ) as process:
-            assert process.stdout is not None
-            line = b""
-            async for chunk in process.stdout:
-                line += chunk
-                if b"\n" in line:
-                    break
-            http_url = line.decode().split()[-1]
-            assert http_url.startswith("http://127.0.0.1:")
-
-            def fetch() -> tuple[int, str, str]:
-                with urllib.request.urlopen(http_url, timeout=TIMEOUT) as response:
-                    return (
-                        response.status,
-                        response.headers["Content-Type"],
-                        response.read().decode(),
-                    )
-
-            status, content_type, body = await anyio.to_thread.run_sync(fetch)
-            assert status == 200
-            assert content_type == "text/html; charset=utf-8"
-            assert "new WebSocket(" in body
-
-            ws_url = "ws" + http_url.removeprefix("http").rstrip("/") + "/ws"
-            async with (
-                connect(ws_url, subprotocols=V1) as reader,
-                connect(ws_url, subprotocols=V1) as writer,
-            ):
-                for client in (reader, writer):
-                    await next_frame(client, "connection.ack")
-                assert (await subscribe(reader, "chat:general"))["ok"] is True
-                message = {"text": "hello", "name": "ana"}
-                publish = {
-                    "action": "publish",
-                    "room": "chat:general",
-                    "type": "chat.message",
-                    "payload": message,
-                    "ref": 2,
-                }
-                await writer.send(json.dumps(publish))
-                assert (await next_frame(writer, "reply"))["ok"] is True
-                event = await next_frame(reader, "chat.message")
-                assert (event["room"], event["payload"]) == ("chat:general", message)
-
-                process.send_signal(signal.SIGINT)
-                assert await close_code(reader) == 1001
-            with anyio.fail_after(5):
-                assert await process.wait() == 0

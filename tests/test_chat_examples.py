@@ -1,0 +1,114 @@
+"""Each chat example, started as its README command does: page, chat, clean stop on SIGINT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed as WebSocketsClosed
+from websockets.typing import Subprotocol
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+TIMEOUT = 10
+V1 = [Subprotocol("roomcast.v1")]
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The test side is the asyncio `websockets` client; each example runs in its own process."""
+    return "asyncio"
+
+
+async def next_frame(client: ClientConnection, type_: str) -> dict[str, Any]:
+    """Return the next frame of ``type_``, answering and skipping heartbeats."""
+    while True:
+        frame: dict[str, Any] = json.loads(await client.recv())
+        if frame["type"] == type_:
+            return frame
+        if frame["type"] == "ping":
+            await client.send(json.dumps({"action": "pong"}))
+
+
+async def close_code(client: ClientConnection) -> int | None:
+    """Read until the connection closes; return the close code the server sent."""
+    try:
+        while True:
+            await client.recv()
+    except WebSocketsClosed as exc:
+        return None if exc.rcvd is None else int(exc.rcvd.code)
+
+
+@pytest.mark.parametrize(
+    "example",
+    ["chat_websockets.py", "chat_starlette.py", "chat_fastapi.py", "chat_aiohttp.py"],
+)
+async def test_chat_example_serves_its_page_relays_messages_and_stops_on_sigint(
+    example: str,
+) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with anyio.fail_after(TIMEOUT * 2):
+        async with await anyio.open_process(
+            [sys.executable, str(EXAMPLES / example), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        ) as process:
+            assert process.stdout is not None
+            line = b""
+            async for chunk in process.stdout:
+                line += chunk
+                if b"\n" in line:
+                    break
+            http_url = line.decode().split()[-1]
+            assert http_url.startswith("http://127.0.0.1:")
+
+            def fetch() -> tuple[int, str, str]:
+                with urllib.request.urlopen(http_url, timeout=TIMEOUT) as response:
+                    return (
+                        response.status,
+                        response.headers["Content-Type"],
+                        response.read().decode(),
+                    )
+
+            status, content_type, body = await anyio.to_thread.run_sync(fetch)
+            assert status == 200
+            assert content_type == "text/html; charset=utf-8"
+            assert "new WebSocket(" in body
+
+            ws_url = "ws" + http_url.removeprefix("http").rstrip("/") + "/ws"
+            async with (
+                connect(ws_url, subprotocols=V1) as reader,
+                connect(ws_url, subprotocols=V1) as writer,
+            ):
+                for client in (reader, writer):
+                    await next_frame(client, "connection.ack")
+                subscribe = {"action": "subscribe", "rooms": ["chat:general"], "ref": 1}
+                await reader.send(json.dumps(subscribe))
+                assert (await next_frame(reader, "reply"))["ok"] is True
+                message = {"text": "hello", "name": "ana"}
+                publish = {
+                    "action": "publish",
+                    "room": "chat:general",
+                    "type": "chat.message",
+                    "payload": message,
+                    "ref": 2,
+                }
+                await writer.send(json.dumps(publish))
+                assert (await next_frame(writer, "reply"))["ok"] is True
+                event = await next_frame(reader, "chat.message")
+                assert (event["room"], event["payload"]) == ("chat:general", message)
+
+                process.send_signal(signal.SIGINT)
+                assert await close_code(reader) == 1001
+            assert await process.wait() == 0
