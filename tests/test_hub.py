@@ -20,6 +20,7 @@ from roomcast import (
     RateLimit,
     RoomOptions,
 )
+from roomcast.backends.memory import MemoryBackend
 from roomcast.testing import ManualClock, TestClient
 
 pytestmark = pytest.mark.anyio
@@ -163,6 +164,44 @@ async def test_vanished_client_is_removed(hub: Hub) -> None:
             while hub.stats().clients:
                 await anyio.sleep(0.01)
     assert hub.stats().rooms == 0
+
+
+class GatedBackend(MemoryBackend):
+    """Subscribing to a room named ``*slow`` waits for ``gate``; live channels are tracked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = anyio.Event()
+        self.live: set[tuple[str, str]] = set()
+
+    async def subscribe(self, kind: str, key: str) -> None:
+        if key.endswith("slow"):
+            await self.gate.wait()
+        self.live.add((kind, key))
+
+    async def unsubscribe(self, kind: str, key: str) -> None:
+        self.live.remove((kind, key))
+
+
+async def test_a_join_to_a_live_room_does_not_wait_for_another_rooms_subscription(
+    clock: ManualClock,
+) -> None:
+    backend = GatedBackend()
+    async with Hub(clock=clock, backend=backend) as hub, anyio.create_task_group() as tg:
+        async with TestClient(hub) as first, TestClient(hub) as slow, TestClient(hub) as second:
+            await first.subscribe("room:a")
+            tg.start_soon(slow.subscribe, "room:slow")  # holds the backend for a while
+            await anyio.wait_all_tasks_blocked()
+            with anyio.fail_after(5):
+                assert (await second.subscribe("room:a"))["room:a"]["ok"] is True
+            backend.gate.set()
+            with anyio.fail_after(5):
+                while ("room", "room:slow") not in backend.live:
+                    await anyio.sleep(0.01)
+            await hub.publish("room:slow", "chat.message", {"n": 1})
+            assert (await slow.receive_event("chat.message"))["payload"] == {"n": 1}
+        # Every room subscription went with its last member.
+        assert {key for kind, key in backend.live if kind == "room"} == set()
 
 
 # ----------------------------------------------------------------------------- client publish

@@ -53,27 +53,25 @@ class AiohttpTransport:
     ``compress=False``, so that :meth:`try_send` can write without waiting.
     """
 
-    __slots__ = ("_handshake", "_next_ping", "_pings", "_request", "_sent", "_ws")
+    __slots__ = ("_next_ping", "_pings", "_request", "_sent", "_ws")
 
-    def __init__(
-        self,
-        request: web.BaseRequest,
-        ws: web.WebSocketResponse,
-        handshake: Handshake | None = None,
-    ) -> None:
+    def __init__(self, request: web.BaseRequest, ws: web.WebSocketResponse) -> None:
         if not ws.prepared:
             raise ValueError("prepare the WebSocketResponse before wrapping it")
         self._request = request
         self._ws = ws
-        self._handshake = handshake or _handshake(request)
         self._pings: dict[bytes, Callable[[], object]] = {}
         self._next_ping = 0
         self._sent: tuple[int, str] | None = None
 
     @property
     def handshake(self) -> Handshake:
-        """Facts about the opening handshake."""
-        return self._handshake
+        """Facts about the opening handshake.
+
+        Built on each access from the request aiohttp keeps anyway, so that an
+        idle connection holds no copy of its headers.
+        """
+        return _handshake(self._request)
 
     async def receive(self) -> str | bytes:
         """Wait for the next message.
@@ -221,8 +219,7 @@ def handler(hub: Hub) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """
 
     async def serve_connection(request: web.Request) -> web.StreamResponse:
-        handshake = _handshake(request)
-        admission = await hub.admit(handshake)
+        admission = await hub.admit(_handshake(request))
         if not admission.accepted:
             return web.Response(status=admission.status, text=admission.reason)
         subprotocol = admission.subprotocol
@@ -235,7 +232,7 @@ def handler(hub: Hub) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
             heartbeat=None,
         )
         await ws.prepare(request)
-        await hub.serve(AiohttpTransport(request, ws, handshake), admission)
+        await hub.serve(AiohttpTransport(request, ws), admission)
         return ws
 
     return serve_connection

@@ -6,7 +6,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Final, NewType
+from typing import TYPE_CHECKING, Any, Final, NewType, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -23,6 +23,13 @@ if TYPE_CHECKING:
 __all__ = ["CLOSE_SLOW_CONSUMER", "Client", "ClientId"]
 
 logger = logging.getLogger("roomcast.client")
+
+
+class _ReaderStop(Protocol):
+    """What stops the connection's read loop (a ``ReadLoopStop`` or a cancel scope)."""
+
+    def cancel(self) -> None: ...
+
 
 #: A connection's id, unique across nodes.
 ClientId = NewType("ClientId", str)
@@ -138,7 +145,7 @@ class Client:
         self._dropped_rooms: dict[str, None] | None = None
         self._ping: Callable[[], object] | None = None
         self._task_group: TaskGroup | None = None
-        self._reader_scope: anyio.CancelScope | None = None
+        self._reader_scope: _ReaderStop | None = None
         self._send_scope: anyio.CancelScope | None = None
         self._writing = False
         self._wakeup: anyio.Event | None = None
@@ -165,8 +172,8 @@ class Client:
         """Frames waiting for the transport."""
         return len(self._queue) if self._queue else 0
 
-    def attach(self, task_group: TaskGroup, reader_scope: anyio.CancelScope) -> None:
-        """Give the client the task group its writer runs in, and the reader's cancel scope.
+    def attach(self, task_group: TaskGroup, reader_scope: _ReaderStop) -> None:
+        """Give the client the task group its writer runs in, and its read loop's stop.
 
         The writer runs in ``task_group`` while frames are queued; closing
         cancels ``reader_scope`` once what had to be flushed is flushed.

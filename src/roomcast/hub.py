@@ -17,6 +17,7 @@ from typing import Any, Final
 import anyio
 from anyio.abc import TaskGroup
 
+from ._reader import ReadLoopStop
 from .auth import (
     AnonymousAuthenticator,
     Authenticator,
@@ -719,15 +720,19 @@ class Hub:
             admission: what :meth:`admit` answered for its handshake, when the
                 adapter asked before accepting; otherwise ``serve`` asks.
         """
+        # Adapters build the handshake on each access: read it once, and keep
+        # only the peer's address for the connection's lifetime.
+        handshake = transport.handshake
+        ip = handshake.client_host
         if admission is None:
-            admission = await self.admit(transport.handshake)
+            admission = await self.admit(handshake)
+        del handshake
         if not admission.accepted:
             with anyio.CancelScope(shield=True):
                 await transport.close(admission.close_code, admission.reason)
             return
         handshake_principal = admission.principal
         del admission  # not kept alive for the connection's lifetime
-        ip = transport.handshake.client_host
         # Counted from acceptance, so sockets still waiting to authenticate count too.
         self._tracker.opened(ip, None)
         # One coroutine frame per connection: the rest of the connection runs
@@ -736,7 +741,7 @@ class Hub:
             try:
                 principal = handshake_principal or await self._authenticate(transport)
             except AuthenticationError as exc:
-                self._auth_failed(transport.handshake.client_host, exc)
+                self._auth_failed(ip, exc)
                 with anyio.CancelScope(shield=True):
                     await transport.close(exc.close_code, _close_reason(exc))
                 return
@@ -779,16 +784,22 @@ class Hub:
                 )
                 # The request loop runs in this task, inline (one coroutine frame
                 # fewer per idle connection). A writer runs in the hub's task group
-                # only while frames are queued; closing cancels the reader's scope
-                # once what had to be flushed is flushed.
-                with anyio.CancelScope() as reader_scope:
-                    client.attach(self._tasks(), reader_scope)
+                # only while frames are queued; closing stops the loop once what
+                # had to be flushed is flushed (see ReadLoopStop).
+                stop = ReadLoopStop()
+                with stop:
+                    client.attach(self._tasks(), stop)
                     try:
                         while not client.closing:
-                            data = await transport.receive()
+                            stop.waiting = True
+                            try:
+                                data = await transport.receive()
+                            finally:
+                                stop.waiting = False
                             self._counters.messages_in += 1
                             self._heartbeat.seen(client_id, self._clock.now())
-                            await self._handle_frame(connection, data)
+                            with stop.handling():
+                                await self._handle_frame(connection, data)
                     except ConnectionClosed as exc:
                         client.close(exc.code, exc.reason, flush=False)
                     except Exception:
@@ -890,16 +901,16 @@ class Hub:
         """Bring the backend's subscription for one channel in line with local demand.
 
         Serialized, so a leave and a join racing on one room cannot leave the
-        node unsubscribed from a room that has members.
+        node unsubscribed from a room that has members. A channel is in
+        ``_channels`` only once its subscription is complete and until its
+        unsubscription starts, so a join to a room this node already receives
+        needs no lock: a burst of joins to one room does not queue on it.
         """
+        channels = self._channels[kind]
+        if key in channels and self._wants_channel(kind, key):
+            return
         async with self._channel_lock:
-            if kind == "room":
-                wanted = key in self._rooms
-            elif kind == "user":
-                wanted = key in self._users
-            else:
-                wanted = key == self._node and self._state == "running"
-            channels = self._channels[kind]
+            wanted = self._wants_channel(kind, key)
             have = key in channels
             if wanted and not have:
                 await self._backend.subscribe(kind, key)
@@ -907,6 +918,13 @@ class Hub:
             elif not wanted and have:
                 channels.discard(key)
                 await self._backend.unsubscribe(kind, key)
+
+    def _wants_channel(self, kind: str, key: str) -> bool:
+        if kind == "room":
+            return key in self._rooms
+        if kind == "user":
+            return key in self._users
+        return key == self._node and self._state == "running"
 
     # ------------------------------------------------------------------ request loop
 
@@ -1111,11 +1129,10 @@ class Hub:
 
     async def _refresh(self, client: Client, request: Refresh) -> None:
         """Replace the connection's token: same subject only; rooms re-checked at once."""
-        ip = client.transport.handshake.client_host
+        handshake = client.transport.handshake
+        ip = handshake.client_host
         try:
-            principal = await self._authenticator.authenticate(
-                client.transport.handshake, request.token
-            )
+            principal = await self._authenticator.authenticate(handshake, request.token)
         except AuthenticationError as exc:
             self._auth_failed(ip, exc)
             client.deliver(encode_error("unauthorized", "invalid token", ref=request.ref))

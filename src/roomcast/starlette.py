@@ -71,12 +71,11 @@ class StarletteTransport:
         max_message_size: messages over this many bytes close the connection with 1009.
     """
 
-    __slots__ = ("_eager", "_handshake", "_max_size", "_websocket")
+    __slots__ = ("_eager", "_max_size", "_websocket")
 
     def __init__(self, websocket: WebSocket, *, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
         self._websocket = websocket
         self._max_size = max_message_size
-        self._handshake = _handshake(websocket)
         self._eager = _on_asyncio()
 
     @property
@@ -90,8 +89,12 @@ class StarletteTransport:
 
     @property
     def handshake(self) -> Handshake:
-        """Facts about the opening handshake."""
-        return self._handshake
+        """Facts about the opening handshake.
+
+        Built on each access from the ASGI scope the server keeps anyway, so
+        that an idle connection holds no copy of its headers.
+        """
+        return _handshake(self._websocket)
 
     async def receive(self) -> str | bytes:
         """Wait for the next message.

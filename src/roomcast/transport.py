@@ -149,7 +149,12 @@ class Transport(Protocol):
 
     @property
     def handshake(self) -> Handshake:
-        """Facts about the opening handshake."""
+        """Facts about the opening handshake.
+
+        The hub reads it when the connection opens and on ``refresh``. An
+        adapter may build it on each access from the request its framework
+        keeps, rather than hold a copy of the headers for every connection.
+        """
         ...
 
     async def receive(self) -> str | bytes:

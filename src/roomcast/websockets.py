@@ -71,16 +71,21 @@ _ProcessRequest = Callable[
 class WebSocketsTransport:
     """A :class:`~roomcast.transport.PingableTransport` over a ``ServerConnection``."""
 
-    __slots__ = ("_connection", "_handshake")
+    __slots__ = ("_connection",)
 
     def __init__(self, connection: ServerConnection) -> None:
+        if connection.request is None:  # handlers run only after the opening handshake
+            raise ValueError("the connection has not completed its opening handshake")
         self._connection = connection
-        self._handshake = _handshake(connection)
 
     @property
     def handshake(self) -> Handshake:
-        """Facts about the opening handshake."""
-        return self._handshake
+        """Facts about the opening handshake.
+
+        Built on each access from the request the connection keeps anyway, so
+        that an idle connection holds no copy of its headers.
+        """
+        return _handshake(self._connection)
 
     async def receive(self) -> str | bytes:
         """Wait for the next message.
@@ -312,7 +317,7 @@ def _close_info(connection: ServerConnection) -> tuple[int, str]:
 
 def _handshake(connection: ServerConnection) -> Handshake:
     request = connection.request
-    if request is None:  # handlers run only after the opening handshake
+    if request is None:  # checked by WebSocketsTransport; kept for the type checker
         raise ValueError("the connection has not completed its opening handshake")
     return Handshake.from_request(request.path, request.headers.raw_items(), _client(connection))
 
