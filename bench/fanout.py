@@ -103,8 +103,31 @@ class Sample:
 
 
 @dataclass
+class Burst:
+    """One publish burst to N clients, as measured (summed into a :class:`Sample`)."""
+
+    connections: int
+    messages: int
+    server_cpu: float  # seconds, first publish until the last client received everything
+    wall: float  # seconds, same window
+    received: int
+    lost: int
+    extra: int
+    client_cpu: float
+    client_procs: int
+    lag: float  # seconds from the end of the publish loop to the last receive
+    latencies: array[float]
+
+    @property
+    def cpu_us(self) -> float:
+        return self.server_cpu / (self.connections * self.messages) * 1e6
+
+
+@dataclass
 class Outcome:
     samples: list[Sample] = field(default_factory=list)
+    #: The bursts behind each sample, by client count, in the order they ran.
+    bursts: dict[int, list[Burst]] = field(default_factory=dict)
     memory: dict[int, float] = field(default_factory=dict)  # bytes per idle connection
     base_rss: int = 0
     connect_seconds: float = 0.0
@@ -160,70 +183,113 @@ def percentile(values: array[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def measure(kind: str, server: Child, clients: Clients, connections: int, messages: int) -> Sample:
+def measure(server: Child, clients: Clients, connections: int, messages: int) -> Burst:
     deliveries = connections * messages
     timeout = 60.0 + deliveries / 2_000  # generous: even at 2,000 deliveries/s
     clients.arm(messages, timeout)
     published = server.call({"cmd": "publish", "n": messages, "pad": PAD}, timeout)
     results = clients.results(timeout + 10)
     after = server.call({"cmd": "stats"})
-    received = sum(r["received"] for r in results)
-    lost = sum(r["lost"] for r in results)
-    extra = sum(r["extra"] for r in results)
     last_rx = max(r["last_rx"] for r in results) or time.time()
-    wall = max(last_rx - published["t0"], 1e-9)
-    server_cpu = after["cpu"] - published["cpu0"]
-    client_cpu = sum(r["cpu"] for r in results)
     latencies: array[float] = array("d")
     for r in results:
         latencies.frombytes(base64.b64decode(r["latencies"]))
+    return Burst(
+        connections=connections,
+        messages=messages,
+        server_cpu=after["cpu"] - published["cpu0"],
+        wall=max(last_rx - published["t0"], 1e-9),
+        received=sum(r["received"] for r in results),
+        lost=sum(r["lost"] for r in results),
+        extra=sum(r["extra"] for r in results),
+        client_cpu=sum(r["cpu"] for r in results),
+        client_procs=len(clients.children),
+        lag=last_rx - published["t1"],
+        latencies=latencies,
+    )
+
+
+def summarize(kind: str, bursts: Sequence[Burst]) -> Sample:
+    """The bursts of one server at one client count, as one measurement."""
+    connections = bursts[0].connections
+    messages = sum(b.messages for b in bursts)
+    server_cpu = sum(b.server_cpu for b in bursts)
+    wall = sum(b.wall for b in bursts)
+    received = sum(b.received for b in bursts)
+    client_cpu = sum(b.client_cpu for b in bursts)
+    latencies: array[float] = array("d")
+    for b in bursts:
+        latencies.extend(b.latencies)
     return Sample(
         server=kind,
         connections=connections,
         messages=messages,
-        cpu_us=server_cpu / deliveries * 1e6,
+        cpu_us=server_cpu / (connections * messages) * 1e6,
         rate=received / wall,
         p50_ms=percentile(latencies, 0.50) * 1e3,
         p99_ms=percentile(latencies, 0.99) * 1e3,
-        lost=lost,
-        extra=extra,
+        lost=sum(b.lost for b in bursts),
+        extra=sum(b.extra for b in bursts),
         server_busy=server_cpu / wall,
-        client_busy=client_cpu / (wall * len(clients.children)),
+        client_busy=client_cpu / (wall * bursts[0].client_procs),
         client_us=client_cpu / max(received, 1) * 1e6,
-        lag_ms=(last_rx - published["t1"]) * 1e3,
+        lag_ms=statistics.median(b.lag for b in bursts) * 1e3,
     )
 
 
-def run_server(kind: str, args: argparse.Namespace, where: Placement) -> Outcome:
-    """One server process: warm up, idle memory at each size, then fan-out (largest first)."""
-    outcome = Outcome()
+def rounds_of(messages: int, rounds: int) -> list[int]:
+    """Split ``messages`` into ``rounds`` bursts (fewer when there are fewer messages)."""
+    rounds = max(1, min(rounds, messages))
+    return [messages // rounds + (1 if i < messages % rounds else 0) for i in range(rounds)]
+
+
+def run_group(kinds: Sequence[str], args: argparse.Namespace, where: Placement) -> list[Outcome]:
+    """Servers side by side (a roomcast adapter and its floor), their bursts interleaved.
+
+    Each server gets its own process and its own clients. Idle memory is
+    measured in each process as its clients connect; then, at each client
+    count, the servers take turns publishing a burst (A B, then B A, ...), so a
+    slow spell of a shared machine falls on both alike rather than on
+    whichever ran during it.
+    """
+    outcomes = [Outcome() for _ in kinds]
     sizes = sorted(set(args.connections))
-    server, port = start_server(kind, args, where)
-    clients: Clients | None = None
+    running: list[tuple[Child, int, Clients]] = []
     try:
-        clients = Clients(args.client_procs, where.clients, args.max_seconds)
-        # Warm-up: imports, caches and first-use paths, before the baseline.
-        connect(server, clients, port, WARMUP_CLIENTS)
-        measure(kind, server, clients, WARMUP_CLIENTS, 5)
-        shrink(server, clients, 0)
-        time.sleep(0.2)
-        outcome.base_rss = server.call({"cmd": "stats", "gc": True})["rss"]
-        for n in sizes:
-            began = time.perf_counter()
-            connect(server, clients, port, n)
-            outcome.connect_seconds += time.perf_counter() - began
+        for kind in kinds:
+            server, port = start_server(kind, args, where)
+            clients = Clients(args.client_procs, where.clients, args.max_seconds)
+            running.append((server, port, clients))
+        for outcome, (server, port, clients) in zip(outcomes, running, strict=True):
+            # Warm-up: imports, caches and first-use paths, before the baseline.
+            connect(server, clients, port, WARMUP_CLIENTS)
+            measure(server, clients, WARMUP_CLIENTS, 5)
+            shrink(server, clients, 0)
             time.sleep(0.2)
-            rss = server.call({"cmd": "stats", "gc": True})["rss"]
-            outcome.memory[n] = (rss - outcome.base_rss) / n
+            outcome.base_rss = server.call({"cmd": "stats", "gc": True})["rss"]
+        for n in sizes:
+            for outcome, (server, port, clients) in zip(outcomes, running, strict=True):
+                began = time.perf_counter()
+                connect(server, clients, port, n)
+                outcome.connect_seconds += time.perf_counter() - began
+                time.sleep(0.2)
+                rss = server.call({"cmd": "stats", "gc": True})["rss"]
+                outcome.memory[n] = (rss - outcome.base_rss) / n
+        turns = list(zip(outcomes, running, strict=True))
         for n in reversed(sizes):
-            shrink(server, clients, n)
+            for server, _port, clients in running:
+                shrink(server, clients, n)
             messages = args.messages or default_messages(n, args.quick)
-            outcome.samples.append(measure(kind, server, clients, n, messages))
+            for index, burst in enumerate(rounds_of(messages, args.rounds)):
+                for outcome, (server, _port, clients) in turns[:: 1 if index % 2 == 0 else -1]:
+                    outcome.bursts.setdefault(n, []).append(measure(server, clients, n, burst))
+            for kind, outcome in zip(kinds, outcomes, strict=True):
+                outcome.samples.append(summarize(kind, outcome.bursts[n]))
     finally:
-        if clients is not None:
+        for server, _port, clients in running:
             clients.stop()
-        server.stop()
-    return outcome
+            server.stop()
+    return outcomes
 
 
 # ---------------------------------------------------------------------- report
@@ -297,7 +363,8 @@ def print_ratios(
     if not pairs:
         return
     print()
-    print("Ratios, roomcast / floor, paired within each repetition: median [min-max]")
+    print("Ratios, roomcast / floor: median [min-max]. CPU: each burst against its floor's")
+    print("burst next to it (rounds x repetitions pairs); memory: within each repetition")
     for adapter, floor, target in pairs:
         paired = [
             (mine, theirs)
@@ -307,17 +374,16 @@ def print_ratios(
         if not paired:
             continue
         for n in sorted(sizes, reverse=True):
-            ratios = []
-            for mine, theirs in paired:
-                a = [s.cpu_us for s in mine.samples if s.connections == n]
-                b = [s.cpu_us for s in theirs.samples if s.connections == n]
-                if a and b:
-                    ratios.append(a[0] / b[0])
+            ratios = [
+                a.cpu_us / b.cpu_us
+                for mine, theirs in paired
+                for a, b in zip(mine.bursts.get(n, ()), theirs.bursts.get(n, ()), strict=True)
+            ]
             if ratios:
                 verdict = "ok" if statistics.median(ratios) <= target else "OVER TARGET"
                 print(
                     f"  cpu/dlv  {adapter} / {floor}, N={n:,}: {spread(ratios)}"
-                    f"  (target <= {target:.2f}) {verdict}"
+                    f" ({len(ratios)} pairs)  (target <= {target:.2f}) {verdict}"
                 )
         for n in sorted(sizes):
             diffs = [(mine.memory[n] - theirs.memory[n]) / 1024 for mine, theirs in paired]
@@ -429,7 +495,7 @@ def run_profile(kind: str, args: argparse.Namespace, where: Placement) -> None:
     try:
         clients = Clients(args.client_procs, where.clients, args.max_seconds)
         connect(server, clients, port, n)
-        sample = measure(kind, server, clients, n, messages)
+        sample = summarize(kind, [measure(server, clients, n, messages)])
     finally:
         if clients is not None:
             clients.stop()
@@ -502,6 +568,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--repeat", type=int, default=3, help="server processes per kind (default 3)"
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="bursts each measurement is split into, alternating with its pair (default 5)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="smoke run: 500 clients, ~30,000 deliveries per measurement (under a minute)",
@@ -555,9 +627,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.connections = [10_000] if args.heartbeat else [500] if args.quick else [1_000, 5_000]
     if args.quick and args.heartbeat:
         args.heartbeat_seconds = min(args.heartbeat_seconds, 12.0)
-    if args.repeat < 1 or min(args.connections) < 1:
-        parser.error("--repeat and --connections must be positive")
+    if args.repeat < 1 or args.rounds < 1 or min(args.connections) < 1:
+        parser.error("--repeat, --rounds and --connections must be positive")
     return args
+
+
+def groups(servers: Sequence[str]) -> list[list[str]]:
+    """Each roomcast adapter with its floor, when both are asked for; the rest alone."""
+    out: list[list[str]] = []
+    placed: set[str] = set()
+    for kind in servers:
+        if kind in placed:
+            continue
+        group = [kind]
+        for adapter, floor, _target in PAIRS:
+            partner = floor if kind == adapter else adapter if kind == floor else None
+            if partner is not None and partner in servers and partner not in placed:
+                group = [adapter, floor]
+        placed.update(group)
+        out.append(group)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -597,27 +686,29 @@ def main(argv: Sequence[str] | None = None) -> None:
             flush=True,
         )
         outcomes: dict[str, list[Outcome | None]] = {kind: [] for kind in args.servers}
-        # Interleaved: a slow spell of the machine hits every server alike.
         for rep in range(args.repeat):
-            for kind in args.servers:
+            for group in groups(args.servers):
                 began = time.perf_counter()
                 try:
-                    outcome = run_server(kind, args, where)
+                    results: list[Outcome | None] = list(run_group(group, args, where))
                 except ChildError as exc:
-                    print(f"  [{rep + 1}/{args.repeat}] {kind}: FAILED: {exc}", flush=True)
-                    outcomes[kind].append(None)
-                    continue
-                outcomes[kind].append(outcome)
-                summary = ", ".join(
-                    f"N={s.connections}: {s.cpu_us:.2f} us/dlv, lost {s.lost}"
-                    for s in outcome.samples
-                )
+                    print(f"  [{rep + 1}/{args.repeat}] {' + '.join(group)}: FAILED: {exc}")
+                    results = [None] * len(group)
                 took = time.perf_counter() - began
-                print(
-                    f"  [{rep + 1}/{args.repeat}] {kind}: {summary} "
-                    f"({took:.0f} s, connecting {outcome.connect_seconds:.0f} s)",
-                    flush=True,
-                )
+                for kind, outcome in zip(group, results, strict=True):
+                    outcomes[kind].append(outcome)
+                    if outcome is None:
+                        continue
+                    summary = ", ".join(
+                        f"N={s.connections}: {s.cpu_us:.2f} us/dlv, lost {s.lost}"
+                        for s in outcome.samples
+                    )
+                    print(
+                        f"  [{rep + 1}/{args.repeat}] {kind}: {summary} "
+                        f"(connecting {outcome.connect_seconds:.0f} s)",
+                        flush=True,
+                    )
+                print(f"  [{rep + 1}/{args.repeat}] ({took:.0f} s)", flush=True)
         print_table(args.servers, args.connections, outcomes)
         print_ratios(args.servers, args.connections, outcomes)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")

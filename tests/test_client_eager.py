@@ -132,3 +132,37 @@ async def test_closing_without_flush_cancels_a_send_the_writer_awaits() -> None:
     assert inspect.getcoroutinestate(transport.rests[0]) == inspect.CORO_CLOSED
     assert transport.sent == []
     assert client.close_code == 4009
+
+
+async def test_a_send_waiting_before_attach_is_flushed_when_closing_with_flush() -> None:
+    transport = FakeEagerTransport()
+    client = make_client(transport)
+    gate = transport.gate = anyio.Event()
+    assert client.deliver("a")  # the rest waits for a writer that has not started
+    client.close(1001, "going away")  # with flush, before the connection is attached
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as reader_scope:
+                client.attach(tg, reader_scope)
+                gate.set()
+                await anyio.sleep_forever()  # the writer cancels the reader once flushed
+    assert transport.sent == ["a"]
+    assert inspect.getcoroutinestate(transport.rests[0]) == inspect.CORO_CLOSED
+
+
+async def test_closing_again_without_flush_abandons_what_was_being_flushed() -> None:
+    transport = FakeEagerTransport()
+    client = make_client(transport)
+    transport.gate = anyio.Event()
+    assert client.deliver("a")
+    transport.gate = None
+    assert client.deliver("b")  # queued behind the send in flight
+    client.close(1001, "going away")
+    client.close(1001, "going away")  # a second flushing close changes nothing
+    assert client.queued == 1
+    assert inspect.getcoroutinestate(transport.rests[0]) == inspect.CORO_CREATED
+    client.close(1000, "", flush=False)  # the connection's end: nothing more goes out
+    assert client.close_code == 1001  # the first close still names the code
+    assert client.queued == 0
+    assert inspect.getcoroutinestate(transport.rests[0]) == inspect.CORO_CLOSED
+    assert transport.sent == []

@@ -11,7 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
@@ -310,6 +310,89 @@ async def test_sending_on_a_closed_transport_raises_connection_closed() -> None:
             await transport.close(1000)
             with pytest.raises(ConnectionClosed):
                 await transport.send(["late"])
+
+
+class FakeASGI:
+    """An accepted ASGI WebSocket in memory: sends are recorded, or fail, or wait."""
+
+    def __init__(self) -> None:
+        self.sent: list[MutableMapping[str, Any]] = []
+        self.gone = False
+        self.gate: anyio.Event | None = None
+
+    async def receive(self) -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.gone:
+            raise OSError("the server reports the socket gone")
+        self.sent.append(message)
+
+    async def transport(self, *, direct: bool = True) -> StarletteTransport:
+        websocket = WebSocket(
+            {"type": "websocket", "path": "/ws", "headers": []}, self.receive, self.send
+        )
+        await websocket.accept()
+        self.sent.clear()  # the accept message
+        transport = StarletteTransport(websocket)
+        if not direct:
+            transport._send = None  # as if WebSocket kept no ASGI send of its own
+        return transport
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "through-websocket-send"])
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_begin_send_sends_in_place_and_reports_a_lost_socket(direct: bool) -> None:
+    asgi = FakeASGI()
+    transport = await asgi.transport(direct=direct)
+    assert transport.begin_send("one") is None
+    await transport.send(["two", "three"])
+    assert [m["text"] for m in asgi.sent] == ["one", "two", "three"]
+    assert all(m["type"] == "websocket.send" for m in asgi.sent)
+    asgi.gone = True
+    with pytest.raises(ConnectionClosed) as info:
+        transport.begin_send("four")
+    assert info.value.code == 1006
+    # As WebSocket.send itself does: the socket is gone for good.
+    assert transport._websocket.application_state.name == "DISCONNECTED"
+    with pytest.raises(ConnectionClosed):
+        transport.begin_send("five")
+    with pytest.raises(ConnectionClosed):
+        await transport.send(["six"])
+    await transport.close(1000)  # nothing to do, and no error
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_begin_send_hands_back_the_rest_of_a_send_that_waits() -> None:
+    asgi = FakeASGI()
+    transport = await asgi.transport()
+    gate = asgi.gate = anyio.Event()
+    rest = transport.begin_send("slow")
+    assert rest is not None
+    assert asgi.sent == []
+    gate.set()
+    await rest
+    assert [m["text"] for m in asgi.sent] == ["slow"]
+    asgi.gone, asgi.gate = True, anyio.Event()
+    rest = transport.begin_send("lost")
+    assert rest is not None
+    asgi.gate.set()
+    with pytest.raises(ConnectionClosed) as info:
+        await rest
+    assert info.value.code == 1006
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_after_close_data_frames_are_refused_not_sent() -> None:
+    asgi = FakeASGI()
+    transport = await asgi.transport()
+    await transport.close(4009, "slow consumer")
+    assert asgi.sent[-1] == {"type": "websocket.close", "code": 4009, "reason": "slow consumer"}
+    with pytest.raises(ConnectionClosed):
+        transport.begin_send("late")
+    assert asgi.sent[-1]["type"] == "websocket.close"
 
 
 async def test_close_sends_code_and_reason_cut_to_123_bytes_and_is_idempotent() -> None:

@@ -180,10 +180,12 @@ class Client:
         """
         self._task_group = task_group
         self._reader_scope = reader_scope
-        if self.close_code is not None and not self._writing:
-            reader_scope.cancel()
-        elif self._queue or self._ping is not None or self._inflight is not None:
+        if self._queue or self._ping is not None or self._inflight is not None:
+            # Closing or not, what is pending goes out first (a close without
+            # flush has already dropped it).
             self._start_writer()
+        elif self.close_code is not None and not self._writing:
+            reader_scope.cancel()
 
     async def writer_finished(self) -> None:
         """Return once no writer runs for this client."""
@@ -264,16 +266,18 @@ class Client:
 
         With ``flush``, frames already queued are sent first, within the
         drain deadline; otherwise they are discarded and a send in flight is
-        abandoned.
+        abandoned. Closing again without ``flush`` abandons what a first close
+        was still flushing.
         """
-        if self.close_code is not None:
+        if self.close_code is None:
+            self.close_code = code
+            self._close_reason = reason
+            self._close_deadline = anyio.current_time() + self._drain_timeout
+            self.direct = False
+            if self._on_close is not None:
+                self._on_close(self)
+        elif flush:
             return
-        self.close_code = code
-        self._close_reason = reason
-        self._close_deadline = anyio.current_time() + self._drain_timeout
-        self.direct = False
-        if self._on_close is not None:
-            self._on_close(self)
         if not flush:
             self._queue = None
             self._queued_bytes = 0

@@ -44,6 +44,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 if TYPE_CHECKING:
+    from starlette.types import Message
+
     from roomcast.hub import Hub
 
 __all__ = ["StarletteTransport", "endpoint", "lifespan"]
@@ -54,6 +56,7 @@ logger = logging.getLogger("roomcast.starlette")
 # has closed; servers raise OSError (uvicorn's ClientDisconnected) when the
 # socket is gone.
 _GONE = (WebSocketDisconnect, RuntimeError, OSError)
+_CONNECTED = WebSocketState.CONNECTED
 
 
 class StarletteTransport:
@@ -71,12 +74,17 @@ class StarletteTransport:
         max_message_size: messages over this many bytes close the connection with 1009.
     """
 
-    __slots__ = ("_eager", "_max_size", "_websocket")
+    __slots__ = ("_eager", "_max_size", "_send", "_websocket")
 
     def __init__(self, websocket: WebSocket, *, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
         self._websocket = websocket
         self._max_size = max_message_size
         self._eager = _on_asyncio()
+        # The ASGI send the WebSocket wraps. Data frames go to it directly while
+        # the socket is open, with the checks WebSocket.send would make for them
+        # done here; everything else (accept, close) goes through WebSocket.send.
+        send = getattr(websocket, "_send", None)
+        self._send: Callable[[Message], Awaitable[None]] | None = send if callable(send) else None
 
     @property
     def eager(self) -> bool:
@@ -137,16 +145,29 @@ class StarletteTransport:
         Raises:
             ConnectionClosed: the connection is closed.
         """
-        sending = self._websocket.send_text(frame)
+        websocket = self._websocket
+        message: Message = {"type": "websocket.send", "text": frame}
+        send = self._send
+        if send is not None and websocket.application_state is _CONNECTED:
+            sending: Coroutine[Any, Any, None] = send(message)  # type: ignore[assignment]
+        else:
+            sending = websocket.send(message)
         try:
             suspended = sending.send(None)
         except StopIteration:
             return None
-        except WebSocketDisconnect as exc:
-            raise ConnectionClosed.from_code(exc.code, exc.reason) from exc
         except _GONE as exc:
-            raise ConnectionClosed.from_code(1006) from exc
-        return _finish_send(_resume(sending, suspended))
+            raise self._closed(exc) from exc
+        return _finish_send(_resume(sending, suspended), self)
+
+    def _closed(self, exc: BaseException) -> ConnectionClosed:
+        """The error for a send that found the socket gone."""
+        if isinstance(exc, WebSocketDisconnect):
+            return ConnectionClosed.from_code(exc.code, exc.reason)
+        if isinstance(exc, OSError):
+            # What WebSocket.send does when the server reports the socket gone.
+            self._websocket.application_state = WebSocketState.DISCONNECTED
+        return ConnectionClosed.from_code(1006)
 
     async def send(self, frames: list[str]) -> None:
         """Send ``frames`` in order, each awaited.
@@ -155,13 +176,16 @@ class StarletteTransport:
             ConnectionClosed: the connection is closed.
         """
         websocket = self._websocket
+        send = self._send
         for frame in frames:
+            message: Message = {"type": "websocket.send", "text": frame}
             try:
-                await websocket.send_text(frame)
-            except WebSocketDisconnect as exc:
-                raise ConnectionClosed.from_code(exc.code, exc.reason) from exc
+                if send is not None and websocket.application_state is _CONNECTED:
+                    await send(message)
+                else:
+                    await websocket.send(message)
             except _GONE as exc:
-                raise ConnectionClosed.from_code(1006) from exc
+                raise self._closed(exc) from exc
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Send a close frame; closing twice, or after the peer left, does nothing.
@@ -205,13 +229,11 @@ def _resume(sending: Coroutine[Any, Any, None], suspended: Any) -> Generator[Any
         return
 
 
-async def _finish_send(rest: Awaitable[None]) -> None:
+async def _finish_send(rest: Awaitable[None], transport: StarletteTransport) -> None:
     try:
         await rest
-    except WebSocketDisconnect as exc:
-        raise ConnectionClosed.from_code(exc.code, exc.reason) from exc
     except _GONE as exc:
-        raise ConnectionClosed.from_code(1006) from exc
+        raise transport._closed(exc) from exc
 
 
 def endpoint(hub: Hub) -> Callable[[WebSocket], Awaitable[None]]:
