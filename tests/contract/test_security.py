@@ -26,6 +26,7 @@ from typing import Any, Literal
 import anyio
 import jwt
 import pytest
+import websockets
 from anyio.abc import SocketAttribute, SocketStream
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -341,7 +342,10 @@ async def test_hmac_token_signed_with_the_rsa_public_key_is_refused(kind: Server
 #: How each HTTP server answers a 1 MB header, before the hub is asked:
 #: with a status, or (``None``) by closing without a valid HTTP response.
 HUGE_HEADER_REFUSAL: dict[str, int | None] = {
-    "websockets": 431,
+    # websockets 16, the newest on Python 3.10, drops the connection without a
+    # status the client can read; from 17 the refusal is a 431. Either way the
+    # token never reaches the hub (checked below).
+    "websockets": 431 if int(websockets.__version__.split(".")[0]) >= 17 else None,
     "starlette-uvicorn": 400,
     "starlette-hypercorn-trio": 431,
     "aiohttp": None,
