@@ -56,6 +56,8 @@ logger = logging.getLogger("roomcast.starlette")
 # has closed; servers raise OSError (uvicorn's ClientDisconnected) when the
 # socket is gone.
 _GONE = (WebSocketDisconnect, RuntimeError, OSError)
+#: Seconds :meth:`StarletteTransport.close` waits for the peer's close frame.
+CLOSE_WAIT = 2.0
 _CONNECTED = WebSocketState.CONNECTED
 
 
@@ -188,7 +190,12 @@ class StarletteTransport:
                 raise self._closed(exc) from exc
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Send a close frame; closing twice, or after the peer left, does nothing.
+        """Send a close frame and wait for the peer's; closing twice, or late, does nothing.
+
+        Frames the peer sent meanwhile are read and dropped while waiting (at
+        most :data:`CLOSE_WAIT` seconds): a server that closed the socket with
+        them unread would reset the connection, and the peer could lose the
+        close frame. Bound the whole with a timeout of your own if you need less.
 
         Raises:
             ValueError: ``code`` may not be sent in a close frame.
@@ -202,6 +209,9 @@ class StarletteTransport:
         code, reason = close_frame(code, reason)
         try:
             await websocket.close(code, reason)
+            with anyio.move_on_after(CLOSE_WAIT):
+                while (await websocket.receive())["type"] != "websocket.disconnect":
+                    pass  # a frame sent before the peer saw the close frame
         except Exception:  # the socket may already be gone; the goal was a closed connection
             logger.debug("error while closing a connection", exc_info=True)
 
