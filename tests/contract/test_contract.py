@@ -23,6 +23,7 @@ from websockets.typing import Subprotocol
 from roomcast import Handshake, Hub, Principal, RateLimit
 from roomcast.hub import HubStatistics
 
+from .frames import next_frame, receive, request
 from .servers import KINDS, PATH, Served, ServerKind
 
 pytestmark = pytest.mark.anyio
@@ -72,27 +73,6 @@ def open_client(served: Served, target: str = PATH, **kwargs: Any) -> connect:
     base = served.url.removesuffix(PATH)
     kwargs.setdefault("subprotocols", V1)
     return connect(base + target, open_timeout=TIMEOUT, close_timeout=TIMEOUT, **kwargs)
-
-
-async def receive(client: ClientConnection) -> dict[str, Any]:
-    frame: dict[str, Any] = json.loads(await client.recv())
-    return frame
-
-
-async def next_frame(client: ClientConnection, type_: str) -> dict[str, Any]:
-    """The next frame of ``type_``, answering heartbeats and failing on anything else."""
-    while True:
-        frame = await receive(client)
-        if frame["type"] == type_:
-            return frame
-        if frame["type"] != "ping":
-            raise AssertionError(f"expected {type_}, got {frame}")
-        await client.send(json.dumps({"action": "pong"}))
-
-
-async def request(client: ClientConnection, frame: dict[str, Any]) -> dict[str, Any]:
-    await client.send(json.dumps(frame))
-    return await next_frame(client, "reply")
 
 
 async def frames_before_pong(client: ClientConnection, ref: str = "sync") -> list[dict[str, Any]]:

@@ -43,6 +43,7 @@ from roomcast.hub import Admission, HubStatistics
 from roomcast.jwt import JWTAuthenticator
 from roomcast.limits import ConnectionLimits
 
+from .frames import next_frame, request
 from .servers import KINDS, PATH, Served, ServerKind
 
 TIMEOUT = 10
@@ -208,27 +209,6 @@ def open_client(
 
 def bearer(value: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {value}"}
-
-
-async def receive(client: ClientConnection) -> dict[str, Any]:
-    frame: dict[str, Any] = json.loads(await client.recv())
-    return frame
-
-
-async def next_frame(client: ClientConnection, type_: str) -> dict[str, Any]:
-    """The next frame of ``type_``, answering heartbeats and failing on anything else."""
-    while True:
-        frame = await receive(client)
-        if frame["type"] == type_:
-            return frame
-        if frame["type"] != "ping":
-            raise AssertionError(f"expected {type_}, got {frame}")
-        await client.send(json.dumps({"action": "pong"}))
-
-
-async def request(client: ClientConnection, frame: dict[str, Any]) -> dict[str, Any]:
-    await client.send(json.dumps(frame))
-    return await next_frame(client, "reply")
 
 
 async def still_open(client: ClientConnection) -> bool:
