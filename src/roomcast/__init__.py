@@ -25,6 +25,7 @@ from .exceptions import BackendError as BackendError
 from .exceptions import ConnectionClosed as ConnectionClosed
 from .exceptions import ConnectionClosedError as ConnectionClosedError
 from .exceptions import ConnectionClosedOK as ConnectionClosedOK
+from .exceptions import HubNotRunning as HubNotRunning
 from .exceptions import LocalProtocolError as LocalProtocolError
 from .exceptions import PermissionDenied as PermissionDenied
 from .exceptions import ProtocolError as ProtocolError
@@ -78,6 +79,7 @@ __all__ = [
     "HeartbeatPolicy",
     "History",
     "Hub",
+    "HubNotRunning",
     "HubStatistics",
     "KeyedRateLimiter",
     "LocalProtocolError",
