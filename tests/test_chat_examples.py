@@ -1,4 +1,4 @@
-"""Each chat example, started as its README command does: page, chat, clean stop on SIGINT."""
+"""Each chat example, started as its README command does: page, chat, clean stop on a signal."""
 
 from __future__ import annotations
 
@@ -40,21 +40,22 @@ async def next_frame(client: ClientConnection, type_: str) -> dict[str, Any]:
             await client.send(json.dumps({"action": "pong"}))
 
 
-async def close_code(client: ClientConnection) -> int | None:
-    """Read until the connection closes; return the close code the server sent."""
+async def close_frame(client: ClientConnection) -> tuple[int, str] | None:
+    """Read until the connection closes; return the close code and reason the server sent."""
     try:
         while True:
             await client.recv()
     except WebSocketsClosed as exc:
-        return None if exc.rcvd is None else int(exc.rcvd.code)
+        return None if exc.rcvd is None else (int(exc.rcvd.code), exc.rcvd.reason)
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize(
     "example",
     ["chat_websockets.py", "chat_starlette.py", "chat_fastapi.py", "chat_aiohttp.py"],
 )
-async def test_chat_example_serves_its_page_relays_messages_and_stops_on_sigint(
-    example: str,
+async def test_chat_example_serves_its_page_relays_messages_and_stops_cleanly_on_a_signal(
+    example: str, stop: signal.Signals
 ) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with anyio.fail_after(TIMEOUT * 2):
@@ -109,6 +110,9 @@ async def test_chat_example_serves_its_page_relays_messages_and_stops_on_sigint(
                 event = await next_frame(reader, "chat.message")
                 assert (event["room"], event["payload"]) == ("chat:general", message)
 
-                process.send_signal(signal.SIGINT)
-                assert await close_code(reader) == 1001
+                process.send_signal(stop)
+                assert await close_frame(reader) == (1001, "server shutting down")
             assert await process.wait() == 0
+            assert process.stderr is not None
+            errors = b"".join([chunk async for chunk in process.stderr]).decode()
+            assert "Traceback" not in errors, errors
