@@ -116,3 +116,40 @@ async def test_chat_example_serves_its_page_relays_messages_and_stops_cleanly_on
             assert process.stderr is not None
             errors = b"".join([chunk async for chunk in process.stderr]).decode()
             assert "Traceback" not in errors, errors
+
+
+#: Runs an example as ``python EXAMPLE ARGS...`` would, in an interpreter where neither
+#: WebSocket library uvicorn can use is importable: what ``pip install uvicorn`` gives.
+WITHOUT_WEBSOCKET_LIBRARIES = """
+import runpy, sys
+sys.modules["websockets"] = None
+sys.modules["wsproto"] = None
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(
+    "example", ["chat_starlette.py", "chat_fastapi.py", "issue_tracker/app.py"]
+)
+async def test_a_uvicorn_example_without_a_websocket_library_refuses_to_start(
+    example: str,
+) -> None:
+    # uvicorn would answer every WebSocket handshake with 404; the lifespan says so instead.
+    with anyio.fail_after(TIMEOUT * 2):
+        result = await anyio.run_process(
+            [
+                sys.executable,
+                "-c",
+                WITHOUT_WEBSOCKET_LIBRARIES,
+                str(EXAMPLES / example),
+                "--port",
+                "0",
+            ],
+            check=False,
+        )
+    errors = result.stderr.decode()
+    assert result.returncode == 3, errors  # uvicorn's exit status for a failed startup
+    assert "without WebSocket support" in errors
+    assert "pip install 'uvicorn[standard]'" in errors
+    assert b"listening" not in result.stdout
