@@ -1,7 +1,9 @@
 """Room-based WebSocket pub/sub on anyio.
 
 Adapters live in submodules imported on demand: ``roomcast.websockets``
-(extra ``websockets``), and the test kit in ``roomcast.testing``.
+(extra ``websockets``), ``roomcast.starlette`` for Starlette and FastAPI (extra
+``starlette``) and ``roomcast.aiohttp`` (extra ``aiohttp``); the test kit is
+``roomcast.testing``.
 """
 
 from .auth import ANONYMOUS as ANONYMOUS

@@ -144,9 +144,9 @@ class BackendError(RoomcastError):
 class HubNotRunning(RoomcastError, RuntimeError):
     """The hub was asked to publish or send while it is not running.
 
-    Raised by [`Hub.publish`][roomcast.Hub.publish],
-    [`Hub.send_to_user`][roomcast.Hub.send_to_user] and
-    [`Hub.send_to_client`][roomcast.Hub.send_to_client] before the hub is
+    Raised by [`Hub.publish`][roomcast.hub.Hub.publish],
+    [`Hub.send_to_user`][roomcast.hub.Hub.send_to_user] and
+    [`Hub.send_to_client`][roomcast.hub.Hub.send_to_client] before the hub is
     started and from the moment it starts shutting down, so that an event
     nobody could receive is never reported as sent. Start the hub with
     ``async with hub:`` or the adapter's lifespan (``roomcast.starlette.lifespan``,
