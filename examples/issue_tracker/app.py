@@ -403,8 +403,10 @@ if __name__ == "__main__":
         # The hub sends token.expiring a minute before expiry: shorter tokens would be
         # warned as soon as they are issued.
         parser.error("--token-ttl must be at least 61 seconds")
+    # --8<-- [start:signals]
     # uvicorn shuts down on Ctrl-C and on SIGTERM, then raises the signal again for the
     # handler it found: make both a KeyboardInterrupt, which ends the program quietly.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with contextlib.suppress(KeyboardInterrupt):
         main(args.host, args.port, args.token_ttl, args.origin)
+    # --8<-- [end:signals]
