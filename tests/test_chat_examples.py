@@ -52,7 +52,13 @@ async def close_frame(client: ClientConnection) -> tuple[int, str] | None:
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize(
     "example",
-    ["chat_websockets.py", "chat_starlette.py", "chat_fastapi.py", "chat_aiohttp.py"],
+    [
+        "chat_websockets.py",
+        "chat_clock.py",
+        "chat_starlette.py",
+        "chat_fastapi.py",
+        "chat_aiohttp.py",
+    ],
 )
 async def test_chat_example_serves_its_page_relays_messages_and_stops_cleanly_on_a_signal(
     example: str, stop: signal.Signals
@@ -116,6 +122,35 @@ async def test_chat_example_serves_its_page_relays_messages_and_stops_cleanly_on
             assert process.stderr is not None
             errors = b"".join([chunk async for chunk in process.stderr]).decode()
             assert "Traceback" not in errors, errors
+
+
+async def test_the_clock_chat_posts_the_time_in_chat_general() -> None:
+    # The getting-started tutorial's "Publish from the server", run.
+    with anyio.fail_after(TIMEOUT * 2):
+        async with await anyio.open_process(
+            [sys.executable, str(EXAMPLES / "chat_clock.py"), "--port", "0", "--every", "0.1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as process:
+            assert process.stdout is not None
+            line = b""
+            async for chunk in process.stdout:
+                line += chunk
+                if b"\n" in line:
+                    break
+            ws_url = "ws" + line.decode().split()[-1].removeprefix("http").rstrip("/") + "/ws"
+            async with connect(ws_url, subprotocols=V1) as client:
+                await next_frame(client, "connection.ack")
+                subscribe = {"action": "subscribe", "rooms": ["chat:general"], "ref": 1}
+                await client.send(json.dumps(subscribe))
+                assert (await next_frame(client, "reply"))["ok"] is True
+                event = await next_frame(client, "chat.message")
+                assert event["payload"]["name"] == "server"
+                assert event["payload"]["text"].startswith("it is ")
+                assert event["userId"] is None
+                process.send_signal(signal.SIGTERM)
+                assert await close_frame(client) == (1001, "server shutting down")
+            assert await process.wait() == 0
 
 
 #: Runs an example as ``python EXAMPLE ARGS...`` would, in an interpreter where neither
