@@ -860,9 +860,12 @@ async def session_with_tokens_everywhere(served: Served, sources: TokenSources) 
             assert outcome == status
     # Refused for its origin, before the token is read.
     refused = remember(token())
-    assert await refused_status(served, additional_headers=bearer(refused)) == 403
+    cross_site = [("Origin", "https://evil.example.com")]
+    headers = [*cross_site, ("Authorization", f"Bearer {refused}")]
+    assert await refused_status(served, additional_headers=headers) == 403
     if sources.query is not None:
-        assert await refused_status(served, f"{PATH}?{sources.query}={refused}") == 403
+        target = f"{PATH}?{sources.query}={refused}"
+        assert await refused_status(served, target, additional_headers=cross_site) == 403
     async with open_client(served, additional_headers=origin) as client:
         await client.send(json.dumps({"action": "auth", "token": remember(token())}))
         await next_frame(client, "connection.ack")
