@@ -168,7 +168,8 @@ def test_two_chat_pages_connect_and_see_each_others_messages(
 
 
 @pytest.fixture(scope="module")
-def tracker() -> Iterator[str]:
+def tracker(browser: Browser) -> Iterator[str]:
+    """The showcase, started only when there is a browser to show it in."""
     # The shortest token lifetime the example takes: the page must not refresh at once.
     with serving("issue_tracker/app.py", "--token-ttl", "61") as url:
         yield url
