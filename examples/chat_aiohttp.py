@@ -1,12 +1,13 @@
 """A chat server: a roomcast hub and its web page in one aiohttp application.
 
-Run it (after ``pip install -e ".[aiohttp]"``) with::
+Run it from a checkout of the repository, after ``pip install -e ".[aiohttp]"``, with::
 
     python examples/chat_aiohttp.py
 
 then open http://127.0.0.1:8080/ in a few browser tabs (``--host`` and ``--port``
 choose the address; ``--port 0`` picks a free one and prints it). Rooms ``chat:*``
 keep their last 100 messages for ten minutes, so a browser that reconnects catches up.
+Ctrl-C or SIGTERM closes every client with 1001 and exits with status 0.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 from pathlib import Path
 
+import anyio
 from aiohttp import web
 
 import roomcast.aiohttp
@@ -39,7 +42,7 @@ def make_app(hub: Hub) -> web.Application:
 
 
 async def main(host: str, port: int) -> None:
-    """Serve until cancelled, then close every client with 1001 and stop listening."""
+    """Serve until Ctrl-C or SIGTERM, then close every client with 1001 and stop listening."""
     hub = Hub(
         # Clients may publish in chat:* rooms; everyone may join any room but
         # another user's user:{id}.
@@ -49,11 +52,13 @@ async def main(host: str, port: int) -> None:
     runner = web.AppRunner(make_app(hub))
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        port = runner.addresses[0][1]
-        print(f"chat server listening on http://{host}:{port}/", flush=True)
-        await asyncio.Event().wait()
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            port = runner.addresses[0][1]
+            print(f"chat server listening on http://{host}:{port}/", flush=True)
+            async for _ in signals:
+                break
     finally:
         # The hub flushes and closes its clients with 1001 (on shutdown),
         # before aiohttp waits for its handlers and stops.
@@ -65,6 +70,6 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     args = parser.parse_args()
-    # Ctrl-C cancels main(), which shuts down gracefully before this returns.
+    # Ctrl-C before the server runs ends the program quietly too.
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main(args.host, args.port))

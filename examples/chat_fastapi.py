@@ -1,17 +1,21 @@
 """A chat server: a roomcast hub and its web page in a FastAPI app, served by uvicorn.
 
-Run it (after ``pip install -e ".[starlette]" fastapi uvicorn``) with::
+Run it from a checkout of the repository, after ``pip install -e ".[examples]"`` (or
+``pip install -e ".[starlette]" fastapi "uvicorn[standard]"``: uvicorn needs a WebSocket
+library), with::
 
     python examples/chat_fastapi.py
 
 then open http://127.0.0.1:8000/ in a few browser tabs. Rooms ``chat:*`` keep
 their last 100 messages for ten minutes, so a browser that reconnects catches up.
+Ctrl-C or SIGTERM closes every client with 1001 and exits with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import socket
 from pathlib import Path
 
@@ -79,6 +83,8 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     args = parser.parse_args()
-    # uvicorn shuts down on Ctrl-C, then raises it again for the default handler.
+    # uvicorn shuts down on Ctrl-C and on SIGTERM, then raises the signal again for the
+    # handler it found: make both a KeyboardInterrupt, which ends the program quietly.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with contextlib.suppress(KeyboardInterrupt):
         main(args.host, args.port)

@@ -1,11 +1,12 @@
 """A chat server: a roomcast hub and its web page on one ``websockets`` port.
 
-Run it (after ``pip install -e ".[websockets]"``) with::
+Run it from a checkout of the repository, after ``pip install -e ".[websockets]"``, with::
 
     python examples/chat_websockets.py
 
 then open http://127.0.0.1:8765/ in a few browser tabs. Rooms ``chat:*`` keep
 their last 100 messages for ten minutes, so a browser that reconnects catches up.
+Ctrl-C or SIGTERM closes every client with 1001 and exits with status 0.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import http
+import signal
 from pathlib import Path
 
 import anyio
@@ -45,7 +47,7 @@ def process_request(connection: ServerConnection, request: Request) -> Response 
 
 
 async def main(host: str, port: int) -> None:
-    """Serve until cancelled, then close every client with 1001 and stop listening."""
+    """Serve until Ctrl-C or SIGTERM, then close every client with 1001 and stop listening."""
     hub = Hub(
         authorizer=authorize,
         namespaces={"chat": RoomOptions(history=History(size=100, ttl=600))},
@@ -55,11 +57,13 @@ async def main(host: str, port: int) -> None:
     )
     # Leaving in reverse order: the hub flushes and closes its clients with
     # 1001 first, then the server stops listening.
-    async with server, hub:
-        await server.start_serving()  # only once the hub runs
-        port = server.sockets[0].getsockname()[1]
-        print(f"chat server listening on http://{host}:{port}/", flush=True)
-        await anyio.sleep_forever()
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with server, hub:
+            await server.start_serving()  # only once the hub runs
+            port = server.sockets[0].getsockname()[1]
+            print(f"chat server listening on http://{host}:{port}/", flush=True)
+            async for _ in signals:
+                break
 
 
 if __name__ == "__main__":
@@ -67,6 +71,6 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     args = parser.parse_args()
-    # Ctrl-C cancels main(), which shuts down gracefully before this returns.
+    # Ctrl-C before the server runs ends the program quietly too.
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main(args.host, args.port))

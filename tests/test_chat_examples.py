@@ -1,4 +1,4 @@
-"""Each chat example, started as its README command does: page, chat, clean stop on SIGINT."""
+"""Each chat example, started as its README command does: page, chat, clean stop on a signal."""
 
 from __future__ import annotations
 
@@ -40,21 +40,28 @@ async def next_frame(client: ClientConnection, type_: str) -> dict[str, Any]:
             await client.send(json.dumps({"action": "pong"}))
 
 
-async def close_code(client: ClientConnection) -> int | None:
-    """Read until the connection closes; return the close code the server sent."""
+async def close_frame(client: ClientConnection) -> tuple[int, str] | None:
+    """Read until the connection closes; return the close code and reason the server sent."""
     try:
         while True:
             await client.recv()
     except WebSocketsClosed as exc:
-        return None if exc.rcvd is None else int(exc.rcvd.code)
+        return None if exc.rcvd is None else (int(exc.rcvd.code), exc.rcvd.reason)
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize(
     "example",
-    ["chat_websockets.py", "chat_starlette.py", "chat_fastapi.py", "chat_aiohttp.py"],
+    [
+        "chat_websockets.py",
+        "chat_clock.py",
+        "chat_starlette.py",
+        "chat_fastapi.py",
+        "chat_aiohttp.py",
+    ],
 )
-async def test_chat_example_serves_its_page_relays_messages_and_stops_on_sigint(
-    example: str,
+async def test_chat_example_serves_its_page_relays_messages_and_stops_cleanly_on_a_signal(
+    example: str, stop: signal.Signals
 ) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with anyio.fail_after(TIMEOUT * 2):
@@ -109,6 +116,75 @@ async def test_chat_example_serves_its_page_relays_messages_and_stops_on_sigint(
                 event = await next_frame(reader, "chat.message")
                 assert (event["room"], event["payload"]) == ("chat:general", message)
 
-                process.send_signal(signal.SIGINT)
-                assert await close_code(reader) == 1001
+                process.send_signal(stop)
+                assert await close_frame(reader) == (1001, "server shutting down")
             assert await process.wait() == 0
+            assert process.stderr is not None
+            errors = b"".join([chunk async for chunk in process.stderr]).decode()
+            assert "Traceback" not in errors, errors
+
+
+async def test_the_clock_chat_posts_the_time_in_chat_general() -> None:
+    # The getting-started tutorial's "Publish from the server", run.
+    with anyio.fail_after(TIMEOUT * 2):
+        async with await anyio.open_process(
+            [sys.executable, str(EXAMPLES / "chat_clock.py"), "--port", "0", "--every", "0.1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as process:
+            assert process.stdout is not None
+            line = b""
+            async for chunk in process.stdout:
+                line += chunk
+                if b"\n" in line:
+                    break
+            ws_url = "ws" + line.decode().split()[-1].removeprefix("http").rstrip("/") + "/ws"
+            async with connect(ws_url, subprotocols=V1) as client:
+                await next_frame(client, "connection.ack")
+                subscribe = {"action": "subscribe", "rooms": ["chat:general"], "ref": 1}
+                await client.send(json.dumps(subscribe))
+                assert (await next_frame(client, "reply"))["ok"] is True
+                event = await next_frame(client, "chat.message")
+                assert event["payload"]["name"] == "server"
+                assert event["payload"]["text"].startswith("it is ")
+                assert event["userId"] is None
+                process.send_signal(signal.SIGTERM)
+                assert await close_frame(client) == (1001, "server shutting down")
+            assert await process.wait() == 0
+
+
+#: Runs an example as ``python EXAMPLE ARGS...`` would, in an interpreter where neither
+#: WebSocket library uvicorn can use is importable: what ``pip install uvicorn`` gives.
+WITHOUT_WEBSOCKET_LIBRARIES = """
+import runpy, sys
+sys.modules["websockets"] = None
+sys.modules["wsproto"] = None
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(
+    "example", ["chat_starlette.py", "chat_fastapi.py", "issue_tracker/app.py"]
+)
+async def test_a_uvicorn_example_without_a_websocket_library_refuses_to_start(
+    example: str,
+) -> None:
+    # uvicorn would answer every WebSocket handshake with 404; the lifespan says so instead.
+    with anyio.fail_after(TIMEOUT * 2):
+        result = await anyio.run_process(
+            [
+                sys.executable,
+                "-c",
+                WITHOUT_WEBSOCKET_LIBRARIES,
+                str(EXAMPLES / example),
+                "--port",
+                "0",
+            ],
+            check=False,
+        )
+    errors = result.stderr.decode()
+    assert result.returncode == 3, errors  # uvicorn's exit status for a failed startup
+    assert "without WebSocket support" in errors
+    assert "pip install 'uvicorn[standard]'" in errors
+    assert b"listening" not in result.stdout

@@ -74,11 +74,15 @@ class Peer:
         return frames
 
     async def close_code(self) -> int | None:
+        frame = await self.close_frame()
+        return None if frame is None else frame[0]
+
+    async def close_frame(self) -> tuple[int, str] | None:
         try:
             while True:
                 await self.websocket.recv()
         except ConnectionClosed as exc:
-            return exc.rcvd.code if exc.rcvd is not None else None
+            return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd is not None else None
 
 
 class Tracker:
@@ -139,12 +143,12 @@ class Tracker:
 
 
 @asynccontextmanager
-async def running(*args: str) -> AsyncIterator[Tracker]:
+async def running(*args: str, capture_stderr: bool = False) -> AsyncIterator[Tracker]:
     """Start the example on a free port; it is killed on the way out if it still runs."""
     process = await anyio.open_process(
         [sys.executable, str(APP), "--port", "0", *args],
         stdout=subprocess.PIPE,
-        stderr=None,
+        stderr=subprocess.PIPE if capture_stderr else None,
     )
     try:
         assert process.stdout is not None
@@ -386,14 +390,34 @@ async def test_an_expiring_token_is_replaced_on_the_live_connection() -> None:
 
 
 @pytest.mark.anyio
-async def test_sigint_closes_clients_with_1001_and_exits_0() -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_a_signal_closes_clients_with_1001_and_exits_0(stop: signal.Signals) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with running() as tracker:
+        async with running(capture_stderr=True) as tracker:
             alice, bob = await tracker.login("alice"), await tracker.login("bob")
             async with tracker.connect(alice) as first, tracker.connect(bob) as second:
                 await first.subscribe("team:t1")
-                tracker.process.send_signal(signal.SIGINT)
-                assert await first.close_code() == 1001
-                assert await second.close_code() == 1001
+                tracker.process.send_signal(stop)
+                assert await first.close_frame() == (1001, "server shutting down")
+                assert await second.close_frame() == (1001, "server shutting down")
             with anyio.fail_after(5):
                 assert await tracker.process.wait() == 0
+            assert tracker.process.stderr is not None
+            errors = b"".join([chunk async for chunk in tracker.process.stderr]).decode()
+            assert "Traceback" not in errors, errors
+
+
+@pytest.mark.anyio
+async def test_a_client_without_origin_connects_with_the_authorization_header() -> None:
+    # What the tutorial tells scripts and services to do: they send no Origin.
+    with anyio.fail_after(TIMEOUT):
+        async with running() as tracker:
+            alice = await tracker.login("alice")
+            async with connect(
+                "ws" + tracker.origin.removeprefix("http") + "/ws",
+                subprotocols=[Subprotocol("roomcast.v1")],
+                additional_headers={"Authorization": f"Bearer {alice}"},
+                open_timeout=TIMEOUT,
+            ) as websocket:
+                ack = await Peer(websocket).next("connection.ack")
+            assert ack["payload"]["userId"] == "alice"

@@ -16,8 +16,10 @@ from roomcast import (
     HeartbeatPolicy,
     History,
     Hub,
+    HubNotRunning,
     Principal,
     RateLimit,
+    RoomcastError,
     RoomOptions,
 )
 from roomcast.backends.memory import MemoryBackend
@@ -340,6 +342,31 @@ async def test_publish_rejects_bad_arguments(hub: Hub) -> None:
         await hub.publish("room:a", "a.b", {"x": float("nan")})
     with pytest.raises(ValueError, match="JSON"):
         await hub.publish("room:a", "a.b", object())
+
+
+SENDS = {
+    "publish": lambda hub: hub.publish("chat:general", "chat.message", {"text": "hi"}),
+    "send_to_user": lambda hub: hub.send_to_user("u1", "notification", {}),
+    "send_to_client": lambda hub: hub.send_to_client("abc.def", "notification", {}),
+}
+
+
+@pytest.mark.parametrize("send", list(SENDS))
+async def test_sending_on_a_hub_that_was_never_started_raises(send: str) -> None:
+    hub = Hub()
+    with pytest.raises(HubNotRunning, match="async with hub") as caught:
+        await SENDS[send](hub)
+    assert isinstance(caught.value, RoomcastError)
+    assert isinstance(caught.value, RuntimeError)
+    assert f"Hub.{send}()" in str(caught.value)
+
+
+@pytest.mark.parametrize("send", list(SENDS))
+async def test_sending_on_a_closed_hub_raises(send: str) -> None:
+    async with Hub() as hub:
+        await SENDS[send](hub)  # running: accepted
+    with pytest.raises(HubNotRunning, match="shut down"):
+        await SENDS[send](hub)
 
 
 def test_hub_rejects_bad_configuration() -> None:

@@ -275,16 +275,51 @@ def test_namespace_authorizer_rejects_bad_rules() -> None:
         ("http://app.example.com",),
         ("https://app.example.com:8443",),
         ("null",),
-        (),
         ("https://app.example.com", "https://app.example.com"),
+        ("https://app.example.com", "https://evil.example.com"),
     ],
 )
-async def test_origin_must_match_the_allowlist_exactly(origins: tuple[str, ...]) -> None:
-    async with Hub(allowed_origins=["https://app.example.com"]) as hub:
+@pytest.mark.parametrize("allow_missing_origin", [True, False])
+async def test_origin_must_match_the_allowlist_exactly(
+    origins: tuple[str, ...], allow_missing_origin: bool
+) -> None:
+    async with Hub(
+        allowed_origins=["https://app.example.com"], allow_missing_origin=allow_missing_origin
+    ) as hub:
         refused = await hub.admit(handshake(headers=tuple(("origin", o) for o in origins)))
         assert (refused.status, refused.close_code) == (403, 1008)
+        assert refused.reason == "origin not allowed"
         accepted = await hub.admit(handshake(headers=(("origin", "https://app.example.com"),)))
         assert accepted.accepted
+        assert hub.stats().origin_refusals == 1
+
+
+async def test_a_handshake_without_origin_is_not_a_browser_and_is_admitted() -> None:
+    async with Hub(allowed_origins=["https://app.example.com"]) as hub:
+        assert (await hub.admit(handshake())).accepted
+        assert hub.stats().origin_refusals == 0
+
+
+async def test_a_handshake_without_origin_is_refused_when_origin_is_required() -> None:
+    async with Hub(allowed_origins=["https://app.example.com"], allow_missing_origin=False) as hub:
+        refused = await hub.admit(handshake())
+        assert (refused.status, refused.close_code, refused.reason) == (
+            403,
+            1008,
+            "origin required",
+        )
+        assert hub.stats().origin_refusals == 1
+
+
+async def test_allow_missing_origin_has_no_effect_without_an_allowlist() -> None:
+    async with Hub(allow_missing_origin=False) as hub:
+        assert (await hub.admit(handshake())).accepted
+
+
+@pytest.mark.parametrize("bad", [None, 0, 1, "no"])
+def test_allow_missing_origin_must_be_a_bool(bad: object) -> None:
+    with pytest.raises(TypeError, match="allow_missing_origin"):
+        Hub(allow_missing_origin=bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bad", ["app.example.com", "https://app.example.com/", "ftp://x", ""])

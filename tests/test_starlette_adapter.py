@@ -454,6 +454,29 @@ async def test_lifespan_runs_the_hub_while_the_app_runs() -> None:
         await eventually(lambda: not hub.running)
 
 
+@pytest.mark.parametrize("anyio_backend", [pytest.param("asyncio", id="uvicorn-asyncio")])
+@pytest.mark.parametrize("ws", ["none", "auto-without-a-library"])
+async def test_lifespan_fails_the_startup_of_a_uvicorn_without_websocket_support(
+    ws: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if ws != "none":
+        # What `pip install uvicorn` gives: neither websockets nor wsproto to pick.
+        import uvicorn.protocols.websockets.auto as auto
+
+        monkeypatch.setattr(auto, "AutoWebSocketsProtocol", None)
+        ws = "auto"
+    hub = Hub()
+    config = uvicorn.Config(
+        starlette_app(hub), host="127.0.0.1", port=0, log_config=None, lifespan="on", ws=ws
+    )
+    with anyio.fail_after(TIMEOUT), pytest.raises(SystemExit) as exited:
+        await uvicorn.Server(config).serve()
+    assert exited.value.code == 3  # uvicorn's status for a failed startup
+    assert "without WebSocket support" in caplog.text
+    assert "pip install 'uvicorn[standard]'" in caplog.text
+    assert not hub.running
+
+
 async def test_endpoint_negotiates_roomcast_v1_and_sends_connection_ack() -> None:
     hub = Hub()
     with anyio.fail_after(TIMEOUT):

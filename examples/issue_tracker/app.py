@@ -1,13 +1,16 @@
 """An issue tracker whose pages update live: the roomcast showcase app.
 
-Run it from a checkout of the repository (after ``pip install -e ".[starlette]" uvicorn``)::
+Run it from a checkout of the repository, after ``pip install -e ".[examples]"`` (which
+brings uvicorn with a WebSocket implementation)::
 
     python examples/issue_tracker/app.py
 
 then open http://127.0.0.1:8000/ in two browser windows and sign in as alice in one
 and bob in the other (carol is in another team). ``--host`` and ``--port`` choose the
 address (``--port 0`` picks a free port and prints it); ``--token-ttl 90`` shows a
-token refresh half a minute after signing in. Everything is kept in memory.
+token refresh 72 seconds after signing in (pages refresh at 80 % of a token's lifetime).
+Ctrl-C or SIGTERM closes every page with 1001 and exits with status 0. Everything is
+kept in memory.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import secrets
+import signal
 import socket
 import time
 from collections.abc import Sequence
@@ -183,6 +187,7 @@ def create_app(*, secret: bytes, origins: Sequence[str], token_ttl: int) -> tupl
                 "token": jwt.encode(claims, secret, algorithm="HS256"),
                 "user": user,
                 "expiresAt": expires * 1000,
+                "expiresIn": token_ttl,
                 "teams": teams,
             }
         )
@@ -395,8 +400,13 @@ if __name__ == "__main__":
     )
     args = parser.parse_args()
     if args.token_ttl < 61:
-        # Pages are warned a minute before expiry; shorter tokens would be warned at once.
+        # The hub sends token.expiring a minute before expiry: shorter tokens would be
+        # warned as soon as they are issued.
         parser.error("--token-ttl must be at least 61 seconds")
-    # uvicorn shuts down on Ctrl-C, then raises it again for the default handler.
+    # --8<-- [start:signals]
+    # uvicorn shuts down on Ctrl-C and on SIGTERM, then raises the signal again for the
+    # handler it found: make both a KeyboardInterrupt, which ends the program quietly.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with contextlib.suppress(KeyboardInterrupt):
         main(args.host, args.port, args.token_ttl, args.origin)
+    # --8<-- [end:signals]

@@ -1,7 +1,9 @@
 """Room-based WebSocket pub/sub on anyio.
 
 Adapters live in submodules imported on demand: ``roomcast.websockets``
-(extra ``websockets``), and the test kit in ``roomcast.testing``.
+(extra ``websockets``), ``roomcast.starlette`` for Starlette and FastAPI (extra
+``starlette``) and ``roomcast.aiohttp`` (extra ``aiohttp``); the test kit is
+``roomcast.testing``.
 """
 
 from .auth import ANONYMOUS as ANONYMOUS
@@ -25,6 +27,7 @@ from .exceptions import BackendError as BackendError
 from .exceptions import ConnectionClosed as ConnectionClosed
 from .exceptions import ConnectionClosedError as ConnectionClosedError
 from .exceptions import ConnectionClosedOK as ConnectionClosedOK
+from .exceptions import HubNotRunning as HubNotRunning
 from .exceptions import LocalProtocolError as LocalProtocolError
 from .exceptions import PermissionDenied as PermissionDenied
 from .exceptions import ProtocolError as ProtocolError
@@ -78,6 +81,7 @@ __all__ = [
     "HeartbeatPolicy",
     "History",
     "Hub",
+    "HubNotRunning",
     "HubStatistics",
     "KeyedRateLimiter",
     "LocalProtocolError",

@@ -12,7 +12,9 @@ Every error roomcast raises through its public API derives from one root::
     ├── AuthenticationError           credentials missing, invalid or expired
     ├── PermissionDenied              the authorizer refused an action on a room
     ├── RateLimited                   over a rate limit (``retry_after`` seconds)
-    └── BackendError                  the broker behind a backend failed
+    ├── BackendError                  the broker behind a backend failed
+    └── HubNotRunning                 the hub was asked to send while not running
+                                      (also a ``RuntimeError``)
 
 Bad arguments to roomcast's own functions raise :class:`ValueError` or
 :class:`TypeError`, never one of these.
@@ -28,6 +30,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
+    "HubNotRunning",
     "LocalProtocolError",
     "PermissionDenied",
     "ProtocolError",
@@ -136,3 +139,17 @@ class RateLimited(RoomcastError):
 
 class BackendError(RoomcastError):
     """The broker behind a backend failed."""
+
+
+class HubNotRunning(RoomcastError, RuntimeError):
+    """The hub was asked to publish or send while it is not running.
+
+    Raised by [`Hub.publish`][roomcast.hub.Hub.publish],
+    [`Hub.send_to_user`][roomcast.hub.Hub.send_to_user] and
+    [`Hub.send_to_client`][roomcast.hub.Hub.send_to_client] before the hub is
+    started and from the moment it starts shutting down, so that an event
+    nobody could receive is never reported as sent. Start the hub with
+    ``async with hub:`` or the adapter's lifespan (``roomcast.starlette.lifespan``,
+    ``roomcast.aiohttp.cleanup_ctx``). It is also a ``RuntimeError``: it means
+    the application called the hub at the wrong time.
+    """

@@ -31,7 +31,12 @@ from .backends.base import Backend, PresenceEntry, Publication
 from .backends.memory import MemoryBackend
 from .client import CLOSE_SLOW_CONSUMER, Client, ClientId
 from .clock import Clock, SystemClock
-from .exceptions import AuthenticationError, ConnectionClosed, RemoteProtocolError
+from .exceptions import (
+    AuthenticationError,
+    ConnectionClosed,
+    HubNotRunning,
+    RemoteProtocolError,
+)
 from .heartbeat import Heartbeat, HeartbeatPolicy
 from .limits import ConnectionLimits, ConnectionTracker
 from .options import DEFAULT_MAX_QUEUE, RateLimit, RoomOptions, SlowConsumerPolicy
@@ -226,8 +231,15 @@ class Hub:
         auth_timeout: seconds a connection without credentials in its handshake
             has to send an ``auth`` frame (close 4008 after).
         bad_request_limit: malformed requests per minute before close 1008.
-        allowed_origins: when set, only handshakes whose ``Origin`` is exactly
-            one of these (``scheme://host[:port]``) are accepted; others get 403.
+        allowed_origins: when set, a handshake that carries an ``Origin`` is
+            accepted only when it carries exactly one, equal to one of these
+            (``scheme://host[:port]``); others get 403. Browsers always send
+            ``Origin``, so a handshake without one is not a browser's: see
+            ``allow_missing_origin``.
+        allow_missing_origin: with ``allowed_origins`` set, whether a handshake
+            with no ``Origin`` header (a server, a mobile app, a command-line
+            client) is admitted (default) or refused with 403. Without
+            ``allowed_origins`` it has no effect.
         token_sources: where a token is looked for in the handshake (default:
             ``Sec-WebSocket-Protocol`` bearer entry and ``Authorization`` header;
             cookie and query string only when named).
@@ -262,6 +274,7 @@ class Hub:
         auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
         bad_request_limit: int = DEFAULT_BAD_REQUEST_LIMIT,
         allowed_origins: Iterable[str] | None = None,
+        allow_missing_origin: bool = True,
         token_sources: TokenSources | None = None,
         limits: ConnectionLimits | None = None,
         token_expiry_warning: float = DEFAULT_TOKEN_EXPIRY_WARNING,
@@ -295,6 +308,11 @@ class Hub:
                 raise ValueError(f"namespace {namespace!r} must be non-empty and contain no ':'")
             self._namespaces[namespace] = options
         self._allowed_origins = None if allowed_origins is None else _origins(allowed_origins)
+        if not isinstance(allow_missing_origin, bool):
+            raise TypeError(
+                f"allow_missing_origin must be True or False, got {allow_missing_origin!r}"
+            )
+        self.allow_missing_origin = allow_missing_origin
         if (
             not isinstance(token_expiry_grace, (int, float))
             or not 0 <= token_expiry_grace < math.inf
@@ -449,10 +467,12 @@ class Hub:
             The message id.
 
         Raises:
+            HubNotRunning: the hub is not started, or is shutting down.
             ValueError: a room name or the type is invalid, or the payload is
                 not JSON-serializable.
             BackendError: the backend could not send it.
         """
+        self._check_running("publish")
         names = (rooms,) if isinstance(rooms, str) else tuple(dict.fromkeys(rooms))
         for name in names:
             validate_room(name)
@@ -475,8 +495,10 @@ class Hub:
             The message id.
 
         Raises:
+            HubNotRunning: the hub is not started, or is shutting down.
             ValueError: the type is invalid or the payload is not JSON-serializable.
         """
+        self._check_running("send_to_user")
         if not isinstance(user_id, str) or not user_id:
             raise ValueError("user_id must be a non-empty string")
         validate_event_type(type)
@@ -491,14 +513,30 @@ class Hub:
             The message id.
 
         Raises:
+            HubNotRunning: the hub is not started, or is shutting down.
             ValueError: the type is invalid or the payload is not JSON-serializable.
         """
+        self._check_running("send_to_client")
         validate_event_type(type)
         node, dot, _ = client_id.partition(".")
         publication = self._publication(None, type, dumps(payload), None, frozenset(), True)
         if dot:
             await self._backend.publish("node", node, publication._replace(client=client_id), None)
         return publication.id
+
+    def _check_running(self, method: str) -> None:
+        if self._state == "running":
+            return
+        if self._state == "new":
+            raise HubNotRunning(
+                f"Hub.{method}() on a hub that is not running: start it first, with "
+                "`async with hub:` or the adapter's lifespan "
+                "(roomcast.starlette.lifespan, roomcast.aiohttp.cleanup_ctx)"
+            )
+        raise HubNotRunning(
+            f"Hub.{method}() on a hub that is shut down or shutting down: publish only "
+            "inside `async with hub:` (or while the adapter's lifespan runs)"
+        )
 
     def disconnect_user(self, user_id: str, code: int = 1000, reason: str = "") -> int:
         """Close every connection of ``user_id`` on this node, e.g. on logout; return how many.
@@ -661,8 +699,10 @@ class Hub:
     async def admit(self, handshake: Handshake) -> Admission:
         """Decide whether to accept an opening handshake, before the adapter accepts it.
 
-        Checks, in order: the hub is running (else 503); the ``Origin`` is in
-        ``allowed_origins`` when one is set (else 403); the client address has
+        Checks, in order: the hub is running (else 503); when
+        ``allowed_origins`` is set, the handshake carries exactly one
+        ``Origin`` and it is in the list, or carries none and
+        ``allow_missing_origin`` is on (else 403); the client address has
         not failed authentication too often (else 429) nor has too many
         connections open (else 503); credentials carried by the handshake
         (see ``token_sources``) are valid (else 401, or 401 with close code
@@ -677,10 +717,10 @@ class Hub:
         if self._state != "running":
             return Admission(503, "server shutting down", close_code=_CLOSE_GOING_AWAY)
         if self._allowed_origins is not None:
-            origins = handshake.header_values("origin")
-            if len(origins) != 1 or origins[0] not in self._allowed_origins:
+            why = self._origin_refusal(handshake.header_values("origin"), self._allowed_origins)
+            if why is not None:
                 self._counters.origin_refusals += 1
-                return Admission(403, "origin not allowed")
+                return Admission(403, why)
         ip = handshake.client_host
         refusal = self._tracker.ip_refusal(ip, self._clock.now())
         if refusal is not None:
@@ -700,6 +740,19 @@ class Hub:
             self._counters.limit_refusals += 1
             return Admission(503, "too many connections for this user")
         return Admission(101, principal=principal, subprotocol=subprotocol)
+
+    def _origin_refusal(self, origins: list[str], allowed: frozenset[str]) -> str | None:
+        """Why a handshake with these ``Origin`` values is refused, or ``None``.
+
+        Browsers send ``Origin`` on every WebSocket handshake (RFC 6455,
+        section 4.1), so a handshake without one is not a cross-site request
+        from a browser; any other client can send whatever ``Origin`` it likes.
+        """
+        if not origins:
+            return None if self.allow_missing_origin else "origin required"
+        if len(origins) == 1 and origins[0] in allowed:
+            return None
+        return "origin not allowed"
 
     def _auth_failed(self, ip: str | None, exc: AuthenticationError) -> None:
         self._counters.auth_failures += 1

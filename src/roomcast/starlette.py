@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import types
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine, Generator
@@ -289,6 +290,9 @@ class _Lifespan:
         return self
 
     async def __aenter__(self) -> None:
+        problem = _server_websocket_problem()
+        if problem is not None:
+            raise RuntimeError(problem)
         await self._hub.__aenter__()
 
     async def __aexit__(
@@ -308,8 +312,57 @@ def lifespan(hub: Hub) -> Callable[[object], AbstractAsyncContextManager[None]]:
     close open WebSockets before the lifespan ends (uvicorn with 1012); call
     ``await hub.aclose()`` before the server shuts down to say goodbye first,
     as the examples do.
+
+    At startup it checks that the server can serve WebSockets at all: uvicorn
+    installed without a WebSocket library (``pip install uvicorn`` alone
+    brings none) or run with ``--ws none`` answers every handshake with 404.
+    The lifespan then fails, and the server does not start, with a
+    ``RuntimeError`` that says what to install.
+
+    Raises:
+        RuntimeError: (on startup) the server running the application cannot
+            accept WebSocket connections.
     """
     return _Lifespan(hub)
+
+
+#: The module of uvicorn's lifespan runner, whose ``main()`` calls the application.
+_UVICORN_LIFESPAN = "uvicorn.lifespan.on"
+#: How many frames up the lifespan runner may be (middleware, Starlette, FastAPI).
+_MAX_FRAMES = 100
+
+
+def _server_websocket_problem() -> str | None:
+    """Why the server running this lifespan cannot accept WebSockets, or ``None``.
+
+    Only uvicorn can be asked: ASGI tells an application nothing about the
+    server's WebSocket support until a handshake arrives, and uvicorn answers
+    handshakes itself, with 404, when it has no WebSocket implementation
+    (``Config.ws_protocol_class`` is ``None``: ``ws="auto"`` found neither
+    ``websockets`` nor ``wsproto``, or ``ws="none"``). Its lifespan runner,
+    which calls the application, holds the server's config; it is found by
+    walking up the frames that await this lifespan.
+    """
+    if _UVICORN_LIFESPAN not in sys.modules:
+        return None
+    frame = sys._getframe(1)
+    for _ in range(_MAX_FRAMES):
+        if frame.f_globals.get("__name__") == _UVICORN_LIFESPAN:
+            config = getattr(frame.f_locals.get("self"), "config", None)
+            if config is None or not hasattr(config, "ws_protocol_class"):
+                return None
+            if config.ws_protocol_class is not None:
+                return None
+            return (
+                "uvicorn is serving this application without WebSocket support, so it "
+                "would answer every WebSocket handshake with 404. Install a WebSocket "
+                "implementation for it: pip install 'uvicorn[standard]' (or 'websockets', "
+                "or 'wsproto'), and do not run it with --ws none."
+            )
+        if frame.f_back is None:
+            return None
+        frame = frame.f_back
+    return None
 
 
 def _handshake(websocket: WebSocket) -> Handshake:

@@ -452,7 +452,8 @@ class RecordingAuthenticator:
         return Principal("u1")
 
 
-#: Origin headers a cross-site page, a non-browser client or a proxy might send.
+#: Origin headers a cross-site page or a proxy might send (a handshake with none
+#: is a non-browser client's: see the tests after this one).
 LOOK_ALIKE_ORIGINS: dict[str, list[tuple[str, str]]] = {
     "suffix-domain": [("Origin", "https://app.example.com.evil.com")],
     "other-scheme": [("Origin", "http://app.example.com")],
@@ -460,7 +461,6 @@ LOOK_ALIKE_ORIGINS: dict[str, list[tuple[str, str]]] = {
     "trailing-slash": [("Origin", "https://app.example.com/")],
     "upper-case": [("Origin", "https://APP.example.com")],
     "null": [("Origin", "null")],
-    "missing": [],
     "duplicated-allowed-first": [("Origin", APP_ORIGIN), ("Origin", "https://evil.com")],
     "duplicated-allowed-twice": [("Origin", APP_ORIGIN), ("Origin", APP_ORIGIN)],
 }
@@ -503,6 +503,32 @@ async def test_exactly_the_allowed_origin_is_accepted(kind: ServerKind) -> None:
         async with serving(kind, allowed_origins=[APP_ORIGIN]) as served:
             assert await accepted_user(served, additional_headers=headers) == "alice"
             assert (await served.stats()).origin_refusals == 0
+
+
+@pytest.mark.anyio
+async def test_a_client_that_sends_no_origin_is_accepted_by_default(kind: ServerKind) -> None:
+    # A server, a mobile app or a command-line tool: no Origin, a token in the header.
+    headers = [("Authorization", f"Bearer {token()}")]
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind, allowed_origins=[APP_ORIGIN]) as served:
+            assert await accepted_user(served, additional_headers=headers) == "alice"
+            assert (await served.stats()).origin_refusals == 0
+
+
+@pytest.mark.anyio
+async def test_a_client_that_sends_no_origin_is_refused_when_origin_is_required(
+    kind: ServerKind,
+) -> None:
+    headers = [("Authorization", f"Bearer {token()}")]
+    with anyio.fail_after(TIMEOUT):
+        async with serving(
+            kind, allowed_origins=[APP_ORIGIN], allow_missing_origin=False
+        ) as served:
+            assert await refused_status(served, additional_headers=headers) == 403
+            stats = await served.stats()
+            assert (stats.origin_refusals, stats.auth_failures) == (1, 0)
+            with_origin = [("Origin", APP_ORIGIN), *headers]
+            assert await accepted_user(served, additional_headers=with_origin) == "alice"
 
 
 async def raw_request_lines(headers: list[tuple[str, str]]) -> list[str]:
@@ -834,9 +860,12 @@ async def session_with_tokens_everywhere(served: Served, sources: TokenSources) 
             assert outcome == status
     # Refused for its origin, before the token is read.
     refused = remember(token())
-    assert await refused_status(served, additional_headers=bearer(refused)) == 403
+    cross_site = [("Origin", "https://evil.example.com")]
+    headers = [*cross_site, ("Authorization", f"Bearer {refused}")]
+    assert await refused_status(served, additional_headers=headers) == 403
     if sources.query is not None:
-        assert await refused_status(served, f"{PATH}?{sources.query}={refused}") == 403
+        target = f"{PATH}?{sources.query}={refused}"
+        assert await refused_status(served, target, additional_headers=cross_site) == 403
     async with open_client(served, additional_headers=origin) as client:
         await client.send(json.dumps({"action": "auth", "token": remember(token())}))
         await next_frame(client, "connection.ack")

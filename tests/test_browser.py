@@ -1,0 +1,222 @@
+"""The example pages in a real browser: headless Chromium, driven by Playwright.
+
+Each example runs as its own process on a free port of 127.0.0.1, as its docstring
+says to run it, and the pages talk to it over real HTTP and WebSocket connections.
+The browser is the system's Chromium (Debian's ``chromium`` package), never one that
+Playwright downloads. Without it the tests skip with the reason, except in CI (the
+``CI`` environment variable is set), where they fail: CI installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, Request, Response, WebSocket, expect, sync_playwright
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+#: Seconds for a server to start or stop.
+SERVER_TIMEOUT = 15
+#: Milliseconds any one expectation on a page may wait.
+PAGE_TIMEOUT = 10_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        reason = f"no Chromium at {CHROMIUM}: install Debian's chromium package"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI installs it in .ci/run)")
+        pytest.skip(reason)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextmanager
+def serving(example: str, *args: str) -> Iterator[str]:
+    """Run ``example`` on a free port; yield its URL; stop it with SIGTERM and check it."""
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / example), "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], SERVER_TIMEOUT)
+        assert ready, f"{example} did not start within {SERVER_TIMEOUT} s"
+        url = process.stdout.readline().decode().split()[-1]
+        assert url.startswith("http://127.0.0.1:"), url
+        yield url
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=SERVER_TIMEOUT)
+        assert process.returncode == 0, errors.decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+class Watched:
+    """A page, with what it asked of the network and how its WebSockets went."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.failed: list[str] = []  # responses with a 4xx or 5xx status
+        self.requests: list[str] = []
+        self.sockets: list[WebSocket] = []
+        page.set_default_timeout(PAGE_TIMEOUT)
+        page.on("response", self._on_response)
+        page.on("request", self._on_request)
+        page.on("websocket", self._on_websocket)
+
+    def _on_response(self, response: Response) -> None:
+        if response.status >= 400:
+            self.failed.append(f"{response.status} {response.request.method} {response.url}")
+
+    def _on_request(self, request: Request) -> None:
+        self.requests.append(f"{request.method} {request.url}")
+
+    def _on_websocket(self, socket: WebSocket) -> None:
+        self.sockets.append(socket)
+
+    def requested(self, method: str, path: str) -> int:
+        pattern = re.compile(rf"{method} http://[^/]+{re.escape(path)}")
+        return sum(1 for line in self.requests if pattern.fullmatch(line))
+
+
+@pytest.fixture
+def pages(browser: Browser) -> Iterator[list[Watched]]:
+    """Two pages that share nothing, like two browsers: one context each."""
+    contexts = [browser.new_context(), browser.new_context()]
+    try:
+        yield [Watched(context.new_page()) for context in contexts]
+    finally:
+        for context in contexts:
+            context.close()
+
+
+#: The status of the icon a browser loads for the page: the one its ``<link rel=icon>``
+#: names, or else ``/favicon.ico``. (Headless Chromium loads no icon by itself.)
+ICON_STATUS = """async () => {
+  const link = document.querySelector("link[rel~=icon]");
+  const response = await fetch(link ? link.href : "/favicon.ico");
+  return response.status;
+}"""
+
+
+def icon_status(page: Page) -> int:
+    status: int = page.evaluate(ICON_STATUS)
+    return status
+
+
+def open_sockets(watched: Watched) -> list[str]:
+    return [socket.url for socket in watched.sockets if not socket.is_closed()]
+
+
+# ----------------------------------------------------------------------------- chat
+
+
+@pytest.mark.parametrize(
+    "example", ["chat_starlette.py", "chat_fastapi.py", "chat_websockets.py", "chat_aiohttp.py"]
+)
+def test_two_chat_pages_connect_and_see_each_others_messages(
+    example: str, pages: list[Watched]
+) -> None:
+    first, second = pages
+    with serving(example) as url:
+        for watched in pages:
+            watched.page.goto(url)
+            expect(watched.page.locator("#status")).to_have_text("connected")
+            assert open_sockets(watched) == [url.replace("http", "ws", 1) + "ws"]
+        first.page.fill("#name", "ana")
+        first.page.fill("#text", "hello from the first page")
+        first.page.press("#text", "Enter")
+        expect(second.page.locator("#log")).to_contain_text("hello from the first page")
+        expect(second.page.locator("#log")).to_contain_text("ana")
+        # Each page shows its own message too, without an echo from the server.
+        expect(first.page.locator("#log")).to_contain_text("hello from the first page")
+        assert icon_status(first.page) == 200
+    for watched in pages:
+        assert watched.failed == []
+
+
+# ----------------------------------------------------------------------------- issue tracker
+
+
+@pytest.fixture(scope="module")
+def tracker(browser: Browser) -> Iterator[str]:
+    """The showcase, started only when there is a browser to show it in."""
+    # The shortest token lifetime the example takes: the page must not refresh at once.
+    with serving("issue_tracker/app.py", "--token-ttl", "61") as url:
+        yield url
+
+
+def sign_in(watched: Watched, url: str, user: str) -> None:
+    watched.page.goto(url)
+    watched.page.click(f"[data-user={user}]")
+    expect(watched.page.locator("#status")).to_have_text(f"connected as {user}")
+
+
+def test_the_signed_out_tracker_shows_only_the_sign_in(tracker: str, pages: list[Watched]) -> None:
+    page = pages[0].page
+    page.goto(tracker)
+    expect(page.locator("#login")).to_be_visible()
+    expect(page.locator("#status")).to_have_text("signed out")
+    for hidden in ("#app", "#new-issue", "#issues", "#logout", "#go-offline"):
+        expect(page.locator(hidden)).to_be_hidden()
+    assert pages[0].sockets == []
+
+
+def test_an_issue_created_on_one_page_appears_live_on_another(
+    tracker: str, pages: list[Watched]
+) -> None:
+    alice, bob = pages
+    sign_in(alice, tracker, "alice")
+    sign_in(bob, tracker, "bob")
+    for watched in pages:
+        expect(watched.page.locator("#new-issue")).to_be_visible()
+        assert open_sockets(watched) == [tracker.replace("http", "ws", 1) + "ws"]
+    alice.page.fill("#title", "Typing lags in the editor")
+    alice.page.click("#new-issue button")
+    expect(bob.page.locator("#issues")).to_contain_text("Typing lags in the editor")
+    expect(alice.page.locator("#issues")).to_contain_text("Typing lags in the editor")
+    assert icon_status(alice.page) == 200
+    for watched in pages:
+        assert watched.failed == []
+
+
+def test_a_short_lived_token_is_not_refreshed_every_second(
+    tracker: str, pages: list[Watched]
+) -> None:
+    # The server warns a minute before expiry: at once, for a 61-second token. The
+    # page refreshes at 80 % of the lifetime instead, here after about 49 seconds.
+    watched = pages[0]
+    sign_in(watched, tracker, "alice")
+    watched.page.wait_for_timeout(3_000)
+    assert watched.requested("POST", "/api/login") == 1
+    expect(watched.page.locator("#status")).to_have_text("connected as alice")
+    expect(watched.page.locator("#notes")).not_to_contain_text("token refreshed")
