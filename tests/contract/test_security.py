@@ -20,7 +20,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from importlib.metadata import version
 from typing import Any, Literal
 
@@ -730,6 +730,91 @@ async def test_connections_waiting_for_auth_count_against_the_per_address_cap(
             open_client(served),
         ):
             assert await refused_status(served) == 503
+
+
+def bad_token(n: int) -> str:
+    """A token that verifies but for its audience: a failed authentication."""
+    return token(sub=f"guess-{n}", aud="another-service")
+
+
+async def lock_out(served: Served) -> None:
+    """Spend the address's failure budget (10 a minute) with bad handshakes."""
+    for n in range(10):
+        assert await refused_status(served, additional_headers=bearer(bad_token(n))) == 401
+    assert await refused_status(served) == 429
+
+
+@pytest.mark.anyio
+async def test_auth_frames_draw_on_the_failed_authentication_budget(kind: ServerKind) -> None:
+    # Sockets opened without credentials are admitted while nothing has failed;
+    # their auth frames must not get past the budget the handshake respects.
+    with anyio.fail_after(TIMEOUT * 2):
+        async with serving(kind) as served, AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(open_client(served)) for _ in range(30)]
+            codes = []
+            for n, client in enumerate(clients):
+                await client.send(json.dumps({"action": "auth", "token": bad_token(n)}))
+                codes.append((await frames_until_close(client))[1])
+            assert codes == [4001] * 10 + [1013] * 20
+            stats = await eventually(served, lambda stats: stats.clients == 0)
+            assert (stats.auth_failures, stats.limit_refusals) == (10, 20)
+            # A valid token gets no further: the address is locked out everywhere.
+            assert await refused_status(served, additional_headers=bearer(token())) == 429
+
+
+@pytest.mark.anyio
+async def test_auth_frame_from_a_locked_out_address_closes_1013_unverified(
+    kind: ServerKind,
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served, open_client(served) as waiting:
+            await lock_out(served)
+            # Admitted before the lockout; even a valid token is not verified now.
+            await waiting.send(json.dumps({"action": "auth", "token": token()}))
+            assert await frames_until_close(waiting) == ([], 1013)
+            stats = await eventually(served, lambda stats: stats.clients == 0)
+            assert (stats.auth_failures, stats.connections_total) == (10, 0)
+
+
+@pytest.mark.anyio
+async def test_refresh_from_a_locked_out_address_is_not_verified(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(kind) as served,
+            open_client(served, additional_headers=bearer(token())) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            await lock_out(served)
+            answers = []
+            for ref, value in enumerate([bad_token(99), token(), token(sub="mallory")]):
+                reply = await request(client, {"action": "refresh", "token": value, "ref": ref})
+                assert reply["ok"] is False
+                assert reply["error"]["retryAfterMs"] > 0
+                answers.append((reply["error"]["code"], reply["error"]["message"]))
+            # The same answer for an invalid, a valid and another user's token.
+            assert answers == [("rate_limited", "too many failed authentications")] * 3
+            assert await still_open(client)
+            stats = await served.stats()
+            assert (stats.auth_failures, stats.limit_refusals) == (10, 4)
+
+
+@pytest.mark.anyio
+async def test_failed_refreshes_spend_the_failed_authentication_budget(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(kind) as served,
+            open_client(served, additional_headers=bearer(token())) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            codes = []
+            for n in range(15):
+                refresh = {"action": "refresh", "token": bad_token(n), "ref": n}
+                reply = await request(client, refresh)
+                codes.append(reply["error"]["code"])
+            assert codes == ["unauthorized"] * 10 + ["rate_limited"] * 5
+            assert await refused_status(served, additional_headers=bearer(token())) == 429
+            stats = await served.stats()
+            assert (stats.auth_failures, stats.clients) == (10, 1)
 
 
 # ----------------------------------------------------------------------------- logs
