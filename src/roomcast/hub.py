@@ -26,6 +26,7 @@ from .auth import (
     Principal,
     TokenSources,
     as_authorizer,
+    check_principal,
 )
 from .backends.base import Backend, PresenceEntry, Publication
 from .backends.memory import MemoryBackend
@@ -215,6 +216,9 @@ class Hub:
 
     Args:
         authenticator: identifies connections (default: everyone anonymous).
+            A principal it returns that the hub cannot carry (see
+            [`check_principal`][roomcast.auth.check_principal]) is refused like
+            invalid credentials: 401, or close 4001.
         authorizer: decides subscribe/publish/presence per room; an
             :class:`~roomcast.Authorizer` or a function ``(principal, action, room)``
             returning ``bool`` (or an awaitable of it). Default:
@@ -712,8 +716,8 @@ class Hub:
         return Admission(101, principal=principal, subprotocol=subprotocol)
 
     async def _verify(self, handshake: Handshake, token: str | None) -> Principal:
-        """Ask the authenticator who the credentials name."""
-        return await self._authenticator.authenticate(handshake, token)
+        """Ask the authenticator, and refuse a principal the hub could not serve."""
+        return check_principal(await self._authenticator.authenticate(handshake, token))
 
     def _auth_failed(self, ip: str | None, exc: AuthenticationError) -> None:
         self._counters.auth_failures += 1

@@ -80,7 +80,8 @@ class JWTAuthenticator:
         issuer: the accepted ``iss`` value(s); ``None`` skips the check.
         leeway: seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``.
         require: claims every token must carry.
-        user_claim: the claim that names the user; it must be a non-empty string.
+        user_claim: the claim that names the user; it must be a non-empty string
+            of at most 256 characters, without lone surrogates.
         jwks_url: the ``http(s)`` URL of the issuer's JSON Web Key Set; tokens must
             then name their key with a ``kid`` header. The set is refetched when a
             token names an unknown ``kid`` and once it is :data:`JWKS_LIFESPAN`
@@ -218,27 +219,22 @@ class JWTAuthenticator:
                     "enforce_minimum_key_length": True,
                 },
             )
-            return self._principal(payload)
         except jwt.ExpiredSignatureError as exc:
             logger.debug("token refused: %s", type(exc).__name__)
             raise AuthenticationError("token expired", close_code=4002, status=401) from exc
         except _INVALID_TOKEN_ERRORS as exc:
             logger.debug("token refused: %s", type(exc).__name__)
             raise AuthenticationError("invalid token") from exc
+        return self._principal(payload)
 
     def _principal(self, payload: Mapping[str, Any]) -> Principal:
-        user_id = payload.get(self._user_claim)
-        if not isinstance(user_id, str) or not user_id:
-            raise jwt.InvalidTokenError(f"the {self._user_claim} claim must be a non-empty string")
-        expires_at = None
-        if "exp" in payload:
-            exp = payload["exp"]
-            # RFC 7519 §2: NumericDate is a JSON number; pyjwt also takes strings.
-            if isinstance(exp, bool) or not isinstance(exp, (int, float)):
-                raise jwt.InvalidTokenError("the exp claim must be a number")
-            # float() overflows on integers past 1e308, which pyjwt's int() allows.
-            expires_at = float(exp)
-        return Principal(user_id, claims=dict(payload), expires_at=expires_at)
+        # The token verified, but its claims are still input: a user id or an
+        # expiry the hub cannot carry is refused like a bad signature.
+        try:
+            return Principal.from_claims(payload, user_claim=self._user_claim)
+        except AuthenticationError as exc:
+            logger.debug("token refused: %s", type(exc).__name__)
+            raise
 
     async def _jwks_key(self, header: Mapping[str, Any]) -> jwt.PyJWK:
         kid = header.get("kid")

@@ -302,6 +302,38 @@ async def test_attack_token_in_the_auth_frame_closes_the_connection(
             assert (stats.connections_total, stats.clients) == (0, 0)
 
 
+#: Tokens the issuer signed whose claims the hub cannot carry, and the close reason.
+UNSERVABLE_CLAIMS: dict[str, tuple[dict[str, Any], str]] = {
+    "exp-1.5e308": ({"exp": 1.5e308}, "invalid exp claim: out of range"),
+    "exp-past-year-9999": ({"exp": 253_402_300_800}, "invalid exp claim: out of range"),
+    "sub-lone-surrogate": ({"sub": "\ud800"}, "invalid sub claim: not valid Unicode"),
+    "sub-over-256-characters": (
+        {"sub": "a" * 257},
+        "invalid sub claim: longer than 256 characters",
+    ),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("case", list(UNSERVABLE_CLAIMS))
+async def test_signed_token_with_unservable_claims_is_refused_401_and_4001(
+    kind: ServerKind, case: str
+) -> None:
+    overrides, reason = UNSERVABLE_CLAIMS[case]
+    unservable = token(**overrides)
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served:
+            assert await refused_status(served, additional_headers=bearer(unservable)) == 401
+            async with open_client(served) as client:
+                await client.send(json.dumps({"action": "auth", "token": unservable}))
+                assert await frames_until_close(client) == ([], 4001)
+                assert client.close_reason == reason
+            # The hub is unharmed.
+            assert await accepted_user(served, additional_headers=bearer(token())) == "alice"
+            stats = await eventually(served, lambda stats: stats.clients == 0)
+            assert (stats.auth_failures, stats.connections_total) == (2, 1)
+
+
 @pytest.mark.anyio
 async def test_hmac_token_signed_with_the_rsa_public_key_is_refused(kind: ServerKind) -> None:
     # The classic key confusion: a verifier that let the token choose HS256
