@@ -26,7 +26,14 @@ from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 import roomcast.jwt
-from roomcast import AuthenticationError, ConnectionClosed, Handshake, Hub, Principal
+from roomcast import (
+    AuthenticationError,
+    ConnectionClosed,
+    Handshake,
+    HeartbeatPolicy,
+    Hub,
+    Principal,
+)
 from roomcast.jwt import MAX_TOKEN_LENGTH, JWTAuthenticator
 from roomcast.testing import ManualClock, TestClient
 
@@ -257,6 +264,15 @@ def test_matching_audience_and_issuer_are_accepted() -> None:
 def test_expired_token_within_leeway_is_accepted() -> None:
     token = hs256(claims(exp=int(time.time()) - 10))
     assert accept(hs_authenticator(leeway=60), token).user_id == "alice"
+
+
+def test_expiry_includes_the_leeway() -> None:
+    # The moment the token stops being accepted, which is when the hub closes
+    # a live connection: one rule at the handshake and afterwards.
+    expires = int(time.time()) + 600
+    principal = accept(hs_authenticator(leeway=30), hs256(claims(exp=expires)))
+    assert principal.expires_at == expires + 30
+    assert principal.claims["exp"] == expires
 
 
 # ----------------------------------------------------------------------------- refused tokens
@@ -775,6 +791,38 @@ async def test_hub_accepts_a_first_message_auth_frame() -> None:
         async with TestClient(hub, auth_token=hs256(claims(exp=expires))) as client:
             assert client.ack["payload"]["userId"] == "alice"
             assert client.ack["payload"]["expiresAt"] == expires * 1000
+
+
+@pytest.mark.anyio
+async def test_hub_keeps_a_token_accepted_within_the_leeway_until_exp_plus_leeway() -> None:
+    clock = ManualClock()
+    expired = time.time() - 2  # two seconds ago: accepted with a leeway of 5
+    quiet = HeartbeatPolicy(interval=3600, timeout=7200)
+    async with Hub(authenticator=hs_authenticator(leeway=5), clock=clock, heartbeat=quiet) as hub:
+        async with TestClient(hub, auth_token=hs256(claims(exp=expired))) as client:
+            assert client.ack["payload"]["expiresAt"] == int((expired + 5) * 1000)
+            await clock.advance(1.5)
+            # Within the warning period from the start, counting down to exp + leeway.
+            warning = await client.receive()
+            assert warning["type"] == "token.expiring"
+            assert 1_000 < warning["payload"]["expiresInMs"] <= 1_500
+            assert (await client.request({"action": "ping"}))["type"] == "pong"
+            assert hub.stats().token_expirations == 0
+            # Wall-clock time passes too: leave slack for a slow machine.
+            await clock.advance(2)
+            assert await client.wait_closed() == 4002
+        assert hub.stats().token_expirations == 1
+
+
+@pytest.mark.anyio
+async def test_refresh_reply_reports_the_expiry_with_the_leeway() -> None:
+    expires = time.time() + 600
+    async with (
+        Hub(authenticator=hs_authenticator(leeway=5)) as hub,
+        TestClient(hub, auth_token=hs256()) as client,
+    ):
+        reply = await client.request({"action": "refresh", "token": hs256(claims(exp=expires))})
+        assert reply["payload"]["expiresAt"] == int((expires + 5) * 1000)
 
 
 @pytest.mark.anyio

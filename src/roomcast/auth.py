@@ -56,8 +56,14 @@ class Principal:
             ``MAX_USER_ID_LENGTH`` (256) characters
             that can be encoded as UTF-8 (no lone surrogates).
         claims: whatever the authenticator learned (JWT claims, session data).
-        expires_at: when the credentials expire, in seconds since the epoch, or
-            ``None``; at most ``MAX_EXPIRES_AT`` (the end of the year 9999).
+        expires_at: the moment the credentials stop being accepted, in seconds
+            since the epoch, or ``None`` when they do not expire; at most
+            ``MAX_EXPIRES_AT`` (the end of the year 9999). The hub reports it to
+            the client as ``expiresAt``, sends ``token.expiring`` before it, and
+            closes the connection with 4002 at ``expires_at`` plus its
+            ``token_expiry_grace``. An authenticator that tolerates clock skew
+            includes it: for a JWT this is ``exp`` plus the leeway, so a token
+            accepted within the leeway is not closed before the leeway is over.
     """
 
     user_id: str | None
@@ -65,17 +71,20 @@ class Principal:
     expires_at: float | None = None
 
     @classmethod
-    def from_claims(cls, claims: Mapping[str, Any], *, user_claim: str = "sub") -> Principal:
+    def from_claims(
+        cls, claims: Mapping[str, Any], *, user_claim: str = "sub", leeway: float = 0.0
+    ) -> Principal:
         """Build the principal that verified token claims name.
 
         Args:
             claims: the token's claims, already verified.
             user_claim: the claim that names the user.
+            leeway: seconds the credentials stay accepted after ``exp``.
 
         Returns:
             A principal whose ``user_id`` is the ``user_claim`` claim, whose
             ``claims`` are a copy of ``claims`` and whose ``expires_at`` is
-            ``exp`` (``None`` without an ``exp`` claim).
+            ``exp + leeway`` (``None`` without an ``exp`` claim).
 
         Raises:
             AuthenticationError: (4001) the user claim is not a valid user id, or
@@ -87,7 +96,7 @@ class Principal:
             raise AuthenticationError(f"invalid {user_claim} claim: {problem}")
         expires_at = None
         if "exp" in claims:
-            expires_at = _expiry(claims["exp"], "exp claim")
+            expires_at = _expiry(_expiry(claims["exp"], "exp claim") + leeway, "exp claim")
         return cls(claims[user_claim], claims=dict(claims), expires_at=expires_at)
 
 

@@ -249,8 +249,9 @@ class Hub:
             per address, queued bytes per client.
         token_expiry_warning: seconds before a token expires that the client
             is sent ``token.expiring``.
-        token_expiry_grace: seconds after expiry before the connection is
-            closed with 4002.
+        token_expiry_grace: seconds after the principal's ``expires_at`` (for
+            a JWT, ``exp`` plus the authenticator's leeway) before the
+            connection is closed with 4002.
         clock: time source (tests pass :class:`~roomcast.testing.ManualClock`).
 
     Raises:

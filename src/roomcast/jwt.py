@@ -65,7 +65,9 @@ class JWTAuthenticator:
     Verifies the signature with a fixed key or with the issuer's JWKS, checks
     ``exp``, ``nbf``, ``iat``, ``aud`` and ``iss``, and returns a
     :class:`~roomcast.Principal` whose ``user_id`` is the ``user_claim`` claim,
-    whose ``claims`` are the token's claims and whose ``expires_at`` is ``exp``.
+    whose ``claims`` are the token's claims and whose ``expires_at`` is ``exp``
+    plus ``leeway``: the moment the token stops being accepted, which is when a
+    live connection that presented it is closed with 4002.
 
     Args:
         key: the verification key: for HMAC (``HS*``) the shared secret, at least
@@ -78,7 +80,8 @@ class JWTAuthenticator:
         audience: the accepted ``aud`` value(s). When ``None``, a token that
             carries an ``aud`` claim is refused.
         issuer: the accepted ``iss`` value(s); ``None`` skips the check.
-        leeway: seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``.
+        leeway: seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``,
+            at the handshake and on the live connection alike.
         require: claims every token must carry.
         user_claim: the claim that names the user; it must be a non-empty string
             of at most 256 characters, without lone surrogates.
@@ -179,7 +182,7 @@ class JWTAuthenticator:
 
         Returns:
             The principal: ``user_id`` from ``user_claim``, every claim, and
-            ``expires_at`` from ``exp`` when the token has one.
+            ``expires_at`` = ``exp`` + ``leeway`` when the token has an ``exp``.
 
         Raises:
             AuthenticationError: with close code 4001 when the token is missing
@@ -231,7 +234,7 @@ class JWTAuthenticator:
         # The token verified, but its claims are still input: a user id or an
         # expiry the hub cannot carry is refused like a bad signature.
         try:
-            return Principal.from_claims(payload, user_claim=self._user_claim)
+            return Principal.from_claims(payload, user_claim=self._user_claim, leeway=self._leeway)
         except AuthenticationError as exc:
             logger.debug("token refused: %s", type(exc).__name__)
             raise

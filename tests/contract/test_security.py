@@ -140,9 +140,9 @@ def signed(header: dict[str, Any], payload: dict[str, Any], secret: bytes = SECR
 LEEWAY = 5
 
 
-def jwt_authenticator() -> JWTAuthenticator:
+def jwt_authenticator(leeway: float = LEEWAY) -> JWTAuthenticator:
     return JWTAuthenticator(
-        SECRET, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER, leeway=LEEWAY
+        SECRET, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER, leeway=leeway
     )
 
 
@@ -652,6 +652,9 @@ async def test_token_in_the_query_is_ignored_by_default(kind: ServerKind) -> Non
 
 # ----------------------------------------------------------------------------- expiry
 
+#: Without leeway, so that a token's life on the connection ends at its ``exp``.
+NO_LEEWAY = {"token_expiry_warning": 0.6, "token_expiry_grace": 0}
+
 
 @pytest.mark.anyio
 async def test_live_connection_is_warned_then_closed_4002_when_its_token_expires(
@@ -659,7 +662,7 @@ async def test_live_connection_is_warned_then_closed_4002_when_its_token_expires
 ) -> None:
     lifetime = 1.2
     with anyio.fail_after(TIMEOUT):
-        async with serving(kind, token_expiry_warning=0.6, token_expiry_grace=0) as served:
+        async with serving(kind, authenticator=jwt_authenticator(leeway=0), **NO_LEEWAY) as served:
             expires_at = time.time() + lifetime
             async with open_client(served, additional_headers=bearer(token(exp=expires_at))) as c:
                 ack = await next_frame(c, "connection.ack")
@@ -679,7 +682,7 @@ async def test_refresh_with_the_same_subject_keeps_the_connection_past_the_old_e
     kind: ServerKind,
 ) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with serving(kind, token_expiry_warning=0.6, token_expiry_grace=0) as served:
+        async with serving(kind, authenticator=jwt_authenticator(leeway=0), **NO_LEEWAY) as served:
             old_expiry = time.time() + 1.2
             headers = bearer(token(exp=old_expiry))
             async with open_client(served, additional_headers=headers) as client:
@@ -699,6 +702,33 @@ async def test_refresh_with_the_same_subject_keeps_the_connection_past_the_old_e
                 assert await still_open(client)
                 stats = await served.stats()
                 assert (stats.token_expirations, stats.members) == (0, {"team:t1": 1})
+
+
+@pytest.mark.anyio
+async def test_token_accepted_within_the_leeway_lives_until_exp_plus_leeway(
+    kind: ServerKind,
+) -> None:
+    leeway = 2.0
+    expired = time.time() - 0.5  # accepted: within the leeway
+    with anyio.fail_after(TIMEOUT):
+        async with serving(
+            kind,
+            authenticator=jwt_authenticator(leeway=leeway),
+            # Warned at once (the hub looks at expiries at least once a second).
+            token_expiry_warning=5,
+            token_expiry_grace=0,
+        ) as served:
+            headers = bearer(token(exp=expired))
+            async with open_client(served, additional_headers=headers) as client:
+                ack = await next_frame(client, "connection.ack")
+                assert ack["payload"]["expiresAt"] == int((expired + leeway) * 1000)
+                warning = await next_frame(client, "token.expiring")
+                assert 0 < warning["payload"]["expiresInMs"] <= 1500
+                assert await frames_until_close(client) == ([], 4002)
+                # Not before the leeway is over.
+                assert time.time() >= expired + leeway
+            stats = await eventually(served, lambda stats: stats.clients == 0)
+            assert stats.token_expirations == 1
 
 
 # ----------------------------------------------------------------------------- limits
