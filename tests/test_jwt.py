@@ -13,8 +13,8 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
 
 import anyio
 import jwt
@@ -534,16 +534,30 @@ def test_arbitrary_signed_claims_only_ever_raise_authentication_error(
 
 
 class JWKSEndpoint:
-    """A key set served over HTTP on 127.0.0.1, counting its requests."""
+    """A key set served over HTTP on 127.0.0.1, counting its requests.
+
+    With ``drip`` set to ``"headers"`` or ``"body"``, that part of the answer
+    is written one byte every :data:`DRIP_INTERVAL` seconds, as a slow or
+    hostile key set endpoint would, until the client goes away or the test
+    ends; ``dripping`` is set once a dripped answer has begun.
+    """
 
     def __init__(self) -> None:
         self.requests = 0
         self.delay = 0.0
         self.body = b'{"keys": []}'
         self.url = ""
+        self.drip: Literal["headers", "body"] | None = None
+        self.dripping = threading.Event()
+        self.closed = threading.Event()
 
     def publish(self, *keys: dict[str, Any]) -> None:
         self.body = json.dumps({"keys": list(keys)}).encode()
+
+
+#: Seconds between two bytes of a dripped answer: each arrives well within any
+#: per-read socket timeout, so only a deadline on the whole fetch ends it.
+DRIP_INTERVAL = 0.1
 
 
 @pytest.fixture
@@ -555,16 +569,34 @@ def jwks() -> Iterator[JWKSEndpoint]:
             endpoint.requests += 1
             time.sleep(endpoint.delay)
             body = endpoint.body
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            head = (
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            )
+            if endpoint.drip is None:
+                self.wfile.write(head + body)
+                return
+            endpoint.dripping.set()
+            if endpoint.drip == "body":
+                self.wfile.write(head)
+                self.drip_out(body)
+            else:
+                self.drip_out(head + body)
+
+        def drip_out(self, data: bytes) -> None:
+            for index in range(len(data)):
+                if endpoint.closed.wait(DRIP_INTERVAL):
+                    return
+                try:
+                    self.wfile.write(data[index : index + 1])
+                    self.wfile.flush()
+                except OSError:  # the client gave up
+                    return
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.timeout = 5
     endpoint.url = f"http://127.0.0.1:{server.server_port}/jwks.json"
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
@@ -572,6 +604,7 @@ def jwks() -> Iterator[JWKSEndpoint]:
     try:
         yield endpoint
     finally:
+        endpoint.closed.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
@@ -767,6 +800,73 @@ async def test_broken_key_set_refuses_and_starts_the_cooldown(
             await authenticator.authenticate(HANDSHAKE, rs256_with_kid("main", "k1"))
         assert caught.value.close_code == 4001
     assert jwks.requests == 1
+
+
+#: A key set of one RSA key is about 500 bytes: dripped, it takes about 50 s.
+SLOW_KEY_SET_BOUND = 5.0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("drip", ["headers", "body"])
+async def test_jwks_timeout_bounds_the_whole_fetch_of_a_dripping_key_set(
+    jwks: JWKSEndpoint, drip: Literal["headers", "body"]
+) -> None:
+    jwks.publish(rsa_jwk("main", "k1"))
+    jwks.drip = drip
+    authenticator = jwks_authenticator(jwks, ManualClock(), jwks_timeout=0.5)
+    started = time.monotonic()
+    with anyio.fail_after(SLOW_KEY_SET_BOUND):
+        with pytest.raises(AuthenticationError) as caught:
+            await authenticator.authenticate(HANDSHAKE, rs256_with_kid("main", "k1"))
+    # A bound, not a benchmark: without a deadline on the whole fetch this
+    # runs into the fail_after above.
+    assert time.monotonic() - started < SLOW_KEY_SET_BOUND
+    assert caught.value.close_code == 4001
+    assert isinstance(caught.value.__cause__, jwt.PyJWKClientConnectionError)
+    assert jwks.dripping.is_set()
+    assert jwks.requests == 1
+
+
+@pytest.mark.anyio
+async def test_cached_kid_login_completes_while_a_fetch_for_an_unknown_kid_stalls(
+    jwks: JWKSEndpoint,
+) -> None:
+    jwks.publish(rsa_jwk("main", "k1"), rsa_jwk("other", "k2"))
+    clock = ManualClock()
+    authenticator = jwks_authenticator(jwks, clock, jwks_cooldown=0, jwks_timeout=30)
+    await authenticator.authenticate(HANDSHAKE, rs256_with_kid("main", "k1"))
+    jwks.drip = "body"
+    stalled_result: list[object] = []
+
+    async def stalled_login() -> None:
+        try:
+            await authenticator.authenticate(HANDSHAKE, rs256_with_kid("rotated", "k3"))
+        except BaseException as exc:
+            stalled_result.append(exc)
+            raise
+
+    with anyio.fail_after(SLOW_KEY_SET_BOUND):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(stalled_login)
+            await anyio.to_thread.run_sync(jwks.dripping.wait)
+            # The fetch for k3 holds the fetch lock; k1 is in the current set.
+            for _ in range(3):
+                principal = await authenticator.authenticate(
+                    HANDSHAKE, rs256_with_kid("main", "k1")
+                )
+                assert principal.user_id == "alice"
+            assert stalled_result == []
+            task_group.cancel_scope.cancel()
+    assert jwks.requests == 2
+
+
+@pytest.mark.anyio
+async def test_key_set_larger_than_the_limit_is_refused(jwks: JWKSEndpoint) -> None:
+    jwks.body = b'{"keys": [' + b" " * roomcast.jwt.MAX_JWKS_BYTES + b"]}"
+    authenticator = jwks_authenticator(jwks, ManualClock())
+    with pytest.raises(AuthenticationError) as caught:
+        await authenticator.authenticate(HANDSHAKE, rs256_with_kid("main", "k1"))
+    assert isinstance(caught.value.__cause__, jwt.PyJWKClientConnectionError)
 
 
 @pytest.mark.anyio
