@@ -11,6 +11,7 @@ arbitrary handshakes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -893,23 +894,28 @@ class Captured(logging.Handler):
         self.records.append(record)
 
 
-#: Server-side loggers and the level each runs at: roomcast at its most
-#: verbose; the frameworks at INFO, where production servers run them (at
-#: DEBUG, the websockets server logs every request header). The test's own
-#: websockets *client* (``websockets.client``) is not listened to.
-SERVER_LOG_LEVELS = {
+#: Levels while logs are captured. The root logger, and so every logger without a
+#: level of its own, at DEBUG: roomcast, and the websockets, aiohttp and
+#: hypercorn servers (whose DEBUG lines include every request header and frame,
+#: hence roomcast.websockets.RedactingLogger). uvicorn's loggers, whose levels
+#: uvicorn sets itself, at INFO, its default: at DEBUG uvicorn logs every request
+#: header, which docs/topics/security.md warns about. The test's own websockets
+#: *client* is not the server and is kept quiet.
+LOG_LEVELS = {
+    "": logging.DEBUG,
     "roomcast": logging.DEBUG,
+    "websockets.server": logging.DEBUG,
+    "aiohttp": logging.DEBUG,
+    "hypercorn.error": logging.DEBUG,
+    "hypercorn.access": logging.DEBUG,
     "uvicorn": logging.INFO,
     "uvicorn.error": logging.INFO,
     "uvicorn.access": logging.INFO,
-    "hypercorn.error": logging.INFO,
-    "hypercorn.access": logging.INFO,
-    "aiohttp": logging.INFO,
-    "websockets.server": logging.INFO,
+    "websockets.client": logging.INFO,
 }
-#: Handlers go on these only: the others' records propagate to one of them.
-#: Not on the root logger, since uvicorn's loggers do not propagate.
-CAPTURED_LOGGERS = ("roomcast", "uvicorn", "hypercorn", "aiohttp", "websockets.server")
+#: Handlers go on the root logger and on the loggers that do not propagate to it
+#: (uvicorn's); every other record reaches the root.
+CAPTURED_LOGGERS = ("", "uvicorn", "uvicorn.access")
 #: The loggers that write a WebSocket request's URL at INFO.
 URL_LOGGERS = ("uvicorn.error", "uvicorn.access", "hypercorn.access", "aiohttp.access")
 
@@ -933,7 +939,7 @@ class RedactQueryToken(logging.Filter):
 def capturing_server_logs(redact_query: str | None = None) -> Iterator[Captured]:
     captured = Captured()
     redact = None if redact_query is None else RedactQueryToken(redact_query)
-    saved = [(logging.getLogger(name), level) for name, level in SERVER_LOG_LEVELS.items()]
+    saved = [(logging.getLogger(name), level) for name, level in LOG_LEVELS.items()]
     previous = [logger.level for logger, _ in saved]
     for logger, level in saved:
         logger.setLevel(level)
@@ -966,8 +972,11 @@ async def session_with_tokens_everywhere(served: Served, sources: TokenSources) 
     origin = [("Origin", APP_ORIGIN)]
     for value, status in ((token(), 101), (token(aud="another-service"), 401)):
         remember(value)
+        bearer_entry = f"roomcast.bearer.{value}"
         attempts = [
-            (PATH, origin, (V1, f"roomcast.bearer.{value}")),
+            (PATH, origin, (V1, bearer_entry)),
+            # Without roomcast.v1: no offered subprotocol is selected.
+            (PATH, origin, (bearer_entry,)),
             (PATH, [*origin, ("Authorization", f"Bearer {value}")], (V1,)),
         ]
         if sources.cookie is not None:
@@ -979,6 +988,17 @@ async def session_with_tokens_everywhere(served: Served, sources: TokenSources) 
                 served, target, additional_headers=headers, subprotocols=offered
             )
             assert outcome == status
+        # The bearer entry in a Sec-WebSocket-Protocol header of its own, before
+        # the one offering roomcast.v1. Only the logs matter here: this client,
+        # which offered no subprotocol itself, refuses a server that selects one.
+        separate = [
+            *origin,
+            ("Sec-WebSocket-Protocol", bearer_entry),
+            ("Sec-WebSocket-Protocol", V1),
+        ]
+        with contextlib.suppress(InvalidHandshake):
+            async with connect(served.url, additional_headers=separate, open_timeout=TIMEOUT):
+                pass
     # Refused for its origin, before the token is read.
     refused = remember(token())
     assert await refused_status(served, additional_headers=bearer(refused)) == 403
@@ -1002,9 +1022,11 @@ async def session_with_tokens_everywhere(served: Served, sources: TokenSources) 
 
 
 def leaks(records: list[logging.LogRecord], tokens: list[str]) -> list[str]:
-    """Formatted log lines that contain a token, or a token's signature alone."""
+    """Formatted server log lines (with their tracebacks and raw arguments) that
+    contain a token, or a token's signature alone."""
     formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
-    lines = [formatter.format(record) for record in records]
+    server_side = [r for r in records if not r.name.startswith("websockets.client")]
+    lines = [f"{formatter.format(r)} {r.msg!r} {r.args!r}" for r in server_side]
     signatures = [value.rsplit(".", 1)[-1] for value in tokens]
     return [line for line in lines if any(part in line for part in (*tokens, *signatures))]
 
