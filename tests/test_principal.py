@@ -171,3 +171,23 @@ def test_refusal_says_which_claim_is_wrong_and_nothing_more() -> None:
         Principal.from_claims({"sub": "\ud800", "exp": 1})
     assert str(exp.value) == "invalid exp claim: out of range"
     assert str(sub.value) == "invalid sub claim: not valid Unicode"
+
+
+class ReturnsWithoutToken:
+    """Identifies connections without a token (as from a session), badly."""
+
+    async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
+        return Principal("\ud800")
+
+
+async def refused_without_a_token() -> int:
+    async with Hub(authenticator=ReturnsWithoutToken(), auth_timeout=30) as hub:
+        with anyio.fail_after(10):
+            outcome = await ack_or_close_code(hub)
+    assert isinstance(outcome, int)
+    return outcome
+
+
+def test_unservable_principal_found_without_a_token_is_refused_at_once() -> None:
+    # Not left waiting for an auth frame until the auth timeout.
+    assert anyio.run(refused_without_a_token) == 4001

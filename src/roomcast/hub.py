@@ -867,9 +867,13 @@ class Hub:
         """Identify a connection whose handshake carried no credentials."""
         handshake = transport.handshake
         try:
-            return await self._verify(handshake, None)
+            principal = await self._authenticator.authenticate(handshake, None)
         except AuthenticationError:
             pass
+        else:
+            # Credentials the authenticator found on its own (a session, say):
+            # checked like any others, and refused rather than waited on.
+            return check_principal(principal)
         # The authenticator wants credentials: wait for a first-message ``auth``.
         with anyio.move_on_after(self.auth_timeout):
             while True:
