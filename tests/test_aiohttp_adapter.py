@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -523,3 +524,49 @@ async def test_a_hub_that_is_not_running_refuses_with_503() -> None:
                 async with connect(base + "/ws"):
                     pass
             assert excinfo.value.response.status_code == 503
+
+
+# ----------------------------------------------------------------------------- subprotocols
+
+
+async def response_head(url: str, protocol_headers: list[str]) -> list[str]:
+    """The response head to a raw upgrade request with these ``Sec-WebSocket-Protocol`` lines."""
+    host, port = url.removeprefix("ws://").split("/")[0].split(":")
+    lines = [
+        "GET /ws HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        *(f"Sec-WebSocket-Protocol: {value}" for value in protocol_headers),
+    ]
+    async with await anyio.connect_tcp(host, int(port)) as stream:
+        await stream.send(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive()
+    return head.decode("latin-1").split("\r\n\r\n")[0].split("\r\n")
+
+
+@pytest.mark.parametrize(
+    ("offered", "selected"),
+    [
+        # Only a token: nothing is selected.
+        (["roomcast.bearer.SECRET-TOKEN"], None),
+        # The token's header first, roomcast.v1 in a second header.
+        (["roomcast.bearer.SECRET-TOKEN", "roomcast.v1"], "roomcast.v1"),
+        (["x-other, roomcast.bearer.SECRET-TOKEN"], None),
+    ],
+)
+async def test_offered_subprotocols_are_never_logged_and_the_hubs_choice_is_selected(
+    caplog: pytest.LogCaptureFixture, offered: list[str], selected: str | None
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with anyio.fail_after(TIMEOUT):
+        async with served() as (_, url):
+            head = await response_head(url, offered)
+    assert head[0] == "HTTP/1.1 101 Switching Protocols"
+    chosen = [line for line in head if line.lower().startswith("sec-websocket-protocol:")]
+    assert chosen == ([] if selected is None else [f"Sec-WebSocket-Protocol: {selected}"])
+    assert "SECRET-TOKEN" not in caplog.text

@@ -13,8 +13,8 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
 
 import anyio
 import jwt
@@ -26,7 +26,14 @@ from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 import roomcast.jwt
-from roomcast import AuthenticationError, ConnectionClosed, Handshake, Hub, Principal
+from roomcast import (
+    AuthenticationError,
+    ConnectionClosed,
+    Handshake,
+    HeartbeatPolicy,
+    Hub,
+    Principal,
+)
 from roomcast.jwt import MAX_TOKEN_LENGTH, JWTAuthenticator
 from roomcast.testing import ManualClock, TestClient
 
@@ -257,6 +264,15 @@ def test_matching_audience_and_issuer_are_accepted() -> None:
 def test_expired_token_within_leeway_is_accepted() -> None:
     token = hs256(claims(exp=int(time.time()) - 10))
     assert accept(hs_authenticator(leeway=60), token).user_id == "alice"
+
+
+def test_expiry_includes_the_leeway() -> None:
+    # The moment the token stops being accepted, which is when the hub closes
+    # a live connection: one rule at the handshake and afterwards.
+    expires = int(time.time()) + 600
+    principal = accept(hs_authenticator(leeway=30), hs256(claims(exp=expires)))
+    assert principal.expires_at == expires + 30
+    assert principal.claims["exp"] == expires
 
 
 # ----------------------------------------------------------------------------- refused tokens
@@ -518,16 +534,30 @@ def test_arbitrary_signed_claims_only_ever_raise_authentication_error(
 
 
 class JWKSEndpoint:
-    """A key set served over HTTP on 127.0.0.1, counting its requests."""
+    """A key set served over HTTP on 127.0.0.1, counting its requests.
+
+    With ``drip`` set to ``"headers"`` or ``"body"``, that part of the answer
+    is written one byte every :data:`DRIP_INTERVAL` seconds, as a slow or
+    hostile key set endpoint would, until the client goes away or the test
+    ends; ``dripping`` is set once a dripped answer has begun.
+    """
 
     def __init__(self) -> None:
         self.requests = 0
         self.delay = 0.0
         self.body = b'{"keys": []}'
         self.url = ""
+        self.drip: Literal["headers", "body"] | None = None
+        self.dripping = threading.Event()
+        self.closed = threading.Event()
 
     def publish(self, *keys: dict[str, Any]) -> None:
         self.body = json.dumps({"keys": list(keys)}).encode()
+
+
+#: Seconds between two bytes of a dripped answer: each arrives well within any
+#: per-read socket timeout, so only a deadline on the whole fetch ends it.
+DRIP_INTERVAL = 0.1
 
 
 @pytest.fixture
@@ -539,16 +569,34 @@ def jwks() -> Iterator[JWKSEndpoint]:
             endpoint.requests += 1
             time.sleep(endpoint.delay)
             body = endpoint.body
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            head = (
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            )
+            if endpoint.drip is None:
+                self.wfile.write(head + body)
+                return
+            endpoint.dripping.set()
+            if endpoint.drip == "body":
+                self.wfile.write(head)
+                self.drip_out(body)
+            else:
+                self.drip_out(head + body)
+
+        def drip_out(self, data: bytes) -> None:
+            for index in range(len(data)):
+                if endpoint.closed.wait(DRIP_INTERVAL):
+                    return
+                try:
+                    self.wfile.write(data[index : index + 1])
+                    self.wfile.flush()
+                except OSError:  # the client gave up
+                    return
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.timeout = 5
     endpoint.url = f"http://127.0.0.1:{server.server_port}/jwks.json"
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
@@ -556,6 +604,7 @@ def jwks() -> Iterator[JWKSEndpoint]:
     try:
         yield endpoint
     finally:
+        endpoint.closed.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
@@ -753,6 +802,73 @@ async def test_broken_key_set_refuses_and_starts_the_cooldown(
     assert jwks.requests == 1
 
 
+#: A key set of one RSA key is about 500 bytes: dripped, it takes about 50 s.
+SLOW_KEY_SET_BOUND = 5.0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("drip", ["headers", "body"])
+async def test_jwks_timeout_bounds_the_whole_fetch_of_a_dripping_key_set(
+    jwks: JWKSEndpoint, drip: Literal["headers", "body"]
+) -> None:
+    jwks.publish(rsa_jwk("main", "k1"))
+    jwks.drip = drip
+    authenticator = jwks_authenticator(jwks, ManualClock(), jwks_timeout=0.5)
+    started = time.monotonic()
+    with anyio.fail_after(SLOW_KEY_SET_BOUND):
+        with pytest.raises(AuthenticationError) as caught:
+            await authenticator.authenticate(HANDSHAKE, rs256_with_kid("main", "k1"))
+    # A bound, not a benchmark: without a deadline on the whole fetch this
+    # runs into the fail_after above.
+    assert time.monotonic() - started < SLOW_KEY_SET_BOUND
+    assert caught.value.close_code == 4001
+    assert isinstance(caught.value.__cause__, jwt.PyJWKClientConnectionError)
+    assert jwks.dripping.is_set()
+    assert jwks.requests == 1
+
+
+@pytest.mark.anyio
+async def test_cached_kid_login_completes_while_a_fetch_for_an_unknown_kid_stalls(
+    jwks: JWKSEndpoint,
+) -> None:
+    jwks.publish(rsa_jwk("main", "k1"), rsa_jwk("other", "k2"))
+    clock = ManualClock()
+    authenticator = jwks_authenticator(jwks, clock, jwks_cooldown=0, jwks_timeout=30)
+    await authenticator.authenticate(HANDSHAKE, rs256_with_kid("main", "k1"))
+    jwks.drip = "body"
+    stalled_result: list[object] = []
+
+    async def stalled_login() -> None:
+        try:
+            await authenticator.authenticate(HANDSHAKE, rs256_with_kid("rotated", "k3"))
+        except BaseException as exc:
+            stalled_result.append(exc)
+            raise
+
+    with anyio.fail_after(SLOW_KEY_SET_BOUND):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(stalled_login)
+            await anyio.to_thread.run_sync(jwks.dripping.wait)
+            # The fetch for k3 holds the fetch lock; k1 is in the current set.
+            for _ in range(3):
+                principal = await authenticator.authenticate(
+                    HANDSHAKE, rs256_with_kid("main", "k1")
+                )
+                assert principal.user_id == "alice"
+            assert stalled_result == []
+            task_group.cancel_scope.cancel()
+    assert jwks.requests == 2
+
+
+@pytest.mark.anyio
+async def test_key_set_larger_than_the_limit_is_refused(jwks: JWKSEndpoint) -> None:
+    jwks.body = b'{"keys": [' + b" " * roomcast.jwt.MAX_JWKS_BYTES + b"]}"
+    authenticator = jwks_authenticator(jwks, ManualClock())
+    with pytest.raises(AuthenticationError) as caught:
+        await authenticator.authenticate(HANDSHAKE, rs256_with_kid("main", "k1"))
+    assert isinstance(caught.value.__cause__, jwt.PyJWKClientConnectionError)
+
+
 @pytest.mark.anyio
 async def test_unreachable_key_set_refuses() -> None:
     authenticator = JWTAuthenticator(
@@ -775,6 +891,38 @@ async def test_hub_accepts_a_first_message_auth_frame() -> None:
         async with TestClient(hub, auth_token=hs256(claims(exp=expires))) as client:
             assert client.ack["payload"]["userId"] == "alice"
             assert client.ack["payload"]["expiresAt"] == expires * 1000
+
+
+@pytest.mark.anyio
+async def test_hub_keeps_a_token_accepted_within_the_leeway_until_exp_plus_leeway() -> None:
+    clock = ManualClock()
+    expired = time.time() - 2  # two seconds ago: accepted with a leeway of 5
+    quiet = HeartbeatPolicy(interval=3600, timeout=7200)
+    async with Hub(authenticator=hs_authenticator(leeway=5), clock=clock, heartbeat=quiet) as hub:
+        async with TestClient(hub, auth_token=hs256(claims(exp=expired))) as client:
+            assert client.ack["payload"]["expiresAt"] == int((expired + 5) * 1000)
+            await clock.advance(1.5)
+            # Within the warning period from the start, counting down to exp + leeway.
+            warning = await client.receive()
+            assert warning["type"] == "token.expiring"
+            assert 1_000 < warning["payload"]["expiresInMs"] <= 1_500
+            assert (await client.request({"action": "ping"}))["type"] == "pong"
+            assert hub.stats().token_expirations == 0
+            # Wall-clock time passes too: leave slack for a slow machine.
+            await clock.advance(2)
+            assert await client.wait_closed() == 4002
+        assert hub.stats().token_expirations == 1
+
+
+@pytest.mark.anyio
+async def test_refresh_reply_reports_the_expiry_with_the_leeway() -> None:
+    expires = time.time() + 600
+    async with (
+        Hub(authenticator=hs_authenticator(leeway=5)) as hub,
+        TestClient(hub, auth_token=hs256()) as client,
+    ):
+        reply = await client.request({"action": "refresh", "token": hs256(claims(exp=expires))})
+        assert reply["payload"]["expiresAt"] == int((expires + 5) * 1000)
 
 
 @pytest.mark.anyio

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,6 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as websockets_serve
 from websockets.exceptions import ConnectionClosed as WebSocketsClosed
+from websockets.frames import Close, Frame, Opcode
 from websockets.typing import Subprotocol
 
 import roomcast.websockets
@@ -382,3 +384,74 @@ async def test_a_vanished_client_leaves_its_rooms() -> None:
             client.transport.abort()
             await eventually(lambda: hub.stats().clients == 0)
             assert hub.stats().rooms == 0
+
+
+# ----------------------------------------------------------------------------- logs
+
+SECRET = "eyJzZWNyZXQiOiJ5ZXMifQ"
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def redacting() -> Iterator[tuple[roomcast.websockets.RedactingLogger, Lines]]:
+    target = logging.getLogger("tests.websockets.redacting")
+    lines = Lines()
+    target.addHandler(lines)
+    target.setLevel(logging.DEBUG)
+    try:
+        yield roomcast.websockets.RedactingLogger(target), lines
+    finally:
+        target.removeHandler(lines)
+
+
+def test_redacting_logger_hides_credentials_in_the_librarys_handshake_lines(
+    redacting: tuple[roomcast.websockets.RedactingLogger, Lines],
+) -> None:
+    # The lines websockets.server writes at DEBUG, as it writes them.
+    logger, lines = redacting
+    logger.debug("< %s %s %s", "GET", f"/ws?token={SECRET}", "HTTP/1.1")
+    logger.debug("< %s: %s", "Authorization", f"Bearer {SECRET}")
+    logger.debug("< %s: %s", "cookie", f"session={SECRET}")
+    logger.debug("< %s: %s", "Sec-WebSocket-Protocol", f"roomcast.v1, roomcast.bearer.{SECRET}")
+    logger.debug("< %s: %s", "Host", "127.0.0.1")
+    assert lines.lines == [
+        "< GET /ws?[redacted] HTTP/1.1",
+        "< Authorization: [redacted]",
+        "< cookie: [redacted]",
+        "< Sec-WebSocket-Protocol: roomcast.v1, roomcast.bearer.[redacted]",
+        "< Host: 127.0.0.1",
+    ]
+
+
+def test_redacting_logger_hides_data_frames_and_exception_details(
+    redacting: tuple[roomcast.websockets.RedactingLogger, Lines],
+) -> None:
+    logger, lines = redacting
+    auth = json.dumps({"action": "auth", "token": SECRET}).encode()
+    logger.debug("< %s", Frame(Opcode.TEXT, auth))
+    logger.debug("> %s", Frame(Opcode.CLOSE, Close(1000, "bye").serialize()))
+    try:
+        raise ValueError(f"invalid Sec-WebSocket-Protocol header: {SECRET}")
+    except ValueError:
+        logger.debug("! invalid handshake", exc_info=True)
+    logger.info("connection open")
+    assert lines.lines == [
+        f"< TEXT [redacted] [{len(auth)} bytes]",
+        "> CLOSE 1000 (OK) bye [5 bytes]",
+        "! invalid handshake [ValueError]",
+        "connection open",
+    ]
+
+
+async def test_serve_logs_through_the_redacting_logger() -> None:
+    async with Hub() as hub, await roomcast.websockets.serve(hub, "127.0.0.1", 0) as server:
+        connection_logger = server.logger
+    assert isinstance(connection_logger, roomcast.websockets.RedactingLogger)

@@ -23,7 +23,8 @@ from roomcast.exceptions import ConnectionClosed
 from roomcast.transport import Handshake, close_frame
 
 try:
-    from aiohttp import WebSocketError, WSMsgType, web
+    from aiohttp import WebSocketError, WSMsgType, hdrs, web
+    from multidict import CIMultiDict
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "roomcast.aiohttp needs the 'aiohttp' extra: pip install 'roomcast[aiohttp]'"
@@ -231,7 +232,7 @@ def handler(hub: Hub) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
             autoping=False,
             heartbeat=None,
         )
-        await ws.prepare(request)
+        await ws.prepare(_negotiating(request, subprotocol))
         await hub.serve(AiohttpTransport(request, ws), admission)
         return ws
 
@@ -293,6 +294,29 @@ def _handshake(request: web.BaseRequest) -> Handshake:
         (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.raw_headers
     ]
     return Handshake.from_request(request.path_qs, headers, client)
+
+
+def _negotiating(request: web.Request, subprotocol: str | None) -> web.Request:
+    """The request to prepare the response with, so that aiohttp logs no offered token.
+
+    aiohttp reads the first ``Sec-WebSocket-Protocol`` header and, when none of
+    its entries is one the response selects, logs every entry at WARNING:
+    ``roomcast.bearer.<token>`` included. The hub has already chosen, so aiohttp
+    is shown only its choice.
+    """
+    offered = request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL)
+    if offered is None or (
+        subprotocol is not None and subprotocol in (entry.strip() for entry in offered.split(","))
+    ):
+        return request
+    headers = CIMultiDict(
+        (name, value)
+        for name, value in request.headers.items()
+        if name.lower() != "sec-websocket-protocol"
+    )
+    if subprotocol is not None:
+        headers[hdrs.SEC_WEBSOCKET_PROTOCOL] = subprotocol
+    return request.clone(headers=headers)
 
 
 def _text_frame(frame: str) -> bytes:

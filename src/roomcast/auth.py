@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
+from .exceptions import AuthenticationError
 from .transport import Handshake
 from .wire import namespace_of
 
@@ -18,31 +19,132 @@ __all__ = [
     "Authorizer",
     "AuthorizerFunction",
     "DefaultAuthorizer",
+    "MAX_EXPIRES_AT",
+    "MAX_USER_ID_LENGTH",
     "NamespaceAuthorizer",
     "NamespaceRule",
     "Principal",
     "SUBPROTOCOL_BEARER_PREFIX",
     "TokenSources",
     "bearer_token",
+    "check_principal",
 ]
 
 #: What a client asks to do in a room.
 Action = Literal["subscribe", "publish", "presence"]
 
 
+#: Longest user id, in characters.
+MAX_USER_ID_LENGTH: Final = 256
+#: Latest expiry a principal may have: the last second of the year 9999, in seconds
+#: since the epoch (as far as ``datetime`` and JavaScript's ``Date`` reach).
+MAX_EXPIRES_AT: Final = 253_402_300_799.0
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """The identity behind a connection.
 
+    Construction checks nothing, so that existing authenticators keep working;
+    the hub checks every principal an authenticator returns (see
+    [`check_principal`][roomcast.auth.check_principal]) and refuses the
+    connection (401 / close 4001) when it does not pass.
+
     Attributes:
-        user_id: the user, or ``None`` for an anonymous connection.
+        user_id: the user, or ``None`` for an anonymous connection; otherwise a
+            non-empty string of at most
+            ``MAX_USER_ID_LENGTH`` (256) characters
+            that can be encoded as UTF-8 (no lone surrogates).
         claims: whatever the authenticator learned (JWT claims, session data).
-        expires_at: when the credentials expire, in seconds since the epoch, or ``None``.
+        expires_at: the moment the credentials stop being accepted, in seconds
+            since the epoch, or ``None`` when they do not expire; at most
+            ``MAX_EXPIRES_AT`` (the end of the year 9999). The hub reports it to
+            the client as ``expiresAt``, sends ``token.expiring`` before it, and
+            closes the connection with 4002 at ``expires_at`` plus its
+            ``token_expiry_grace``. An authenticator that tolerates clock skew
+            includes it: for a JWT this is ``exp`` plus the leeway, so a token
+            accepted within the leeway is not closed before the leeway is over.
     """
 
     user_id: str | None
     claims: Mapping[str, Any] = field(default_factory=dict)
     expires_at: float | None = None
+
+    @classmethod
+    def from_claims(
+        cls, claims: Mapping[str, Any], *, user_claim: str = "sub", leeway: float = 0.0
+    ) -> Principal:
+        """Build the principal that verified token claims name.
+
+        Args:
+            claims: the token's claims, already verified.
+            user_claim: the claim that names the user.
+            leeway: seconds the credentials stay accepted after ``exp``.
+
+        Returns:
+            A principal whose ``user_id`` is the ``user_claim`` claim, whose
+            ``claims`` are a copy of ``claims`` and whose ``expires_at`` is
+            ``exp + leeway`` (``None`` without an ``exp`` claim).
+
+        Raises:
+            AuthenticationError: (4001) the user claim is not a valid user id, or
+                ``exp`` is not a number between 0 and
+                ``MAX_EXPIRES_AT`` (the end of the year 9999).
+        """
+        problem = _user_id_problem(claims.get(user_claim))
+        if problem is not None:
+            raise AuthenticationError(f"invalid {user_claim} claim: {problem}")
+        expires_at = None
+        if "exp" in claims:
+            expires_at = _expiry(_expiry(claims["exp"], "exp claim") + leeway, "exp claim")
+        return cls(claims[user_claim], claims=dict(claims), expires_at=expires_at)
+
+
+def check_principal(principal: object) -> Principal:
+    """Return ``principal`` if a connection can run with it.
+
+    The hub calls this on whatever an [Authenticator][roomcast.Authenticator]
+    returns, so that a principal built from bad claims is refused like a bad
+    token rather than failing later (when the expiry is scheduled, or the
+    ``connection.ack`` encoded).
+
+    Raises:
+        AuthenticationError: (4001) it is not a [Principal][roomcast.Principal],
+            its ``user_id`` is neither ``None`` nor a valid user id, or its
+            ``expires_at`` is neither ``None`` nor a number between 0 and
+            ``MAX_EXPIRES_AT`` (the end of the year 9999).
+    """
+    if not isinstance(principal, Principal):
+        raise AuthenticationError("invalid principal: the authenticator returned something else")
+    if principal.user_id is not None:
+        problem = _user_id_problem(principal.user_id)
+        if problem is not None:
+            raise AuthenticationError(f"invalid user id: {problem}")
+    if principal.expires_at is not None:
+        _expiry(principal.expires_at, "expiry")
+    return principal
+
+
+def _user_id_problem(value: object) -> str | None:
+    if not isinstance(value, str) or not value:
+        return "must be a non-empty string"
+    if len(value) > MAX_USER_ID_LENGTH:
+        return f"longer than {MAX_USER_ID_LENGTH} characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid Unicode"
+    return None
+
+
+def _expiry(value: object, what: str) -> float:
+    # RFC 7519 section 2: NumericDate is a JSON number; a bool is not one. Compared
+    # before float(), which overflows on integers past 1e308.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AuthenticationError(f"invalid {what}: must be a number")
+    if not 0 <= value <= MAX_EXPIRES_AT:  # also false for NaN
+        raise AuthenticationError(f"invalid {what}: out of range")
+    return float(value)
 
 
 #: The principal of every connection when no authenticator is configured.

@@ -26,6 +26,7 @@ from .auth import (
     Principal,
     TokenSources,
     as_authorizer,
+    check_principal,
 )
 from .backends.base import Backend, PresenceEntry, Publication
 from .backends.memory import MemoryBackend
@@ -97,6 +98,13 @@ _CLOSE_AUTH_TIMEOUT: Final = 4008
 _CLOSE_RATE_LIMIT: Final = 4029
 
 
+class _LockedOut(AuthenticationError):
+    """The address has spent its failed-authentication budget; nothing was verified."""
+
+    def __init__(self) -> None:
+        super().__init__("too many failed authentications", close_code=_CLOSE_TRY_AGAIN, status=429)
+
+
 @dataclass(frozen=True, slots=True)
 class HubStatistics:
     """A snapshot of a hub's counters (see :meth:`Hub.stats`).
@@ -112,9 +120,12 @@ class HubStatistics:
         dropped: frames discarded (``drop_oldest`` overflow, closing clients).
         rate_limited: client frames refused by the rate limit.
         bad_requests: client frames refused as malformed.
-        auth_failures: connections refused for their credentials.
+        auth_failures: credentials that failed verification (handshake,
+            ``auth`` frame or ``refresh``).
         origin_refusals: handshakes refused for their ``Origin``.
-        limit_refusals: connections refused by a connection or failure limit.
+        limit_refusals: connections refused by a connection or failure limit,
+            and ``auth`` frames and ``refresh`` requests left unverified because
+            their address had spent its failure budget.
         token_expirations: connections closed with 4002 because their token expired.
         slow_consumer_disconnects: clients closed with 4009.
         heartbeat_timeouts: clients closed for not answering heartbeats.
@@ -210,6 +221,9 @@ class Hub:
 
     Args:
         authenticator: identifies connections (default: everyone anonymous).
+            A principal it returns that the hub cannot carry (see
+            [`check_principal`][roomcast.auth.check_principal]) is refused like
+            invalid credentials: 401, or close 4001.
         authorizer: decides subscribe/publish/presence per room; an
             :class:`~roomcast.Authorizer` or a function ``(principal, action, room)``
             returning ``bool`` (or an awaitable of it). Default:
@@ -247,8 +261,9 @@ class Hub:
             per address, queued bytes per client.
         token_expiry_warning: seconds before a token expires that the client
             is sent ``token.expiring``.
-        token_expiry_grace: seconds after expiry before the connection is
-            closed with 4002.
+        token_expiry_grace: seconds after the principal's ``expires_at`` (for
+            a JWT, ``exp`` plus the authenticator's leeway) before the
+            connection is closed with 4002.
         clock: time source (tests pass :class:`~roomcast.testing.ManualClock`).
 
     Raises:
@@ -732,7 +747,7 @@ class Hub:
         if token is None:
             return Admission(101, subprotocol=subprotocol)
         try:
-            principal = await self._authenticator.authenticate(handshake, token)
+            principal = await self._verify(handshake, token)
         except AuthenticationError as exc:
             self._auth_failed(ip, exc)
             return Admission(exc.status, _close_reason(exc), close_code=exc.close_code)
@@ -753,6 +768,10 @@ class Hub:
         if len(origins) == 1 and origins[0] in allowed:
             return None
         return "origin not allowed"
+
+    async def _verify(self, handshake: Handshake, token: str | None) -> Principal:
+        """Ask the authenticator, and refuse a principal the hub could not serve."""
+        return check_principal(await self._authenticator.authenticate(handshake, token))
 
     def _auth_failed(self, ip: str | None, exc: AuthenticationError) -> None:
         self._counters.auth_failures += 1
@@ -794,7 +813,10 @@ class Hub:
             try:
                 principal = handshake_principal or await self._authenticate(transport)
             except AuthenticationError as exc:
-                self._auth_failed(ip, exc)
+                if isinstance(exc, _LockedOut):
+                    self._counters.limit_refusals += 1
+                else:
+                    self._auth_failed(ip, exc)
                 with anyio.CancelScope(shield=True):
                     await transport.close(exc.close_code, _close_reason(exc))
                 return
@@ -898,9 +920,13 @@ class Hub:
         """Identify a connection whose handshake carried no credentials."""
         handshake = transport.handshake
         try:
-            return await self._authenticator.authenticate(handshake, None)
+            principal = await self._authenticator.authenticate(handshake, None)
         except AuthenticationError:
             pass
+        else:
+            # Credentials the authenticator found on its own (a session, say):
+            # checked like any others, and refused rather than waited on.
+            return check_principal(principal)
         # The authenticator wants credentials: wait for a first-message ``auth``.
         with anyio.move_on_after(self.auth_timeout):
             while True:
@@ -910,7 +936,11 @@ class Hub:
                 except RemoteProtocolError as exc:
                     raise AuthenticationError("expected an auth frame") from exc
                 if isinstance(request, Auth):
-                    return await self._authenticator.authenticate(handshake, request.token)
+                    # The same failure budget as the handshake: once it is
+                    # spent, the token is not even looked at.
+                    if self._tracker.locked_out(handshake.client_host, self._clock.now()) > 0:
+                        raise _LockedOut()
+                    return await self._verify(handshake, request.token)
                 if not isinstance(request, (Ping, Pong)):
                     raise AuthenticationError("authenticate before any other request")
         raise AuthenticationError("auth timeout", close_code=_CLOSE_AUTH_TIMEOUT, status=408)
@@ -1184,8 +1214,22 @@ class Hub:
         """Replace the connection's token: same subject only; rooms re-checked at once."""
         handshake = client.transport.handshake
         ip = handshake.client_host
+        # Answered the same whatever the token, so that a locked-out address
+        # cannot use refresh to tell valid tokens from invalid ones.
+        locked_out = self._tracker.locked_out(ip, self._clock.now())
+        if locked_out > 0:
+            self._counters.limit_refusals += 1
+            client.deliver(
+                encode_error(
+                    "rate_limited",
+                    "too many failed authentications",
+                    ref=request.ref,
+                    retryAfterMs=math.ceil(locked_out * 1000),
+                )
+            )
+            return
         try:
-            principal = await self._authenticator.authenticate(handshake, request.token)
+            principal = await self._verify(handshake, request.token)
         except AuthenticationError as exc:
             self._auth_failed(ip, exc)
             client.deliver(encode_error("unauthorized", "invalid token", ref=request.ref))

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import binascii
+import contextlib
+import http.client
+import json
 import logging
 import math
+import socket
+import threading
+import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -40,6 +46,11 @@ MAX_TOKEN_LENGTH: Final = 8192
 #: that a key the issuer withdrew stops verifying tokens (at least the cooldown).
 JWKS_LIFESPAN: Final = 300.0
 
+#: Largest key set accepted, in bytes; a key set of a few keys is a few kilobytes.
+MAX_JWKS_BYTES: Final = 1024 * 1024
+
+_JWKS_HEADERS: Final = {"User-Agent": "roomcast", "Accept": "application/json"}
+
 #: RFC 7518 §3.2: an HMAC key must be at least as long as the hash output.
 _HMAC_MIN_KEY_BYTES: Final = {"HS256": 32, "HS384": 48, "HS512": 64}
 
@@ -65,7 +76,9 @@ class JWTAuthenticator:
     Verifies the signature with a fixed key or with the issuer's JWKS, checks
     ``exp``, ``nbf``, ``iat``, ``aud`` and ``iss``, and returns a
     :class:`~roomcast.Principal` whose ``user_id`` is the ``user_claim`` claim,
-    whose ``claims`` are the token's claims and whose ``expires_at`` is ``exp``.
+    whose ``claims`` are the token's claims and whose ``expires_at`` is ``exp``
+    plus ``leeway``: the moment the token stops being accepted, which is when a
+    live connection that presented it is closed with 4002.
 
     Args:
         key: the verification key: for HMAC (``HS*``) the shared secret, at least
@@ -78,16 +91,21 @@ class JWTAuthenticator:
         audience: the accepted ``aud`` value(s). When ``None``, a token that
             carries an ``aud`` claim is refused.
         issuer: the accepted ``iss`` value(s); ``None`` skips the check.
-        leeway: seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``.
+        leeway: seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``,
+            at the handshake and on the live connection alike.
         require: claims every token must carry.
-        user_claim: the claim that names the user; it must be a non-empty string.
+        user_claim: the claim that names the user; it must be a non-empty string
+            of at most 256 characters, without lone surrogates.
         jwks_url: the ``http(s)`` URL of the issuer's JSON Web Key Set; tokens must
             then name their key with a ``kid`` header. The set is refetched when a
             token names an unknown ``kid`` and once it is :data:`JWKS_LIFESPAN`
             seconds old (or ``jwks_cooldown``, if longer).
         jwks_cooldown: minimum seconds between two fetches of the key set, however
             many tokens name an unknown ``kid``; a failed fetch counts too.
-        jwks_timeout: socket timeout, in seconds, of a fetch of the key set.
+        jwks_timeout: seconds a fetch of the key set may take in all:
+            connecting, the response headers and the body together. Logins
+            waiting for a fetch wait at most this long; logins whose ``kid`` is
+            in the current key set never wait for a fetch.
         clock: monotonic time source for the JWKS cooldown and cache (tests pass
             :class:`~roomcast.testing.ManualClock`). Token times use wall-clock time.
 
@@ -138,24 +156,13 @@ class JWTAuthenticator:
         self._user_claim = user_claim
 
         self._key: Any = None
-        self._jwks: jwt.PyJWKClient | None = None
+        self._jwks_url: str | None = None
         if jwks_url is not None:
             if hmac_algorithms:
                 raise ValueError(
                     "jwks_url publishes public keys: use it with asymmetric algorithms only"
                 )
-            # urllib would also open file: and ftp: URLs.
-            if urlsplit(jwks_url).scheme.lower() not in ("http", "https"):
-                raise ValueError("invalid jwks_url: only http and https URLs are fetched")
-            self._jwks = jwt.PyJWKClient(
-                jwks_url,
-                # The key set is cached here, with a lifespan and a refetch
-                # cooldown; pyjwt's per-kid cache never forgets a withdrawn key.
-                cache_keys=False,
-                cache_jwk_set=False,
-                headers={"User-Agent": "roomcast", "Accept": "application/json"},
-                timeout=jwks_timeout,
-            )
+            self._jwks_url = _check_jwks_url(jwks_url)
         elif hmac_algorithms:
             self._key = _hmac_key(key, hmac_algorithms)
         else:
@@ -163,6 +170,7 @@ class JWTAuthenticator:
 
         self._clock: Clock = clock or SystemClock()
         self._jwks_cooldown = float(jwks_cooldown)
+        self._jwks_timeout = float(jwks_timeout)
         self._jwks_lifespan = max(JWKS_LIFESPAN, self._jwks_cooldown)
         self._jwks_keys: dict[str, jwt.PyJWK] = {}
         self._jwks_fetched_at: float | None = None
@@ -178,7 +186,7 @@ class JWTAuthenticator:
 
         Returns:
             The principal: ``user_id`` from ``user_claim``, every claim, and
-            ``expires_at`` from ``exp`` when the token has one.
+            ``expires_at`` = ``exp`` + ``leeway`` when the token has an ``exp``.
 
         Raises:
             AuthenticationError: with close code 4001 when the token is missing
@@ -196,7 +204,7 @@ class JWTAuthenticator:
             # the token must be refused.
             if "crit" in header:
                 raise jwt.InvalidTokenError("unsupported critical header parameters")
-            key = self._key if self._jwks is None else await self._jwks_key(header)
+            key = self._key if self._jwks_url is None else await self._jwks_key(header)
             payload = jwt.decode(
                 token,
                 key,
@@ -218,37 +226,34 @@ class JWTAuthenticator:
                     "enforce_minimum_key_length": True,
                 },
             )
-            return self._principal(payload)
         except jwt.ExpiredSignatureError as exc:
             logger.debug("token refused: %s", type(exc).__name__)
             raise AuthenticationError("token expired", close_code=4002, status=401) from exc
         except _INVALID_TOKEN_ERRORS as exc:
             logger.debug("token refused: %s", type(exc).__name__)
             raise AuthenticationError("invalid token") from exc
+        return self._principal(payload)
 
     def _principal(self, payload: Mapping[str, Any]) -> Principal:
-        user_id = payload.get(self._user_claim)
-        if not isinstance(user_id, str) or not user_id:
-            raise jwt.InvalidTokenError(f"the {self._user_claim} claim must be a non-empty string")
-        expires_at = None
-        if "exp" in payload:
-            exp = payload["exp"]
-            # RFC 7519 §2: NumericDate is a JSON number; pyjwt also takes strings.
-            if isinstance(exp, bool) or not isinstance(exp, (int, float)):
-                raise jwt.InvalidTokenError("the exp claim must be a number")
-            # float() overflows on integers past 1e308, which pyjwt's int() allows.
-            expires_at = float(exp)
-        return Principal(user_id, claims=dict(payload), expires_at=expires_at)
+        # The token verified, but its claims are still input: a user id or an
+        # expiry the hub cannot carry is refused like a bad signature.
+        try:
+            return Principal.from_claims(payload, user_claim=self._user_claim, leeway=self._leeway)
+        except AuthenticationError as exc:
+            logger.debug("token refused: %s", type(exc).__name__)
+            raise
 
     async def _jwks_key(self, header: Mapping[str, Any]) -> jwt.PyJWK:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise jwt.InvalidTokenError("a kid header is required with a key set")
+        # A key in the current set is used at once: the lock below is only for
+        # logins that need a fetch, so they never hold up those that do not.
         key = self._cached_key(kid)
         if key is not None:
             return key
-        # One fetch at a time: connections arriving together wait for it and
-        # then read its result instead of fetching again.
+        # One fetch at a time: connections arriving together wait for it (at
+        # most jwks_timeout) and then read its result instead of fetching again.
         async with self._jwks_lock:
             key = self._cached_key(kid)
             if key is not None:
@@ -273,19 +278,27 @@ class JWTAuthenticator:
         return self._jwks_keys.get(kid)
 
     async def _fetch_jwks(self, now: float) -> None:
-        client = self._jwks
-        if client is None:  # pragma: no cover - only called with a key set
+        url = self._jwks_url
+        if url is None:  # pragma: no cover - only called with a key set
             raise RuntimeError("no jwks_url configured")
+        fetch = _KeySetFetch(url, self._jwks_timeout)
         try:
-            # urllib blocks: run it in a worker thread, never on the event loop.
-            keys = await anyio.to_thread.run_sync(client.get_signing_keys, True)
-        except (OSError, ValueError) as exc:
-            # pyjwt wraps URL errors but not a reset mid-body or a non-JSON body.
+            # One deadline for the whole fetch (connect, headers and body): a
+            # server that answers a byte at a time must not stall logins. The
+            # blocking socket work runs in a worker thread, never on the loop.
+            with anyio.fail_after(self._jwks_timeout):
+                body = await anyio.to_thread.run_sync(fetch.run, abandon_on_cancel=True)
+            keys = _signing_keys(body)
+        except (OSError, ValueError, RecursionError, http.client.HTTPException) as exc:
+            # TimeoutError is an OSError; so are urllib's errors and TLS errors.
             logger.debug("key set fetch failed: %s", type(exc).__name__)
             raise jwt.PyJWKClientConnectionError("the key set could not be fetched") from exc
         except jwt.PyJWTError as exc:
             logger.debug("key set fetch failed: %s", type(exc).__name__)
             raise
+        finally:
+            # Whatever ended the wait, the worker thread stops reading now.
+            fetch.abort()
         # pyjwt verifies with the algorithm a JWK is bound to (older releases
         # without comparing it to the token's ``alg``), so a key of another kind,
         # such as a shared secret published by mistake, must not be reachable.
@@ -298,6 +311,134 @@ class JWTAuthenticator:
         }
         self._jwks_fetched_at = now
         logger.debug("key set fetched: %d usable keys", len(self._jwks_keys))
+
+
+class _KeySetFetch:
+    """One GET of a key set, run in a worker thread, that the event loop can abort.
+
+    urllib does the request (so proxies configured in the environment apply,
+    as they did through pyjwt's client); the socket of each connection it
+    opens is kept, so that ``abort`` can shut it down and end a read that a
+    dripping server would otherwise keep alive. Every socket operation also
+    has the whole deadline as its timeout.
+    """
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self._url = url
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._aborted = False
+
+    def run(self) -> bytes:
+        """Fetch the body (in a worker thread).
+
+        Raises:
+            OSError: the connection failed, timed out or was aborted, or the
+                server answered with a status other than 2xx (redirects
+                included, as with pyjwt's own client).
+            ValueError: the body is larger than ``MAX_JWKS_BYTES``.
+            http.client.HTTPException: the server's answer is not valid HTTP.
+        """
+        handlers = [_NoRedirects(), _KeptHTTPHandler(self), _KeptHTTPSHandler(self)]
+        opener = urllib.request.build_opener(*handlers)
+        request = urllib.request.Request(self._url, headers=_JWKS_HEADERS)
+        with opener.open(request, timeout=self._timeout) as response:
+            body: bytes = response.read(MAX_JWKS_BYTES + 1)
+        if len(body) > MAX_JWKS_BYTES:
+            raise ValueError(f"the key set is larger than {MAX_JWKS_BYTES} bytes")
+        return body
+
+    def keep(self, sock: socket.socket) -> None:
+        """Remember the socket of a connection urllib opened; close it if aborted."""
+        with self._lock:
+            aborted = self._aborted
+            if not aborted:
+                self._sockets.append(sock)
+        if aborted:
+            _shut_down(sock)
+            raise OSError("key set fetch aborted")
+
+    def abort(self) -> None:
+        """Make a blocked ``run`` fail now; idempotent."""
+        with self._lock:
+            self._aborted = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _shut_down(sock)
+
+
+def _shut_down(sock: socket.socket) -> None:
+    # The plain socket's shutdown, also under TLS: it wakes a read blocked in
+    # the worker thread without touching the TLS object. urllib may already
+    # have closed the socket object; its file descriptor lives on until the
+    # response is done with it, so this still reaches the connection.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _KeptConnections:
+    """Hands urllib a connection class whose sockets the fetch keeps."""
+
+    def __init__(self, fetch: _KeySetFetch) -> None:
+        self._fetch = fetch
+
+    def _kept(self, http_class: Any) -> Any:
+        fetch = self._fetch
+
+        class KeptConnection(http_class):  # type: ignore[misc]
+            def connect(self) -> None:
+                super().connect()
+                fetch.keep(self.sock)
+
+        return KeptConnection
+
+
+class _KeptHTTPHandler(_KeptConnections, urllib.request.HTTPHandler):
+    def __init__(self, fetch: _KeySetFetch) -> None:
+        _KeptConnections.__init__(self, fetch)
+        urllib.request.HTTPHandler.__init__(self)
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        return super().do_open(self._kept(http_class), req, **kwargs)
+
+
+class _KeptHTTPSHandler(_KeptConnections, urllib.request.HTTPSHandler):
+    def __init__(self, fetch: _KeySetFetch) -> None:
+        _KeptConnections.__init__(self, fetch)
+        urllib.request.HTTPSHandler.__init__(self)
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        return super().do_open(self._kept(http_class), req, **kwargs)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error, as with pyjwt's own client."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _signing_keys(body: bytes) -> list[jwt.PyJWK]:
+    """The signing keys of a key set document (RFC 7517 section 5)."""
+    document = json.loads(body)
+    if not isinstance(document, dict):
+        raise jwt.PyJWKClientError("the key set is not a JSON object")
+    keys = [
+        key
+        for key in jwt.PyJWKSet.from_dict(document).keys
+        if key.public_key_use in ("sig", None) and key.key_id
+    ]
+    if not keys:
+        raise jwt.PyJWKClientError("the key set has no signing keys")
+    return keys
+
+
+def _check_jwks_url(url: str) -> str:
+    # Only HTTP(S): urllib would also open file: and ftp: URLs.
+    if urlsplit(url).scheme.lower() not in ("http", "https"):
+        raise ValueError("invalid jwks_url: only http and https URLs are fetched")
+    return url
 
 
 def _check_algorithms(algorithms: Sequence[str]) -> tuple[str, ...]:

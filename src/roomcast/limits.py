@@ -43,8 +43,11 @@ class ConnectionLimits:
             handshake is refused with 503 (or the connection closed with 1013).
         max_connections_per_ip: open connections per client address; likewise.
         auth_failures_per_minute: failed authentications per client address
-            per minute; past it, handshakes from that address are refused with
-            429 (or closed with 1013) until the budget refills. Only failures
+            per minute, counted across the handshake, first-message ``auth``
+            frames and ``refresh`` requests; past it, nothing from that address
+            is verified until the budget refills: handshakes are refused with
+            429 (or closed with 1013), ``auth`` frames closed with 1013, and
+            ``refresh`` requests answered ``rate_limited``. Only failures
             count, so a busy office behind one address is not locked out by
             its own successful logins, while guessing tokens is.
         max_tracked_ips: addresses whose failures are remembered at once; the
@@ -94,11 +97,22 @@ class ConnectionTracker:
         """The HTTP status refusing another connection from ``ip``, or ``None``."""
         if ip is None:
             return None
-        if self._failures.retry_after(ip, now) > 0:
+        if self.locked_out(ip, now) > 0:
             return 429
         if self._per_ip.get(ip, 0) >= self.limits.max_connections_per_ip:
             return 503
         return None
+
+    def locked_out(self, ip: str | None, now: float) -> float:
+        """Seconds until ``ip`` may have credentials verified again; 0 when it may now.
+
+        Every verification from an address (handshake, first-message ``auth``,
+        ``refresh``) asks this first, so that a spent budget stops guessing on
+        any path.
+        """
+        if ip is None:
+            return 0.0
+        return self._failures.retry_after(ip, now)
 
     def user_refusal(self, user_id: str | None) -> int | None:
         """The HTTP status refusing another connection of ``user_id``, or ``None``."""

@@ -24,6 +24,7 @@ running) before the connection is accepted::
         max_size=hub.max_message_size,
         compression=None,
         ping_interval=None,
+        logger=roomcast.websockets.RedactingLogger(),
     ) as server:
         await server.serve_forever()
 
@@ -34,10 +35,12 @@ the matching close code instead.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
 from weakref import WeakKeyDictionary
 
+from roomcast.auth import SUBPROTOCOL_BEARER_PREFIX
 from roomcast.exceptions import ConnectionClosed
 from roomcast.transport import MAX_CLOSE_REASON_BYTES, Handshake, close_frame
 from roomcast.wire import PROTOCOL
@@ -46,6 +49,7 @@ try:
     from websockets.asyncio.server import Server, ServerConnection
     from websockets.asyncio.server import serve as _serve
     from websockets.exceptions import ConnectionClosed as _WebSocketsClosed
+    from websockets.frames import DATA_OPCODES, Frame
     from websockets.http11 import Request, Response
     from websockets.protocol import CLOSED, OPEN
     from websockets.typing import Subprotocol
@@ -59,7 +63,18 @@ if TYPE_CHECKING:
 
     from roomcast.hub import Admission, Hub
 
-__all__ = ["Handler", "WebSocketsTransport", "handler", "select_subprotocol", "serve"]
+    _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
+else:  # not subscriptable at runtime before Python 3.11
+    _LoggerAdapter = logging.LoggerAdapter
+
+__all__ = [
+    "Handler",
+    "RedactingLogger",
+    "WebSocketsTransport",
+    "handler",
+    "select_subprotocol",
+    "serve",
+]
 
 logger = logging.getLogger("roomcast.websockets")
 
@@ -278,8 +293,9 @@ async def serve(
 
     Defaults: subprotocol ``roomcast.v1`` (see :func:`select_subprotocol`),
     ``max_size=hub.max_message_size`` (bigger frames close with 1009),
-    ``compression=None`` (permessage-deflate off) and ``ping_interval=None``
-    (the hub runs heartbeats). ``process_request`` and any other keyword
+    ``compression=None`` (permessage-deflate off), ``ping_interval=None``
+    (the hub runs heartbeats) and ``logger=RedactingLogger()`` (no token in
+    the library's DEBUG lines). ``process_request`` and any other keyword
     arguments go to :func:`websockets.asyncio.server.serve` and may override
     these defaults. Close the returned server with ``async with`` or
     ``server.close(); await server.wait_closed()``.
@@ -292,11 +308,83 @@ async def serve(
     kwargs.setdefault("max_size", hub.max_message_size)
     kwargs.setdefault("compression", None)
     kwargs.setdefault("ping_interval", None)
+    kwargs.setdefault("logger", RedactingLogger())
     hub_handler = handler(hub, process_request)
     server: Server = await _serve(
         hub_handler, host, port, process_request=hub_handler.process_request, **kwargs
     )
     return server
+
+
+#: Request headers that carry credentials; ``Sec-WebSocket-Protocol`` only in its
+#: ``roomcast.bearer.`` entries.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+_REDACTED = "[redacted]"
+
+
+class RedactingLogger(_LoggerAdapter):
+    """The ``websockets`` server's logger, without credentials or message bodies.
+
+    At DEBUG the ``websockets`` library logs the request line, every header and
+    every frame of a connection. Through this adapter the query string, the
+    values of ``Authorization``, ``Cookie`` and ``Proxy-Authorization``, the
+    ``roomcast.bearer.`` entries of ``Sec-WebSocket-Protocol`` and the payload
+    of data frames are written as ``[redacted]``, and a DEBUG record's
+    exception (which may quote a header) is reduced to its class name. Records
+    above DEBUG pass unchanged. [`serve`][roomcast.websockets.serve] uses it by
+    default; give it to a server you configure yourself with
+    ``serve(..., logger=RedactingLogger())``.
+
+    Args:
+        logger: the logger to write to (default: ``websockets.server``, as the
+            library's own default).
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        super().__init__(logger or logging.getLogger("websockets.server"), {})
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        """Log, redacting what a DEBUG record of the library could reveal."""
+        if level <= logging.DEBUG and self.isEnabledFor(level):
+            args = tuple(_redacted(msg, args))
+            exc_info = kwargs.pop("exc_info", None)
+            if exc_info:
+                error = exc_info if isinstance(exc_info, BaseException) else None
+                if isinstance(exc_info, tuple):
+                    error = exc_info[1]
+                elif exc_info is True:
+                    error = sys.exc_info()[1]
+                if error is not None:
+                    msg = f"{msg} [{type(error).__name__}]"
+        super().log(level, msg, *args, **kwargs)
+
+
+def _redacted(msg: object, args: tuple[object, ...]) -> list[object]:
+    if msg in ("< %s: %s", "> %s: %s") and len(args) == 2:  # a header
+        name, value = str(args[0]).lower(), str(args[1])
+        if name in _CREDENTIAL_HEADERS:
+            return [args[0], _REDACTED]
+        if name == "sec-websocket-protocol":
+            entries = (entry.strip() for entry in value.split(","))
+            return [
+                args[0],
+                ", ".join(
+                    f"{SUBPROTOCOL_BEARER_PREFIX}{_REDACTED}"
+                    if entry.startswith(SUBPROTOCOL_BEARER_PREFIX)
+                    else entry
+                    for entry in entries
+                ),
+            ]
+        return list(args)
+    if msg == "< %s %s %s" and len(args) == 3:  # the request line
+        path, question, _ = str(args[1]).partition("?")
+        return [args[0], path + (f"?{_REDACTED}" if question else ""), args[2]]
+    return [
+        f"{arg.opcode.name} {_REDACTED} [{len(arg.data)} bytes]"
+        if isinstance(arg, Frame) and arg.opcode in DATA_OPCODES
+        else arg
+        for arg in args
+    ]
 
 
 def _closed(exc: _WebSocketsClosed) -> ConnectionClosed:

@@ -11,6 +11,7 @@ arbitrary handshakes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -20,7 +21,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from importlib.metadata import version
 from typing import Any, Literal
 
@@ -140,9 +141,9 @@ def signed(header: dict[str, Any], payload: dict[str, Any], secret: bytes = SECR
 LEEWAY = 5
 
 
-def jwt_authenticator() -> JWTAuthenticator:
+def jwt_authenticator(leeway: float = LEEWAY) -> JWTAuthenticator:
     return JWTAuthenticator(
-        SECRET, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER, leeway=LEEWAY
+        SECRET, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER, leeway=leeway
     )
 
 
@@ -300,6 +301,38 @@ async def test_attack_token_in_the_auth_frame_closes_the_connection(
             assert await frames_until_close(client) == ([], code)
             stats = await eventually(served, lambda stats: stats.auth_failures == 1)
             assert (stats.connections_total, stats.clients) == (0, 0)
+
+
+#: Tokens the issuer signed whose claims the hub cannot carry, and the close reason.
+UNSERVABLE_CLAIMS: dict[str, tuple[dict[str, Any], str]] = {
+    "exp-1.5e308": ({"exp": 1.5e308}, "invalid exp claim: out of range"),
+    "exp-past-year-9999": ({"exp": 253_402_300_800}, "invalid exp claim: out of range"),
+    "sub-lone-surrogate": ({"sub": "\ud800"}, "invalid sub claim: not valid Unicode"),
+    "sub-over-256-characters": (
+        {"sub": "a" * 257},
+        "invalid sub claim: longer than 256 characters",
+    ),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("case", list(UNSERVABLE_CLAIMS))
+async def test_signed_token_with_unservable_claims_is_refused_401_and_4001(
+    kind: ServerKind, case: str
+) -> None:
+    overrides, reason = UNSERVABLE_CLAIMS[case]
+    unservable = token(**overrides)
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served:
+            assert await refused_status(served, additional_headers=bearer(unservable)) == 401
+            async with open_client(served) as client:
+                await client.send(json.dumps({"action": "auth", "token": unservable}))
+                assert await frames_until_close(client) == ([], 4001)
+                assert client.close_reason == reason
+            # The hub is unharmed.
+            assert await accepted_user(served, additional_headers=bearer(token())) == "alice"
+            stats = await eventually(served, lambda stats: stats.clients == 0)
+            assert (stats.auth_failures, stats.connections_total) == (2, 1)
 
 
 @pytest.mark.anyio
@@ -646,6 +679,9 @@ async def test_token_in_the_query_is_ignored_by_default(kind: ServerKind) -> Non
 
 # ----------------------------------------------------------------------------- expiry
 
+#: Without leeway, so that a token's life on the connection ends at its ``exp``.
+NO_LEEWAY = {"token_expiry_warning": 0.6, "token_expiry_grace": 0}
+
 
 @pytest.mark.anyio
 async def test_live_connection_is_warned_then_closed_4002_when_its_token_expires(
@@ -653,7 +689,7 @@ async def test_live_connection_is_warned_then_closed_4002_when_its_token_expires
 ) -> None:
     lifetime = 1.2
     with anyio.fail_after(TIMEOUT):
-        async with serving(kind, token_expiry_warning=0.6, token_expiry_grace=0) as served:
+        async with serving(kind, authenticator=jwt_authenticator(leeway=0), **NO_LEEWAY) as served:
             expires_at = time.time() + lifetime
             async with open_client(served, additional_headers=bearer(token(exp=expires_at))) as c:
                 ack = await next_frame(c, "connection.ack")
@@ -673,7 +709,7 @@ async def test_refresh_with_the_same_subject_keeps_the_connection_past_the_old_e
     kind: ServerKind,
 ) -> None:
     with anyio.fail_after(TIMEOUT):
-        async with serving(kind, token_expiry_warning=0.6, token_expiry_grace=0) as served:
+        async with serving(kind, authenticator=jwt_authenticator(leeway=0), **NO_LEEWAY) as served:
             old_expiry = time.time() + 1.2
             headers = bearer(token(exp=old_expiry))
             async with open_client(served, additional_headers=headers) as client:
@@ -693,6 +729,33 @@ async def test_refresh_with_the_same_subject_keeps_the_connection_past_the_old_e
                 assert await still_open(client)
                 stats = await served.stats()
                 assert (stats.token_expirations, stats.members) == (0, {"team:t1": 1})
+
+
+@pytest.mark.anyio
+async def test_token_accepted_within_the_leeway_lives_until_exp_plus_leeway(
+    kind: ServerKind,
+) -> None:
+    leeway = 2.0
+    expired = time.time() - 0.5  # accepted: within the leeway
+    with anyio.fail_after(TIMEOUT):
+        async with serving(
+            kind,
+            authenticator=jwt_authenticator(leeway=leeway),
+            # Warned at once (the hub looks at expiries at least once a second).
+            token_expiry_warning=5,
+            token_expiry_grace=0,
+        ) as served:
+            headers = bearer(token(exp=expired))
+            async with open_client(served, additional_headers=headers) as client:
+                ack = await next_frame(client, "connection.ack")
+                assert ack["payload"]["expiresAt"] == int((expired + leeway) * 1000)
+                warning = await next_frame(client, "token.expiring")
+                assert 0 < warning["payload"]["expiresInMs"] <= 1500
+                assert await frames_until_close(client) == ([], 4002)
+                # Not before the leeway is over.
+                assert time.time() >= expired + leeway
+            stats = await eventually(served, lambda stats: stats.clients == 0)
+            assert stats.token_expirations == 1
 
 
 # ----------------------------------------------------------------------------- limits
@@ -758,6 +821,91 @@ async def test_connections_waiting_for_auth_count_against_the_per_address_cap(
             assert await refused_status(served) == 503
 
 
+def bad_token(n: int) -> str:
+    """A token that verifies but for its audience: a failed authentication."""
+    return token(sub=f"guess-{n}", aud="another-service")
+
+
+async def lock_out(served: Served) -> None:
+    """Spend the address's failure budget (10 a minute) with bad handshakes."""
+    for n in range(10):
+        assert await refused_status(served, additional_headers=bearer(bad_token(n))) == 401
+    assert await refused_status(served) == 429
+
+
+@pytest.mark.anyio
+async def test_auth_frames_draw_on_the_failed_authentication_budget(kind: ServerKind) -> None:
+    # Sockets opened without credentials are admitted while nothing has failed;
+    # their auth frames must not get past the budget the handshake respects.
+    with anyio.fail_after(TIMEOUT * 2):
+        async with serving(kind) as served, AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(open_client(served)) for _ in range(30)]
+            codes = []
+            for n, client in enumerate(clients):
+                await client.send(json.dumps({"action": "auth", "token": bad_token(n)}))
+                codes.append((await frames_until_close(client))[1])
+            assert codes == [4001] * 10 + [1013] * 20
+            stats = await eventually(served, lambda stats: stats.clients == 0)
+            assert (stats.auth_failures, stats.limit_refusals) == (10, 20)
+            # A valid token gets no further: the address is locked out everywhere.
+            assert await refused_status(served, additional_headers=bearer(token())) == 429
+
+
+@pytest.mark.anyio
+async def test_auth_frame_from_a_locked_out_address_closes_1013_unverified(
+    kind: ServerKind,
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served, open_client(served) as waiting:
+            await lock_out(served)
+            # Admitted before the lockout; even a valid token is not verified now.
+            await waiting.send(json.dumps({"action": "auth", "token": token()}))
+            assert await frames_until_close(waiting) == ([], 1013)
+            stats = await eventually(served, lambda stats: stats.clients == 0)
+            assert (stats.auth_failures, stats.connections_total) == (10, 0)
+
+
+@pytest.mark.anyio
+async def test_refresh_from_a_locked_out_address_is_not_verified(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(kind) as served,
+            open_client(served, additional_headers=bearer(token())) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            await lock_out(served)
+            answers = []
+            for ref, value in enumerate([bad_token(99), token(), token(sub="mallory")]):
+                reply = await request(client, {"action": "refresh", "token": value, "ref": ref})
+                assert reply["ok"] is False
+                assert reply["error"]["retryAfterMs"] > 0
+                answers.append((reply["error"]["code"], reply["error"]["message"]))
+            # The same answer for an invalid, a valid and another user's token.
+            assert answers == [("rate_limited", "too many failed authentications")] * 3
+            assert await still_open(client)
+            stats = await served.stats()
+            assert (stats.auth_failures, stats.limit_refusals) == (10, 4)
+
+
+@pytest.mark.anyio
+async def test_failed_refreshes_spend_the_failed_authentication_budget(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(kind) as served,
+            open_client(served, additional_headers=bearer(token())) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            codes = []
+            for n in range(15):
+                refresh = {"action": "refresh", "token": bad_token(n), "ref": n}
+                reply = await request(client, refresh)
+                codes.append(reply["error"]["code"])
+            assert codes == ["unauthorized"] * 10 + ["rate_limited"] * 5
+            assert await refused_status(served, additional_headers=bearer(token())) == 429
+            stats = await served.stats()
+            assert (stats.auth_failures, stats.clients) == (10, 1)
+
+
 # ----------------------------------------------------------------------------- logs
 
 
@@ -772,23 +920,28 @@ class Captured(logging.Handler):
         self.records.append(record)
 
 
-#: Server-side loggers and the level each runs at: roomcast at its most
-#: verbose; the frameworks at INFO, where production servers run them (at
-#: DEBUG, the websockets server logs every request header). The test's own
-#: websockets *client* (``websockets.client``) is not listened to.
-SERVER_LOG_LEVELS = {
+#: Levels while logs are captured. The root logger, and so every logger without a
+#: level of its own, at DEBUG: roomcast, and the websockets, aiohttp and
+#: hypercorn servers (whose DEBUG lines include every request header and frame,
+#: hence roomcast.websockets.RedactingLogger). uvicorn's loggers, whose levels
+#: uvicorn sets itself, at INFO, its default: at DEBUG uvicorn logs every request
+#: header, which docs/topics/security.md warns about. The test's own websockets
+#: *client* is not the server and is kept quiet.
+LOG_LEVELS = {
+    "": logging.DEBUG,
     "roomcast": logging.DEBUG,
+    "websockets.server": logging.DEBUG,
+    "aiohttp": logging.DEBUG,
+    "hypercorn.error": logging.DEBUG,
+    "hypercorn.access": logging.DEBUG,
     "uvicorn": logging.INFO,
     "uvicorn.error": logging.INFO,
     "uvicorn.access": logging.INFO,
-    "hypercorn.error": logging.INFO,
-    "hypercorn.access": logging.INFO,
-    "aiohttp": logging.INFO,
-    "websockets.server": logging.INFO,
+    "websockets.client": logging.INFO,
 }
-#: Handlers go on these only: the others' records propagate to one of them.
-#: Not on the root logger, since uvicorn's loggers do not propagate.
-CAPTURED_LOGGERS = ("roomcast", "uvicorn", "hypercorn", "aiohttp", "websockets.server")
+#: Handlers go on the root logger and on the loggers that do not propagate to it
+#: (uvicorn's); every other record reaches the root.
+CAPTURED_LOGGERS = ("", "uvicorn", "uvicorn.access")
 #: The loggers that write a WebSocket request's URL at INFO.
 URL_LOGGERS = ("uvicorn.error", "uvicorn.access", "hypercorn.access", "aiohttp.access")
 
@@ -812,7 +965,7 @@ class RedactQueryToken(logging.Filter):
 def capturing_server_logs(redact_query: str | None = None) -> Iterator[Captured]:
     captured = Captured()
     redact = None if redact_query is None else RedactQueryToken(redact_query)
-    saved = [(logging.getLogger(name), level) for name, level in SERVER_LOG_LEVELS.items()]
+    saved = [(logging.getLogger(name), level) for name, level in LOG_LEVELS.items()]
     previous = [logger.level for logger, _ in saved]
     for logger, level in saved:
         logger.setLevel(level)
@@ -845,8 +998,11 @@ async def session_with_tokens_everywhere(served: Served, sources: TokenSources) 
     origin = [("Origin", APP_ORIGIN)]
     for value, status in ((token(), 101), (token(aud="another-service"), 401)):
         remember(value)
+        bearer_entry = f"roomcast.bearer.{value}"
         attempts = [
-            (PATH, origin, (V1, f"roomcast.bearer.{value}")),
+            (PATH, origin, (V1, bearer_entry)),
+            # Without roomcast.v1: no offered subprotocol is selected.
+            (PATH, origin, (bearer_entry,)),
             (PATH, [*origin, ("Authorization", f"Bearer {value}")], (V1,)),
         ]
         if sources.cookie is not None:
@@ -858,6 +1014,17 @@ async def session_with_tokens_everywhere(served: Served, sources: TokenSources) 
                 served, target, additional_headers=headers, subprotocols=offered
             )
             assert outcome == status
+        # The bearer entry in a Sec-WebSocket-Protocol header of its own, before
+        # the one offering roomcast.v1. Only the logs matter here: this client,
+        # which offered no subprotocol itself, refuses a server that selects one.
+        separate = [
+            *origin,
+            ("Sec-WebSocket-Protocol", bearer_entry),
+            ("Sec-WebSocket-Protocol", V1),
+        ]
+        with contextlib.suppress(InvalidHandshake):
+            async with connect(served.url, additional_headers=separate, open_timeout=TIMEOUT):
+                pass
     # Refused for its origin, before the token is read.
     refused = remember(token())
     cross_site = [("Origin", "https://evil.example.com")]
@@ -884,9 +1051,11 @@ async def session_with_tokens_everywhere(served: Served, sources: TokenSources) 
 
 
 def leaks(records: list[logging.LogRecord], tokens: list[str]) -> list[str]:
-    """Formatted log lines that contain a token, or a token's signature alone."""
+    """Formatted server log lines (with their tracebacks and raw arguments) that
+    contain a token, or a token's signature alone."""
     formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
-    lines = [formatter.format(record) for record in records]
+    server_side = [r for r in records if not r.name.startswith("websockets.client")]
+    lines = [f"{formatter.format(r)} {r.msg!r} {r.args!r}" for r in server_side]
     signatures = [value.rsplit(".", 1)[-1] for value in tokens]
     return [line for line in lines if any(part in line for part in (*tokens, *signatures))]
 
