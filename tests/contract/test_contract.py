@@ -1,6 +1,6 @@
 """The same behaviour behind every adapter, over real sockets on 127.0.0.1.
 
-Each test runs once per server kind in :data:`tests.contract.servers.KINDS`.
+Each test runs once per server kind in :data:`tests.contract.servers.ALL_KINDS`.
 The client is the ``websockets`` asyncio client, so tests run on asyncio; a
 kind whose hub runs on trio serves from a thread of its own.
 """
@@ -24,7 +24,7 @@ from roomcast import Handshake, Hub, Principal, RateLimit
 from roomcast.hub import HubStatistics
 
 from .frames import next_frame, receive, request
-from .servers import KINDS, PATH, Served, ServerKind
+from .servers import ALL_KINDS, PATH, Served, ServerKind
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +32,7 @@ TIMEOUT = 10
 V1 = [Subprotocol("roomcast.v1")]
 
 
-@pytest.fixture(params=KINDS, ids=[kind.name for kind in KINDS])
+@pytest.fixture(params=[kind.param() for kind in ALL_KINDS])
 def kind(request: pytest.FixtureRequest) -> ServerKind:
     server_kind: ServerKind = request.param
     return server_kind
