@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 
 from roomcast.exceptions import ConnectionClosed
 from roomcast.transport import DEFAULT_CLOSE_TIMEOUT, Handshake, close_frame
@@ -301,9 +302,16 @@ def endpoint(hub: Hub) -> Callable[[WebSocket], Awaitable[None]]:
         admission = await hub.admit(transport.handshake)
         try:
             if not admission.accepted:
+                await websocket.receive()  # websocket.connect: ASGI answers it, never ahead
                 if "websocket.http.response" in websocket.scope.get("extensions", {}):
                     refusal = PlainTextResponse(admission.reason, status_code=admission.status)
                     await websocket.send_denial_response(refusal)
+                    # uvicorn's websockets-sansio counts a handshake answered with
+                    # a response as complete only once the socket is closed, and
+                    # logs an ERROR for an application that returns before: one
+                    # pass of the event loop lets it close the socket it has
+                    # just written the response to.
+                    await anyio.lowlevel.checkpoint()
                 else:
                     await websocket.close(admission.close_code, admission.reason)
                 return
