@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import subprocess
@@ -303,6 +304,60 @@ async def test_ping_calls_on_pong_when_the_pong_arrives() -> None:
                 tg.cancel_scope.cancel()
 
 
+class Recorder(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+
+def client_frame(opcode: int, payload: bytes, *, masked: bool = True) -> bytes:
+    """A frame as a client sends it (RFC 6455 section 5.2), masked unless told otherwise."""
+    length = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if length < 126:
+        header = bytes([0x80 | opcode, mask_bit | length])
+    elif length < 65536:
+        header = bytes([0x80 | opcode, mask_bit | 126]) + length.to_bytes(2, "big")
+    else:
+        header = bytes([0x80 | opcode, mask_bit | 127]) + length.to_bytes(8, "big")
+    if not masked:
+        return header + payload
+    key = b"\x01\x02\x03\x04"
+    return header + key + bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1000, 1 << 20])
+def test_the_close_watch_passes_every_byte_on_and_finds_the_close_frame(chunk: int) -> None:
+    # Payloads that look like close frames, at every length encoding, masked or not.
+    before = b"".join(
+        client_frame(opcode, b"\x88" * size, masked=masked)
+        for opcode, size, masked in [
+            (0x1, 5, True),
+            (0x2, 126, True),
+            (0x9, 0, True),
+            (0x1, 70000, False),
+            (0x2, 65535, True),
+        ]
+    )
+    close = client_frame(0x8, b"\x03\xe8bye")
+    stream = before + close + client_frame(0x1, b"after")
+    recorder = Recorder()
+    watch = roomcast.aiohttp._CloseFrameWatch(recorder)
+    seen_at = []
+    watch.on_close = lambda: seen_at.append(len(recorder.data))
+    for start in range(0, len(stream), chunk):
+        # Known once its whole header (2 bytes, then the 4-byte masking key) has come.
+        assert watch.close_seen == (start >= len(before) + 6)
+        watch.data_received(stream[start : start + chunk])
+    assert bytes(recorder.data) == stream
+    assert watch.close_seen
+    # Noticed in the read that brought the close frame's header, before passing it on.
+    assert len(seen_at) == 1
+    assert len(before) + 6 - chunk <= seen_at[0] <= len(before) + 5
+
+
 def test_import_without_the_library_names_the_extra() -> None:
     code = (
         "import sys; sys.modules['aiohttp'] = None\n"
@@ -470,7 +525,8 @@ async def test_app_shutdown_flushes_queued_frames_then_closes_with_1001() -> Non
                 ]
                 assert numbers == list(range(published))
                 assert await close_code(client) == 1001
-            # No wait for close replies that aiohttp, shutting down, no longer reads.
+            # aiohttp, shutting down, no longer reads; the client's close reply
+            # still ends the wait, long before the deadline.
             assert anyio.current_time() - started < hub.drain_timeout / 2
         assert not hub.running
 

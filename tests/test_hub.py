@@ -374,6 +374,8 @@ def test_hub_rejects_bad_configuration() -> None:
         Hub(max_queue=0)
     with pytest.raises(ValueError, match="slow_consumer"):
         Hub(slow_consumer="block")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="close_timeout"):
+        Hub(close_timeout=0)
     with pytest.raises(TypeError, match="RoomOptions"):
         Hub(namespaces={"team": {"history": 1}})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match=r"History\.size"):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -54,7 +53,7 @@ class AiohttpTransport:
     ``compress=False``, so that :meth:`try_send` can write without waiting.
     """
 
-    __slots__ = ("_next_ping", "_pings", "_request", "_sent", "_ws")
+    __slots__ = ("_next_ping", "_pings", "_request", "_sent", "_watch", "_ws")
 
     def __init__(self, request: web.BaseRequest, ws: web.WebSocketResponse) -> None:
         if not ws.prepared:
@@ -64,6 +63,10 @@ class AiohttpTransport:
         self._pings: dict[bytes, Callable[[], object]] = {}
         self._next_ping = 0
         self._sent: tuple[int, str] | None = None
+        # Installed by handler() before the handshake was answered, if it was.
+        transport = request.transport
+        watch = None if transport is None else transport.get_protocol()
+        self._watch = watch if isinstance(watch, _CloseFrameWatch) else None
 
     @property
     def handshake(self) -> Handshake:
@@ -142,6 +145,16 @@ class AiohttpTransport:
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake and wait for it to end; closing twice does nothing.
 
+        The close frame goes out behind what the connection already holds;
+        then frames the peer sends are read and dropped until its close frame,
+        for at most the response's ``timeout``, and only then is the socket
+        closed: closed with such frames unread, it would be reset, and the
+        peer could lose the close frame. Once aiohttp's shutdown has begun it
+        no longer reads for the response; a connection served by
+        [`handler`][roomcast.aiohttp.handler] has its incoming bytes watched
+        for the peer's close frame, so that the wait still ends when the peer
+        answers.
+
         Raises:
             ValueError: ``code`` may not be sent in a close frame.
         """
@@ -150,14 +163,19 @@ class AiohttpTransport:
             return
         code, reason = close_frame(code, reason)
         self._sent = (code, reason)
+        watch = self._watch
         try:
-            # 1001: this server is going away. aiohttp stops reading once its
-            # shutdown begins, so the peer's close frame would never be seen:
-            # the connection closes, after flushing, without waiting for it.
-            with anyio.move_on_after(0 if code == 1001 else math.inf):
+            with anyio.CancelScope() as answered:
+                if watch is not None:
+                    if watch.close_seen:
+                        answered.cancel()
+                    watch.on_close = answered.cancel
                 await ws.close(code=code, message=reason.encode())
         except Exception:  # the socket may already be gone; the goal was a closed connection
             logger.debug("error while closing a connection", exc_info=True)
+        finally:
+            if watch is not None:
+                watch.on_close = None
 
     async def ping(self, on_pong: Callable[[], object]) -> None:
         """Send a protocol ping; ``on_pong`` runs when its pong arrives.
@@ -231,7 +249,11 @@ def handler(hub: Hub) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
             compress=False,
             autoping=False,
             heartbeat=None,
+            timeout=hub.close_timeout,  # for the peer's answer to a close frame
         )
+        # Watching from before the handshake is answered: the peer's first frame
+        # comes after, so the watch sees the stream from a frame boundary.
+        _CloseFrameWatch.install(request)
         await ws.prepare(_negotiating(request, subprotocol))
         await hub.serve(AiohttpTransport(request, ws), admission)
         return ws
@@ -281,6 +303,90 @@ def cleanup_ctx(hub: Hub) -> Callable[[web.Application], AsyncIterator[None]]:
             await task  # raises what stopped the hub, if anything did
 
     return run_hub
+
+
+class _CloseFrameWatch(asyncio.Protocol):
+    """Passes a connection's bytes on to aiohttp, noticing the peer's close frame.
+
+    From the moment aiohttp's shutdown begins (``Server.pre_shutdown``, which
+    runs before ``on_shutdown``) it drops what its connections receive, so a
+    WebSocket closed then never sees the peer's answer. The watch sits between
+    the socket and aiohttp's protocol and follows the frame boundaries of the
+    peer's stream (RFC 6455 section 5.2: a 2-byte header, a 16- or 64-bit
+    extended length, a 4-byte masking key) to tell when the close frame
+    (opcode 0x8) arrives. It reads headers only and copies nothing.
+    """
+
+    __slots__ = ("_partial", "_protocol", "_skip", "close_seen", "on_close")
+
+    def __init__(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+        self._skip = 0  # payload bytes of the current frame still to come
+        self._partial = b""  # the start of a frame header split across reads
+        #: Whether the peer's close frame has arrived.
+        self.close_seen = False
+        #: Called once when it arrives.
+        self.on_close: Callable[[], object] | None = None
+
+    @classmethod
+    def install(cls, request: web.BaseRequest) -> None:
+        """Put a watch between ``request``'s socket and aiohttp, where possible."""
+        transport = request.transport
+        if transport is None:
+            return
+        protocol = transport.get_protocol()
+        if protocol is not None and not isinstance(protocol, asyncio.BufferedProtocol):
+            transport.set_protocol(cls(protocol))
+
+    def data_received(self, data: bytes) -> None:
+        if not self.close_seen:
+            self._scan(data)
+        self._protocol.data_received(data)  # type: ignore[attr-defined]
+
+    def _scan(self, data: bytes) -> None:
+        if self._partial:
+            data = self._partial + data
+            self._partial = b""
+        position, end = 0, len(data)
+        while position < end:
+            if self._skip:
+                taken = min(self._skip, end - position)
+                self._skip -= taken
+                position += taken
+                continue
+            if end - position < 2:
+                break
+            second = data[position + 1]
+            length = second & 0x7F
+            extended = 2 if length == 126 else 8 if length == 127 else 0
+            size = 2 + extended + (4 if second & 0x80 else 0)
+            if end - position < size:
+                break
+            if extended:
+                length = int.from_bytes(data[position + 2 : position + 2 + extended], "big")
+            if data[position] & 0x0F == 0x8:
+                self.close_seen = True
+                if self.on_close is not None:
+                    self.on_close()
+                return
+            position += size
+            self._skip = length
+        self._partial = data[position:end]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._protocol.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._protocol.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self._protocol.eof_received()  # type: ignore[attr-defined,no-any-return]
+
+    def pause_writing(self) -> None:
+        self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._protocol.resume_writing()
 
 
 def _handshake(request: web.BaseRequest) -> Handshake:

@@ -43,7 +43,7 @@ from .limits import ConnectionLimits, ConnectionTracker
 from .options import DEFAULT_MAX_QUEUE, RateLimit, RoomOptions, SlowConsumerPolicy
 from .ratelimit import RateLimiter
 from .room import Room
-from .transport import Handshake, Transport, close_frame
+from .transport import DEFAULT_CLOSE_TIMEOUT, Handshake, Transport, close_frame
 from .wire import (
     MAX_MESSAGE_SIZE,
     PING_FRAME,
@@ -79,6 +79,8 @@ logger = logging.getLogger("roomcast.hub")
 DEFAULT_MAX_ROOMS_PER_CONNECTION: Final = 100
 #: Seconds a closing connection gets to flush what is queued for it.
 DEFAULT_DRAIN_TIMEOUT: Final = 5.0
+#: Seconds that shutdown gives closing handshakes beyond ``drain_timeout``.
+_SHUTDOWN_CLOSE_GRACE: Final = 1.0
 #: Seconds a connection without handshake credentials has to send ``auth``.
 DEFAULT_AUTH_TIMEOUT: Final = 10.0
 #: Seconds before a token expires that the client is sent ``token.expiring``.
@@ -242,6 +244,11 @@ class Hub:
         slow_consumer: ``"disconnect"`` (close 4009) or ``"drop_oldest"`` (the
             client gets a ``gap`` notice).
         drain_timeout: seconds a closing connection gets to flush its queue.
+        close_timeout: seconds a closing connection is kept once its queue is
+            flushed or dropped: no more data frames, its close frame queued
+            behind what the transport already holds, until the peer has read it
+            and answered (a client stalled longer is cut off and sees 1006).
+            Shutdown gives closing handshakes ``drain_timeout`` plus one second.
         auth_timeout: seconds a connection without credentials in its handshake
             has to send an ``auth`` frame (close 4008 after).
         bad_request_limit: malformed requests per minute before close 1008.
@@ -286,6 +293,7 @@ class Hub:
         max_queue: int = DEFAULT_MAX_QUEUE,
         slow_consumer: SlowConsumerPolicy = "disconnect",
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
         bad_request_limit: int = DEFAULT_BAD_REQUEST_LIMIT,
         allowed_origins: Iterable[str] | None = None,
@@ -306,6 +314,7 @@ class Hub:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name, number in (
             ("drain_timeout", drain_timeout),
+            ("close_timeout", close_timeout),
             ("auth_timeout", auth_timeout),
             ("token_expiry_warning", token_expiry_warning),
         ):
@@ -353,6 +362,7 @@ class Hub:
         self.max_queue = max_queue
         self.slow_consumer: SlowConsumerPolicy = slow_consumer
         self.drain_timeout = float(drain_timeout)
+        self.close_timeout = float(close_timeout)
         self.auth_timeout = float(auth_timeout)
         self.bad_request_limit = bad_request_limit
         limit = self.rate_limit
@@ -377,8 +387,12 @@ class Hub:
         self._state = "new"
         self._idle: anyio.Event | None = None
         self._background: list[anyio.CancelScope] = []
-        # Connections inside serve() past registration, until their close frame is sent.
+        # Connections inside serve() past registration, until their closing handshake ends.
         self._serving = 0
+        # The closing handshakes under way, each bounded by its scope's deadline.
+        self._closing: set[anyio.CancelScope] = set()
+        # When shutdown gives up on the closing handshakes still under way.
+        self._shutdown_deadline = math.inf
         # Bound once and shared by every client, rather than a bound method each.
         self._client_closed = self._on_client_close
         self._frame_dropped = self._on_drop
@@ -426,18 +440,27 @@ class Hub:
     async def aclose(self) -> None:
         """Shut down: clients get their queued frames (within ``drain_timeout``), then close 1001.
 
-        New connections are refused with 1001 from the moment this is called.
-        Idempotent.
+        Returns once every connection has finished its closing handshake (the
+        peer has read the close frame and answered it) or ``drain_timeout``
+        plus one second has passed; what the peers send meanwhile is read and
+        dropped. A server may then stop without resetting a connection whose
+        peer was still reading. New handshakes are refused (HTTP 503) from the
+        moment this is called, and a connection accepted since is closed with
+        1001 without being acknowledged. Idempotent.
         """
         if self._state != "running":
             return
         self._state = "closing"
+        deadline = anyio.current_time() + self.drain_timeout + _SHUTDOWN_CLOSE_GRACE
+        self._shutdown_deadline = deadline
         with anyio.CancelScope(shield=True):
+            for scope in self._closing:  # closing for another reason, with more time
+                scope.deadline = min(scope.deadline, deadline)
             for client in list(self._clients.values()):
                 client.close(_CLOSE_GOING_AWAY, "server shutting down")
             if self._serving:
                 self._idle = anyio.Event()
-                with anyio.move_on_after(self.drain_timeout + 1.0):
+                with anyio.CancelScope(deadline=deadline):
                     await self._idle.wait()
             # Stop the background tasks only: the task group also encloses the
             # application's code when the hub is used as a context manager.
@@ -827,6 +850,11 @@ class Hub:
                 with anyio.CancelScope(shield=True):
                     await transport.close(_CLOSE_TRY_AGAIN, "too many connections for this user")
                 return
+            if self._state != "running":
+                # Admitted before shutdown began, accepted after: never acknowledged.
+                with anyio.CancelScope(shield=True, deadline=self._shutdown_deadline):
+                    await transport.close(_CLOSE_GOING_AWAY, "server shutting down")
+                return
             # The node prefix routes send_to_client to the node holding the client.
             client_id = ClientId(f"{self._node}.{secrets.token_hex(6)}")
             client = Client(
@@ -892,9 +920,20 @@ class Hub:
                     # the transport, and 1006 itself may not be sent on the wire.
                     if close_code == 1006:
                         close_code, close_reason = 1000, ""
-                    with anyio.move_on_after(self.drain_timeout):
-                        await transport.close(close_code, close_reason)
-                    # Only now is this connection done: aclose() waits for its close frame.
+                    # The close frame waits behind what the transport holds, and
+                    # the transport for the peer's answer, reading and dropping
+                    # what the peer sends first: closing the socket with that
+                    # unread would reset the connection and lose the close frame.
+                    deadline = min(
+                        anyio.current_time() + self.close_timeout, self._shutdown_deadline
+                    )
+                    with anyio.CancelScope(deadline=deadline) as scope:
+                        self._closing.add(scope)
+                        try:
+                            await transport.close(close_code, close_reason)
+                        finally:
+                            self._closing.discard(scope)
+                    # Only now is this connection done: aclose() waits for its closing handshake.
                     self._serving -= 1
                     if not self._serving and self._idle is not None:
                         self._idle.set()

@@ -31,9 +31,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 
 from roomcast.exceptions import ConnectionClosed
-from roomcast.transport import Handshake, close_frame
+from roomcast.transport import DEFAULT_CLOSE_TIMEOUT, Handshake, close_frame
 from roomcast.wire import MAX_MESSAGE_SIZE
 
 try:
@@ -57,8 +58,6 @@ logger = logging.getLogger("roomcast.starlette")
 # has closed; servers raise OSError (uvicorn's ClientDisconnected) when the
 # socket is gone.
 _GONE = (WebSocketDisconnect, RuntimeError, OSError)
-#: Seconds :meth:`StarletteTransport.close` waits for the peer's close frame.
-CLOSE_WAIT = 2.0
 _CONNECTED = WebSocketState.CONNECTED
 
 
@@ -75,13 +74,22 @@ class StarletteTransport:
     Args:
         websocket: the connection, accepted by the caller.
         max_message_size: messages over this many bytes close the connection with 1009.
+        close_timeout: seconds [`close`][roomcast.starlette.StarletteTransport.close] waits for
+            the closing handshake to end.
     """
 
-    __slots__ = ("_eager", "_max_size", "_send", "_websocket")
+    __slots__ = ("_close_timeout", "_eager", "_max_size", "_send", "_websocket")
 
-    def __init__(self, websocket: WebSocket, *, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        *,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    ) -> None:
         self._websocket = websocket
         self._max_size = max_message_size
+        self._close_timeout = close_timeout
         self._eager = _on_asyncio()
         # The ASGI send the WebSocket wraps. Data frames go to it directly while
         # the socket is open, with the checks WebSocket.send would make for them
@@ -191,12 +199,15 @@ class StarletteTransport:
                 raise self._closed(exc) from exc
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Send a close frame and wait for the peer's; closing twice, or late, does nothing.
+        """Send a close frame and wait for the connection to end; later calls do nothing.
 
-        Frames the peer sent meanwhile are read and dropped while waiting (at
-        most :data:`CLOSE_WAIT` seconds): a server that closed the socket with
-        them unread would reset the connection, and the peer could lose the
-        close frame. Bound the whole with a timeout of your own if you need less.
+        The close frame goes out once the server can write it (after what it
+        already holds for a slow peer); then the connection ends when the
+        peer answers it, frames it sent meanwhile being read and dropped, or
+        after ``close_timeout`` seconds in all. A server that closed the
+        socket with such frames unread would reset the connection, and the
+        peer could lose the close frame, so shutdown must not begin before
+        this returns.
 
         Raises:
             ValueError: ``code`` may not be sent in a close frame.
@@ -209,12 +220,39 @@ class StarletteTransport:
             return
         code, reason = close_frame(code, reason)
         try:
-            await websocket.close(code, reason)
-            with anyio.move_on_after(CLOSE_WAIT):
-                while (await websocket.receive())["type"] != "websocket.disconnect":
-                    pass  # a frame sent before the peer saw the close frame
+            with anyio.move_on_after(self._close_timeout):
+                await websocket.close(code, reason)
+                await _closing_handshake(websocket, code, reason)
         except Exception:  # the socket may already be gone; the goal was a closed connection
             logger.debug("error while closing a connection", exc_info=True)
+
+
+async def _closing_handshake(websocket: WebSocket, code: int, reason: str) -> None:
+    """Wait, after sending close ``code``, until the server reports the connection's end.
+
+    Servers differ in what ``websocket.disconnect`` means once the application
+    has closed. hypercorn sends one when the closing handshake is over; uvicorn's
+    legacy ``websockets`` implementation finishes the handshake within the
+    ``websocket.close`` send. uvicorn's ``websockets-sansio`` and ``wsproto``
+    implementations answer the close at once with a ``websocket.disconnect``
+    that repeats its code and reason, read and drop the peer's frames
+    themselves until its close frame, and send a second one when the socket
+    is closed: that one is the end. (Starlette refuses a second receive after
+    a disconnect, so this reads the ASGI channel itself.)
+    """
+    receive = websocket._receive
+    echoed = False
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "websocket.receive":
+            continue  # a frame the peer sent before it saw the close frame
+        if kind != "websocket.disconnect":
+            return  # not a server that follows ASGI: nothing to wait for
+        if not echoed and message.get("code") == code and message.get("reason") == reason:
+            echoed = True
+            continue
+        return
 
 
 def _on_asyncio() -> bool:
@@ -259,13 +297,22 @@ def endpoint(hub: Hub) -> Callable[[WebSocket], Awaitable[None]]:
     """
 
     async def roomcast_endpoint(websocket: WebSocket) -> None:
-        transport = StarletteTransport(websocket, max_message_size=hub.max_message_size)
+        transport = StarletteTransport(
+            websocket, max_message_size=hub.max_message_size, close_timeout=hub.close_timeout
+        )
         admission = await hub.admit(transport.handshake)
         try:
             if not admission.accepted:
+                await websocket.receive()  # websocket.connect: ASGI answers it, never ahead
                 if "websocket.http.response" in websocket.scope.get("extensions", {}):
                     refusal = PlainTextResponse(admission.reason, status_code=admission.status)
                     await websocket.send_denial_response(refusal)
+                    # uvicorn's websockets-sansio counts a handshake answered with
+                    # a response as complete only once the socket is closed, and
+                    # logs an ERROR for an application that returns before: one
+                    # pass of the event loop lets it close the socket it has
+                    # just written the response to.
+                    await anyio.lowlevel.checkpoint()
                 else:
                     await websocket.close(admission.close_code, admission.reason)
                 return

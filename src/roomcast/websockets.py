@@ -84,14 +84,23 @@ _ProcessRequest = Callable[
 
 
 class WebSocketsTransport:
-    """A :class:`~roomcast.transport.PingableTransport` over a ``ServerConnection``."""
+    """A :class:`~roomcast.transport.PingableTransport` over a ``ServerConnection``.
 
-    __slots__ = ("_connection",)
+    Args:
+        connection: the connection, past its opening handshake.
+        close_timeout: seconds [`close`][roomcast.websockets.WebSocketsTransport.close]
+            keeps the connection for the peer to read the close frame and
+            answer it, in place of the connection's own ``close_timeout``;
+            ``None`` keeps that one.
+    """
 
-    def __init__(self, connection: ServerConnection) -> None:
+    __slots__ = ("_close_timeout", "_connection")
+
+    def __init__(self, connection: ServerConnection, *, close_timeout: float | None = None) -> None:
         if connection.request is None:  # handlers run only after the opening handshake
             raise ValueError("the connection has not completed its opening handshake")
         self._connection = connection
+        self._close_timeout = close_timeout
 
     @property
     def handshake(self) -> Handshake:
@@ -144,12 +153,20 @@ class WebSocketsTransport:
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake and wait for it to end; closing twice does nothing.
 
+        The close frame goes out behind what the connection already holds,
+        and the connection is kept until the peer answers it or the close
+        timeout passes: ``websockets`` then drops the connection, and a peer
+        still stalled loses the close frame.
+
         Raises:
             ValueError: ``code`` may not be sent in a close frame.
         """
         connection = self._connection
         if connection.protocol.state is OPEN:
             code, reason = close_frame(code, reason)
+            if self._close_timeout is not None:
+                # Read when the close frame is queued: the deadline for the peer's answer.
+                connection.close_timeout = self._close_timeout
         else:
             reason = reason.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
         try:
@@ -256,7 +273,8 @@ class Handler:
         coroutine frame stays alive for each idle connection.
         """
         admission = self._admissions.pop(connection, None)
-        return self._hub.serve(WebSocketsTransport(connection), admission)
+        transport = WebSocketsTransport(connection, close_timeout=self._hub.close_timeout)
+        return self._hub.serve(transport, admission)
 
 
 def handler(hub: Hub, process_request: _ProcessRequest | None = None) -> Handler:

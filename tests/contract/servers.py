@@ -10,9 +10,13 @@ client in the test's own event loop. A server that runs on another event loop
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import queue
+import socket
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,6 +25,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 import hypercorn.config
 import hypercorn.trio
+import pytest
 import trio
 import uvicorn
 from aiohttp import web
@@ -33,7 +38,15 @@ import roomcast.websockets
 from roomcast import Hub
 from roomcast.hub import HubStatistics
 
-__all__ = ["KINDS", "SHUTDOWN_TIMEOUT", "ServerKind", "Served"]
+with warnings.catch_warnings():
+    # uvicorn deprecates its implementation on the legacy websockets API, and
+    # websockets its legacy API; both still ship, and users still choose them.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore", uvicorn.config.UvicornDeprecationWarning)
+    from uvicorn.protocols.websockets.websockets_impl import WebSocketProtocol
+from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+
+__all__ = ["ALL_KINDS", "KINDS", "SHUTDOWN_TIMEOUT", "ServerKind", "Served"]
 
 T = TypeVar("T")
 
@@ -45,11 +58,21 @@ PATH = "/ws"
 
 @dataclass(frozen=True)
 class Served:
-    """A running server: where to connect, and a way into its hub's event loop."""
+    """A running server: where to connect, a way into its hub's event loop, and its stop.
+
+    Attributes:
+        url: where clients connect.
+        hub: the hub (touch it only through :meth:`run`).
+        enter: awaits a call in the hub's event loop.
+        stop: shuts the server down as a deployment would on SIGTERM (the hub
+            says goodbye, then the server stops); leaving the context does it
+            too. Idempotent.
+    """
 
     url: str
     hub: Hub
     enter: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+    stop: Callable[[], Coroutine[Any, Any, None]]
 
     async def run(self, function: Callable[[Hub], Awaitable[T]]) -> T:
         """Await ``function(hub)`` in the event loop the hub runs in."""
@@ -69,6 +92,25 @@ async def _same_loop(call: Callable[[], Awaitable[Any]]) -> Any:
     return await call()
 
 
+def _once(stop: Callable[[], Awaitable[None]]) -> Callable[[], Coroutine[Any, Any, None]]:
+    """``stop``, run by the first call only; later calls wait for it to end."""
+    done: anyio.Event | None = None
+
+    async def stop_once() -> None:
+        nonlocal done
+        if done is not None:
+            await done.wait()
+            return
+        done = anyio.Event()
+        try:
+            with anyio.CancelScope(shield=True), anyio.fail_after(SHUTDOWN_TIMEOUT):
+                await stop()
+        finally:
+            done.set()
+
+    return stop_once
+
+
 @dataclass(frozen=True)
 class ServerKind:
     """One way of serving a hub, and what it does where adapters may differ.
@@ -85,6 +127,7 @@ class ServerKind:
         known_failures: contract tests this kind fails today, by test function
             name, with the reason; they run and are reported as expected
             failures (strict: a fix turns them into errors until removed here).
+        marks: pytest marks for every test of this kind.
     """
 
     name: str
@@ -93,18 +136,40 @@ class ServerKind:
     refusal: Literal["http", "close"]
     deflate: bool
     known_failures: Mapping[str, str] = field(default_factory=dict)
+    marks: tuple[pytest.MarkDecorator, ...] = ()
+
+    def param(self) -> Any:
+        """This kind as a pytest parameter, named and marked."""
+        return pytest.param(self, id=self.name, marks=self.marks)
 
 
 @asynccontextmanager
 async def _websockets(hub_kwargs: Mapping[str, Any]) -> AsyncIterator[Served]:
     hub = Hub(**hub_kwargs)
-    server = await roomcast.websockets.serve(hub, "127.0.0.1", 0, start_serving=False)
-    # Leaving in reverse order: the hub closes its clients with 1001 first,
-    # then the server stops listening.
+    server = await roomcast.websockets.serve(
+        hub,
+        "127.0.0.1",
+        0,
+        start_serving=False,
+        # Shorter than the stalls the suite puts closing connections through:
+        # the hub's own close_timeout governs the closes it starts.
+        close_timeout=1.0,
+    )
+
+    async def stop() -> None:
+        # The hub closes its clients with 1001 first, then the server stops.
+        await hub.aclose()
+        server.close()
+        await server.wait_closed()
+
     async with server, hub:
         await server.start_serving()
         port = server.sockets[0].getsockname()[1]
-        yield Served(f"ws://127.0.0.1:{port}{PATH}", hub, _same_loop)
+        served = Served(f"ws://127.0.0.1:{port}{PATH}", hub, _same_loop, _once(stop))
+        try:
+            yield served
+        finally:
+            await served.stop()
 
 
 def _starlette_app(hub: Hub) -> Starlette:
@@ -114,18 +179,28 @@ def _starlette_app(hub: Hub) -> Starlette:
     )
 
 
+def _starlette_uvicorn(
+    ws: str | type[asyncio.Protocol],
+) -> Callable[[Mapping[str, Any]], AbstractAsyncContextManager[Served]]:
+    """Starlette on uvicorn with the WebSocket implementation ``ws``."""
+    return partial(_serve_starlette_with_uvicorn, ws=ws)
+
+
 @asynccontextmanager
-async def _starlette_uvicorn(hub_kwargs: Mapping[str, Any]) -> AsyncIterator[Served]:
+async def _serve_starlette_with_uvicorn(
+    hub_kwargs: Mapping[str, Any], ws: str | type[asyncio.Protocol]
+) -> AsyncIterator[Served]:
     hub = Hub(**hub_kwargs)
     config = uvicorn.Config(
         _starlette_app(hub),
         host="127.0.0.1",
         port=0,
+        ws=ws,
         ws_max_size=hub.max_message_size,
         ws_per_message_deflate=False,
         log_level="warning",
     )
-    server = uvicorn.Server(config)
+    server = _UvicornServer(config, hub)
     stopped = anyio.Event()
 
     async def run() -> None:
@@ -134,6 +209,10 @@ async def _starlette_uvicorn(hub_kwargs: Mapping[str, Any]) -> AsyncIterator[Ser
         finally:
             stopped.set()
 
+    async def stop() -> None:
+        server.should_exit = True  # what uvicorn's SIGTERM handler does
+        await stopped.wait()
+
     async with anyio.create_task_group() as tg:
         tg.start_soon(run)
         while not server.started:
@@ -141,15 +220,25 @@ async def _starlette_uvicorn(hub_kwargs: Mapping[str, Any]) -> AsyncIterator[Ser
                 raise RuntimeError("uvicorn did not start")
             await anyio.sleep(0.005)
         port = server.servers[0].sockets[0].getsockname()[1]
+        served = Served(f"ws://127.0.0.1:{port}{PATH}", hub, _same_loop, _once(stop))
         try:
-            yield Served(f"ws://127.0.0.1:{port}{PATH}", hub, _same_loop)
+            yield served
         finally:
-            with anyio.CancelScope(shield=True), anyio.fail_after(SHUTDOWN_TIMEOUT):
-                # uvicorn closes WebSockets with 1012 before the lifespan ends;
-                # the hub says goodbye with 1001 first.
-                await hub.aclose()
-                server.should_exit = True
-                await stopped.wait()
+            await served.stop()
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn with the shutdown override the Starlette how-to documents."""
+
+    def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
+        super().__init__(config)
+        self.hub = hub
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn closes WebSockets with 1012 before the lifespan ends; the
+        # hub says goodbye with 1001 first.
+        await self.hub.aclose()
+        await super().shutdown(sockets)
 
 
 @dataclass(frozen=True)
@@ -213,13 +302,17 @@ async def _starlette_hypercorn_trio(hub_kwargs: Mapping[str, Any]) -> AsyncItera
             abandon_on_cancel=True,
         )
 
+    async def stop() -> None:
+        # The shutdown trigger the Starlette how-to documents: the hub first.
+        await enter(server.hub.aclose)
+        await enter(_set_event(server.shutdown))
+        await anyio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
+
+    served = Served(server.url, server.hub, enter, _once(stop))
     try:
-        yield Served(server.url, server.hub, enter)
+        yield served
     finally:
-        with anyio.CancelScope(shield=True), anyio.fail_after(SHUTDOWN_TIMEOUT):
-            await enter(server.hub.aclose)
-            await enter(_set_event(server.shutdown))
-            await anyio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
+        await served.stop()
         if thread.is_alive():
             raise RuntimeError("the trio server did not stop")
 
@@ -232,14 +325,16 @@ async def _aiohttp(hub_kwargs: Mapping[str, Any]) -> AsyncIterator[Served]:
     app.cleanup_ctx.append(roomcast.aiohttp.cleanup_ctx(hub))
     runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT / 2)
     await runner.setup()
+    # What web.run_app does on SIGTERM; on_shutdown closes the hub.
+    served = Served("", hub, _same_loop, _once(runner.cleanup))
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = runner.addresses[0][1]
-        yield Served(f"ws://127.0.0.1:{port}{PATH}", hub, _same_loop)
+        served = dataclasses.replace(served, url=f"ws://127.0.0.1:{port}{PATH}")
+        yield served
     finally:
-        with anyio.CancelScope(shield=True), anyio.fail_after(SHUTDOWN_TIMEOUT):
-            await runner.cleanup()
+        await served.stop()
 
 
 def _set_event(event: trio.Event) -> Callable[[], Awaitable[None]]:
@@ -253,7 +348,8 @@ KINDS: list[ServerKind] = [
     ServerKind("websockets", _websockets, hub_backend="asyncio", refusal="http", deflate=False),
     ServerKind(
         "starlette-uvicorn",
-        _starlette_uvicorn,
+        # uvicorn's default ("auto") when websockets is installed.
+        _starlette_uvicorn("websockets-sansio"),
         hub_backend="asyncio",
         refusal="http",
         deflate=False,
@@ -267,4 +363,27 @@ KINDS: list[ServerKind] = [
         deflate=True,
     ),
     ServerKind("aiohttp", _aiohttp, hub_backend="asyncio", refusal="http", deflate=False),
+]
+
+#: Every kind above, and uvicorn's other WebSocket implementations: the legacy
+#: ``websockets`` one (deprecated, still shipped) and ``wsproto``. The
+#: behaviour suite runs on all of them; the security suite on :data:`KINDS`.
+ALL_KINDS: list[ServerKind] = [
+    *KINDS,
+    ServerKind(
+        "starlette-uvicorn-websockets",
+        _starlette_uvicorn(WebSocketProtocol),
+        hub_backend="asyncio",
+        refusal="http",
+        deflate=False,
+        # It calls its handler the legacy way, which websockets warns about.
+        marks=(pytest.mark.filterwarnings("ignore::DeprecationWarning"),),
+    ),
+    ServerKind(
+        "starlette-uvicorn-wsproto",
+        _starlette_uvicorn(WSProtocol),
+        hub_backend="asyncio",
+        refusal="http",
+        deflate=False,
+    ),
 ]

@@ -1,6 +1,6 @@
 """The same behaviour behind every adapter, over real sockets on 127.0.0.1.
 
-Each test runs once per server kind in :data:`tests.contract.servers.KINDS`.
+Each test runs once per server kind in :data:`tests.contract.servers.ALL_KINDS`.
 The client is the ``websockets`` asyncio client, so tests run on asyncio; a
 kind whose hub runs on trio serves from a thread of its own.
 """
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -24,7 +25,7 @@ from roomcast import Handshake, Hub, Principal, RateLimit
 from roomcast.hub import HubStatistics
 
 from .frames import next_frame, receive, request
-from .servers import KINDS, PATH, Served, ServerKind
+from .servers import ALL_KINDS, PATH, Served, ServerKind
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +33,7 @@ TIMEOUT = 10
 V1 = [Subprotocol("roomcast.v1")]
 
 
-@pytest.fixture(params=KINDS, ids=[kind.name for kind in KINDS])
+@pytest.fixture(params=[kind.param() for kind in ALL_KINDS])
 def kind(request: pytest.FixtureRequest) -> ServerKind:
     server_kind: ServerKind = request.param
     return server_kind
@@ -269,6 +270,15 @@ async def test_sustained_abuse_closes_with_4029(kind: ServerKind) -> None:
             assert await close_code(client) == 4029
 
 
+def lagging_socket(served: Served) -> socket.socket:
+    """A socket with a small receive buffer, connected to ``served``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = served.url.split("//")[1].split("/")[0].split(":")
+    sock.connect((host, int(port)))
+    return sock
+
+
 # Slow consumers
 
 
@@ -332,6 +342,48 @@ async def test_slow_consumer_is_closed_4009_while_others_receive_everything(
             assert (await served.stats()).slow_consumer_disconnects == 1
 
 
+#: Longer than the hub's drain_timeout below and than the websockets server's
+#: own close timeout (see servers.py): the limits that used to drop the close.
+LONG_STALL_SECONDS = 2.5
+
+
+async def test_slow_consumer_sees_4009_after_a_stall_longer_than_the_old_limits(
+    kind: ServerKind,
+) -> None:
+    options: dict[str, Any] = {
+        "max_queue": 20,
+        "drain_timeout": 0.5,
+        "close_timeout": LONG_STALL_SECONDS * 3,
+    }
+
+    async def overflow(hub: Hub) -> int:
+        published = 0
+        while hub.stats().slow_consumer_disconnects == 0 and published < 5000:
+            await hub.publish("feed", "feed.item", [published, STALL_PAYLOAD])
+            published += 1
+            if published % 20 == 0:
+                await anyio.sleep(0.001)  # let the writers run
+        return published
+
+    with anyio.fail_after(TIMEOUT + LONG_STALL_SECONDS):
+        async with (
+            serving(kind, **options) as served,
+            connected(served, sock=lagging_socket(served), max_queue=1) as stalled,
+        ):
+            await request(stalled, {"action": "subscribe", "rooms": ["feed"], "ref": 1})
+            stalled.transport.pause_reading()
+            await served.run(overflow)
+            assert (await served.stats()).slow_consumer_disconnects == 1
+            await anyio.sleep(LONG_STALL_SECONDS)
+            stalled.transport.resume_reading()
+            with pytest.raises(WebSocketsClosed) as excinfo:
+                while True:
+                    await stalled.recv()
+            closed = excinfo.value.rcvd
+            assert closed is not None, "the close frame was lost"
+            assert (closed.code, closed.reason) == (4009, "slow consumer")
+
+
 # Shutdown and departures
 
 
@@ -354,6 +406,124 @@ async def test_shutdown_flushes_then_closes_1001(kind: ServerKind) -> None:
             assert received == list(range(count))
             assert excinfo.value.rcvd is not None
             assert excinfo.value.rcvd.code == 1001
+
+
+LAGGING_CLIENTS = 20
+LAGGING_EVENTS = 40
+LAGGING_PAYLOAD = "q" * 4096
+#: When each lagging client sends a request once shutdown has begun: after a
+#: server that does not wait for closing handshakes has closed its socket.
+LATE_REQUEST_SECONDS = 0.2
+#: How long the lagging clients stop reading once shutdown has begun.
+LAG_SECONDS = 1.0
+
+
+async def is_running(hub: Hub) -> bool:
+    return hub.running
+
+
+async def test_shutdown_flushes_lagging_readers_then_closes_1001(kind: ServerKind) -> None:
+    # Clients behind when shutdown begins, each sending a request just after:
+    # closing the socket with that request unread would make the kernel reset
+    # the connection, and the client would lose its events and the close frame.
+    results: dict[int, tuple[list[int], int | None, str | None]] = {}
+    with anyio.fail_after(TIMEOUT * 2):
+        async with serving(kind) as served, AsyncExitStack() as stack:
+            clients = []
+            for _ in range(LAGGING_CLIENTS):
+                sock = stack.enter_context(lagging_socket(served))
+                client = await stack.enter_async_context(connected(served, sock=sock))
+                await request(client, {"action": "subscribe", "rooms": ["feed"], "ref": 1})
+                clients.append(client)
+            for client in clients:
+                client.transport.pause_reading()
+            payloads = [[n, LAGGING_PAYLOAD] for n in range(LAGGING_EVENTS)]
+            await served.run(publisher("feed", "feed.item", payloads))
+
+            async def read_all(index: int, client: ClientConnection) -> None:
+                await anyio.sleep(LATE_REQUEST_SECONDS)
+                await client.send(json.dumps({"action": "ping", "ref": "late"}))
+                await anyio.sleep(LAG_SECONDS - LATE_REQUEST_SECONDS)
+                client.transport.resume_reading()
+                received: list[int] = []
+                try:
+                    while True:
+                        frame = await receive(client)
+                        if frame["type"] == "feed.item":
+                            received.append(frame["payload"][0])
+                except WebSocketsClosed as exc:
+                    code = None if exc.rcvd is None else int(exc.rcvd.code)
+                    reason = None if exc.rcvd is None else exc.rcvd.reason
+                results[index] = (received, code, reason)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(served.stop)
+                while await served.run(is_running):
+                    await anyio.sleep(0.001)
+                for index, client in enumerate(clients):
+                    tg.start_soon(read_all, index, client)
+    expected = (list(range(LAGGING_EVENTS)), 1001, "server shutting down")
+    assert [results[index] for index in range(LAGGING_CLIENTS)] == [expected] * LAGGING_CLIENTS
+
+
+async def test_handshake_after_shutdown_began_is_refused_with_503(kind: ServerKind) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served, connected(served) as client:
+            async with anyio.create_task_group() as tg:
+                # The connected client keeps shutdown from ending until it answers.
+                tg.start_soon(served.run, Hub.aclose)
+                while await served.run(is_running):
+                    await anyio.sleep(0.001)
+                with pytest.raises(InvalidStatus) as excinfo:
+                    async with open_client(served):
+                        pass
+                assert excinfo.value.response.status_code == 503
+                assert await close_code(client) == 1001
+            assert (await served.stats()).connections_total == 1
+
+
+class GatedAuthenticator:
+    """Holds each handshake in authentication until released (from any thread)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
+        self.entered.set()
+        while not self.release.is_set():
+            await anyio.sleep(0.005)
+        return Principal("u1")
+
+
+async def test_handshake_admitted_before_shutdown_is_closed_1001_without_ack(
+    kind: ServerKind,
+) -> None:
+    authenticator = GatedAuthenticator()
+    bearer = {"Authorization": "Bearer t"}
+    frames: list[dict[str, Any]] = []
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind, authenticator=authenticator, drain_timeout=0.5) as served:
+
+            async def connect_late() -> None:
+                async with open_client(served, additional_headers=bearer) as client:
+                    with pytest.raises(WebSocketsClosed) as excinfo:
+                        while True:
+                            frames.append(await receive(client))
+                closed = excinfo.value.rcvd
+                assert closed is not None
+                assert (closed.code, closed.reason) == (1001, "server shutting down")
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(connect_late)
+                while not authenticator.entered.is_set():
+                    await anyio.sleep(0.005)
+                tg.start_soon(served.run, Hub.aclose)
+                while await served.run(is_running):
+                    await anyio.sleep(0.001)
+                authenticator.release.set()
+            assert (await served.stats()).clients == 0
+    assert frames == []  # never acknowledged
 
 
 async def test_vanished_client_leaves_the_hub_and_its_rooms(kind: ServerKind) -> None:
