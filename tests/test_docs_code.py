@@ -67,8 +67,31 @@ class Block:
 
     @property
     def includes(self) -> list[str]:
+        """The block's include lines (a block may add a few lines of its own around them)."""
+        return [line.strip() for line in self.code.splitlines() if INCLUDE.match(line.strip())]
+
+    @property
+    def mixed(self) -> bool:
+        """Whether the block has lines of its own beside its includes."""
         lines = [line.strip() for line in self.code.splitlines() if line.strip()]
-        return lines if lines and all(INCLUDE.match(line) for line in lines) else []
+        return bool(self.includes) and len(lines) > len(self.includes)
+
+    def expanded(self) -> str:
+        """The block as the docs site shows it: each include replaced by what it includes."""
+        out = []
+        for line in self.code.splitlines():
+            match = INCLUDE.match(line.strip())
+            if match is None:
+                out.append(line)
+                continue
+            text = (ROOT / match["path"]).read_text(encoding="utf-8")
+            if match["section"]:
+                start = f"--8<-- [start:{match['section']}]"
+                end = f"--8<-- [end:{match['section']}]"
+                text = text.split(start, 1)[1].split(end, 1)[0]
+                text = text.split("\n", 1)[1].rsplit("\n", 1)[0]
+            out.append(textwrap.dedent(text))
+        return "\n".join(out)
 
     def __str__(self) -> str:
         return f"{self.page}:{self.line}"
@@ -129,6 +152,11 @@ def test_an_included_block_comes_from_a_file_the_suite_runs(block: Block) -> Non
             text = path.read_text(encoding="utf-8")
             assert f"--8<-- [start:{match['section']}]" in text, line
             assert f"--8<-- [end:{match['section']}]" in text, line
+
+
+@pytest.mark.parametrize("block", [block for block in INCLUDED if block.mixed], ids=str)
+def test_a_block_that_adds_lines_to_an_include_compiles(block: Block) -> None:
+    compile(block.expanded(), str(block), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
 
 @pytest.mark.parametrize("block", FRAGMENTS, ids=str)
