@@ -367,7 +367,8 @@ def test_import_without_the_library_names_the_extra() -> None:
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
     )
-    assert "pip install 'roomcast[aiohttp]'" in result.stdout
+    assert "pip install 'aiohttp>=3.9'" in result.stdout
+    assert "pip install -e '.[aiohttp]'" in result.stdout
 
 
 # Through a hub

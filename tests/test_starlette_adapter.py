@@ -427,7 +427,8 @@ def test_import_without_starlette_names_the_extra() -> None:
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
     )
-    assert "pip install 'roomcast[starlette]'" in result.stdout
+    assert "pip install 'starlette>=0.37'" in result.stdout
+    assert "pip install -e '.[starlette]'" in result.stdout
 
 
 # Through a hub

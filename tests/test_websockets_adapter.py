@@ -260,7 +260,8 @@ def test_import_without_the_library_names_the_extra() -> None:
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
     )
-    assert "pip install 'roomcast[websockets]'" in result.stdout
+    assert "pip install 'websockets>=14.0'" in result.stdout
+    assert "pip install -e '.[websockets]'" in result.stdout
 
 
 # Through a hub

@@ -26,7 +26,8 @@ try:
     from multidict import CIMultiDict
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "roomcast.aiohttp needs the 'aiohttp' extra: pip install 'roomcast[aiohttp]'"
+        "roomcast.aiohttp needs the aiohttp package: pip install 'aiohttp>=3.9' "
+        "(from a roomcast checkout: pip install -e '.[aiohttp]')"
     ) from exc
 
 if TYPE_CHECKING:

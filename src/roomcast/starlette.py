@@ -42,7 +42,8 @@ try:
     from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "roomcast.starlette needs the 'starlette' extra: pip install 'roomcast[starlette]'"
+        "roomcast.starlette needs the starlette package: pip install 'starlette>=0.37' "
+        "(from a roomcast checkout: pip install -e '.[starlette]')"
     ) from exc
 
 if TYPE_CHECKING:

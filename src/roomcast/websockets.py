@@ -55,7 +55,8 @@ try:
     from websockets.typing import Subprotocol
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "roomcast.websockets needs the 'websockets' extra: pip install 'roomcast[websockets]'"
+        "roomcast.websockets needs the websockets package: pip install 'websockets>=14.0' "
+        "(from a roomcast checkout: pip install -e '.[websockets]')"
     ) from exc
 
 if TYPE_CHECKING:
