@@ -45,7 +45,7 @@ class ReadLoopStop:
     So on asyncio (Python 3.11 and later) the wait in ``receive()`` is ended
     with the task's own ``cancel()``, undone with ``uncancel()`` on the way
     out, and an anyio cancel scope is entered only while a request is being
-    handled (:meth:`handling`), where it also covers shielded sections. On
+    handled (`handling()`), where it also covers shielded sections. On
     trio, and on Python 3.10, one anyio cancel scope covers the whole loop.
 
     Use it as::
@@ -60,7 +60,7 @@ class ReadLoopStop:
                 with stop.handling():
                     await handle(data)
 
-    :meth:`cancel` is only called once the connection is closing, and the
+    `cancel()` is only called once the connection is closing, and the
     loop checks for that before each ``receive()``: a stop requested while
     neither waiting nor handling needs no cancellation at all.
     """
@@ -72,7 +72,7 @@ class ReadLoopStop:
         self._outer: anyio.CancelScope | None = None if self._task else anyio.CancelScope()
         self._request: anyio.CancelScope | None = None
         self._sent = False
-        #: Whether :meth:`cancel` was called.
+        #: Whether `cancel()` was called.
         self.cancel_called = False
         #: Set by the read loop while it waits in ``transport.receive()``.
         self.waiting = False
@@ -126,7 +126,7 @@ class ReadLoopStop:
 
 
 class _RequestScope:
-    """The anyio cancel scope around one request, known to its :class:`ReadLoopStop`."""
+    """The anyio cancel scope around one request, known to its `ReadLoopStop`."""
 
     __slots__ = ("_scope", "_stop")
 

@@ -47,11 +47,12 @@ _PACK_LENGTH_64 = struct.Struct("!BBQ").pack
 
 
 class AiohttpTransport:
-    """A :class:`~roomcast.transport.PingableTransport` over a prepared ``WebSocketResponse``.
+    """A `PingableTransport` over a prepared ``WebSocketResponse``.
 
-    :func:`handler` builds the response as this class expects: ``autoping=False``,
-    so that pongs reach :meth:`receive` (which answers pings itself), and
-    ``compress=False``, so that :meth:`try_send` can write without waiting.
+    [`handler()`][roomcast.aiohttp.handler] builds the response as this class expects:
+    ``autoping=False``, so that pongs reach [`receive()`][roomcast.aiohttp.AiohttpTransport.receive]
+    (which answers pings itself), and ``compress=False``, so that
+    [`try_send()`][roomcast.aiohttp.AiohttpTransport.try_send] can write without waiting.
     """
 
     __slots__ = ("_next_ping", "_pings", "_request", "_sent", "_watch", "_ws")

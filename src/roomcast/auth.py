@@ -153,7 +153,7 @@ ANONYMOUS = Principal(None)
 
 @runtime_checkable
 class Authenticator(Protocol):
-    """Turns handshake facts and a token into a :class:`Principal`."""
+    """Turns handshake facts and a token into a [`Principal`][roomcast.Principal]."""
 
     async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
         """Identify a connection.
@@ -171,10 +171,10 @@ class Authenticator(Protocol):
 
 
 class AnonymousAuthenticator:
-    """Accepts every connection as :data:`ANONYMOUS` (the default)."""
+    """Accepts every connection as `ANONYMOUS` (the default)."""
 
     async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
-        """Return :data:`ANONYMOUS`."""
+        """Return `ANONYMOUS`."""
         return ANONYMOUS
 
 
@@ -187,7 +187,7 @@ class Authorizer(Protocol):
         ...
 
 
-#: A plain function may stand in for an :class:`Authorizer`, sync or async.
+#: A plain function may stand in for an [`Authorizer`][roomcast.Authorizer], sync or async.
 AuthorizerFunction = Callable[[Principal, Action, str], bool | Awaitable[bool]]
 
 
@@ -236,7 +236,7 @@ class NamespaceAuthorizer:
         })
 
     Rooms of a namespace without a rule go to ``default``
-    (:class:`DefaultAuthorizer` unless given), which also keeps ``user:{id}``
+    ([`DefaultAuthorizer`][roomcast.DefaultAuthorizer] unless given), which also keeps ``user:{id}``
     rooms private unless a ``"user"`` rule replaces it. A rule's answer counts
     only when it is exactly ``True``.
 
@@ -287,7 +287,7 @@ class _FunctionAuthorizer:
 
 
 def as_authorizer(value: Authorizer | AuthorizerFunction | None) -> Authorizer:
-    """Return an :class:`Authorizer` for an authorizer object, a function or ``None``."""
+    """Return an `Authorizer` for an authorizer object, a function or ``None``."""
     if value is None:
         return DefaultAuthorizer()
     if isinstance(value, Authorizer):

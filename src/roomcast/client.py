@@ -44,7 +44,7 @@ CLOSE_SLOW_CONSUMER: Final = 4009
 class Client:
     """One connected client as the hub sees it.
 
-    Fan-out hands each frame to :meth:`deliver`, which never waits: when
+    Fan-out hands each frame to `deliver()`, which never waits: when
     nothing is queued and the transport can take the frame at once, it is
     written in place. Otherwise it joins a bounded queue drained by a writer
     task that exists only while something is queued, so an idle connection
@@ -58,7 +58,7 @@ class Client:
         direct: whether frames may go straight to the transport right now
             (nothing queued, nothing in flight, not closing).
         send_now: the transport's ``try_send``, bound once for the hot path;
-            for an :class:`~roomcast.transport.EagerTransport` (Starlette on
+            for an [`EagerTransport`][roomcast.transport.EagerTransport] (Starlette on
             asyncio), a method that starts the send in place and leaves only
             a send that has to wait to the writer.
         close_code: the code the connection is closing with, once it is.
@@ -124,7 +124,7 @@ class Client:
         self.expiry_deadline = math.inf
         self.policy: SlowConsumerPolicy = policy
         self.send_now = transport.try_send
-        #: The rest of a send that :meth:`EagerTransport.begin_send` started
+        #: The rest of a send that `EagerTransport.begin_send()` started
         #: but could not finish without waiting; the writer finishes it first.
         self._inflight: Coroutine[Any, Any, None] | None = None
         self._finished: anyio.Event | None = None
@@ -209,7 +209,7 @@ class Client:
         return self.enqueue(frame, room)
 
     def _send_begun(self, frame: str) -> bool:
-        """``send_now`` for an :class:`EagerTransport`: start the send in place.
+        """``send_now`` for an [`EagerTransport`][roomcast.EagerTransport]: start the send in place.
 
         The frame is always taken: when the send cannot finish without
         waiting, its rest goes to the writer, and later frames queue behind it.
@@ -225,7 +225,7 @@ class Client:
         return True
 
     def enqueue(self, frame: str, room: str | None = None) -> bool:
-        """Queue ``frame`` for the writer; the slow path of :meth:`deliver`."""
+        """Queue ``frame`` for the writer; the slow path of `deliver()`."""
         if self.close_code is not None:
             return False
         queue = self._queue
@@ -323,7 +323,7 @@ class Client:
 
         While a batch is in flight, new frames queue behind it, so per-room
         order holds. After draining, the writer waits up to
-        :data:`WRITER_LINGER` seconds for more, so a steady stream to a
+        `WRITER_LINGER` seconds for more, so a steady stream to a
         transport that can only ``await`` reuses one task instead of starting
         one per frame; an idle connection keeps no writer.
         """

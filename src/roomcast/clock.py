@@ -19,7 +19,7 @@ class Clock(Protocol):
         ...
 
     async def sleep_until(self, deadline: float) -> None:
-        """Return once :meth:`now` has reached ``deadline``."""
+        """Return once `now()` has reached ``deadline``."""
         ...
 
 

@@ -16,8 +16,8 @@ Every error roomcast raises through its public API derives from one root::
     └── HubNotRunning                 the hub was asked to send while not running
                                       (also a ``RuntimeError``)
 
-Bad arguments to roomcast's own functions raise :class:`ValueError` or
-:class:`TypeError`, never one of these.
+Bad arguments to roomcast's own functions raise `ValueError` or
+`TypeError`, never one of these.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class RemoteProtocolError(ProtocolError):
 class LocalProtocolError(ProtocolError, ValueError):
     """The application asked roomcast to send something protocol v1 cannot carry.
 
-    It is also a :class:`ValueError`: it always means a bad argument.
+    It is also a `ValueError`: it always means a bad argument.
     """
 
 

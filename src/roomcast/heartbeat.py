@@ -83,7 +83,7 @@ DEFAULT_POLICY: Final = HeartbeatPolicy()
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatActions(Generic[K]):
-    """What :meth:`Heartbeat.poll` asks the caller to do.
+    """What [`Heartbeat.poll()`][roomcast.heartbeat.Heartbeat.poll] asks the caller to do.
 
     Attributes:
         ping: keys to send a ping to now.
@@ -116,13 +116,15 @@ def _check_now(now: float) -> float:
 class Heartbeat(Generic[K]):
     """When to ping each client and when a client is dead, for many clients at once.
 
-    The caller reports activity with :meth:`seen`, calls :meth:`poll` at (or after)
-    :meth:`next_deadline`, sends the pings and closes the dead clients it returns.
+    The caller reports activity with [`seen()`][roomcast.heartbeat.Heartbeat.seen], calls
+    [`poll()`][roomcast.heartbeat.Heartbeat.poll] at (or after)
+    [`next_deadline()`][roomcast.heartbeat.Heartbeat.next_deadline], sends the pings and closes the
+    dead clients it returns.
 
     Each key has exactly one live entry in a heap ordered by the earlier of its next
-    ping and its death time. :meth:`seen` only records the time: it may make the entry
+    ping and its death time. `seen()` only records the time: it may make the entry
     early, never late, so the entry is corrected when it reaches the top. That keeps
-    :meth:`seen` O(1) and :meth:`poll` O(k log n) for k keys due.
+    `seen()` O(1) and `poll()` O(k log n) for k keys due.
     """
 
     __slots__ = ("_clients", "_heap", "_policy", "_rng", "_seq")
@@ -137,7 +139,7 @@ class Heartbeat(Generic[K]):
             rng: source of jitter; pass a seeded one for reproducible schedules.
 
         Raises:
-            ValueError: ``policy`` is not a :class:`HeartbeatPolicy`.
+            ValueError: ``policy`` is not a [`HeartbeatPolicy`][roomcast.HeartbeatPolicy].
         """
         if not isinstance(policy, HeartbeatPolicy):
             raise ValueError(f"policy must be a HeartbeatPolicy, got {policy!r}")
@@ -231,7 +233,7 @@ class Heartbeat(Generic[K]):
         return HeartbeatActions(tuple(ping), tuple(dead))
 
     def next_deadline(self) -> float | None:
-        """The earliest time at which :meth:`poll` will have something to do.
+        """The earliest time at which `poll()` will have something to do.
 
         Returns:
             That time, or ``None`` when no client is tracked.

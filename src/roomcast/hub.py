@@ -109,7 +109,7 @@ class _LockedOut(AuthenticationError):
 
 @dataclass(frozen=True, slots=True)
 class HubStatistics:
-    """A snapshot of a hub's counters (see :meth:`Hub.stats`).
+    """A snapshot of a hub's counters (see [`Hub.stats()`][roomcast.hub.Hub.stats]).
 
     Attributes:
         clients: connections open now.
@@ -157,7 +157,7 @@ _CLOSE_FOR_STATUS: Final = {401: 4001, 403: 1008, 408: 4008, 429: 1013, 503: 101
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """The hub's answer to an opening handshake (see :meth:`Hub.admit`).
+    """The hub's answer to an opening handshake (see [`Hub.admit()`][roomcast.hub.Hub.admit]).
 
     Attributes:
         status: 101 to accept; otherwise the HTTP status to refuse with.
@@ -219,7 +219,7 @@ class Hub:
     ``async with Hub(...) as hub:`` starts the backend and the heartbeat task in
     a task group the hub owns, and on exit closes every connection with 1001
     after flushing what is queued for it. Adapters hand each accepted
-    connection to :meth:`serve`.
+    connection to [`serve()`][roomcast.hub.Hub.serve].
 
     Args:
         authenticator: identifies connections (default: everyone anonymous).
@@ -227,12 +227,12 @@ class Hub:
             [`check_principal`][roomcast.auth.check_principal]) is refused like
             invalid credentials: 401, or close 4001.
         authorizer: decides subscribe/publish/presence per room; an
-            :class:`~roomcast.Authorizer` or a function ``(principal, action, room)``
+            [`Authorizer`][roomcast.Authorizer] or a function ``(principal, action, room)``
             returning ``bool`` (or an awaitable of it). Default:
-            :class:`~roomcast.DefaultAuthorizer` (no client publish; ``user:{id}``
+            [`DefaultAuthorizer`][roomcast.DefaultAuthorizer] (no client publish; ``user:{id}``
             rooms private).
-        backend: carries messages between nodes (default :class:`~roomcast.MemoryBackend`).
-        namespaces: :class:`~roomcast.RoomOptions` per namespace (the part of a
+        backend: carries messages between nodes (default [`MemoryBackend`][roomcast.MemoryBackend]).
+        namespaces: [`RoomOptions`][roomcast.RoomOptions] per namespace (the part of a
             room name before the first ``:``); others get ``default_room_options``.
         default_room_options: options of rooms in no configured namespace.
         heartbeat: ping interval, dead-client timeout and jitter.
@@ -271,7 +271,7 @@ class Hub:
         token_expiry_grace: seconds after the principal's ``expires_at`` (for
             a JWT, ``exp`` plus the authenticator's leeway) before the
             connection is closed with 4002.
-        clock: time source (tests pass :class:`~roomcast.testing.ManualClock`).
+        clock: time source (tests pass [`ManualClock`][roomcast.testing.ManualClock]).
 
     Raises:
         ValueError: a limit is not positive, or an option is malformed.
@@ -746,7 +746,7 @@ class Hub:
         (see ``token_sources``) are valid (else 401, or 401 with close code
         4002 when expired); the user has not too many connections open (else
         503). Adapters that can answer the HTTP request refuse with the
-        returned status; the others accept and let :meth:`serve` close with
+        returned status; the others accept and let [`serve()`][roomcast.hub.Hub.serve] close with
         the matching close code. A handshake without credentials is admitted:
         it may authenticate with a first ``auth`` frame.
         """
@@ -812,7 +812,7 @@ class Hub:
 
         Args:
             transport: the accepted connection.
-            admission: what :meth:`admit` answered for its handshake, when the
+            admission: what [`admit()`][roomcast.hub.Hub.admit] answered for its handshake, when the
                 adapter asked before accepting; otherwise ``serve`` asks.
         """
         # Adapters build the handshake on each access: read it once, and keep

@@ -71,11 +71,11 @@ _INVALID_TOKEN_ERRORS: Final = (
 
 
 class JWTAuthenticator:
-    """An :class:`~roomcast.Authenticator` for JSON Web Tokens (RFC 7519).
+    """An [`Authenticator`][roomcast.Authenticator] for JSON Web Tokens (RFC 7519).
 
     Verifies the signature with a fixed key or with the issuer's JWKS, checks
     ``exp``, ``nbf``, ``iat``, ``aud`` and ``iss``, and returns a
-    :class:`~roomcast.Principal` whose ``user_id`` is the ``user_claim`` claim,
+    [`Principal`][roomcast.Principal] whose ``user_id`` is the ``user_claim`` claim,
     whose ``claims`` are the token's claims and whose ``expires_at`` is ``exp``
     plus ``leeway``: the moment the token stops being accepted, which is when a
     live connection that presented it is closed with 4002.
@@ -98,7 +98,7 @@ class JWTAuthenticator:
             of at most 256 characters, without lone surrogates.
         jwks_url: the ``http(s)`` URL of the issuer's JSON Web Key Set; tokens must
             then name their key with a ``kid`` header. The set is refetched when a
-            token names an unknown ``kid`` and once it is :data:`JWKS_LIFESPAN`
+            token names an unknown ``kid`` and once it is `JWKS_LIFESPAN`
             seconds old (or ``jwks_cooldown``, if longer).
         jwks_cooldown: minimum seconds between two fetches of the key set, however
             many tokens name an unknown ``kid``; a failed fetch counts too.
@@ -107,7 +107,7 @@ class JWTAuthenticator:
             waiting for a fetch wait at most this long; logins whose ``kid`` is
             in the current key set never wait for a fetch.
         clock: monotonic time source for the JWKS cooldown and cache (tests pass
-            :class:`~roomcast.testing.ManualClock`). Token times use wall-clock time.
+            [`ManualClock`][roomcast.testing.ManualClock]). Token times use wall-clock time.
 
     Raises:
         ValueError: the configuration is unsafe or inconsistent: no algorithms,

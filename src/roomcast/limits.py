@@ -135,7 +135,7 @@ class ConnectionTracker:
             self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
 
     def closed(self, ip: str | None, user_id: str | None) -> None:
-        """Forget a connection counted by :meth:`opened`."""
+        """Forget a connection counted by `opened()`."""
         for table, key in ((self._per_ip, ip), (self._per_user, user_id)):
             if key is not None:
                 left = table.get(key, 0) - 1

@@ -23,7 +23,7 @@ DEFAULT_RATE: Final = 100
 DEFAULT_PERIOD: Final = 60.0
 #: Most tokens a bucket holds: how many messages may arrive back to back.
 DEFAULT_BURST: Final = 20
-#: Most keys a :class:`KeyedRateLimiter` remembers.
+#: Most keys a [`KeyedRateLimiter`][roomcast.KeyedRateLimiter] remembers.
 DEFAULT_MAX_KEYS: Final = 100_000
 
 K = TypeVar("K", bound=Hashable)
@@ -171,7 +171,7 @@ class RateLimiter:
         return True
 
     def retry_after(self, now: float, cost: float = 1.0) -> float:
-        """Seconds from ``now`` until :meth:`allow` with ``cost`` would succeed.
+        """Seconds from ``now`` until `allow()` with ``cost`` would succeed.
 
         Returns:
             ``0.0`` if it would succeed at ``now``; otherwise the delay after which it
@@ -291,7 +291,7 @@ class KeyedRateLimiter(Generic[K]):
         return True
 
     def retry_after(self, key: K, now: float, cost: float = 1.0) -> float:
-        """Seconds from ``now`` until :meth:`allow` for ``key`` with ``cost`` would succeed.
+        """Seconds from ``now`` until `allow()` for ``key`` with ``cost`` would succeed.
 
         It neither creates a bucket nor counts as a use of ``key``.
 

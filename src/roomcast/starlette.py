@@ -10,12 +10,11 @@ Mount one endpoint and open the hub with the application::
     app = FastAPI(lifespan=roomcast.starlette.lifespan(hub))
     app.add_api_websocket_route("/ws", roomcast.starlette.endpoint(hub))
 
-ASGI gives an application no say over the server's WebSocket settings, so
-configure the server too: a frame limit no larger than ``hub.max_message_size``
-(uvicorn: ``--ws-max-size 65536``; hypercorn: ``websocket_max_message_size``)
-and permessage-deflate off (uvicorn: ``--ws-per-message-deflate false``).
-Whatever the server allows, :class:`StarletteTransport` closes the connection
-with 1009 on a message over ``hub.max_message_size`` bytes.
+ASGI gives an application no say over the server's WebSocket settings, so configure the server too:
+a frame limit no larger than ``hub.max_message_size`` (uvicorn: ``--ws-max-size 65536``; hypercorn:
+``websocket_max_message_size``) and permessage-deflate off (uvicorn: ``--ws-per-message-deflate
+false``). Whatever the server allows, [`StarletteTransport`][roomcast.starlette.StarletteTransport]
+closes the connection with 1009 on a message over ``hub.max_message_size`` bytes.
 """
 
 from __future__ import annotations
@@ -63,14 +62,14 @@ _CONNECTED = WebSocketState.CONNECTED
 
 
 class StarletteTransport:
-    """A :class:`~roomcast.transport.Transport` over an accepted Starlette ``WebSocket``.
+    """A [`Transport`][roomcast.transport.Transport] over an accepted Starlette ``WebSocket``.
 
-    Sends can only be awaited, so :meth:`try_send` always declines. On asyncio
-    the transport is an :class:`~roomcast.transport.EagerTransport`: the hub
-    runs each send in place with :meth:`begin_send`, which on a server such as
-    uvicorn finishes without waiting unless the peer is slow, and only a send
-    that has to wait continues in the client's bounded writer. Elsewhere (trio)
-    every frame goes through the writer.
+    Sends can only be awaited, so [`try_send()`][roomcast.starlette.StarletteTransport.try_send]
+    always declines. On asyncio the transport is an
+    [`EagerTransport`][roomcast.transport.EagerTransport]: the hub runs each send in place with
+    [`begin_send()`][roomcast.starlette.StarletteTransport.begin_send], which on a server such as
+    uvicorn finishes without waiting unless the peer is slow, and only a send that has to wait
+    continues in the client's bounded writer. Elsewhere (trio) every frame goes through the writer.
 
     Args:
         websocket: the connection, accepted by the caller.
@@ -100,7 +99,7 @@ class StarletteTransport:
 
     @property
     def eager(self) -> bool:
-        """Whether :meth:`begin_send` may be used: only on asyncio.
+        """Whether `begin_send()` may be used: only on asyncio.
 
         A send continued in another task must not depend on which task runs
         it, which holds for asyncio's futures but not for trio's scheduler.

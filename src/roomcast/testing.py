@@ -1,6 +1,6 @@
 """Test kit: an in-memory transport pair, a manual clock and a test client for apps' own tests.
 
-Drive real-time flows against a real :class:`~roomcast.Hub` without a socket::
+Drive real-time flows against a real [`Hub`][roomcast.Hub] without a socket::
 
     async with Hub(clock=clock) as hub, TestClient(hub) as client:
         await client.subscribe("team:t1")
@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: Frames the server side may have in flight to a test client before
-#: :meth:`MemoryTransport.try_send` reports a full buffer.
+#: [`MemoryTransport.try_send()`][roomcast.testing.MemoryTransport.try_send] reports a full buffer.
 DEFAULT_BUFFER = 1024
 
 
@@ -56,7 +56,7 @@ class ManualClock:
         return self._now
 
     async def sleep_until(self, deadline: float) -> None:
-        """Wait until :meth:`advance` moves the clock to ``deadline``."""
+        """Wait until `advance()` moves the clock to ``deadline``."""
         if deadline <= self._now:
             await anyio.lowlevel.checkpoint()
             return
@@ -88,10 +88,10 @@ class _Link:
 
 
 class MemoryTransport:
-    """The server end of an in-memory connection; a :class:`~roomcast.Transport`.
+    """The server end of an in-memory connection; a [`Transport`][roomcast.Transport].
 
-    Frames go into a bounded buffer; :meth:`try_send` reports ``False`` when it
-    is full, as a socket's write buffer above its high-water mark would.
+    Frames go into a bounded buffer; [`try_send()`][roomcast.testing.MemoryTransport.try_send]
+    reports ``False`` when it is full, as a socket's write buffer above its high-water mark would.
     """
 
     def __init__(
@@ -108,7 +108,7 @@ class MemoryTransport:
 
     @property
     def handshake(self) -> Handshake:
-        """The handshake facts given to :func:`memory_transport_pair`."""
+        """The handshake facts given to `memory_transport_pair()`."""
         return self._handshake
 
     def _closed(self) -> ConnectionClosed:

@@ -34,8 +34,8 @@ _intern = sys.intern
 def close_frame(code: int, reason: str = "") -> tuple[int, str]:
     """Check a close code and cut the reason to what fits a close frame.
 
-    Adapters call this in :meth:`Transport.close`; the reason is cut to
-    :data:`MAX_CLOSE_REASON_BYTES` of UTF-8 without splitting a character.
+    Adapters call this in [`Transport.close()`][roomcast.transport.Transport.close]; the reason is
+    cut to `MAX_CLOSE_REASON_BYTES` of UTF-8 without splitting a character.
 
     Raises:
         ValueError: ``code`` may not be sent in a close frame (1005, 1006,
@@ -146,7 +146,7 @@ class Transport(Protocol):
     """One accepted WebSocket connection, as the hub sees it.
 
     Adapters wrap their framework's socket in an object with these members. Every
-    method may raise :class:`~roomcast.ConnectionClosed` once the connection is gone;
+    method may raise [`ConnectionClosed`][roomcast.ConnectionClosed] once the connection is gone;
     no framework exception may escape.
     """
 
@@ -171,10 +171,10 @@ class Transport(Protocol):
     def try_send(self, frame: str) -> bool:
         """Hand ``frame`` to the transport without waiting, if it can take it now.
 
-        Returns ``True`` when the frame was taken (for example, written to a write
-        buffer that is below its high-water mark) and ``False``, taking nothing,
-        when the caller must use :meth:`send` instead. A transport that can only
-        ``await`` always returns ``False``.
+        Returns ``True`` when the frame was taken (for example, written to a write buffer that is
+        below its high-water mark) and ``False``, taking nothing, when the caller must use
+        [`send()`][roomcast.transport.Transport.send] instead. A transport that can only ``await``
+        always returns ``False``.
 
         Raises:
             ConnectionClosed: the connection is closed.
@@ -217,15 +217,15 @@ class PingableTransport(Transport, Protocol):
 class EagerTransport(Transport, Protocol):
     """A transport whose sends can only be awaited but usually finish without waiting.
 
-    For such a transport (an ASGI server's ``send``), :meth:`begin_send` runs
-    the send in the caller's task up to its first suspension, so the common
-    case costs no task switch; only a send that must wait is finished by the
-    client's writer task.
+    For such a transport (an ASGI server's ``send``),
+    [`begin_send()`][roomcast.transport.EagerTransport.begin_send] runs the send in the caller's
+    task up to its first suspension, so the common case costs no task switch; only a send that must
+    wait is finished by the client's writer task.
     """
 
     @property
     def eager(self) -> bool:
-        """Whether :meth:`begin_send` may be used (it depends on the event loop)."""
+        """Whether `begin_send()` may be used (it depends on the event loop)."""
         ...
 
     def begin_send(self, frame: str) -> Coroutine[Any, Any, None] | None:

@@ -85,7 +85,7 @@ _ProcessRequest = Callable[
 
 
 class WebSocketsTransport:
-    """A :class:`~roomcast.transport.PingableTransport` over a ``ServerConnection``.
+    """A [`PingableTransport`][roomcast.transport.PingableTransport] over a ``ServerConnection``.
 
     Args:
         connection: the connection, past its opening handshake.
@@ -232,8 +232,8 @@ class WebSocketsTransport:
 class Handler:
     """A ``websockets`` connection handler that runs each connection in a hub.
 
-    Pass :meth:`process_request` to the server too: it asks the hub to admit
-    each handshake before it is accepted, so a refusal is an HTTP response.
+    Pass [`process_request()`][roomcast.websockets.Handler.process_request] to the server too: it
+    asks the hub to admit each handshake before it is accepted, so a refusal is an HTTP response.
 
     Args:
         hub: the hub to run connections in.
@@ -270,7 +270,7 @@ class Handler:
     def __call__(self, connection: ServerConnection) -> Coroutine[Any, Any, None]:
         """Run one accepted connection in the hub to its end.
 
-        A plain function returning :meth:`Hub.serve`'s coroutine: no extra
+        A plain function returning `Hub.serve()`'s coroutine: no extra
         coroutine frame stays alive for each idle connection.
         """
         admission = self._admissions.pop(connection, None)
@@ -281,7 +281,7 @@ class Handler:
 def handler(hub: Hub, process_request: _ProcessRequest | None = None) -> Handler:
     """Return a ``websockets`` connection handler that runs each connection in ``hub``.
 
-    Give the server its ``process_request`` as well (see :class:`Handler`).
+    Give the server its ``process_request`` as well (see [`Handler`][roomcast.websockets.Handler]).
     """
     return Handler(hub, process_request)
 
@@ -310,12 +310,13 @@ async def serve(
 ) -> Server:
     """Start a ``websockets`` server that runs every connection in ``hub``.
 
-    Defaults: subprotocol ``roomcast.v1`` (see :func:`select_subprotocol`),
+    Defaults: subprotocol ``roomcast.v1`` (see
+        [`select_subprotocol()`][roomcast.websockets.select_subprotocol]),
     ``max_size=hub.max_message_size`` (bigger frames close with 1009),
     ``compression=None`` (permessage-deflate off), ``ping_interval=None``
     (the hub runs heartbeats) and ``logger=RedactingLogger()`` (no token in
     the library's DEBUG lines). ``process_request`` and any other keyword
-    arguments go to :func:`websockets.asyncio.server.serve` and may override
+    arguments go to `websockets.asyncio.server.serve()` and may override
     these defaults. Close the returned server with ``async with`` or
     ``server.close(); await server.wait_closed()``.
 

@@ -330,8 +330,8 @@ def decode(data: str | bytes, limits: WireLimits = DEFAULT_LIMITS) -> Request:
     """Decode one client frame.
 
     Decoding is total: every input either becomes a request or raises
-    :class:`RemoteProtocolError` with code ``bad_request`` and a message naming
-    the problem (and ``ref`` set when the frame's ``ref`` could be read).
+    [`RemoteProtocolError`][roomcast.RemoteProtocolError] with code ``bad_request`` and a message
+    naming the problem (and ``ref`` set when the frame's ``ref`` could be read).
 
     Raises:
         RemoteProtocolError: the frame is not a valid protocol v1 request.

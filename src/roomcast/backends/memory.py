@@ -66,7 +66,7 @@ class MemoryBackend(Backend):
         """
 
     async def unsubscribe(self, kind: str, key: str) -> None:
-        """Nothing to do (see :meth:`subscribe`)."""
+        """Nothing to do (see [`subscribe()`][roomcast.backends.memory.MemoryBackend.subscribe])."""
 
     async def publish(
         self, kind: str, key: str, publication: Publication, history: History | None

@@ -1,0 +1,33 @@
+"""The Python API reference renders docstrings as Markdown: no reST roles may remain."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).resolve().parent.parent / "src" / "roomcast"
+#: A Sphinx role such as :class:`Hub` or :meth:`~roomcast.Hub.publish`, which the
+#: docs renderer would print as it stands instead of as a link.
+ROLE = re.compile(r":(?:py:)?(?:class|meth|func|data|attr|mod|exc|obj|const|ref):`[^`]*`")
+MODULES = sorted(SOURCE.rglob("*.py"))
+
+
+def test_the_source_tree_is_found() -> None:
+    assert len(MODULES) > 10
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda path: str(path.relative_to(SOURCE)))
+def test_docstrings_use_markdown_cross_references(path: Path) -> None:
+    found = [
+        f"{path.name}:{number}: {match.group(0)}"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        for match in ROLE.finditer(line)
+    ]
+    assert not found, "write [`Name`][roomcast.Name] instead of a reST role:\n" + "\n".join(found)
+
+
+def test_the_pattern_catches_a_role() -> None:
+    assert ROLE.search("see :meth:`~roomcast.Hub.publish` for more")
+    assert not ROLE.search("see [`Hub.publish()`][roomcast.Hub.publish] for more")
