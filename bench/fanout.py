@@ -2,7 +2,7 @@
 
 Every server runs in its own process (pinned to one CPU), the clients in others
 (pinned to the remaining CPUs), all on 127.0.0.1. Each server reports its own CPU
-time and RSS over a control pipe. Run ``python bench/fanout.py --help``; see
+time and RSS over a control pipe. Run ``python -m bench.fanout --help``; see
 bench/README.md for how to read the output. This is a benchmark, not a test: it
 asserts nothing about timing.
 """
@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if not __package__:
+    # Run as a script (python bench/fanout.py): make the bench package importable.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _fanout_procs import Child, ChildError, Clients
+from bench._fanout_procs import Child, ChildError, Clients
 
 ALL_SERVERS = (
     "roomcast-websockets",

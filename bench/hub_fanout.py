@@ -2,7 +2,7 @@
 
 No sockets: every connection is a :class:`SinkTransport`, whose ``try_send``
 takes a frame synchronously and does nothing else, so what is left is the
-hub's own work. Run ``python bench/hub_fanout.py --help``; see bench/README.md
+hub's own work. Run ``python -m bench.hub_fanout --help``; see bench/README.md
 for how to read the output. This is a benchmark, not a test: it asserts nothing
 about timing.
 """
@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
@@ -455,8 +454,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="fewer messages; memory with 1,000 clients only"
     )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=10_000,
+        help="recipients per round in each scenario and clients in the largest memory"
+        " measurement (a multiple of 10; default 10,000)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="publish rounds per repetition in both scenarios (default 60 and 20; 10 and 3"
+        " with --quick)",
+    )
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if args.clients < 10 or args.clients % 10:
+        parser.error("--clients must be a positive multiple of 10")
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -471,19 +491,21 @@ async def main(args: argparse.Namespace) -> None:
     quick = " (quick)" if args.quick else ""
     print(f"repeat={args.repeat}{quick}, GC disabled inside timed loops", flush=True)
     rounds_a, rounds_b = (10, 3) if args.quick else (60, 20)
+    if args.rounds is not None:
+        rounds_a = rounds_b = args.rounds
+    clients: int = args.clients
     scenarios = [
-        ("1 room x 10,000", 1, 10_000, rounds_a),
-        ("1,000 rooms x 10", 1_000, 10, rounds_b),
+        (f"1 room x {clients:,}", 1, clients, rounds_a),
+        (f"{clients // 10:,} room{'s' if clients > 10 else ''} x 10", clients // 10, 10, rounds_b),
     ]
     print_throughput(await run_throughput(scenarios, args.repeat))
-    sizes = (1_000,) if args.quick else (1_000, 10_000)
+    small = min(1_000, clients)
+    sizes = sorted({small} if args.quick else {small, clients})
     print_memory([await measure_memory(n) for n in sizes])
 
 
 def run(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.repeat < 1:
-        sys.exit("--repeat must be at least 1")
     anyio.run(main, args, backend=args.backend)
 
 

@@ -1,4 +1,4 @@
-"""Every install line in the README, the docs and the examples works from a checkout.
+"""Every install line in the README, CONTRIBUTING, the docs and the examples works from a checkout.
 
 roomcast is not on the package index yet, so a line that asks it for ``roomcast``
 fails; and uvicorn without a WebSocket library answers every handshake with 404, so a
@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted(
     [
         ROOT / "README.md",
+        ROOT / "CONTRIBUTING.md",
         *(ROOT / "docs").rglob("*.md"),
         *(ROOT / "examples").rglob("*.py"),
         *(ROOT / "bench").rglob("*.md"),

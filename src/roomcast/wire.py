@@ -81,6 +81,7 @@ _TYPE_RE: Final = re.compile(rf"[A-Za-z][A-Za-z0-9_\-.:]{{0,{MAX_TYPE_LENGTH - 1
 _RESERVED_TYPES: Final = frozenset({"reply", "error", "ping", "pong", "gap"})
 _RESERVED_PREFIXES: Final = ("connection.", "presence.", "token.", "roomcast.")
 
+#: A request's ``ref``, echoed in its reply or error so the client can match them.
 Ref = str | int
 
 
@@ -105,6 +106,7 @@ class WireLimits:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+#: The limits applied when none are given: every default above.
 DEFAULT_LIMITS: Final = WireLimits()
 
 
@@ -182,6 +184,7 @@ class Pong:
     ref: Ref | None = None
 
 
+#: Any client frame [`decode`][roomcast.wire.decode] returns.
 Request = Auth | Subscribe | Unsubscribe | Publish | Presence | Refresh | Ping | Pong
 
 

@@ -1,0 +1,78 @@
+"""The benchmarks in bench/ still run: each one, at its smallest size, prints its ratio lines.
+
+Smoke runs only: a handful of clients on 127.0.0.1, one round, one repetition. Nothing
+here looks at a timing or a ratio's value; a benchmark that crashes, hangs, loses a
+delivery or stops printing its results fails.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Every child process of a smoke run exits by itself after this long.
+CHILD_SECONDS = 60
+#: A whole smoke run is killed after this long.
+RUN_TIMEOUT = 120
+
+
+def run(*argv: str) -> str:
+    """Run ``python *argv`` from the repository root; return its output, or fail with it."""
+    done = subprocess.run(
+        [sys.executable, *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_hub_fanout_prints_its_ratios() -> None:
+    out = run(
+        *("-m", "bench.hub_fanout"),
+        *("--clients", "20", "--rounds", "1", "--repeat", "1", "--quick"),
+    )
+    assert "Fan-out: CPU time per delivery" in out
+    # One row per scenario in the fan-out table, nothing lost; its hub/floor ratio
+    # against the encode-and-send floor; its wall time.
+    for scenario in ("1 room x 20", "2 rooms x 10"):
+        assert re.search(rf"^{scenario} +20 .* 0$", out, re.MULTILINE), out
+        assert re.search(rf"^  {scenario} +floor .* hub/floor [\d.]+", out, re.MULTILINE), out
+        assert re.search(rf"^  {scenario} +hub [\d.]+ .* floor [\d.]+", out, re.MULTILINE), out
+    assert "Memory per idle connection" in out
+    assert re.search(r"^ +20 +\d+ +\d+ +\d+$", out, re.MULTILINE), out
+
+
+@pytest.mark.parametrize(
+    ("adapter", "floor"),
+    [
+        ("roomcast-websockets", "websockets-broadcast"),
+        ("roomcast-starlette", "naive-starlette"),
+        ("roomcast-aiohttp", "naive-aiohttp"),
+    ],
+)
+def test_fanout_prints_its_ratios(adapter: str, floor: str) -> None:
+    out = run(
+        *("-m", "bench.fanout", "--servers", f"{adapter},{floor}"),
+        *("--connections", "2", "--messages", "1", "--rounds", "1", "--repeat", "1"),
+        *("--client-procs", "1", "--max-seconds", str(CHILD_SECONDS)),
+    )
+    assert "FAILED" not in out, out
+    for kind in (adapter, floor):
+        assert re.search(rf"\[1/1\] {kind}: N=2: [\d.]+ us/dlv, lost 0 ", out), out
+    assert "Ratios, roomcast / floor" in out
+    assert re.search(rf"cpu/dlv  {adapter} / {floor}, N=2: [\d.]+ \(1 pairs\)", out), out
+    assert re.search(rf"mem/conn {adapter} - {floor}, N=2: -?[\d.]+ KiB", out), out
+
+
+@pytest.mark.parametrize("script", ["bench/fanout.py", "bench/hub_fanout.py"])
+def test_benchmarks_still_run_as_scripts(script: str) -> None:
+    assert "usage:" in run(script, "--help")
