@@ -220,3 +220,22 @@ def test_a_short_lived_token_is_not_refreshed_every_second(
     assert watched.requested("POST", "/api/login") == 1
     expect(watched.page.locator("#status")).to_have_text("connected as alice")
     expect(watched.page.locator("#notes")).not_to_contain_text("token refreshed")
+
+
+def test_the_tracker_shows_why_the_server_went_away_while_it_retries(
+    browser: Browser, pages: list[Watched]
+) -> None:
+    watched = pages[0]
+    with serving("issue_tracker/app.py") as url:
+        sign_in(watched, url, "alice")
+    # The server has exited with status 0 after closing the page with 1001; each retry
+    # since fails with 1006, which must not replace why the connection ended.
+    status = watched.page.locator("#status")
+    expect(status).to_contain_text("offline (1001 server shutting down), retrying")
+    # The first socket, then two retries refused (each within 2 s of the last).
+    for _ in range(PAGE_TIMEOUT // 100):
+        if len(watched.sockets) >= 3:
+            break
+        watched.page.wait_for_timeout(100)
+    assert len(watched.sockets) >= 3, "the page did not retry"
+    expect(status).to_contain_text("offline (1001 server shutting down), retrying")
