@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -31,3 +32,29 @@ def test_docstrings_use_markdown_cross_references(path: Path) -> None:
 def test_the_pattern_catches_a_role() -> None:
     assert ROLE.search("see :meth:`~roomcast.Hub.publish` for more")
     assert not ROLE.search("see [`Hub.publish()`][roomcast.Hub.publish] for more")
+
+
+def docstrings(path: Path) -> list[tuple[int, str]]:
+    """Each docstring of a module with the line it starts on."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            docstring = ast.get_docstring(node, clean=False)
+            if docstring is not None:
+                first = node.body[0].lineno if node.body else 0
+                found.append((first, docstring))
+    return found
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda path: str(path.relative_to(SOURCE)))
+def test_docstrings_have_no_rest_literal_markers(path: Path) -> None:
+    # In Markdown an indented block after a blank line is already code; a trailing
+    # "::" would be printed as it stands.
+    found = [
+        f"{path.name}:{start + offset}: {line.strip()}"
+        for start, docstring in docstrings(path)
+        for offset, line in enumerate(docstring.splitlines())
+        if line.rstrip().endswith("::")
+    ]
+    assert not found, "end the line with one colon:\n" + "\n".join(found)

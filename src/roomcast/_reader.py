@@ -48,7 +48,7 @@ class ReadLoopStop:
     handled (`handling()`), where it also covers shielded sections. On
     trio, and on Python 3.10, one anyio cancel scope covers the whole loop.
 
-    Use it as::
+    Use it as:
 
         with stop:
             while not closing:

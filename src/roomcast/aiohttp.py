@@ -1,6 +1,6 @@
 """Serve a roomcast hub from an aiohttp application.
 
-Mount the endpoint and tie the hub's lifetime to the application's::
+Mount the endpoint and tie the hub's lifetime to the application's:
 
     app = web.Application()
     app.router.add_get("/ws", roomcast.aiohttp.handler(hub))

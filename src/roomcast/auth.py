@@ -224,9 +224,7 @@ NamespaceRule = Callable[[Principal, Action, str], bool | Awaitable[bool]]
 
 
 class NamespaceAuthorizer:
-    """Authorization written per room namespace.
-
-    ::
+    """Authorization written per room namespace, for example:
 
         NamespaceAuthorizer({
             # team:{id} - members of the team, listed in the token's claims

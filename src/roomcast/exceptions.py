@@ -1,6 +1,6 @@
 """The roomcast exception tree.
 
-Every error roomcast raises through its public API derives from one root::
+Every error roomcast raises through its public API derives from one root:
 
     RoomcastError
     ├── ProtocolError                 a frame broke wire protocol v1

@@ -1,6 +1,6 @@
 """Serve a roomcast hub from a Starlette or FastAPI application.
 
-Mount one endpoint and open the hub with the application::
+Mount one endpoint and open the hub with the application:
 
     app = Starlette(
         routes=[WebSocketRoute("/ws", roomcast.starlette.endpoint(hub))],

@@ -1,6 +1,6 @@
 """Test kit: an in-memory transport pair, a manual clock and a test client for apps' own tests.
 
-Drive real-time flows against a real [`Hub`][roomcast.Hub] without a socket::
+Drive real-time flows against a real [`Hub`][roomcast.Hub] without a socket:
 
     async with Hub(clock=clock) as hub, TestClient(hub) as client:
         await client.subscribe("team:t1")

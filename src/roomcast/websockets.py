@@ -1,6 +1,6 @@
 """Serve a roomcast hub with the ``websockets`` library (its asyncio implementation).
 
-Let roomcast run the server::
+Let roomcast run the server:
 
     async with Hub() as hub, await roomcast.websockets.serve(hub, "127.0.0.1", 8765) as server:
         await server.serve_forever()
@@ -8,7 +8,7 @@ Let roomcast run the server::
 or mount the hub in a server you configure yourself, passing the handler's
 ``process_request`` so that a refused handshake gets its HTTP status (403 for
 an ``Origin`` not allowed, 401 for bad credentials, 503 while the hub is not
-running) before the connection is accepted::
+running) before the connection is accepted:
 
     from websockets.asyncio.server import serve
 
