@@ -83,6 +83,7 @@ def main(host: str, port: int) -> None:
     ChatServer(config, hub).run()
 
 
+# --8<-- [start:run]
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -93,3 +94,4 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with contextlib.suppress(KeyboardInterrupt):
         main(args.host, args.port)
+# --8<-- [end:run]

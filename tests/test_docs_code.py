@@ -38,7 +38,6 @@ import uvicorn
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from pydantic import BaseModel
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
@@ -174,13 +173,6 @@ class Issues:
         return user_id == "alice" and issue_id == "i1"
 
 
-class Comment(BaseModel):
-    """The FastAPI page's request body."""
-
-    author: str
-    body: str
-
-
 @contextlib.asynccontextmanager
 async def other_resource() -> AsyncIterator[None]:
     """What the Starlette page's own lifespan enters beside the hub."""
@@ -194,7 +186,6 @@ def seed() -> dict[str, Any]:
         "authenticator": JWTAuthenticator(SECRET, algorithms=["HS256"]),
         "authorizer": DefaultAuthorizer(),
         "issues": Issues(),
-        "Comment": Comment,
         "other_resource": other_resource,
         "contextlib": contextlib,
         "AsyncIterator": AsyncIterator,

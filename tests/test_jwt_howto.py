@@ -1,27 +1,22 @@
-"""The JWT how-to's mounting code, run: one hub with JWT auth behind each adapter."""
+"""The JWT how-to's mounting code, run: one hub with JWT auth behind each adapter.
+
+Each section the page shows carries its own imports, so that it can be pasted as shown;
+hence the imports below the top of the module.
+"""
 
 from __future__ import annotations
 
 import json
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
 import jwt as pyjwt
 import pytest
-from aiohttp import web
-from fastapi import FastAPI
-from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
-
-import roomcast.aiohttp
-import roomcast.starlette
-import roomcast.websockets
-from roomcast import Hub
-from roomcast.jwt import JWTAuthenticator
 
 pytestmark = pytest.mark.anyio
 
@@ -34,6 +29,10 @@ def anyio_backend() -> str:
 
 
 # --8<-- [start:hub]
+from roomcast import Hub
+from roomcast.jwt import JWTAuthenticator
+
+
 def make_hub(secret: str) -> Hub:
     return Hub(authenticator=JWTAuthenticator(secret, algorithms=["HS256"]))
 
@@ -41,7 +40,26 @@ def make_hub(secret: str) -> Hub:
 # --8<-- [end:hub]
 
 
+# --8<-- [start:websockets]
+import roomcast.websockets
+
+
+async def serve_websockets(hub: Hub, host: str, port: int) -> None:
+    async with hub, await roomcast.websockets.serve(hub, host, port) as server:
+        await server.serve_forever()
+
+
+# --8<-- [end:websockets]
+
+
 # --8<-- [start:starlette]
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+
+import roomcast.starlette
+
+
 def starlette_app(hub: Hub) -> Starlette:
     return Starlette(
         routes=[WebSocketRoute("/ws", roomcast.starlette.endpoint(hub))],
@@ -59,6 +77,11 @@ def fastapi_app(hub: Hub) -> FastAPI:
 
 
 # --8<-- [start:aiohttp]
+from aiohttp import web
+
+import roomcast.aiohttp
+
+
 def aiohttp_app(hub: Hub) -> web.Application:
     app = web.Application()
     app.router.add_get("/ws", roomcast.aiohttp.handler(hub))
@@ -88,15 +111,28 @@ async def check(url: str) -> None:
         assert info.value.response.status_code == 401
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 async def test_websockets_adapter_with_jwt() -> None:
-    # --8<-- [start:websockets]
-    async with (
-        make_hub(SECRET) as hub,
-        await roomcast.websockets.serve(hub, "127.0.0.1", 0) as server,
-    ):
-        port = server.sockets[0].getsockname()[1]
-        # --8<-- [end:websockets]
+    port = free_port()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(serve_websockets, make_hub(SECRET), "127.0.0.1", port)
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    probe = await anyio.connect_tcp("127.0.0.1", port)
+                except OSError:
+                    await anyio.sleep(0.05)
+                else:
+                    await probe.aclose()
+                    break
         await check(f"ws://127.0.0.1:{port}/ws")
+        tasks.cancel_scope.cancel()
 
 
 async def test_aiohttp_adapter_with_jwt() -> None:
@@ -127,7 +163,7 @@ async def uvicorn_serving(app: object) -> AsyncIterator[int]:
 
 
 @pytest.mark.parametrize("make_app", [starlette_app, fastapi_app])
-async def test_starlette_and_fastapi_with_jwt(make_app: object) -> None:
-    app = make_app(make_hub(SECRET))  # type: ignore[operator]
+async def test_starlette_and_fastapi_with_jwt(make_app: Callable[[Hub], object]) -> None:
+    app = make_app(make_hub(SECRET))
     async with uvicorn_serving(app) as port:
         await check(f"ws://127.0.0.1:{port}/ws")

@@ -111,6 +111,10 @@ async def test_the_quickstart_sends_the_frames_it_shows_and_stops_cleanly(
                 "server shutting down",
             )
             assert await process.wait() == 0
+            assert process.stdout is not None
+            printed = b"".join([chunk async for chunk in process.stdout]).decode()
+            # It says where it listens, so that a reader knows it started.
+            assert f"serving on ws://127.0.0.1:{port}/ws" in printed, printed
             assert process.stderr is not None
             errors = b"".join([chunk async for chunk in process.stderr]).decode()
             assert "Traceback" not in errors, errors

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+# --8<-- [start:imports]
 import pytest
 
 from roomcast import DefaultAuthorizer, Handshake, History, Hub, Principal, RoomOptions
 from roomcast.testing import ManualClock, TestClient
 
-pytestmark = pytest.mark.anyio
+pytestmark = pytest.mark.anyio  # every test here runs on an event loop (anyio's plugin)
+
+# --8<-- [end:imports]
 
 
 # --8<-- [start:app]
