@@ -328,3 +328,21 @@ def test_keyed_limiter_matches_one_limiter_per_key_while_under_max_keys(
         reference = single.setdefault(key, RateLimiter(3, 2.0, 4, now=now))
         assert keyed.retry_after(key, now, cost) == pytest.approx(reference.retry_after(now, cost))
         assert keyed.allow(key, now, cost) == reference.allow(now, cost)
+
+
+def test_keyed_refund_gives_tokens_back_up_to_the_burst() -> None:
+    limiter: KeyedRateLimiter[str] = KeyedRateLimiter(3, 60.0, 3)
+    assert all(limiter.allow("a", 0.0) for _ in range(3))
+    assert not limiter.allow("a", 0.0)
+    limiter.refund("a", 0.0)
+    assert limiter.allow("a", 0.0)
+    assert not limiter.allow("a", 0.0)
+    for _ in range(10):
+        limiter.refund("a", 0.0)
+    assert [limiter.allow("a", 0.0) for _ in range(4)] == [True, True, True, False]
+
+
+def test_keyed_refund_of_an_unknown_key_changes_nothing() -> None:
+    limiter: KeyedRateLimiter[str] = KeyedRateLimiter(3, 60.0, 3)
+    limiter.refund("a", 0.0)
+    assert len(limiter) == 0

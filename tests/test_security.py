@@ -369,6 +369,79 @@ async def test_failed_authentications_per_ip_lock_the_address_out() -> None:
         assert (await hub.admit(good)).accepted
 
 
+class GatedAuthenticator(TableAuthenticator):
+    """A table authenticator that awaits a gate first, as one asking a database would."""
+
+    def __init__(self, table: Tokens) -> None:
+        super().__init__(table)
+        self.gate = anyio.Event()
+        self.waiting = 0
+
+    async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
+        if token is not None:
+            self.waiting += 1
+            await self.gate.wait()
+        return await super().authenticate(handshake, token)
+
+
+async def test_handshakes_verified_at_once_cannot_overspend_the_failure_budget() -> None:
+    authenticator = GatedAuthenticator(ALICE)
+    limits = ConnectionLimits(auth_failures_per_minute=10)
+    async with Hub(authenticator=authenticator, limits=limits, clock=ManualClock()) as hub:
+        bad = handshake(headers=(("authorization", "Bearer wrong"),))
+        statuses: list[int] = []
+
+        async def admit() -> None:
+            statuses.append((await hub.admit(bad)).status)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(30):
+                tg.start_soon(admit)
+            # The first ten are being verified; the other twenty were refused unverified.
+            with anyio.fail_after(5):
+                while len(statuses) < 20:
+                    await anyio.sleep(0.001)
+            assert authenticator.waiting == 10
+            authenticator.gate.set()
+        assert sorted(statuses) == [401] * 10 + [429] * 20
+        assert (hub.stats().auth_failures, hub.stats().limit_refusals) == (10, 20)
+
+
+async def test_auth_frames_verified_at_once_cannot_overspend_the_failure_budget() -> None:
+    authenticator = GatedAuthenticator(ALICE)
+    limits = ConnectionLimits(auth_failures_per_minute=3)
+    async with Hub(authenticator=authenticator, limits=limits, clock=ManualClock()) as hub:
+        clients = [TestClient(hub) for _ in range(9)]
+        codes: list[int] = []
+
+        async def attempt(client: TestClient) -> None:
+            await client.send_json({"action": "auth", "token": "wrong"})
+            codes.append(await client.wait_closed())
+
+        async with anyio.create_task_group() as tg:
+            for client in clients:
+                tg.start_soon(hub.serve, client.transport)
+                tg.start_soon(attempt, client)
+            with anyio.fail_after(5):
+                while len(codes) < 6:
+                    await anyio.sleep(0.001)
+            assert authenticator.waiting == 3
+            authenticator.gate.set()
+        for client in clients:
+            await client.end.close()
+        assert sorted(codes) == [1013] * 6 + [4001] * 3
+
+
+async def test_credentials_that_verify_give_their_share_of_the_budget_back() -> None:
+    limits = ConnectionLimits(auth_failures_per_minute=3)
+    async with hub_with(ALICE, limits=limits, clock=ManualClock()) as hub:
+        good = handshake(headers=(("authorization", f"Bearer {SECRET_TOKEN}"),))
+        bad = handshake(headers=(("authorization", "Bearer wrong"),))
+        for _ in range(10):
+            assert (await hub.admit(good)).accepted
+        assert [(await hub.admit(bad)).status for _ in range(4)] == [401, 401, 401, 429]
+
+
 def test_failure_table_stays_bounded_for_many_addresses() -> None:
     tracker = ConnectionTracker(ConnectionLimits(max_tracked_ips=1000))
     for n in range(100_000):

@@ -103,8 +103,9 @@ _CLOSE_RATE_LIMIT: Final = 4029
 class _LockedOut(AuthenticationError):
     """The address has spent its failed-authentication budget; nothing was verified."""
 
-    def __init__(self) -> None:
+    def __init__(self, retry_after: float) -> None:
         super().__init__("too many failed authentications", close_code=_CLOSE_TRY_AGAIN, status=429)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -772,7 +773,7 @@ class Hub:
         try:
             principal = await self._verify(handshake, token)
         except AuthenticationError as exc:
-            self._auth_failed(ip, exc)
+            self._refused(exc)
             return Admission(exc.status, _close_reason(exc), close_code=exc.close_code)
         if self._tracker.user_refusal(principal.user_id) is not None:
             self._counters.limit_refusals += 1
@@ -792,15 +793,44 @@ class Hub:
             return None
         return "origin not allowed"
 
-    async def _verify(self, handshake: Handshake, token: str | None) -> Principal:
-        """Ask the authenticator, and refuse a principal the hub could not serve."""
-        return check_principal(await self._authenticator.authenticate(handshake, token))
+    async def _verify(self, handshake: Handshake, token: str) -> Principal:
+        """Verify a token on the address's failure budget; refuse a principal the hub cannot serve.
 
-    def _auth_failed(self, ip: str | None, exc: AuthenticationError) -> None:
+        Raises:
+            _LockedOut: the address has spent its budget; the token was not looked at.
+            AuthenticationError: the token or its principal was refused (one
+                failure of the budget spent).
+        """
+        ip = handshake.client_host
+        # The failure is taken before the authenticator is asked and given back
+        # if the token verifies: attempts in flight at once spend the budget too.
+        retry_after = self._tracker.reserve(ip, self._clock.now())
+        if retry_after:
+            raise _LockedOut(retry_after)
+        try:
+            principal = check_principal(await self._authenticator.authenticate(handshake, token))
+        except AuthenticationError:
+            raise
+        except BaseException:
+            # Cancelled, or the authenticator's own bug: not a failed login.
+            self._tracker.release(ip, self._clock.now())
+            raise
+        self._tracker.release(ip, self._clock.now())
+        return principal
+
+    def _refused(self, exc: AuthenticationError) -> None:
+        """Count a refusal: unverified for a spent budget, or credentials that failed."""
+        if isinstance(exc, _LockedOut):
+            self._counters.limit_refusals += 1
+            return
         self._counters.auth_failures += 1
-        self._tracker.failed(ip, self._clock.now())
         # The exception class only: messages may quote what the client sent.
         logger.debug("authentication failed: %s", type(exc).__name__)
+
+    def _spend_failure(self, ip: str | None, exc: AuthenticationError) -> AuthenticationError:
+        """Count a failure that no verification spent (a protocol error before ``auth``)."""
+        self._tracker.failed(ip, self._clock.now())
+        return exc
 
     async def serve(self, transport: Transport, admission: Admission | None = None) -> None:
         """Run one accepted connection to its end.
@@ -836,10 +866,7 @@ class Hub:
             try:
                 principal = handshake_principal or await self._authenticate(transport)
             except AuthenticationError as exc:
-                if isinstance(exc, _LockedOut):
-                    self._counters.limit_refusals += 1
-                else:
-                    self._auth_failed(ip, exc)
+                self._refused(exc)
                 with anyio.CancelScope(shield=True):
                     await transport.close(exc.close_code, _close_reason(exc))
                 return
@@ -967,22 +994,24 @@ class Hub:
             # checked like any others, and refused rather than waited on.
             return check_principal(principal)
         # The authenticator wants credentials: wait for a first-message ``auth``.
+        ip = handshake.client_host
         with anyio.move_on_after(self.auth_timeout):
             while True:
                 data = await transport.receive()
                 try:
                     request = decode(data, self._wire_limits)
                 except RemoteProtocolError as exc:
-                    raise AuthenticationError("expected an auth frame") from exc
+                    error = AuthenticationError("expected an auth frame")
+                    raise self._spend_failure(ip, error) from exc
                 if isinstance(request, Auth):
                     # The same failure budget as the handshake: once it is
                     # spent, the token is not even looked at.
-                    if self._tracker.locked_out(handshake.client_host, self._clock.now()) > 0:
-                        raise _LockedOut()
                     return await self._verify(handshake, request.token)
                 if not isinstance(request, (Ping, Pong)):
-                    raise AuthenticationError("authenticate before any other request")
-        raise AuthenticationError("auth timeout", close_code=_CLOSE_AUTH_TIMEOUT, status=408)
+                    error = AuthenticationError("authenticate before any other request")
+                    raise self._spend_failure(ip, error)
+        timeout = AuthenticationError("auth timeout", close_code=_CLOSE_AUTH_TIMEOUT, status=408)
+        raise self._spend_failure(ip, timeout)
 
     def _register(self, client: Client) -> _Connection:
         now = self._clock.now()
@@ -1252,29 +1281,29 @@ class Hub:
     async def _refresh(self, client: Client, request: Refresh) -> None:
         """Replace the connection's token: same subject only; rooms re-checked at once."""
         handshake = client.transport.handshake
-        ip = handshake.client_host
-        # Answered the same whatever the token, so that a locked-out address
-        # cannot use refresh to tell valid tokens from invalid ones.
-        locked_out = self._tracker.locked_out(ip, self._clock.now())
-        if locked_out > 0:
-            self._counters.limit_refusals += 1
+        try:
+            principal = await self._verify(handshake, request.token)
+        except _LockedOut as exc:
+            # Answered the same whatever the token, so that a locked-out address
+            # cannot use refresh to tell valid tokens from invalid ones.
+            self._refused(exc)
             client.deliver(
                 encode_error(
                     "rate_limited",
                     "too many failed authentications",
                     ref=request.ref,
-                    retryAfterMs=math.ceil(locked_out * 1000),
+                    retryAfterMs=math.ceil(exc.retry_after * 1000),
                 )
             )
             return
-        try:
-            principal = await self._verify(handshake, request.token)
         except AuthenticationError as exc:
-            self._auth_failed(ip, exc)
+            self._refused(exc)
             client.deliver(encode_error("unauthorized", "invalid token", ref=request.ref))
             return
         if principal.user_id != client.user_id:
-            self._auth_failed(ip, AuthenticationError("subject changed"))
+            self._refused(
+                self._spend_failure(handshake.client_host, AuthenticationError("subject changed"))
+            )
             client.close(4001, "token subject changed")
             return
         client.principal = principal

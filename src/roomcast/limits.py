@@ -104,15 +104,32 @@ class ConnectionTracker:
         return None
 
     def locked_out(self, ip: str | None, now: float) -> float:
-        """Seconds until ``ip`` may have credentials verified again; 0 when it may now.
-
-        Every verification from an address (handshake, first-message ``auth``,
-        ``refresh``) asks this first, so that a spent budget stops guessing on
-        any path.
-        """
+        """Seconds until ``ip`` may have credentials verified again; 0 when it may now."""
         if ip is None:
             return 0.0
         return self._failures.retry_after(ip, now)
+
+    def reserve(self, ip: str | None, now: float) -> float:
+        """Take one failure from ``ip``'s budget before verifying its credentials.
+
+        Every verification from an address (handshake, first-message ``auth``,
+        ``refresh``) takes its failure up front, so that attempts verified at
+        the same time (an authenticator that awaits a database or a key-set
+        fetch) cannot all pass a check made before any of them failed; one
+        that succeeds gives it back with `release()`.
+
+        Returns:
+            ``0.0`` when the failure was taken and verification may go ahead;
+            otherwise the seconds until the address may try again (nothing taken).
+        """
+        if ip is None or self._failures.allow(ip, now):
+            return 0.0
+        return max(self._failures.retry_after(ip, now), 1e-3)
+
+    def release(self, ip: str | None, now: float) -> None:
+        """Give back the failure `reserve()` took, for credentials that verified."""
+        if ip is not None:
+            self._failures.refund(ip, now)
 
     def user_refusal(self, user_id: str | None) -> int | None:
         """The HTTP status refusing another connection of ``user_id``, or ``None``."""

@@ -290,6 +290,27 @@ class KeyedRateLimiter(Generic[K]):
         self._buckets[key] = (tokens - cost, max(state[1], now))
         return True
 
+    def refund(self, key: K, now: float, cost: float = 1.0) -> None:
+        """Give back ``cost`` tokens that `allow()` took from ``key``'s bucket.
+
+        For work that takes its tokens before it knows whether it counts: an
+        attempt reserves a token, so that concurrent attempts cannot all pass
+        a check made before any of them finished, and an attempt that turns
+        out not to count gives its token back. The bucket never holds more
+        than ``burst``; a key already forgotten is left alone.
+
+        Raises:
+            ValueError: ``now`` is not finite, or ``cost`` is not a positive finite number.
+        """
+        now = _check_finite("now", now)
+        cost = _check_cost(cost)
+        state = self._buckets.get(key)
+        if state is None:
+            return
+        params = self._params
+        tokens = min(params.burst, params.level(state[0], state[1], now) + cost)
+        self._buckets[key] = (tokens, max(state[1], now))
+
     def retry_after(self, key: K, now: float, cost: float = 1.0) -> float:
         """Seconds from ``now`` until `allow()` for ``key`` with ``cost`` would succeed.
 
