@@ -85,8 +85,6 @@ class Client:
         "_writing",
         "close_code",
         "direct",
-        "expiry_deadline",
-        "expiry_sequence",
         "id",
         "max_queue",
         "max_queue_bytes",
@@ -118,10 +116,6 @@ class Client:
         self.max_queue = max_queue
         self.max_queue_bytes = max_queue_bytes
         self._queued_bytes = 0
-        #: Which token expiry schedule is current (the hub's bookkeeping).
-        self.expiry_sequence = 0
-        #: When the token expires, on the hub's clock.
-        self.expiry_deadline = math.inf
         self.policy: SlowConsumerPolicy = policy
         self.send_now = transport.try_send
         #: The rest of a send that `EagerTransport.begin_send()` started

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import secrets
@@ -38,6 +37,7 @@ from .exceptions import (
     HubNotRunning,
     RemoteProtocolError,
 )
+from .expiry import ExpirySchedule
 from .heartbeat import Heartbeat, HeartbeatPolicy
 from .limits import ConnectionLimits, ConnectionTracker
 from .options import DEFAULT_MAX_QUEUE, RateLimit, RoomOptions, SlowConsumerPolicy
@@ -347,9 +347,9 @@ class Hub:
         self._tracker = ConnectionTracker(self.limits)
         self.token_expiry_warning = float(token_expiry_warning)
         self.token_expiry_grace = float(token_expiry_grace)
-        # (deadline on the hub clock, sequence, client id, "warn" | "expire")
-        self._expiries: list[tuple[float, int, ClientId, str]] = []
-        self._expiry_sequence = 0
+        self._expiries: ExpirySchedule[ClientId] = ExpirySchedule(
+            self.token_expiry_warning, self.token_expiry_grace
+        )
         self._default_options = default_room_options or RoomOptions()
         self._authenticator: Authenticator = authenticator or AnonymousAuthenticator()
         self._authorizer = as_authorizer(authorizer)
@@ -1003,6 +1003,7 @@ class Hub:
     async def _unregister(self, connection: _Connection) -> None:
         client = connection.client
         self._heartbeat.remove(client.id)
+        self._expiries.remove(client.id)
         if self._clients.pop(client.id, None) is not None:
             self._tracker.closed(None, client.user_id)
         user_id = client.user_id
@@ -1322,39 +1323,28 @@ class Hub:
                     client.close(_CLOSE_INTERNAL, "heartbeat timeout", flush=False)
             self._run_expiries(now)
             deadline = heartbeat.next_deadline()
-            if self._expiries:
-                first = self._expiries[0][0]
+            first = self._expiries.next_deadline()
+            if first is not None:
                 deadline = first if deadline is None else min(deadline, first)
             limit = now + _HEARTBEAT_MAX_SLEEP
             await clock.sleep_until(limit if deadline is None else min(deadline, limit))
 
     def _schedule_expiry(self, client: Client) -> None:
-        """Queue the ``token.expiring`` notice and the 4002 close for the client's token."""
+        """Schedule the ``token.expiring`` notice and the 4002 close for the client's token."""
         expires_at = client.principal.expires_at
         if expires_at is None:
             return
         # Token times are wall-clock; the schedule runs on the hub's clock.
         left = expires_at - time.time()
-        now = self._clock.now()
-        self._expiry_sequence += 1
-        sequence = self._expiry_sequence
-        warn_at = now + left - self.token_expiry_warning
-        heapq.heappush(self._expiries, (warn_at, sequence, client.id, "warn"))
-        expire_at = now + left + self.token_expiry_grace
-        heapq.heappush(self._expiries, (expire_at, sequence, client.id, "expire"))
-        client.expiry_sequence = sequence
-        client.expiry_deadline = now + left
+        self._expiries.schedule(client.id, self._clock.now() + left)
 
     def _run_expiries(self, now: float) -> None:
-        expiries = self._expiries
-        while expiries and expiries[0][0] <= now:
-            _, sequence, client_id, action = heapq.heappop(expiries)
-            client = self._clients.get(client_id)
-            # A refresh schedules anew; entries of the old token are stale.
-            if client is None or client.closing or client.expiry_sequence != sequence:
+        for due in self._expiries.poll(now):
+            client = self._clients.get(due.key)
+            if client is None or client.closing:
                 continue
-            if action == "warn":
-                left_ms = max(0, int((client.expiry_deadline - now) * 1000))
+            if due.action == "warn":
+                left_ms = max(0, int(due.expires_in * 1000))
                 client.deliver(encode_frame("token.expiring", payload={"expiresInMs": left_ms}))
             else:
                 self._counters.token_expirations += 1
