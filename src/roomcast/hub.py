@@ -6,7 +6,6 @@ import logging
 import math
 import secrets
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -17,6 +16,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._reader import ReadLoopStop
+from .admission import Admission, Gatekeeper, LockedOut, refusal_reason
 from .auth import (
     AnonymousAuthenticator,
     Authenticator,
@@ -25,7 +25,6 @@ from .auth import (
     Principal,
     TokenSources,
     as_authorizer,
-    check_principal,
 )
 from .backends.base import Backend, PresenceEntry, Publication
 from .backends.memory import MemoryBackend
@@ -39,7 +38,7 @@ from .exceptions import (
 )
 from .expiry import ExpirySchedule
 from .heartbeat import Heartbeat, HeartbeatPolicy
-from .limits import ConnectionLimits, ConnectionTracker
+from .limits import ConnectionLimits
 from .options import DEFAULT_MAX_QUEUE, RateLimit, RoomOptions, SlowConsumerPolicy
 from .ratelimit import RateLimiter
 from .room import Room
@@ -100,13 +99,6 @@ _CLOSE_AUTH_TIMEOUT: Final = 4008
 _CLOSE_RATE_LIMIT: Final = 4029
 
 
-class _LockedOut(AuthenticationError):
-    """The address has spent its failed-authentication budget; nothing was verified."""
-
-    def __init__(self) -> None:
-        super().__init__("too many failed authentications", close_code=_CLOSE_TRY_AGAIN, status=429)
-
-
 @dataclass(frozen=True, slots=True)
 class HubStatistics:
     """A snapshot of a hub's counters (see [`Hub.stats()`][roomcast.hub.Hub.stats]).
@@ -151,40 +143,6 @@ class HubStatistics:
     heartbeat_timeouts: int
 
 
-#: Close codes for refusals the adapter could not answer with an HTTP status.
-_CLOSE_FOR_STATUS: Final = {401: 4001, 403: 1008, 408: 4008, 429: 1013, 503: 1013}
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """The hub's answer to an opening handshake (see [`Hub.admit()`][roomcast.hub.Hub.admit]).
-
-    Attributes:
-        status: 101 to accept; otherwise the HTTP status to refuse with.
-        reason: why it was refused (no secrets; fits a close reason).
-        principal: who the handshake's credentials identified, or ``None``
-            when it carried none.
-        subprotocol: the subprotocol to select (``roomcast.v1`` when offered).
-        close_code: the close code to use when the adapter has already
-            accepted; derived from ``status`` when not given.
-    """
-
-    status: int = 101
-    reason: str = ""
-    principal: Principal | None = None
-    subprotocol: str | None = None
-    close_code: int = 0
-
-    def __post_init__(self) -> None:
-        if self.close_code == 0 and self.status != 101:
-            object.__setattr__(self, "close_code", _CLOSE_FOR_STATUS.get(self.status, 1008))
-
-    @property
-    def accepted(self) -> bool:
-        """Whether the handshake may be accepted."""
-        return self.status == 101
-
-
 @dataclass(slots=True)
 class _Counters:
     connections_total: int = 0
@@ -194,9 +152,6 @@ class _Counters:
     dropped: int = 0
     rate_limited: int = 0
     bad_requests: int = 0
-    auth_failures: int = 0
-    origin_refusals: int = 0
-    limit_refusals: int = 0
     token_expirations: int = 0
     slow_consumer_disconnects: int = 0
     heartbeat_timeouts: int = 0
@@ -331,29 +286,30 @@ class Hub:
             if not namespace or ":" in namespace:
                 raise ValueError(f"namespace {namespace!r} must be non-empty and contain no ':'")
             self._namespaces[namespace] = options
-        self._allowed_origins = None if allowed_origins is None else _origins(allowed_origins)
-        if not isinstance(allow_missing_origin, bool):
-            raise TypeError(
-                f"allow_missing_origin must be True or False, got {allow_missing_origin!r}"
-            )
+        self._authenticator: Authenticator = authenticator or AnonymousAuthenticator()
+        self._clock: Clock = clock or SystemClock()
+        self._gate = Gatekeeper(
+            authenticator=self._authenticator,
+            clock=self._clock,
+            allowed_origins=allowed_origins,
+            allow_missing_origin=allow_missing_origin,
+            token_sources=token_sources,
+            limits=limits,
+        )
         self.allow_missing_origin = allow_missing_origin
         if (
             not isinstance(token_expiry_grace, (int, float))
             or not 0 <= token_expiry_grace < math.inf
         ):
             raise ValueError(f"token_expiry_grace must be >= 0 seconds, got {token_expiry_grace!r}")
-        self._token_sources = token_sources or TokenSources()
-        self.limits = limits or ConnectionLimits()
-        self._tracker = ConnectionTracker(self.limits)
+        self.limits = self._gate.limits
         self.token_expiry_warning = float(token_expiry_warning)
         self.token_expiry_grace = float(token_expiry_grace)
         self._expiries: ExpirySchedule[ClientId] = ExpirySchedule(
             self.token_expiry_warning, self.token_expiry_grace
         )
         self._default_options = default_room_options or RoomOptions()
-        self._authenticator: Authenticator = authenticator or AnonymousAuthenticator()
         self._authorizer = as_authorizer(authorizer)
-        self._clock: Clock = clock or SystemClock()
         self._backend: Backend = backend or MemoryBackend(clock=self._clock.now)
         self.heartbeat_policy: HeartbeatPolicy = heartbeat or HeartbeatPolicy()
         self.rate_limit: RateLimit = rate_limit or RateLimit()
@@ -603,9 +559,9 @@ class Hub:
             dropped=counters.dropped,
             rate_limited=counters.rate_limited,
             bad_requests=counters.bad_requests,
-            auth_failures=counters.auth_failures,
-            origin_refusals=counters.origin_refusals,
-            limit_refusals=counters.limit_refusals,
+            auth_failures=self._gate.auth_failures,
+            origin_refusals=self._gate.origin_refusals,
+            limit_refusals=self._gate.limit_refusals,
             token_expirations=counters.token_expirations,
             slow_consumer_disconnects=counters.slow_consumer_disconnects,
             heartbeat_timeouts=counters.heartbeat_timeouts,
@@ -754,53 +710,7 @@ class Hub:
             return Admission(503, "server not started")
         if self._state != "running":
             return Admission(503, "server shutting down", close_code=_CLOSE_GOING_AWAY)
-        if self._allowed_origins is not None:
-            why = self._origin_refusal(handshake.header_values("origin"), self._allowed_origins)
-            if why is not None:
-                self._counters.origin_refusals += 1
-                return Admission(403, why)
-        ip = handshake.client_host
-        refusal = self._tracker.ip_refusal(ip, self._clock.now())
-        if refusal is not None:
-            self._counters.limit_refusals += 1
-            reason = "too many failed authentications" if refusal == 429 else "too many connections"
-            return Admission(refusal, reason)
-        subprotocol = PROTOCOL if PROTOCOL in handshake.subprotocols else None
-        token = self._token_sources.find(handshake)
-        if token is None:
-            return Admission(101, subprotocol=subprotocol)
-        try:
-            principal = await self._verify(handshake, token)
-        except AuthenticationError as exc:
-            self._auth_failed(ip, exc)
-            return Admission(exc.status, _close_reason(exc), close_code=exc.close_code)
-        if self._tracker.user_refusal(principal.user_id) is not None:
-            self._counters.limit_refusals += 1
-            return Admission(503, "too many connections for this user")
-        return Admission(101, principal=principal, subprotocol=subprotocol)
-
-    def _origin_refusal(self, origins: list[str], allowed: frozenset[str]) -> str | None:
-        """Why a handshake with these ``Origin`` values is refused, or ``None``.
-
-        Browsers send ``Origin`` on every WebSocket handshake (RFC 6455,
-        section 4.1), so a handshake without one is not a cross-site request
-        from a browser; any other client can send whatever ``Origin`` it likes.
-        """
-        if not origins:
-            return None if self.allow_missing_origin else "origin required"
-        if len(origins) == 1 and origins[0] in allowed:
-            return None
-        return "origin not allowed"
-
-    async def _verify(self, handshake: Handshake, token: str | None) -> Principal:
-        """Ask the authenticator, and refuse a principal the hub could not serve."""
-        return check_principal(await self._authenticator.authenticate(handshake, token))
-
-    def _auth_failed(self, ip: str | None, exc: AuthenticationError) -> None:
-        self._counters.auth_failures += 1
-        self._tracker.failed(ip, self._clock.now())
-        # The exception class only: messages may quote what the client sent.
-        logger.debug("authentication failed: %s", type(exc).__name__)
+        return await self._gate.admit(handshake)
 
     async def serve(self, transport: Transport, admission: Admission | None = None) -> None:
         """Run one accepted connection to its end.
@@ -829,24 +739,21 @@ class Hub:
         handshake_principal = admission.principal
         del admission  # not kept alive for the connection's lifetime
         # Counted from acceptance, so sockets still waiting to authenticate count too.
-        self._tracker.opened(ip, None)
+        self._gate.opened(ip, None)
         # One coroutine frame per connection: the rest of the connection runs
         # here rather than in a helper coroutine.
         try:
             try:
                 principal = handshake_principal or await self._authenticate(transport)
             except AuthenticationError as exc:
-                if isinstance(exc, _LockedOut):
-                    self._counters.limit_refusals += 1
-                else:
-                    self._auth_failed(ip, exc)
+                if not isinstance(exc, LockedOut):  # counted as a limit refusal
+                    self._gate.failed(ip, exc)
                 with anyio.CancelScope(shield=True):
-                    await transport.close(exc.close_code, _close_reason(exc))
+                    await transport.close(exc.close_code, refusal_reason(exc))
                 return
             except ConnectionClosed:
                 return
-            if handshake_principal is None and self._tracker.user_refusal(principal.user_id):
-                self._counters.limit_refusals += 1
+            if handshake_principal is None and self._gate.user_refused(principal.user_id):
                 with anyio.CancelScope(shield=True):
                     await transport.close(_CLOSE_TRY_AGAIN, "too many connections for this user")
                 return
@@ -938,7 +845,7 @@ class Hub:
                     if not self._serving and self._idle is not None:
                         self._idle.set()
         finally:
-            self._tracker.closed(ip, None)
+            self._gate.closed(ip, None)
 
     def _tasks(self) -> TaskGroup:
         if self._task_group is None:  # serve() refuses connections before start
@@ -958,14 +865,11 @@ class Hub:
     async def _authenticate(self, transport: Transport) -> Principal:
         """Identify a connection whose handshake carried no credentials."""
         handshake = transport.handshake
-        try:
-            principal = await self._authenticator.authenticate(handshake, None)
-        except AuthenticationError:
-            pass
-        else:
-            # Credentials the authenticator found on its own (a session, say):
-            # checked like any others, and refused rather than waited on.
-            return check_principal(principal)
+        # Credentials the authenticator finds on its own (a session, say):
+        # checked like any others, and refused rather than waited on.
+        principal = await self._gate.implicit_principal(handshake)
+        if principal is not None:
+            return principal
         # The authenticator wants credentials: wait for a first-message ``auth``.
         with anyio.move_on_after(self.auth_timeout):
             while True:
@@ -977,9 +881,9 @@ class Hub:
                 if isinstance(request, Auth):
                     # The same failure budget as the handshake: once it is
                     # spent, the token is not even looked at.
-                    if self._tracker.locked_out(handshake.client_host, self._clock.now()) > 0:
-                        raise _LockedOut()
-                    return await self._verify(handshake, request.token)
+                    if self._gate.locked_out(handshake.client_host) > 0:
+                        raise LockedOut()
+                    return await self._gate.verify(handshake, request.token)
                 if not isinstance(request, (Ping, Pong)):
                     raise AuthenticationError("authenticate before any other request")
         raise AuthenticationError("auth timeout", close_code=_CLOSE_AUTH_TIMEOUT, status=408)
@@ -995,7 +899,7 @@ class Hub:
         if user_id is not None:
             self._users.setdefault(user_id, {})[client.id] = client
         self._heartbeat.add(client.id, now)
-        self._tracker.opened(None, user_id)
+        self._gate.opened(None, user_id)
         self._schedule_expiry(client)
         self._counters.connections_total += 1
         return connection
@@ -1005,7 +909,7 @@ class Hub:
         self._heartbeat.remove(client.id)
         self._expiries.remove(client.id)
         if self._clients.pop(client.id, None) is not None:
-            self._tracker.closed(None, client.user_id)
+            self._gate.closed(None, client.user_id)
         user_id = client.user_id
         if user_id is not None:
             sessions = self._users.get(user_id)
@@ -1256,9 +1160,8 @@ class Hub:
         ip = handshake.client_host
         # Answered the same whatever the token, so that a locked-out address
         # cannot use refresh to tell valid tokens from invalid ones.
-        locked_out = self._tracker.locked_out(ip, self._clock.now())
+        locked_out = self._gate.locked_out(ip)
         if locked_out > 0:
-            self._counters.limit_refusals += 1
             client.deliver(
                 encode_error(
                     "rate_limited",
@@ -1269,13 +1172,13 @@ class Hub:
             )
             return
         try:
-            principal = await self._verify(handshake, request.token)
+            principal = await self._gate.verify(handshake, request.token)
         except AuthenticationError as exc:
-            self._auth_failed(ip, exc)
+            self._gate.failed(ip, exc)
             client.deliver(encode_error("unauthorized", "invalid token", ref=request.ref))
             return
         if principal.user_id != client.user_id:
-            self._auth_failed(ip, AuthenticationError("subject changed"))
+            self._gate.failed(ip, AuthenticationError("subject changed"))
             client.close(4001, "token subject changed")
             return
         client.principal = principal
@@ -1353,31 +1256,6 @@ class Hub:
     def _on_pong(self, client_id: ClientId) -> None:
         if client_id in self._clients:
             self._heartbeat.seen(client_id, self._clock.now())
-
-
-def _origins(values: Iterable[str]) -> frozenset[str]:
-    if isinstance(values, str):
-        raise TypeError("allowed_origins must be a collection of origins, not a string")
-    origins = set()
-    for value in values:
-        parsed = urllib.parse.urlsplit(value) if isinstance(value, str) else None
-        if (
-            parsed is None
-            or parsed.scheme not in ("http", "https")
-            or not parsed.hostname
-            or parsed.path
-            or parsed.query
-            or parsed.fragment
-            or parsed.username is not None
-        ):
-            raise ValueError(f"allowed origin {value!r} must look like https://host[:port]")
-        origins.add(value)
-    return frozenset(origins)
-
-
-def _close_reason(exc: Exception) -> str:
-    """A close reason from an exception message, cut to fit a close frame."""
-    return close_frame(1000, str(exc))[1]
 
 
 def _room_error(code: str, message: str) -> dict[str, Any]:
