@@ -6,19 +6,18 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Final, NewType, Protocol
+from typing import Any, Final, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
 
 from .auth import Principal
 from .exceptions import ConnectionClosed
+from .membership import ClientId as ClientId
+from .membership import Room
 from .options import SlowConsumerPolicy
 from .transport import EagerTransport, PingableTransport, Transport
 from .wire import encode_gap
-
-if TYPE_CHECKING:
-    from .room import Room
 
 __all__ = ["CLOSE_SLOW_CONSUMER", "Client", "ClientId"]
 
@@ -30,9 +29,6 @@ class _ReaderStop(Protocol):
 
     def cancel(self) -> None: ...
 
-
-#: A connection's id, unique across nodes.
-ClientId = NewType("ClientId", str)
 
 #: Seconds an idle writer waits for more frames before its task ends.
 WRITER_LINGER: Final = 1.0
@@ -112,7 +108,7 @@ class Client:
         self.id = client_id
         self.transport = transport
         self.principal = principal
-        self.rooms: dict[str, Room] = {}
+        self.rooms: dict[str, Room[Client]] = {}
         self.max_queue = max_queue
         self.max_queue_bytes = max_queue_bytes
         self._queued_bytes = 0

@@ -39,9 +39,9 @@ from .exceptions import (
 from .expiry import ExpirySchedule
 from .heartbeat import Heartbeat, HeartbeatPolicy
 from .limits import ConnectionLimits
+from .membership import Membership, Room
 from .options import DEFAULT_MAX_QUEUE, RateLimit, RoomOptions, SlowConsumerPolicy
 from .ratelimit import RateLimiter
-from .room import Room
 from .transport import DEFAULT_CLOSE_TIMEOUT, Handshake, Transport, close_frame
 from .wire import (
     MAX_MESSAGE_SIZE,
@@ -331,9 +331,11 @@ class Hub:
         )
         self._node = secrets.token_hex(4)
         self._sequence = 0
-        self._clients: dict[ClientId, Client] = {}
-        self._users: dict[str, dict[ClientId, Client]] = {}
-        self._rooms: dict[str, Room] = {}
+        self._membership: Membership[Client] = Membership()
+        # Its maps, read directly on the fan-out path; changed only through it.
+        self._clients = self._membership.clients
+        self._users = self._membership.users
+        self._rooms = self._membership.rooms
         # Channels this node is subscribed to at the backend, by kind.
         self._channels: dict[str, set[str]] = {"room": set(), "user": set(), "node": set()}
         self._channel_lock = anyio.Lock()
@@ -656,7 +658,7 @@ class Hub:
         else:
             self._counters.dropped += 1
 
-    def _fan_out(self, room: Room, publication: Publication) -> None:
+    def _fan_out(self, room: Room[Client], publication: Publication) -> None:
         frame = self._encode(publication)
         name = room.name
         exclude = publication.exclude
@@ -856,8 +858,7 @@ class Hub:
         """A client started closing: stop fan-out to it at once, before its task ends."""
         if client.close_code == CLOSE_SLOW_CONSUMER:
             self._counters.slow_consumer_disconnects += 1
-        for room in client.rooms.values():
-            room.members.pop(client.id, None)
+        self._membership.stop_delivery(client)
 
     def _on_drop(self) -> None:
         self._counters.dropped += 1
@@ -894,12 +895,9 @@ class Hub:
             client=client,
             limiter=self._message_limit.fresh(now),
         )
-        self._clients[client.id] = client
-        user_id = client.user_id
-        if user_id is not None:
-            self._users.setdefault(user_id, {})[client.id] = client
+        self._membership.add(client)
         self._heartbeat.add(client.id, now)
-        self._gate.opened(None, user_id)
+        self._gate.opened(None, client.user_id)
         self._schedule_expiry(client)
         self._counters.connections_total += 1
         return connection
@@ -908,19 +906,14 @@ class Hub:
         client = connection.client
         self._heartbeat.remove(client.id)
         self._expiries.remove(client.id)
-        if self._clients.pop(client.id, None) is not None:
+        if client.id in self._clients:
             self._gate.closed(None, client.user_id)
-        user_id = client.user_id
-        if user_id is not None:
-            sessions = self._users.get(user_id)
-            if sessions is not None:
-                sessions.pop(client.id, None)
-                if not sessions:
-                    del self._users[user_id]
-                    await self._sync_channel("user", user_id)
+        last_of_user = self._membership.remove(client)
+        if last_of_user is not None:
+            await self._sync_channel("user", last_of_user)
         rooms = list(client.rooms)
         for name in rooms:
-            self._leave_local(client, name)
+            self._membership.leave(client, name)
         for name in rooms:
             await self._after_leave(client, name)
 
@@ -1043,13 +1036,7 @@ class Hub:
         self, client: Client, name: str, since: StreamPosition | None
     ) -> dict[str, Any]:
         options = self.room_options(name)
-        room = self._rooms.get(name)
-        if room is None:
-            room = self._rooms[name] = Room(name, options)
-        held: list[tuple[int | None, str]] = []
-        if room.joining is None:
-            room.joining = {}
-        room.joining[client.id] = held
+        room, held = self._membership.start_join(client, name, options)
         try:
             await self._sync_channel("room", name)
             result: dict[str, Any] = {"ok": True}
@@ -1070,30 +1057,15 @@ class Hub:
             for offset, frame in held:
                 if top is None or offset is None or offset > top:
                     self._count(client.deliver(frame, name))
-            room.members[client.id] = client
-            client.rooms[name] = room
+            self._membership.join(client, room)
         finally:
-            if room.joining is not None:
-                room.joining.pop(client.id, None)
-                if not room.joining:
-                    room.joining = None
-            if room.empty and self._rooms.get(name) is room:
-                del self._rooms[name]
+            if self._membership.end_join(client, room):
                 with anyio.CancelScope(shield=True):
                     await self._sync_channel("room", name)
         if options.presence:
             await self._backend.presence_add(name, PresenceEntry(client.id, client.user_id))
             await self._presence_event(name, "presence.join", client)
         return result
-
-    def _leave_local(self, client: Client, name: str) -> bool:
-        room = client.rooms.pop(name, None)
-        if room is None:
-            return False
-        room.members.pop(client.id, None)
-        if room.empty and self._rooms.get(name) is room:
-            del self._rooms[name]
-        return True
 
     async def _after_leave(self, client: Client, name: str) -> None:
         if self.room_options(name).presence:
@@ -1110,7 +1082,7 @@ class Hub:
     async def _unsubscribe(self, client: Client, request: Unsubscribe) -> None:
         results: dict[str, Any] = {}
         for name in request.rooms:
-            if self._leave_local(client, name):
+            if self._membership.leave(client, name):
                 await self._after_leave(client, name)
                 results[name] = {"ok": True}
             else:
@@ -1187,7 +1159,7 @@ class Hub:
         removed = []
         for name in list(client.rooms):
             if not await self._authorizer.authorize(principal, "subscribe", name):
-                if self._leave_local(client, name):
+                if self._membership.leave(client, name):
                     await self._after_leave(client, name)
                 removed.append(name)
         expires = principal.expires_at
