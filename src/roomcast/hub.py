@@ -34,7 +34,6 @@ from .exceptions import (
     AuthenticationError,
     ConnectionClosed,
     HubNotRunning,
-    RemoteProtocolError,
 )
 from .expiry import ExpirySchedule
 from .heartbeat import Heartbeat, HeartbeatPolicy
@@ -42,6 +41,7 @@ from .limits import ConnectionLimits
 from .membership import Membership, Room
 from .options import DEFAULT_MAX_QUEUE, RateLimit, RoomOptions, SlowConsumerPolicy
 from .ratelimit import RateLimiter
+from .session import Close, Fail, Handle, Session, SessionLimits
 from .transport import DEFAULT_CLOSE_TIMEOUT, Handshake, Transport, close_frame
 from .wire import (
     MAX_MESSAGE_SIZE,
@@ -49,7 +49,6 @@ from .wire import (
     PROTOCOL,
     Auth,
     Ping,
-    Pong,
     Presence,
     Publish,
     Refresh,
@@ -58,7 +57,6 @@ from .wire import (
     Subscribe,
     Unsubscribe,
     WireLimits,
-    decode,
     dumps,
     encode_ack,
     encode_error,
@@ -91,12 +89,10 @@ _HEARTBEAT_MAX_SLEEP: Final = 1.0
 
 _NOBODY: Final[frozenset[str]] = frozenset()
 _CLOSE_GOING_AWAY: Final = 1001
-_CLOSE_POLICY: Final = 1008
 _CLOSE_INTERNAL: Final = 1011
 _CLOSE_TRY_AGAIN: Final = 1013
 _CLOSE_TOKEN_EXPIRED: Final = 4002
 _CLOSE_AUTH_TIMEOUT: Final = 4008
-_CLOSE_RATE_LIMIT: Final = 4029
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,17 +151,6 @@ class _Counters:
     token_expirations: int = 0
     slow_consumer_disconnects: int = 0
     heartbeat_timeouts: int = 0
-
-
-@dataclass(slots=True)
-class _Connection:
-    """Per-connection runtime state the Client itself does not need on the hot path."""
-
-    client: Client
-    limiter: RateLimiter
-    # Made on first need: most connections are never limited nor malformed.
-    strikes: RateLimiter | None = None
-    bad_requests: RateLimiter | None = None
 
 
 class Hub:
@@ -323,11 +308,13 @@ class Hub:
         self.bad_request_limit = bad_request_limit
         limit = self.rate_limit
         # Templates: each connection gets a fresh bucket sharing their parameters.
-        self._message_limit = RateLimiter(limit.rate, limit.period, limit.burst)
-        self._strike_limit = RateLimiter(limit.strikes, limit.period, limit.strikes)
-        self._bad_request_limit = RateLimiter(bad_request_limit, 60.0, bad_request_limit)
-        self._wire_limits = WireLimits(
-            max_message_size=max_message_size, max_rooms_per_request=max_rooms_per_connection
+        self._session_limits = SessionLimits(
+            wire=WireLimits(
+                max_message_size=max_message_size, max_rooms_per_request=max_rooms_per_connection
+            ),
+            messages=RateLimiter(limit.rate, limit.period, limit.burst),
+            strikes=RateLimiter(limit.strikes, limit.period, limit.strikes),
+            bad_requests=RateLimiter(bad_request_limit, 60.0, bad_request_limit),
         )
         self._node = secrets.token_hex(4)
         self._sequence = 0
@@ -354,6 +341,15 @@ class Hub:
         # Bound once and shared by every client, rather than a bound method each.
         self._client_closed = self._on_client_close
         self._frame_dropped = self._on_drop
+        # The handler of each request an open session hands over (see session.RULES).
+        self._handlers: dict[type[Request], Callable[[Client, Any], Awaitable[None]]] = {
+            Subscribe: self._subscribe,
+            Unsubscribe: self._unsubscribe,
+            Publish: self._client_publish,
+            Presence: self._presence,
+            Refresh: self._refresh,
+            Ping: self._ping,
+        }
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -744,9 +740,10 @@ class Hub:
         self._gate.opened(ip, None)
         # One coroutine frame per connection: the rest of the connection runs
         # here rather than in a helper coroutine.
+        session = Session(self._session_limits)
         try:
             try:
-                principal = handshake_principal or await self._authenticate(transport)
+                principal = handshake_principal or await self._authenticate(transport, session)
             except AuthenticationError as exc:
                 if not isinstance(exc, LockedOut):  # counted as a limit refusal
                     self._gate.failed(ip, exc)
@@ -777,7 +774,7 @@ class Hub:
                 on_close=self._client_closed,
                 on_drop=self._frame_dropped,
             )
-            connection = self._register(client)
+            self._register(client, session)
             self._serving += 1
             try:
                 # Subscribed before the ack: once a client is acknowledged,
@@ -811,7 +808,7 @@ class Hub:
                             self._counters.messages_in += 1
                             self._heartbeat.seen(client_id, self._clock.now())
                             with stop.handling():
-                                await self._handle_frame(connection, data)
+                                await self._handle_frame(client, session, data)
                     except ConnectionClosed as exc:
                         client.close(exc.code, exc.reason, flush=False)
                     except Exception:
@@ -823,7 +820,8 @@ class Hub:
                 with anyio.CancelScope(shield=True):
                     # Cancelled from outside (the server is going away), or a bug.
                     client.close(_CLOSE_GOING_AWAY, "going away", flush=False)
-                    await self._unregister(connection)
+                    session.close()
+                    await self._unregister(client)
                     close_code, close_reason = client.close_code or 1000, client.close_reason
                     # 1006 means the peer is already gone; closing still frees
                     # the transport, and 1006 itself may not be sent on the wire.
@@ -863,7 +861,7 @@ class Hub:
     def _on_drop(self) -> None:
         self._counters.dropped += 1
 
-    async def _authenticate(self, transport: Transport) -> Principal:
+    async def _authenticate(self, transport: Transport, session: Session) -> Principal:
         """Identify a connection whose handshake carried no credentials."""
         handshake = transport.handshake
         # Credentials the authenticator finds on its own (a session, say):
@@ -875,35 +873,27 @@ class Hub:
         with anyio.move_on_after(self.auth_timeout):
             while True:
                 data = await transport.receive()
-                try:
-                    request = decode(data, self._wire_limits)
-                except RemoteProtocolError as exc:
-                    raise AuthenticationError("expected an auth frame") from exc
-                if isinstance(request, Auth):
+                verdict = session.receive(data, self._clock.now())
+                if isinstance(verdict, Fail):
+                    raise AuthenticationError(verdict.reason)
+                if isinstance(verdict, Handle) and isinstance(verdict.request, Auth):
                     # The same failure budget as the handshake: once it is
                     # spent, the token is not even looked at.
                     if self._gate.locked_out(handshake.client_host) > 0:
                         raise LockedOut()
-                    return await self._gate.verify(handshake, request.token)
-                if not isinstance(request, (Ping, Pong)):
-                    raise AuthenticationError("authenticate before any other request")
+                    return await self._gate.verify(handshake, verdict.request.token)
         raise AuthenticationError("auth timeout", close_code=_CLOSE_AUTH_TIMEOUT, status=408)
 
-    def _register(self, client: Client) -> _Connection:
+    def _register(self, client: Client, session: Session) -> None:
         now = self._clock.now()
-        connection = _Connection(
-            client=client,
-            limiter=self._message_limit.fresh(now),
-        )
+        session.open(now)
         self._membership.add(client)
         self._heartbeat.add(client.id, now)
         self._gate.opened(None, client.user_id)
         self._schedule_expiry(client)
         self._counters.connections_total += 1
-        return connection
 
-    async def _unregister(self, connection: _Connection) -> None:
-        client = connection.client
+    async def _unregister(self, client: Client) -> None:
         self._heartbeat.remove(client.id)
         self._expiries.remove(client.id)
         if client.id in self._clients:
@@ -948,64 +938,27 @@ class Hub:
 
     # ------------------------------------------------------------------ request loop
 
-    async def _handle_frame(self, connection: _Connection, data: str | bytes) -> None:
-        client = connection.client
-        now = self._clock.now()
-        try:
-            request = decode(data, self._wire_limits)
-        except RemoteProtocolError as exc:
+    async def _handle_frame(self, client: Client, session: Session, data: str | bytes) -> None:
+        verdict = session.receive(data, self._clock.now())
+        if isinstance(verdict, Handle):
+            request = verdict.request
+            await self._handlers[type(request)](client, request)
+            return
+        if verdict is None or isinstance(verdict, Fail):  # Fail: only before auth
+            return
+        if verdict.strike == "bad_request":
             self._counters.bad_requests += 1
-            if connection.bad_requests is None:
-                connection.bad_requests = self._bad_request_limit.fresh(now)
-            if not connection.bad_requests.allow(now):
-                client.close(_CLOSE_POLICY, "too many bad requests")
-                return
-            client.deliver(
-                encode_error(exc.code, exc.message, ref=exc.ref, reply=exc.ref is not None)
-            )
-            return
-        if isinstance(request, Pong):
-            return
-        if not connection.limiter.allow(now):
+        elif verdict.strike == "rate_limited":
             self._counters.rate_limited += 1
-            if connection.strikes is None:
-                connection.strikes = self._strike_limit.fresh(now)
-            if not connection.strikes.allow(now):
-                client.close(_CLOSE_RATE_LIMIT, "rate limit exceeded")
-                return
-            retry_ms = math.ceil(connection.limiter.retry_after(now) * 1000)
-            client.deliver(
-                encode_error(
-                    "rate_limited",
-                    "too many messages",
-                    ref=request.ref,
-                    reply=request.ref is not None,
-                    retryAfterMs=retry_ms,
-                )
-            )
-            return
-        await self._dispatch(connection, request)
+        if isinstance(verdict, Close):
+            client.close(verdict.code, verdict.reason)
+        else:
+            client.deliver(verdict.frame)
 
-    async def _dispatch(self, connection: _Connection, request: Request) -> None:
-        client = connection.client
-        if isinstance(request, Subscribe):
-            await self._subscribe(client, request)
-        elif isinstance(request, Unsubscribe):
-            await self._unsubscribe(client, request)
-        elif isinstance(request, Publish):
-            await self._client_publish(client, request)
-        elif isinstance(request, Ping):
-            client.deliver(
-                encode_frame("pong", ref=request.ref)
-                if request.ref is not None
-                else '{"type":"pong"}'
-            )
-        elif isinstance(request, Presence):
-            await self._presence(client, request)
-        elif isinstance(request, Refresh):
-            await self._refresh(client, request)
-        elif isinstance(request, Auth):
-            client.deliver(encode_error("bad_request", "already authenticated", ref=request.ref))
+    async def _ping(self, client: Client, request: Ping) -> None:
+        client.deliver(
+            encode_frame("pong", ref=request.ref) if request.ref is not None else '{"type":"pong"}'
+        )
 
     async def _subscribe(self, client: Client, request: Subscribe) -> None:
         results: dict[str, Any] = {}
