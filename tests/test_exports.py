@@ -242,9 +242,9 @@ HOMES: dict[str, set[str]] = {
     "roomcast.heartbeat": {"Heartbeat", "HeartbeatPolicy"},
     "roomcast.hub": {"Admission", "Hub", "HubStatistics"},
     "roomcast.limits": {"ConnectionLimits"},
+    "roomcast.membership": {"Room"},
     "roomcast.options": {"History", "RateLimit", "RoomOptions", "SlowConsumerPolicy"},
     "roomcast.ratelimit": {"KeyedRateLimiter", "RateLimiter"},
-    "roomcast.room": {"Room"},
     "roomcast.transport": {"EagerTransport", "Handshake", "PingableTransport", "Transport"},
     "roomcast.wire": {"PROTOCOL", "StreamPosition"},
 }

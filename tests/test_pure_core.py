@@ -20,7 +20,7 @@ def _package_dir() -> Path:
 
 
 PACKAGE_DIR = _package_dir()
-PURE_MODULES = ("wire", "ratelimit", "heartbeat")
+PURE_MODULES = ("wire", "ratelimit", "heartbeat", "expiry", "options", "membership", "session")
 # What a pure module may import from inside roomcast.
 PURE_SIBLINGS = frozenset({*PURE_MODULES, "exceptions"})
 # A handful of standard-library modules that would mean I/O or concurrency in the core.
@@ -66,7 +66,8 @@ import sys, types
 package = types.ModuleType("roomcast")
 package.__path__ = [{str(PACKAGE_DIR)!r}]
 sys.modules["roomcast"] = package
-import roomcast.wire, roomcast.ratelimit, roomcast.heartbeat
+import roomcast.wire, roomcast.ratelimit, roomcast.heartbeat, roomcast.expiry
+import roomcast.options, roomcast.membership, roomcast.session
 for name in {PURE_MODULES!r}:
     assert sys.modules["roomcast." + name].__file__.startswith({str(PACKAGE_DIR)!r}), name
 loaded = sorted(name for name in sys.modules if name == "anyio" or name.startswith("anyio."))

@@ -40,13 +40,13 @@ from .hub import Admission as Admission
 from .hub import Hub as Hub
 from .hub import HubStatistics as HubStatistics
 from .limits import ConnectionLimits as ConnectionLimits
+from .membership import Room as Room
 from .options import History as History
 from .options import RateLimit as RateLimit
 from .options import RoomOptions as RoomOptions
 from .options import SlowConsumerPolicy as SlowConsumerPolicy
 from .ratelimit import KeyedRateLimiter as KeyedRateLimiter
 from .ratelimit import RateLimiter as RateLimiter
-from .room import Room as Room
 from .transport import EagerTransport as EagerTransport
 from .transport import Handshake as Handshake
 from .transport import PingableTransport as PingableTransport

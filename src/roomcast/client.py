@@ -6,19 +6,18 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Final, NewType, Protocol
+from typing import Any, Final, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
 
 from .auth import Principal
 from .exceptions import ConnectionClosed
+from .membership import ClientId as ClientId
+from .membership import Room
 from .options import SlowConsumerPolicy
 from .transport import EagerTransport, PingableTransport, Transport
 from .wire import encode_gap
-
-if TYPE_CHECKING:
-    from .room import Room
 
 __all__ = ["CLOSE_SLOW_CONSUMER", "Client", "ClientId"]
 
@@ -30,9 +29,6 @@ class _ReaderStop(Protocol):
 
     def cancel(self) -> None: ...
 
-
-#: A connection's id, unique across nodes.
-ClientId = NewType("ClientId", str)
 
 #: Seconds an idle writer waits for more frames before its task ends.
 WRITER_LINGER: Final = 1.0
@@ -85,8 +81,6 @@ class Client:
         "_writing",
         "close_code",
         "direct",
-        "expiry_deadline",
-        "expiry_sequence",
         "id",
         "max_queue",
         "max_queue_bytes",
@@ -114,14 +108,10 @@ class Client:
         self.id = client_id
         self.transport = transport
         self.principal = principal
-        self.rooms: dict[str, Room] = {}
+        self.rooms: dict[str, Room[Client]] = {}
         self.max_queue = max_queue
         self.max_queue_bytes = max_queue_bytes
         self._queued_bytes = 0
-        #: Which token expiry schedule is current (the hub's bookkeeping).
-        self.expiry_sequence = 0
-        #: When the token expires, on the hub's clock.
-        self.expiry_deadline = math.inf
         self.policy: SlowConsumerPolicy = policy
         self.send_now = transport.try_send
         #: The rest of a send that `EagerTransport.begin_send()` started

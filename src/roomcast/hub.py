@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import secrets
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -18,6 +16,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._reader import ReadLoopStop
+from .admission import Admission, Gatekeeper, LockedOut, refusal_reason
 from .auth import (
     AnonymousAuthenticator,
     Authenticator,
@@ -26,7 +25,6 @@ from .auth import (
     Principal,
     TokenSources,
     as_authorizer,
-    check_principal,
 )
 from .backends.base import Backend, PresenceEntry, Publication
 from .backends.memory import MemoryBackend
@@ -36,13 +34,14 @@ from .exceptions import (
     AuthenticationError,
     ConnectionClosed,
     HubNotRunning,
-    RemoteProtocolError,
 )
+from .expiry import ExpirySchedule
 from .heartbeat import Heartbeat, HeartbeatPolicy
-from .limits import ConnectionLimits, ConnectionTracker
+from .limits import ConnectionLimits
+from .membership import Membership, Room
 from .options import DEFAULT_MAX_QUEUE, RateLimit, RoomOptions, SlowConsumerPolicy
 from .ratelimit import RateLimiter
-from .room import Room
+from .session import Close, Fail, Handle, Session, SessionLimits
 from .transport import DEFAULT_CLOSE_TIMEOUT, Handshake, Transport, close_frame
 from .wire import (
     MAX_MESSAGE_SIZE,
@@ -50,7 +49,6 @@ from .wire import (
     PROTOCOL,
     Auth,
     Ping,
-    Pong,
     Presence,
     Publish,
     Refresh,
@@ -59,7 +57,6 @@ from .wire import (
     Subscribe,
     Unsubscribe,
     WireLimits,
-    decode,
     dumps,
     encode_ack,
     encode_error,
@@ -92,20 +89,10 @@ _HEARTBEAT_MAX_SLEEP: Final = 1.0
 
 _NOBODY: Final[frozenset[str]] = frozenset()
 _CLOSE_GOING_AWAY: Final = 1001
-_CLOSE_POLICY: Final = 1008
 _CLOSE_INTERNAL: Final = 1011
 _CLOSE_TRY_AGAIN: Final = 1013
 _CLOSE_TOKEN_EXPIRED: Final = 4002
 _CLOSE_AUTH_TIMEOUT: Final = 4008
-_CLOSE_RATE_LIMIT: Final = 4029
-
-
-class _LockedOut(AuthenticationError):
-    """The address has spent its failed-authentication budget; nothing was verified."""
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__("too many failed authentications", close_code=_CLOSE_TRY_AGAIN, status=429)
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,40 +139,6 @@ class HubStatistics:
     heartbeat_timeouts: int
 
 
-#: Close codes for refusals the adapter could not answer with an HTTP status.
-_CLOSE_FOR_STATUS: Final = {401: 4001, 403: 1008, 408: 4008, 429: 1013, 503: 1013}
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """The hub's answer to an opening handshake (see [`Hub.admit()`][roomcast.hub.Hub.admit]).
-
-    Attributes:
-        status: 101 to accept; otherwise the HTTP status to refuse with.
-        reason: why it was refused (no secrets; fits a close reason).
-        principal: who the handshake's credentials identified, or ``None``
-            when it carried none.
-        subprotocol: the subprotocol to select (``roomcast.v1`` when offered).
-        close_code: the close code to use when the adapter has already
-            accepted; derived from ``status`` when not given.
-    """
-
-    status: int = 101
-    reason: str = ""
-    principal: Principal | None = None
-    subprotocol: str | None = None
-    close_code: int = 0
-
-    def __post_init__(self) -> None:
-        if self.close_code == 0 and self.status != 101:
-            object.__setattr__(self, "close_code", _CLOSE_FOR_STATUS.get(self.status, 1008))
-
-    @property
-    def accepted(self) -> bool:
-        """Whether the handshake may be accepted."""
-        return self.status == 101
-
-
 @dataclass(slots=True)
 class _Counters:
     connections_total: int = 0
@@ -195,23 +148,9 @@ class _Counters:
     dropped: int = 0
     rate_limited: int = 0
     bad_requests: int = 0
-    auth_failures: int = 0
-    origin_refusals: int = 0
-    limit_refusals: int = 0
     token_expirations: int = 0
     slow_consumer_disconnects: int = 0
     heartbeat_timeouts: int = 0
-
-
-@dataclass(slots=True)
-class _Connection:
-    """Per-connection runtime state the Client itself does not need on the hot path."""
-
-    client: Client
-    limiter: RateLimiter
-    # Made on first need: most connections are never limited nor malformed.
-    strikes: RateLimiter | None = None
-    bad_requests: RateLimiter | None = None
 
 
 class Hub:
@@ -332,29 +271,30 @@ class Hub:
             if not namespace or ":" in namespace:
                 raise ValueError(f"namespace {namespace!r} must be non-empty and contain no ':'")
             self._namespaces[namespace] = options
-        self._allowed_origins = None if allowed_origins is None else _origins(allowed_origins)
-        if not isinstance(allow_missing_origin, bool):
-            raise TypeError(
-                f"allow_missing_origin must be True or False, got {allow_missing_origin!r}"
-            )
+        self._authenticator: Authenticator = authenticator or AnonymousAuthenticator()
+        self._clock: Clock = clock or SystemClock()
+        self._gate = Gatekeeper(
+            authenticator=self._authenticator,
+            clock=self._clock,
+            allowed_origins=allowed_origins,
+            allow_missing_origin=allow_missing_origin,
+            token_sources=token_sources,
+            limits=limits,
+        )
         self.allow_missing_origin = allow_missing_origin
         if (
             not isinstance(token_expiry_grace, (int, float))
             or not 0 <= token_expiry_grace < math.inf
         ):
             raise ValueError(f"token_expiry_grace must be >= 0 seconds, got {token_expiry_grace!r}")
-        self._token_sources = token_sources or TokenSources()
-        self.limits = limits or ConnectionLimits()
-        self._tracker = ConnectionTracker(self.limits)
+        self.limits = self._gate.limits
         self.token_expiry_warning = float(token_expiry_warning)
         self.token_expiry_grace = float(token_expiry_grace)
-        # (deadline on the hub clock, sequence, client id, "warn" | "expire")
-        self._expiries: list[tuple[float, int, ClientId, str]] = []
-        self._expiry_sequence = 0
+        self._expiries: ExpirySchedule[ClientId] = ExpirySchedule(
+            self.token_expiry_warning, self.token_expiry_grace
+        )
         self._default_options = default_room_options or RoomOptions()
-        self._authenticator: Authenticator = authenticator or AnonymousAuthenticator()
         self._authorizer = as_authorizer(authorizer)
-        self._clock: Clock = clock or SystemClock()
         self._backend: Backend = backend or MemoryBackend(clock=self._clock.now)
         self.heartbeat_policy: HeartbeatPolicy = heartbeat or HeartbeatPolicy()
         self.rate_limit: RateLimit = rate_limit or RateLimit()
@@ -368,17 +308,21 @@ class Hub:
         self.bad_request_limit = bad_request_limit
         limit = self.rate_limit
         # Templates: each connection gets a fresh bucket sharing their parameters.
-        self._message_limit = RateLimiter(limit.rate, limit.period, limit.burst)
-        self._strike_limit = RateLimiter(limit.strikes, limit.period, limit.strikes)
-        self._bad_request_limit = RateLimiter(bad_request_limit, 60.0, bad_request_limit)
-        self._wire_limits = WireLimits(
-            max_message_size=max_message_size, max_rooms_per_request=max_rooms_per_connection
+        self._session_limits = SessionLimits(
+            wire=WireLimits(
+                max_message_size=max_message_size, max_rooms_per_request=max_rooms_per_connection
+            ),
+            messages=RateLimiter(limit.rate, limit.period, limit.burst),
+            strikes=RateLimiter(limit.strikes, limit.period, limit.strikes),
+            bad_requests=RateLimiter(bad_request_limit, 60.0, bad_request_limit),
         )
         self._node = secrets.token_hex(4)
         self._sequence = 0
-        self._clients: dict[ClientId, Client] = {}
-        self._users: dict[str, dict[ClientId, Client]] = {}
-        self._rooms: dict[str, Room] = {}
+        self._membership: Membership[Client] = Membership()
+        # Its maps, read directly on the fan-out path; changed only through it.
+        self._clients = self._membership.clients
+        self._users = self._membership.users
+        self._rooms = self._membership.rooms
         # Channels this node is subscribed to at the backend, by kind.
         self._channels: dict[str, set[str]] = {"room": set(), "user": set(), "node": set()}
         self._channel_lock = anyio.Lock()
@@ -397,6 +341,15 @@ class Hub:
         # Bound once and shared by every client, rather than a bound method each.
         self._client_closed = self._on_client_close
         self._frame_dropped = self._on_drop
+        # The handler of each request an open session hands over (see session.RULES).
+        self._handlers: dict[type[Request], Callable[[Client, Any], Awaitable[None]]] = {
+            Subscribe: self._subscribe,
+            Unsubscribe: self._unsubscribe,
+            Publish: self._client_publish,
+            Presence: self._presence,
+            Refresh: self._refresh,
+            Ping: self._ping,
+        }
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -604,9 +557,9 @@ class Hub:
             dropped=counters.dropped,
             rate_limited=counters.rate_limited,
             bad_requests=counters.bad_requests,
-            auth_failures=counters.auth_failures,
-            origin_refusals=counters.origin_refusals,
-            limit_refusals=counters.limit_refusals,
+            auth_failures=self._gate.auth_failures,
+            origin_refusals=self._gate.origin_refusals,
+            limit_refusals=self._gate.limit_refusals,
             token_expirations=counters.token_expirations,
             slow_consumer_disconnects=counters.slow_consumer_disconnects,
             heartbeat_timeouts=counters.heartbeat_timeouts,
@@ -701,7 +654,7 @@ class Hub:
         else:
             self._counters.dropped += 1
 
-    def _fan_out(self, room: Room, publication: Publication) -> None:
+    def _fan_out(self, room: Room[Client], publication: Publication) -> None:
         frame = self._encode(publication)
         name = room.name
         exclude = publication.exclude
@@ -755,82 +708,7 @@ class Hub:
             return Admission(503, "server not started")
         if self._state != "running":
             return Admission(503, "server shutting down", close_code=_CLOSE_GOING_AWAY)
-        if self._allowed_origins is not None:
-            why = self._origin_refusal(handshake.header_values("origin"), self._allowed_origins)
-            if why is not None:
-                self._counters.origin_refusals += 1
-                return Admission(403, why)
-        ip = handshake.client_host
-        refusal = self._tracker.ip_refusal(ip, self._clock.now())
-        if refusal is not None:
-            self._counters.limit_refusals += 1
-            reason = "too many failed authentications" if refusal == 429 else "too many connections"
-            return Admission(refusal, reason)
-        subprotocol = PROTOCOL if PROTOCOL in handshake.subprotocols else None
-        token = self._token_sources.find(handshake)
-        if token is None:
-            return Admission(101, subprotocol=subprotocol)
-        try:
-            principal = await self._verify(handshake, token)
-        except AuthenticationError as exc:
-            self._refused(exc)
-            return Admission(exc.status, _close_reason(exc), close_code=exc.close_code)
-        if self._tracker.user_refusal(principal.user_id) is not None:
-            self._counters.limit_refusals += 1
-            return Admission(503, "too many connections for this user")
-        return Admission(101, principal=principal, subprotocol=subprotocol)
-
-    def _origin_refusal(self, origins: list[str], allowed: frozenset[str]) -> str | None:
-        """Why a handshake with these ``Origin`` values is refused, or ``None``.
-
-        Browsers send ``Origin`` on every WebSocket handshake (RFC 6455,
-        section 4.1), so a handshake without one is not a cross-site request
-        from a browser; any other client can send whatever ``Origin`` it likes.
-        """
-        if not origins:
-            return None if self.allow_missing_origin else "origin required"
-        if len(origins) == 1 and origins[0] in allowed:
-            return None
-        return "origin not allowed"
-
-    async def _verify(self, handshake: Handshake, token: str) -> Principal:
-        """Verify a token on the address's failure budget; refuse a principal the hub cannot serve.
-
-        Raises:
-            _LockedOut: the address has spent its budget; the token was not looked at.
-            AuthenticationError: the token or its principal was refused (one
-                failure of the budget spent).
-        """
-        ip = handshake.client_host
-        # The failure is taken before the authenticator is asked and given back
-        # if the token verifies: attempts in flight at once spend the budget too.
-        retry_after = self._tracker.reserve(ip, self._clock.now())
-        if retry_after:
-            raise _LockedOut(retry_after)
-        try:
-            principal = check_principal(await self._authenticator.authenticate(handshake, token))
-        except AuthenticationError:
-            raise
-        except BaseException:
-            # Cancelled, or the authenticator's own bug: not a failed login.
-            self._tracker.release(ip, self._clock.now())
-            raise
-        self._tracker.release(ip, self._clock.now())
-        return principal
-
-    def _refused(self, exc: AuthenticationError) -> None:
-        """Count a refusal: unverified for a spent budget, or credentials that failed."""
-        if isinstance(exc, _LockedOut):
-            self._counters.limit_refusals += 1
-            return
-        self._counters.auth_failures += 1
-        # The exception class only: messages may quote what the client sent.
-        logger.debug("authentication failed: %s", type(exc).__name__)
-
-    def _spend_failure(self, ip: str | None, exc: AuthenticationError) -> AuthenticationError:
-        """Count a failure that no verification spent (a protocol error before ``auth``)."""
-        self._tracker.failed(ip, self._clock.now())
-        return exc
+        return await self._gate.admit(handshake)
 
     async def serve(self, transport: Transport, admission: Admission | None = None) -> None:
         """Run one accepted connection to its end.
@@ -859,21 +737,20 @@ class Hub:
         handshake_principal = admission.principal
         del admission  # not kept alive for the connection's lifetime
         # Counted from acceptance, so sockets still waiting to authenticate count too.
-        self._tracker.opened(ip, None)
+        self._gate.opened(ip, None)
         # One coroutine frame per connection: the rest of the connection runs
         # here rather than in a helper coroutine.
+        session = Session(self._session_limits)
         try:
             try:
-                principal = handshake_principal or await self._authenticate(transport)
-            except AuthenticationError as exc:
-                self._refused(exc)
+                principal = handshake_principal or await self._authenticate(transport, session)
+            except AuthenticationError as exc:  # counted where it was raised
                 with anyio.CancelScope(shield=True):
-                    await transport.close(exc.close_code, _close_reason(exc))
+                    await transport.close(exc.close_code, refusal_reason(exc))
                 return
             except ConnectionClosed:
                 return
-            if handshake_principal is None and self._tracker.user_refusal(principal.user_id):
-                self._counters.limit_refusals += 1
+            if handshake_principal is None and self._gate.user_refused(principal.user_id):
                 with anyio.CancelScope(shield=True):
                     await transport.close(_CLOSE_TRY_AGAIN, "too many connections for this user")
                 return
@@ -895,7 +772,7 @@ class Hub:
                 on_close=self._client_closed,
                 on_drop=self._frame_dropped,
             )
-            connection = self._register(client)
+            self._register(client, session)
             self._serving += 1
             try:
                 # Subscribed before the ack: once a client is acknowledged,
@@ -929,7 +806,7 @@ class Hub:
                             self._counters.messages_in += 1
                             self._heartbeat.seen(client_id, self._clock.now())
                             with stop.handling():
-                                await self._handle_frame(connection, data)
+                                await self._handle_frame(client, session, data)
                     except ConnectionClosed as exc:
                         client.close(exc.code, exc.reason, flush=False)
                     except Exception:
@@ -941,7 +818,8 @@ class Hub:
                 with anyio.CancelScope(shield=True):
                     # Cancelled from outside (the server is going away), or a bug.
                     client.close(_CLOSE_GOING_AWAY, "going away", flush=False)
-                    await self._unregister(connection)
+                    session.close()
+                    await self._unregister(client)
                     close_code, close_reason = client.close_code or 1000, client.close_reason
                     # 1006 means the peer is already gone; closing still frees
                     # the transport, and 1006 itself may not be sent on the wire.
@@ -965,7 +843,7 @@ class Hub:
                     if not self._serving and self._idle is not None:
                         self._idle.set()
         finally:
-            self._tracker.closed(ip, None)
+            self._gate.closed(ip, None)
 
     def _tasks(self) -> TaskGroup:
         if self._task_group is None:  # serve() refuses connections before start
@@ -976,75 +854,61 @@ class Hub:
         """A client started closing: stop fan-out to it at once, before its task ends."""
         if client.close_code == CLOSE_SLOW_CONSUMER:
             self._counters.slow_consumer_disconnects += 1
-        for room in client.rooms.values():
-            room.members.pop(client.id, None)
+        self._membership.stop_delivery(client)
 
     def _on_drop(self) -> None:
         self._counters.dropped += 1
 
-    async def _authenticate(self, transport: Transport) -> Principal:
+    async def _authenticate(self, transport: Transport, session: Session) -> Principal:
         """Identify a connection whose handshake carried no credentials."""
         handshake = transport.handshake
-        try:
-            principal = await self._authenticator.authenticate(handshake, None)
-        except AuthenticationError:
-            pass
-        else:
-            # Credentials the authenticator found on its own (a session, say):
-            # checked like any others, and refused rather than waited on.
-            return check_principal(principal)
-        # The authenticator wants credentials: wait for a first-message ``auth``.
         ip = handshake.client_host
+        # Credentials the authenticator finds on its own (a session, say):
+        # checked like any others, and refused rather than waited on.
+        try:
+            principal = await self._gate.implicit_principal(handshake)
+        except AuthenticationError as exc:
+            self._gate.failed(ip, exc)
+            raise
+        if principal is not None:
+            return principal
+        # The authenticator wants credentials: wait for a first-message ``auth``.
         with anyio.move_on_after(self.auth_timeout):
             while True:
                 data = await transport.receive()
-                try:
-                    request = decode(data, self._wire_limits)
-                except RemoteProtocolError as exc:
-                    error = AuthenticationError("expected an auth frame")
-                    raise self._spend_failure(ip, error) from exc
-                if isinstance(request, Auth):
+                verdict = session.receive(data, self._clock.now())
+                if isinstance(verdict, Fail):
+                    failure = AuthenticationError(verdict.reason)
+                    self._gate.failed(ip, failure)
+                    raise failure
+                if isinstance(verdict, Handle) and isinstance(verdict.request, Auth):
                     # The same failure budget as the handshake: once it is
                     # spent, the token is not even looked at.
-                    return await self._verify(handshake, request.token)
-                if not isinstance(request, (Ping, Pong)):
-                    error = AuthenticationError("authenticate before any other request")
-                    raise self._spend_failure(ip, error)
+                    return await self._gate.verify(handshake, verdict.request.token)
         timeout = AuthenticationError("auth timeout", close_code=_CLOSE_AUTH_TIMEOUT, status=408)
-        raise self._spend_failure(ip, timeout)
+        self._gate.failed(ip, timeout)
+        raise timeout
 
-    def _register(self, client: Client) -> _Connection:
+    def _register(self, client: Client, session: Session) -> None:
         now = self._clock.now()
-        connection = _Connection(
-            client=client,
-            limiter=self._message_limit.fresh(now),
-        )
-        self._clients[client.id] = client
-        user_id = client.user_id
-        if user_id is not None:
-            self._users.setdefault(user_id, {})[client.id] = client
+        session.open(now)
+        self._membership.add(client)
         self._heartbeat.add(client.id, now)
-        self._tracker.opened(None, user_id)
+        self._gate.opened(None, client.user_id)
         self._schedule_expiry(client)
         self._counters.connections_total += 1
-        return connection
 
-    async def _unregister(self, connection: _Connection) -> None:
-        client = connection.client
+    async def _unregister(self, client: Client) -> None:
         self._heartbeat.remove(client.id)
-        if self._clients.pop(client.id, None) is not None:
-            self._tracker.closed(None, client.user_id)
-        user_id = client.user_id
-        if user_id is not None:
-            sessions = self._users.get(user_id)
-            if sessions is not None:
-                sessions.pop(client.id, None)
-                if not sessions:
-                    del self._users[user_id]
-                    await self._sync_channel("user", user_id)
+        self._expiries.remove(client.id)
+        if client.id in self._clients:
+            self._gate.closed(None, client.user_id)
+        last_of_user = self._membership.remove(client)
+        if last_of_user is not None:
+            await self._sync_channel("user", last_of_user)
         rooms = list(client.rooms)
         for name in rooms:
-            self._leave_local(client, name)
+            self._membership.leave(client, name)
         for name in rooms:
             await self._after_leave(client, name)
 
@@ -1079,64 +943,27 @@ class Hub:
 
     # ------------------------------------------------------------------ request loop
 
-    async def _handle_frame(self, connection: _Connection, data: str | bytes) -> None:
-        client = connection.client
-        now = self._clock.now()
-        try:
-            request = decode(data, self._wire_limits)
-        except RemoteProtocolError as exc:
+    async def _handle_frame(self, client: Client, session: Session, data: str | bytes) -> None:
+        verdict = session.receive(data, self._clock.now())
+        if isinstance(verdict, Handle):
+            request = verdict.request
+            await self._handlers[type(request)](client, request)
+            return
+        if verdict is None or isinstance(verdict, Fail):  # Fail: only before auth
+            return
+        if verdict.strike == "bad_request":
             self._counters.bad_requests += 1
-            if connection.bad_requests is None:
-                connection.bad_requests = self._bad_request_limit.fresh(now)
-            if not connection.bad_requests.allow(now):
-                client.close(_CLOSE_POLICY, "too many bad requests")
-                return
-            client.deliver(
-                encode_error(exc.code, exc.message, ref=exc.ref, reply=exc.ref is not None)
-            )
-            return
-        if isinstance(request, Pong):
-            return
-        if not connection.limiter.allow(now):
+        elif verdict.strike == "rate_limited":
             self._counters.rate_limited += 1
-            if connection.strikes is None:
-                connection.strikes = self._strike_limit.fresh(now)
-            if not connection.strikes.allow(now):
-                client.close(_CLOSE_RATE_LIMIT, "rate limit exceeded")
-                return
-            retry_ms = math.ceil(connection.limiter.retry_after(now) * 1000)
-            client.deliver(
-                encode_error(
-                    "rate_limited",
-                    "too many messages",
-                    ref=request.ref,
-                    reply=request.ref is not None,
-                    retryAfterMs=retry_ms,
-                )
-            )
-            return
-        await self._dispatch(connection, request)
+        if isinstance(verdict, Close):
+            client.close(verdict.code, verdict.reason)
+        else:
+            client.deliver(verdict.frame)
 
-    async def _dispatch(self, connection: _Connection, request: Request) -> None:
-        client = connection.client
-        if isinstance(request, Subscribe):
-            await self._subscribe(client, request)
-        elif isinstance(request, Unsubscribe):
-            await self._unsubscribe(client, request)
-        elif isinstance(request, Publish):
-            await self._client_publish(client, request)
-        elif isinstance(request, Ping):
-            client.deliver(
-                encode_frame("pong", ref=request.ref)
-                if request.ref is not None
-                else '{"type":"pong"}'
-            )
-        elif isinstance(request, Presence):
-            await self._presence(client, request)
-        elif isinstance(request, Refresh):
-            await self._refresh(client, request)
-        elif isinstance(request, Auth):
-            client.deliver(encode_error("bad_request", "already authenticated", ref=request.ref))
+    async def _ping(self, client: Client, request: Ping) -> None:
+        client.deliver(
+            encode_frame("pong", ref=request.ref) if request.ref is not None else '{"type":"pong"}'
+        )
 
     async def _subscribe(self, client: Client, request: Subscribe) -> None:
         results: dict[str, Any] = {}
@@ -1167,13 +994,7 @@ class Hub:
         self, client: Client, name: str, since: StreamPosition | None
     ) -> dict[str, Any]:
         options = self.room_options(name)
-        room = self._rooms.get(name)
-        if room is None:
-            room = self._rooms[name] = Room(name, options)
-        held: list[tuple[int | None, str]] = []
-        if room.joining is None:
-            room.joining = {}
-        room.joining[client.id] = held
+        room, held = self._membership.start_join(client, name, options)
         try:
             await self._sync_channel("room", name)
             result: dict[str, Any] = {"ok": True}
@@ -1194,30 +1015,15 @@ class Hub:
             for offset, frame in held:
                 if top is None or offset is None or offset > top:
                     self._count(client.deliver(frame, name))
-            room.members[client.id] = client
-            client.rooms[name] = room
+            self._membership.join(client, room)
         finally:
-            if room.joining is not None:
-                room.joining.pop(client.id, None)
-                if not room.joining:
-                    room.joining = None
-            if room.empty and self._rooms.get(name) is room:
-                del self._rooms[name]
+            if self._membership.end_join(client, room):
                 with anyio.CancelScope(shield=True):
                     await self._sync_channel("room", name)
         if options.presence:
             await self._backend.presence_add(name, PresenceEntry(client.id, client.user_id))
             await self._presence_event(name, "presence.join", client)
         return result
-
-    def _leave_local(self, client: Client, name: str) -> bool:
-        room = client.rooms.pop(name, None)
-        if room is None:
-            return False
-        room.members.pop(client.id, None)
-        if room.empty and self._rooms.get(name) is room:
-            del self._rooms[name]
-        return True
 
     async def _after_leave(self, client: Client, name: str) -> None:
         if self.room_options(name).presence:
@@ -1234,7 +1040,7 @@ class Hub:
     async def _unsubscribe(self, client: Client, request: Unsubscribe) -> None:
         results: dict[str, Any] = {}
         for name in request.rooms:
-            if self._leave_local(client, name):
+            if self._membership.leave(client, name):
                 await self._after_leave(client, name)
                 results[name] = {"ok": True}
             else:
@@ -1282,11 +1088,10 @@ class Hub:
         """Replace the connection's token: same subject only; rooms re-checked at once."""
         handshake = client.transport.handshake
         try:
-            principal = await self._verify(handshake, request.token)
-        except _LockedOut as exc:
+            principal = await self._gate.verify(handshake, request.token)
+        except LockedOut as exc:
             # Answered the same whatever the token, so that a locked-out address
             # cannot use refresh to tell valid tokens from invalid ones.
-            self._refused(exc)
             client.deliver(
                 encode_error(
                     "rate_limited",
@@ -1296,14 +1101,11 @@ class Hub:
                 )
             )
             return
-        except AuthenticationError as exc:
-            self._refused(exc)
+        except AuthenticationError:
             client.deliver(encode_error("unauthorized", "invalid token", ref=request.ref))
             return
         if principal.user_id != client.user_id:
-            self._refused(
-                self._spend_failure(handshake.client_host, AuthenticationError("subject changed"))
-            )
+            self._gate.failed(handshake.client_host, AuthenticationError("subject changed"))
             client.close(4001, "token subject changed")
             return
         client.principal = principal
@@ -1312,7 +1114,7 @@ class Hub:
         removed = []
         for name in list(client.rooms):
             if not await self._authorizer.authorize(principal, "subscribe", name):
-                if self._leave_local(client, name):
+                if self._membership.leave(client, name):
                     await self._after_leave(client, name)
                 removed.append(name)
         expires = principal.expires_at
@@ -1351,39 +1153,28 @@ class Hub:
                     client.close(_CLOSE_INTERNAL, "heartbeat timeout", flush=False)
             self._run_expiries(now)
             deadline = heartbeat.next_deadline()
-            if self._expiries:
-                first = self._expiries[0][0]
+            first = self._expiries.next_deadline()
+            if first is not None:
                 deadline = first if deadline is None else min(deadline, first)
             limit = now + _HEARTBEAT_MAX_SLEEP
             await clock.sleep_until(limit if deadline is None else min(deadline, limit))
 
     def _schedule_expiry(self, client: Client) -> None:
-        """Queue the ``token.expiring`` notice and the 4002 close for the client's token."""
+        """Schedule the ``token.expiring`` notice and the 4002 close for the client's token."""
         expires_at = client.principal.expires_at
         if expires_at is None:
             return
         # Token times are wall-clock; the schedule runs on the hub's clock.
         left = expires_at - time.time()
-        now = self._clock.now()
-        self._expiry_sequence += 1
-        sequence = self._expiry_sequence
-        warn_at = now + left - self.token_expiry_warning
-        heapq.heappush(self._expiries, (warn_at, sequence, client.id, "warn"))
-        expire_at = now + left + self.token_expiry_grace
-        heapq.heappush(self._expiries, (expire_at, sequence, client.id, "expire"))
-        client.expiry_sequence = sequence
-        client.expiry_deadline = now + left
+        self._expiries.schedule(client.id, self._clock.now() + left)
 
     def _run_expiries(self, now: float) -> None:
-        expiries = self._expiries
-        while expiries and expiries[0][0] <= now:
-            _, sequence, client_id, action = heapq.heappop(expiries)
-            client = self._clients.get(client_id)
-            # A refresh schedules anew; entries of the old token are stale.
-            if client is None or client.closing or client.expiry_sequence != sequence:
+        for due in self._expiries.poll(now):
+            client = self._clients.get(due.key)
+            if client is None or client.closing:
                 continue
-            if action == "warn":
-                left_ms = max(0, int((client.expiry_deadline - now) * 1000))
+            if due.action == "warn":
+                left_ms = max(0, int(due.expires_in * 1000))
                 client.deliver(encode_frame("token.expiring", payload={"expiresInMs": left_ms}))
             else:
                 self._counters.token_expirations += 1
@@ -1392,31 +1183,6 @@ class Hub:
     def _on_pong(self, client_id: ClientId) -> None:
         if client_id in self._clients:
             self._heartbeat.seen(client_id, self._clock.now())
-
-
-def _origins(values: Iterable[str]) -> frozenset[str]:
-    if isinstance(values, str):
-        raise TypeError("allowed_origins must be a collection of origins, not a string")
-    origins = set()
-    for value in values:
-        parsed = urllib.parse.urlsplit(value) if isinstance(value, str) else None
-        if (
-            parsed is None
-            or parsed.scheme not in ("http", "https")
-            or not parsed.hostname
-            or parsed.path
-            or parsed.query
-            or parsed.fragment
-            or parsed.username is not None
-        ):
-            raise ValueError(f"allowed origin {value!r} must look like https://host[:port]")
-        origins.add(value)
-    return frozenset(origins)
-
-
-def _close_reason(exc: Exception) -> str:
-    """A close reason from an exception message, cut to fit a close frame."""
-    return close_frame(1000, str(exc))[1]
 
 
 def _room_error(code: str, message: str) -> dict[str, Any]:

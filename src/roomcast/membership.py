@@ -1,0 +1,166 @@
+"""Membership: which clients are on this node, in which rooms, for which users (pure)."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, NewType, Protocol, TypeVar
+
+from .options import RoomOptions
+
+__all__ = ["ClientId", "Held", "Member", "Membership", "Room"]
+
+#: A connection's id, unique across nodes.
+ClientId = NewType("ClientId", str)
+
+#: A live frame held for a client whose history replay is under way: (offset, frame).
+Held = tuple[int | None, str]
+
+
+class Member(Protocol):
+    """What membership needs of a connection: its ids and the rooms it is in."""
+
+    @property
+    def id(self) -> ClientId:
+        """The connection's id."""
+        ...
+
+    @property
+    def user_id(self) -> str | None:
+        """The connected user, or ``None`` when anonymous."""
+        ...
+
+    @property
+    def rooms(self) -> dict[str, Room[Any]]:
+        """The rooms the connection is a member of, by name."""
+        ...
+
+
+M = TypeVar("M", bound=Member)
+
+
+class Room(Generic[M]):
+    """The local members of one room.
+
+    A room exists on a node while it has members there (or clients joining);
+    the hub removes it when the last one leaves.
+
+    Attributes:
+        name: the room name, e.g. ``team:t1``.
+        options: the options of the room's namespace.
+        members: clients that receive the room's messages, by id, in join order.
+        joining: clients between joining and the end of their history replay;
+            live frames for them are held here, with their offsets, and handed
+            over once the replay is sent, so nothing is lost or repeated.
+    """
+
+    __slots__ = ("joining", "members", "name", "options")
+
+    def __init__(self, name: str, options: RoomOptions) -> None:
+        self.name = name
+        self.options = options
+        self.members: dict[ClientId, M] = {}
+        # None while nobody is joining (almost always): an emptied dict keeps its table.
+        self.joining: dict[ClientId, list[Held]] | None = None
+
+    @property
+    def empty(self) -> bool:
+        """Whether nobody is in or joining the room."""
+        return not self.members and not self.joining
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __repr__(self) -> str:
+        return f"<Room {self.name!r} members={len(self.members)}>"
+
+
+class Membership(Generic[M]):
+    """The clients of one node, by id and by user, and the rooms they are in.
+
+    Pure bookkeeping: every change is synchronous, and the methods that can
+    leave a room or a user without anyone on this node say so, so that the
+    caller can drop its broker subscription.
+
+    Attributes:
+        clients: connected clients by id.
+        users: each user's connected clients, by user id.
+        rooms: rooms with members (or clients joining) on this node, by name.
+    """
+
+    __slots__ = ("clients", "rooms", "users")
+
+    def __init__(self) -> None:
+        self.clients: dict[ClientId, M] = {}
+        self.users: dict[str, dict[ClientId, M]] = {}
+        self.rooms: dict[str, Room[M]] = {}
+
+    def add(self, client: M) -> None:
+        """Register a connected client (under its user, if any)."""
+        self.clients[client.id] = client
+        user_id = client.user_id
+        if user_id is not None:
+            self.users.setdefault(user_id, {})[client.id] = client
+
+    def remove(self, client: M) -> str | None:
+        """Forget a client, but not its rooms (see `leave()`).
+
+        Returns:
+            Its user id when it was that user's last client here, else ``None``.
+        """
+        self.clients.pop(client.id, None)
+        user_id = client.user_id
+        if user_id is not None:
+            clients = self.users.get(user_id)
+            if clients is not None:
+                clients.pop(client.id, None)
+                if not clients:
+                    del self.users[user_id]
+                    return user_id
+        return None
+
+    def start_join(self, client: M, name: str, options: RoomOptions) -> tuple[Room[M], list[Held]]:
+        """Open the room if needed and hold its live frames for ``client`` until `join()`."""
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(name, options)
+        held: list[Held] = []
+        if room.joining is None:
+            room.joining = {}
+        room.joining[client.id] = held
+        return room, held
+
+    def join(self, client: M, room: Room[M]) -> None:
+        """Make ``client`` a member of ``room``: from now on it gets the room's frames."""
+        room.members[client.id] = client
+        client.rooms[room.name] = room
+
+    def end_join(self, client: M, room: Room[M]) -> bool:
+        """Stop holding frames for ``client``, joined or not.
+
+        Returns:
+            Whether the room is now empty, and so closed.
+        """
+        if room.joining is not None:
+            room.joining.pop(client.id, None)
+            if not room.joining:
+                room.joining = None
+        return self._close_if_empty(room)
+
+    def leave(self, client: M, name: str) -> bool:
+        """Take ``client`` out of room ``name``; whether it was in it."""
+        room = client.rooms.pop(name, None)
+        if room is None:
+            return False
+        room.members.pop(client.id, None)
+        self._close_if_empty(room)
+        return True
+
+    def stop_delivery(self, client: M) -> None:
+        """Stop fan-out to a closing client at once; its own list of rooms stays until it leaves."""
+        for room in client.rooms.values():
+            room.members.pop(client.id, None)
+
+    def _close_if_empty(self, room: Room[M]) -> bool:
+        if room.empty and self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+            return True
+        return False

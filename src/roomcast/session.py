@@ -1,0 +1,230 @@
+"""Session: which requests each connection phase allows, and the verdict on each frame (pure)."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from .exceptions import RemoteProtocolError
+from .ratelimit import RateLimiter
+from .wire import (
+    Auth,
+    Ping,
+    Pong,
+    Presence,
+    Publish,
+    Refresh,
+    Request,
+    Subscribe,
+    Unsubscribe,
+    WireLimits,
+    decode,
+    encode_error,
+)
+
+__all__ = [
+    "RULES",
+    "Close",
+    "Fail",
+    "Handle",
+    "Phase",
+    "Reply",
+    "Rule",
+    "Session",
+    "SessionLimits",
+    "Strike",
+    "Verdict",
+]
+
+#: A connection's phase: waiting for a first-message ``auth``, open, or closing.
+Phase = Literal["awaiting_auth", "open", "closing"]
+
+#: What a refused frame counts as: a malformed request, or one over the rate limit.
+Strike = Literal["bad_request", "rate_limited"]
+
+_CLOSE_POLICY: Final = 1008
+_CLOSE_RATE_LIMIT: Final = 4029
+_BEFORE_AUTH: Final = "authenticate before any other request"
+
+
+class Rule(enum.Enum):
+    """What a phase does with a kind of request."""
+
+    #: The connection runs the request's handler.
+    HANDLE = "handle"
+    #: Nothing happens (and nothing is counted against the rate limit).
+    IGNORE = "ignore"
+    #: Waiting for ``auth``: authentication fails. Open: an in-band ``bad_request``.
+    REFUSE = "refuse"
+
+
+_H, _I, _R = Rule.HANDLE, Rule.IGNORE, Rule.REFUSE
+
+#: Which requests each phase allows: the one table of the connection's protocol rules.
+RULES: Final[Mapping[Phase, Mapping[type[Request], Rule]]] = {
+    "awaiting_auth": {
+        Auth: _H,
+        Ping: _I,
+        Pong: _I,
+        Subscribe: _R,
+        Unsubscribe: _R,
+        Publish: _R,
+        Presence: _R,
+        Refresh: _R,
+    },
+    "open": {
+        Auth: _R,
+        Ping: _H,
+        Pong: _I,
+        Subscribe: _H,
+        Unsubscribe: _H,
+        Publish: _H,
+        Presence: _H,
+        Refresh: _H,
+    },
+    "closing": {
+        Auth: _I,
+        Ping: _I,
+        Pong: _I,
+        Subscribe: _I,
+        Unsubscribe: _I,
+        Publish: _I,
+        Presence: _I,
+        Refresh: _I,
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Handle:
+    """Run the handler of ``request``."""
+
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send ``frame`` to the peer; ``strike`` says what the refusal counts as, if it is one."""
+
+    frame: str
+    strike: Strike | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection with ``code`` and ``reason``; ``strike`` as for `Reply`."""
+
+    code: int
+    reason: str
+    strike: Strike | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Authentication fails (close 4001, counted against the address's budget)."""
+
+    reason: str
+
+
+#: The verdict on one frame; ``None`` means it is ignored.
+Verdict = Handle | Reply | Close | Fail | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """The limits every session of a hub shares (templates: each session gets fresh buckets).
+
+    Attributes:
+        wire: frame size and request limits for decoding.
+        messages: requests per period on an open connection.
+        strikes: rate-limit refusals per period before the connection is closed with 4029.
+        bad_requests: malformed frames per period before it is closed with 1008.
+    """
+
+    wire: WireLimits
+    messages: RateLimiter
+    strikes: RateLimiter
+    bad_requests: RateLimiter
+
+
+class Session:
+    """One connection's protocol state: its phase and its budgets for requests and refusals.
+
+    [`receive()`][roomcast.session.Session.receive] turns each frame from the
+    peer into a [Verdict][roomcast.session.Verdict] that the connection
+    carries out; the session itself does no I/O.
+
+    A session starts waiting for a first-message ``auth``;
+    [`open()`][roomcast.session.Session.open] starts its rate limit.
+
+    Attributes:
+        phase: where the connection is (see [RULES][roomcast.session.RULES]).
+    """
+
+    __slots__ = ("_bad_requests", "_limiter", "_limits", "_strikes", "phase")
+
+    def __init__(self, limits: SessionLimits) -> None:
+        self._limits = limits
+        self.phase: Phase = "awaiting_auth"
+        self._limiter: RateLimiter | None = None
+        # Made on first need: most connections are never limited nor malformed.
+        self._strikes: RateLimiter | None = None
+        self._bad_requests: RateLimiter | None = None
+
+    def open(self, now: float) -> None:
+        """The peer is authenticated: requests are handled, within the rate limit from ``now``."""
+        self.phase = "open"
+        self._limiter = self._limits.messages.fresh(now)
+
+    def close(self) -> None:
+        """The connection is closing: nothing it sends is handled any more."""
+        self.phase = "closing"
+
+    def receive(self, data: str | bytes, now: float) -> Verdict:
+        """The verdict on one frame from the peer at ``now``."""
+        phase = self.phase
+        try:
+            request = decode(data, self._limits.wire)
+        except RemoteProtocolError as exc:
+            if phase == "awaiting_auth":
+                return Fail("expected an auth frame")
+            if phase == "closing":
+                return None
+            if self._bad_requests is None:
+                self._bad_requests = self._limits.bad_requests.fresh(now)
+            if not self._bad_requests.allow(now):
+                return Close(_CLOSE_POLICY, "too many bad requests", "bad_request")
+            return Reply(
+                encode_error(exc.code, exc.message, ref=exc.ref, reply=exc.ref is not None),
+                "bad_request",
+            )
+        rule = RULES[phase][type(request)]
+        if rule is Rule.IGNORE:
+            return None
+        if phase == "awaiting_auth":
+            return Handle(request) if rule is Rule.HANDLE else Fail(_BEFORE_AUTH)
+        limiter = self._limiter
+        if limiter is None:  # never opened: every phase but "open" has returned above
+            return None
+        if not limiter.allow(now):
+            if self._strikes is None:
+                self._strikes = self._limits.strikes.fresh(now)
+            if not self._strikes.allow(now):
+                return Close(_CLOSE_RATE_LIMIT, "rate limit exceeded", "rate_limited")
+            retry_ms = math.ceil(limiter.retry_after(now) * 1000)
+            return Reply(
+                encode_error(
+                    "rate_limited",
+                    "too many messages",
+                    ref=request.ref,
+                    reply=request.ref is not None,
+                    retryAfterMs=retry_ms,
+                ),
+                "rate_limited",
+            )
+        if rule is Rule.REFUSE:
+            return Reply(encode_error("bad_request", "already authenticated", ref=request.ref))
+        return Handle(request)
