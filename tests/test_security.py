@@ -73,7 +73,8 @@ def hub_with(
 
 ALICE: Tokens = {SECRET_TOKEN: ("alice", None, {})}
 # Heartbeats out of the way of tests that move the clock by minutes.
-QUIET = HeartbeatPolicy(interval=3600, timeout=7200)
+# The first ping falls anywhere in the first interval: one of years keeps it out of the way.
+QUIET = HeartbeatPolicy(interval=1e9, timeout=2e9)
 
 
 # ----------------------------------------------------------------------------- token sources
@@ -193,6 +194,19 @@ async def test_refresh_with_the_same_subject_extends_the_connection() -> None:
             assert reply["payload"]["removed"] == []
             await clock.advance(200)
             assert (await client.request({"action": "ping"}))["type"] == "pong"
+            assert hub.stats().token_expirations == 0
+
+
+async def test_refresh_to_credentials_that_never_expire_ends_the_old_expiry() -> None:
+    clock = ManualClock()
+    tokens: Tokens = {SECRET_TOKEN: ("alice", 120.0, {}), "forever": ("alice", None, {})}
+    async with hub_with(tokens, clock=clock, heartbeat=QUIET) as hub:
+        async with TestClient(hub, auth_token=SECRET_TOKEN) as client:
+            reply = await client.request({"action": "refresh", "token": "forever"})
+            assert reply["payload"]["expiresAt"] is None
+            await clock.advance(200)
+            assert (await client.request({"action": "ping"}))["type"] == "pong"
+            assert client.drain() == []
             assert hub.stats().token_expirations == 0
 
 

@@ -1163,6 +1163,8 @@ class Hub:
         """Schedule the ``token.expiring`` notice and the 4002 close for the client's token."""
         expires_at = client.principal.expires_at
         if expires_at is None:
+            # A refresh to credentials that never expire ends the old token's schedule.
+            self._expiries.remove(client.id)
             return
         # Token times are wall-clock; the schedule runs on the hub's clock.
         left = expires_at - time.time()
