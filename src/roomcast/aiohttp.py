@@ -23,6 +23,7 @@ from roomcast.transport import Handshake, close_frame
 
 try:
     from aiohttp import WebSocketError, WSMsgType, hdrs, web
+    from aiohttp.http_exceptions import HttpProcessingError
     from multidict import CIMultiDict
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -33,7 +34,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 if TYPE_CHECKING:
     from roomcast.hub import Hub
 
-__all__ = ["AiohttpTransport", "cleanup_ctx", "handler"]
+__all__ = ["AiohttpTransport", "RedactRequestErrors", "cleanup_ctx", "handler"]
 
 logger = logging.getLogger("roomcast.aiohttp")
 
@@ -228,6 +229,48 @@ class AiohttpTransport:
         return ConnectionClosed.from_code(1006 if code is None else int(code))
 
 
+class RedactRequestErrors(logging.Filter):
+    """Keeps the raw request out of the records aiohttp's server logs for a malformed request.
+
+    When aiohttp's parser refuses a request (a header value with a stray
+    ``\\r`` or a control byte, a NUL in a cookie, an obs-folded header, a line
+    too long), ``aiohttp.server`` logs ``Error handling request from <peer>``
+    at ERROR with the exception, whose message quotes the offending bytes:
+    an ``Authorization`` header or a ``roomcast.bearer.`` entry included. On
+    such a record (any exception derived from aiohttp's
+    ``HttpProcessingError``) this filter drops the exception, its traceback
+    and its message, and appends the exception's class name to the message;
+    the record itself, its level and the peer's address are kept. Other
+    records pass unchanged.
+
+    [`handler()`][roomcast.aiohttp.handler] and
+    [`cleanup_ctx()`][roomcast.aiohttp.cleanup_ctx] install one on the
+    ``aiohttp.server`` logger, once per process; give it to another logger
+    (one you pass to ``AppRunner(..., logger=...)``) with ``addFilter``.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact ``record`` when it carries a request parsing error; keep it in any case."""
+        exc_info = record.exc_info
+        error = exc_info[1] if exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg = f"{record.msg} [{type(error).__name__}]"
+            record.exc_info = None
+            record.exc_text = None
+            record.stack_info = None
+        return True
+
+
+def _install_log_redaction(logger_name: str = "aiohttp.server") -> None:
+    """Add a [RedactRequestErrors][roomcast.aiohttp.RedactRequestErrors] filter to a logger.
+
+    Idempotent: a logger that already has one keeps just that one.
+    """
+    target = logging.getLogger(logger_name)
+    if not any(isinstance(existing, RedactRequestErrors) for existing in target.filters):
+        target.addFilter(RedactRequestErrors())
+
+
 def handler(hub: Hub) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """Return an aiohttp request handler that runs each WebSocket connection in ``hub``.
 
@@ -237,7 +280,13 @@ def handler(hub: Hub) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     Accepted connections select ``roomcast.v1`` when offered, take frames up to
     ``hub.max_message_size`` (bigger ones close with 1009), and run without
     permessage-deflate and without aiohttp's ``heartbeat``: the hub sends pings.
+
+    It installs [RedactRequestErrors][roomcast.aiohttp.RedactRequestErrors] on
+    the ``aiohttp.server`` logger (once per process), so that a malformed
+    request's raw bytes, and any token among them, stay out of aiohttp's
+    ERROR records.
     """
+    _install_log_redaction()
 
     async def serve_connection(request: web.Request) -> web.StreamResponse:
         admission = await hub.admit(_handshake(request))
@@ -270,11 +319,16 @@ def cleanup_ctx(hub: Hub) -> Callable[[web.Application], AsyncIterator[None]]:
     the hub and adds a hook to ``app.on_shutdown``: there, before aiohttp waits
     for open handlers, every client gets its queued frames and then close
     1001. On cleanup it stops the hub and raises what stopped it, if anything did.
+    Like [`handler()`][roomcast.aiohttp.handler], it installs
+    [RedactRequestErrors][roomcast.aiohttp.RedactRequestErrors] on the
+    ``aiohttp.server`` logger.
 
     Raises:
         RuntimeError: (on startup) ``app.on_shutdown`` is frozen, as a
             sub-application's is.
     """
+
+    _install_log_redaction()
 
     async def run_hub(app: web.Application) -> AsyncIterator[None]:
         if app.on_shutdown.frozen:
