@@ -466,6 +466,30 @@ async def test_shutdown_flushes_lagging_readers_then_closes_1001(kind: ServerKin
     assert [results[index] for index in range(LAGGING_CLIENTS)] == [expected] * LAGGING_CLIENTS
 
 
+#: Far beyond the drain_timeout below plus the hub's one-second grace.
+SILENT_PEER_CLOSE_TIMEOUT = 30.0
+#: The bound on stopping the server with a silent peer: drain_timeout (0.5 s),
+#: the hub's grace (1 s), and slack for a loaded machine; far below the close timeout.
+SILENT_PEER_STOP_BOUND = 6.0
+
+
+async def test_shutdown_bounds_the_closing_handshake_of_a_peer_that_never_answers(
+    kind: ServerKind,
+) -> None:
+    # The peer reads nothing once shutdown begins, so it never answers close
+    # 1001: the server must give up at the hub's shutdown deadline, not after
+    # the close timeout of an ordinary close.
+    with anyio.fail_after(TIMEOUT * 2):
+        async with (
+            serving(kind, drain_timeout=0.5, close_timeout=SILENT_PEER_CLOSE_TIMEOUT) as served,
+            connected(served) as client,
+        ):
+            client.transport.pause_reading()
+            with anyio.fail_after(SILENT_PEER_STOP_BOUND):
+                await served.stop()
+            client.transport.resume_reading()
+
+
 async def test_handshake_after_shutdown_began_is_refused_with_503(kind: ServerKind) -> None:
     with anyio.fail_after(TIMEOUT):
         async with serving(kind) as served, connected(served) as client:
