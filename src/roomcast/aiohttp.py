@@ -139,7 +139,7 @@ class AiohttpTransport:
                     await self._ws.send_str(frame)
                 return
             # Waits until the transport resumes writing (below its low-water mark).
-            await self._request.writer.drain()
+            await _drained(self._request)
         except (ConnectionError, RuntimeError) as exc:
             raise self._closed() from exc
         # One write, so one system call, for every waiting frame.
@@ -156,7 +156,10 @@ class AiohttpTransport:
         no longer reads for the response; a connection served by
         [`handler`][roomcast.aiohttp.handler] has its incoming bytes watched
         for the peer's close frame, so that the wait still ends when the peer
-        answers.
+        answers. It returns once the socket is closed; cancelled before then
+        (the hub cancels it at its close deadline), it aborts the socket, so a
+        peer that has stopped reading does not keep it open with the close
+        frame stuck in its write buffer.
 
         Raises:
             ValueError: ``code`` may not be sent in a close frame.
@@ -167,18 +170,52 @@ class AiohttpTransport:
         code, reason = close_frame(code, reason)
         self._sent = (code, reason)
         watch = self._watch
+        closed = False
         try:
-            with anyio.CancelScope() as answered:
+            try:
+                with anyio.CancelScope() as answered:
+                    if watch is not None:
+                        if watch.close_seen:
+                            answered.cancel()
+                        watch.on_close = answered.cancel
+                    await ws.close(code=code, message=reason.encode())
+            except Exception:  # the socket may already be gone; the goal was a closed connection
+                logger.debug("error while closing a connection", exc_info=True)
+            finally:
                 if watch is not None:
-                    if watch.close_seen:
-                        answered.cancel()
-                    watch.on_close = answered.cancel
-                await ws.close(code=code, message=reason.encode())
-        except Exception:  # the socket may already be gone; the goal was a closed connection
-            logger.debug("error while closing a connection", exc_info=True)
+                    watch.on_close = None
+            await self._until_closed()
+            closed = True
         finally:
-            if watch is not None:
-                watch.on_close = None
+            transport = self._request.transport
+            if not closed and transport is not None:
+                # Cancelled (the hub's close deadline): aiohttp's own close
+                # would keep the socket while its write buffer is full.
+                transport.abort()
+
+    async def _until_closed(self) -> None:
+        """Wait until the socket is closed; abort it if cancelled first.
+
+        aiohttp ends the closing handshake with ``transport.close()``, which
+        keeps the socket until its write buffer is flushed: for a peer that has
+        stopped reading, for as long as the peer stalls. The hub cancels this
+        wait at its close deadline, and the socket is then aborted; until then
+        the connection still counts against its address's cap.
+        """
+        watch = self._watch
+        transport = self._request.transport
+        if watch is None or watch.lost or transport is None:
+            return
+        lost = anyio.Event()
+        watch.on_lost = lost.set
+        try:
+            if not transport.is_closing():
+                transport.close()
+            await lost.wait()
+        finally:
+            watch.on_lost = None
+            if not watch.lost:
+                transport.abort()
 
     async def ping(self, on_pong: Callable[[], object]) -> None:
         """Send a protocol ping; ``on_pong`` runs when its pong arrives.
@@ -373,7 +410,7 @@ class _CloseFrameWatch(asyncio.Protocol):
     (opcode 0x8) arrives. It reads headers only and copies nothing.
     """
 
-    __slots__ = ("_partial", "_protocol", "_skip", "close_seen", "on_close")
+    __slots__ = ("_partial", "_protocol", "_skip", "close_seen", "lost", "on_close", "on_lost")
 
     def __init__(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
@@ -383,6 +420,10 @@ class _CloseFrameWatch(asyncio.Protocol):
         self.close_seen = False
         #: Called once when it arrives.
         self.on_close: Callable[[], object] | None = None
+        #: Whether the socket is closed.
+        self.lost = False
+        #: Called once when it is.
+        self.on_lost: Callable[[], object] | None = None
 
     @classmethod
     def install(cls, request: web.BaseRequest) -> None:
@@ -433,6 +474,9 @@ class _CloseFrameWatch(asyncio.Protocol):
         self._protocol.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.on_lost is not None:
+            self.on_lost()
         self._protocol.connection_lost(exc)
 
     def eof_received(self) -> bool | None:
@@ -479,6 +523,24 @@ def _negotiating(request: web.Request, subprotocol: str | None) -> web.Request:
     if subprotocol is not None:
         headers[hdrs.SEC_WEBSOCKET_PROTOCOL] = subprotocol
     return request.clone(headers=headers)
+
+
+async def _drained(request: web.BaseRequest) -> None:
+    """Wait until ``request``'s transport resumes writing.
+
+    aiohttp's drain makes every waiter await one shared future: cancelling one
+    wait (the hub stops a slow consumer's writer) would cancel the closing
+    handshake's wait too. Each wait here is shielded, and what the shared
+    wait ends with is read, so that it is never logged as unretrieved.
+    """
+    drain = asyncio.ensure_future(request.writer.drain())
+    drain.add_done_callback(_retrieve)
+    await asyncio.shield(drain)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _text_frame(frame: str) -> bytes:

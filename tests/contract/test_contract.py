@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed as WebSocketsClosed
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
-from roomcast import Handshake, Hub, Principal, RateLimit
+from roomcast import ConnectionLimits, Handshake, Hub, Principal, RateLimit
 from roomcast.hub import HubStatistics
 
 from .frames import next_frame, receive, request
@@ -382,6 +382,59 @@ async def test_slow_consumer_sees_4009_after_a_stall_longer_than_the_old_limits(
             closed = excinfo.value.rcvd
             assert closed is not None, "the close frame was lost"
             assert (closed.code, closed.reason) == (4009, "slow consumer")
+
+
+#: Short, so that a stall outlives it within the test's bounds.
+STALLED_CLOSE_TIMEOUT = 1.0
+#: How long the stalled client stays stalled: well past the close timeout.
+STALLED_BEYOND_SECONDS = STALLED_CLOSE_TIMEOUT + 1.5
+
+
+async def test_slow_consumer_stalled_beyond_close_timeout_is_dropped_and_counted_until_then(
+    kind: ServerKind,
+) -> None:
+    # The close frame cannot reach a client that never reads: at close_timeout
+    # the server drops the socket (the client sees 1006 once it reads again),
+    # and until then the socket counts against its address's cap.
+    options: dict[str, Any] = {
+        "max_queue": 20,
+        "drain_timeout": 0.5,
+        "close_timeout": STALLED_CLOSE_TIMEOUT,
+        "limits": ConnectionLimits(max_connections_per_ip=1),
+    }
+
+    async def overflow(hub: Hub) -> int:
+        published = 0
+        while hub.stats().slow_consumer_disconnects == 0 and published < 5000:
+            await hub.publish("feed", "feed.item", [published, STALL_PAYLOAD])
+            published += 1
+            if published % 20 == 0:
+                await anyio.sleep(0.001)  # let the writers run
+        return published
+
+    with anyio.fail_after(TIMEOUT + STALLED_BEYOND_SECONDS):
+        async with (
+            serving(kind, **options) as served,
+            connected(served, sock=lagging_socket(served), max_queue=1) as stalled,
+        ):
+            await request(stalled, {"action": "subscribe", "rooms": ["feed"], "ref": 1})
+            stalled.transport.pause_reading()
+            await served.run(overflow)
+            assert (await served.stats()).slow_consumer_disconnects == 1
+            # Its closing handshake is under way: the address is still at its cap.
+            with pytest.raises(InvalidStatus) as refused:
+                async with open_client(served):
+                    pass
+            assert refused.value.response.status_code == 503
+            await anyio.sleep(STALLED_BEYOND_SECONDS)
+            # Dropped: the address is free again, and the close frame never came.
+            async with connected(served):
+                pass
+            stalled.transport.resume_reading()
+            with pytest.raises(WebSocketsClosed) as excinfo:
+                while True:
+                    await stalled.recv()
+            assert excinfo.value.rcvd is None, "the socket outlived close_timeout"
 
 
 # Shutdown and departures
