@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -191,7 +192,7 @@ class AiohttpTransport:
             if not closed and transport is not None:
                 # Cancelled (the hub's close deadline): aiohttp's own close
                 # would keep the socket while its write buffer is full.
-                transport.abort()
+                _reset(transport)
 
     async def _until_closed(self) -> None:
         """Wait until the socket is closed; abort it if cancelled first.
@@ -215,7 +216,7 @@ class AiohttpTransport:
         finally:
             watch.on_lost = None
             if not watch.lost:
-                transport.abort()
+                _reset(transport)
 
     async def ping(self, on_pong: Callable[[], object]) -> None:
         """Send a protocol ping; ``on_pong`` runs when its pong arrives.
@@ -523,6 +524,23 @@ def _negotiating(request: web.Request, subprotocol: str | None) -> web.Request:
     if subprotocol is not None:
         headers[hdrs.SEC_WEBSOCKET_PROTOCOL] = subprotocol
     return request.clone(headers=headers)
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Abort ``transport``, discarding what it has not sent yet.
+
+    A socket closed with bytes still unsent lingers in the kernel (FIN-WAIT-1)
+    for as long as its peer does not read; with a zero linger time, closing
+    resets the connection and frees it at once.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()
 
 
 async def _drained(request: web.BaseRequest) -> None:
