@@ -627,3 +627,42 @@ async def test_offered_subprotocols_are_never_logged_and_the_hubs_choice_is_sele
     chosen = [line for line in head if line.lower().startswith("sec-websocket-protocol:")]
     assert chosen == ([] if selected is None else [f"Sec-WebSocket-Protocol: {selected}"])
     assert "SECRET-TOKEN" not in caplog.text
+
+
+def test_redact_request_errors_keeps_the_record_without_the_request_bytes() -> None:
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    try:
+        raise BadHttpMessage("Invalid header value char: b'Bearer secret.token.sig\\x01'")
+    except BadHttpMessage:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "aiohttp.server",
+        logging.ERROR,
+        __file__,
+        1,
+        "Error handling request from %s",
+        ("127.0.0.1",),
+        exc_info,
+    )
+    assert roomcast.aiohttp.RedactRequestErrors().filter(record) is True
+    line = logging.Formatter("%(levelname)s %(message)s").format(record)
+    assert line == "ERROR Error handling request from 127.0.0.1 [BadHttpMessage]"
+    # Other exceptions keep their traceback.
+    try:
+        raise ValueError("a bug")
+    except ValueError:
+        other = logging.LogRecord(
+            "aiohttp.server", logging.ERROR, __file__, 1, "Unhandled exception", (), sys.exc_info()
+        )
+    assert roomcast.aiohttp.RedactRequestErrors().filter(other) is True
+    assert other.exc_info is not None
+
+
+def test_the_adapter_installs_one_redaction_filter_on_aiohttp_server() -> None:
+    hub = Hub()
+    roomcast.aiohttp.handler(hub)
+    roomcast.aiohttp.cleanup_ctx(hub)
+    roomcast.aiohttp.handler(hub)
+    filters = logging.getLogger("aiohttp.server").filters
+    assert sum(isinstance(f, roomcast.aiohttp.RedactRequestErrors) for f in filters) == 1

@@ -218,7 +218,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "WebSocketsTransport",
     },
     "roomcast.starlette": {"endpoint", "lifespan", "StarletteTransport"},
-    "roomcast.aiohttp": {"AiohttpTransport", "cleanup_ctx", "handler"},
+    "roomcast.aiohttp": {"AiohttpTransport", "RedactRequestErrors", "cleanup_ctx", "handler"},
 }
 
 #: Where each name ``roomcast`` re-exports is defined.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from roomcast.transport import Handshake, close_frame
 
 try:
     from aiohttp import WebSocketError, WSMsgType, hdrs, web
+    from aiohttp.http_exceptions import HttpProcessingError
     from multidict import CIMultiDict
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -33,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 if TYPE_CHECKING:
     from roomcast.hub import Hub
 
-__all__ = ["AiohttpTransport", "cleanup_ctx", "handler"]
+__all__ = ["AiohttpTransport", "RedactRequestErrors", "cleanup_ctx", "handler"]
 
 logger = logging.getLogger("roomcast.aiohttp")
 
@@ -138,7 +140,7 @@ class AiohttpTransport:
                     await self._ws.send_str(frame)
                 return
             # Waits until the transport resumes writing (below its low-water mark).
-            await self._request.writer.drain()
+            await _drained(self._request)
         except (ConnectionError, RuntimeError) as exc:
             raise self._closed() from exc
         # One write, so one system call, for every waiting frame.
@@ -155,7 +157,10 @@ class AiohttpTransport:
         no longer reads for the response; a connection served by
         [`handler`][roomcast.aiohttp.handler] has its incoming bytes watched
         for the peer's close frame, so that the wait still ends when the peer
-        answers.
+        answers. It returns once the socket is closed; cancelled before then
+        (the hub cancels it at its close deadline), it aborts the socket, so a
+        peer that has stopped reading does not keep it open with the close
+        frame stuck in its write buffer.
 
         Raises:
             ValueError: ``code`` may not be sent in a close frame.
@@ -166,18 +171,52 @@ class AiohttpTransport:
         code, reason = close_frame(code, reason)
         self._sent = (code, reason)
         watch = self._watch
+        closed = False
         try:
-            with anyio.CancelScope() as answered:
+            try:
+                with anyio.CancelScope() as answered:
+                    if watch is not None:
+                        if watch.close_seen:
+                            answered.cancel()
+                        watch.on_close = answered.cancel
+                    await ws.close(code=code, message=reason.encode())
+            except Exception:  # the socket may already be gone; the goal was a closed connection
+                logger.debug("error while closing a connection", exc_info=True)
+            finally:
                 if watch is not None:
-                    if watch.close_seen:
-                        answered.cancel()
-                    watch.on_close = answered.cancel
-                await ws.close(code=code, message=reason.encode())
-        except Exception:  # the socket may already be gone; the goal was a closed connection
-            logger.debug("error while closing a connection", exc_info=True)
+                    watch.on_close = None
+            await self._until_closed()
+            closed = True
         finally:
-            if watch is not None:
-                watch.on_close = None
+            transport = self._request.transport
+            if not closed and transport is not None:
+                # Cancelled (the hub's close deadline): aiohttp's own close
+                # would keep the socket while its write buffer is full.
+                _reset(transport)
+
+    async def _until_closed(self) -> None:
+        """Wait until the socket is closed; abort it if cancelled first.
+
+        aiohttp ends the closing handshake with ``transport.close()``, which
+        keeps the socket until its write buffer is flushed: for a peer that has
+        stopped reading, for as long as the peer stalls. The hub cancels this
+        wait at its close deadline, and the socket is then aborted; until then
+        the connection still counts against its address's cap.
+        """
+        watch = self._watch
+        transport = self._request.transport
+        if watch is None or watch.lost or transport is None:
+            return
+        lost = anyio.Event()
+        watch.on_lost = lost.set
+        try:
+            if not transport.is_closing():
+                transport.close()
+            await lost.wait()
+        finally:
+            watch.on_lost = None
+            if not watch.lost:
+                _reset(transport)
 
     async def ping(self, on_pong: Callable[[], object]) -> None:
         """Send a protocol ping; ``on_pong`` runs when its pong arrives.
@@ -228,6 +267,48 @@ class AiohttpTransport:
         return ConnectionClosed.from_code(1006 if code is None else int(code))
 
 
+class RedactRequestErrors(logging.Filter):
+    """Keeps the raw request out of the records aiohttp's server logs for a malformed request.
+
+    When aiohttp's parser refuses a request (a header value with a stray
+    ``\\r`` or a control byte, a NUL in a cookie, an obs-folded header, a line
+    too long), ``aiohttp.server`` logs ``Error handling request from <peer>``
+    at ERROR with the exception, whose message quotes the offending bytes:
+    an ``Authorization`` header or a ``roomcast.bearer.`` entry included. On
+    such a record (any exception derived from aiohttp's
+    ``HttpProcessingError``) this filter drops the exception, its traceback
+    and its message, and appends the exception's class name to the message;
+    the record itself, its level and the peer's address are kept. Other
+    records pass unchanged.
+
+    [`handler()`][roomcast.aiohttp.handler] and
+    [`cleanup_ctx()`][roomcast.aiohttp.cleanup_ctx] install one on the
+    ``aiohttp.server`` logger, once per process; give it to another logger
+    (one you pass to ``AppRunner(..., logger=...)``) with ``addFilter``.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact ``record`` when it carries a request parsing error; keep it in any case."""
+        exc_info = record.exc_info
+        error = exc_info[1] if exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg = f"{record.msg} [{type(error).__name__}]"
+            record.exc_info = None
+            record.exc_text = None
+            record.stack_info = None
+        return True
+
+
+def _install_log_redaction(logger_name: str = "aiohttp.server") -> None:
+    """Add a [RedactRequestErrors][roomcast.aiohttp.RedactRequestErrors] filter to a logger.
+
+    Idempotent: a logger that already has one keeps just that one.
+    """
+    target = logging.getLogger(logger_name)
+    if not any(isinstance(existing, RedactRequestErrors) for existing in target.filters):
+        target.addFilter(RedactRequestErrors())
+
+
 def handler(hub: Hub) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """Return an aiohttp request handler that runs each WebSocket connection in ``hub``.
 
@@ -237,7 +318,13 @@ def handler(hub: Hub) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     Accepted connections select ``roomcast.v1`` when offered, take frames up to
     ``hub.max_message_size`` (bigger ones close with 1009), and run without
     permessage-deflate and without aiohttp's ``heartbeat``: the hub sends pings.
+
+    It installs [RedactRequestErrors][roomcast.aiohttp.RedactRequestErrors] on
+    the ``aiohttp.server`` logger (once per process), so that a malformed
+    request's raw bytes, and any token among them, stay out of aiohttp's
+    ERROR records.
     """
+    _install_log_redaction()
 
     async def serve_connection(request: web.Request) -> web.StreamResponse:
         admission = await hub.admit(_handshake(request))
@@ -270,11 +357,16 @@ def cleanup_ctx(hub: Hub) -> Callable[[web.Application], AsyncIterator[None]]:
     the hub and adds a hook to ``app.on_shutdown``: there, before aiohttp waits
     for open handlers, every client gets its queued frames and then close
     1001. On cleanup it stops the hub and raises what stopped it, if anything did.
+    Like [`handler()`][roomcast.aiohttp.handler], it installs
+    [RedactRequestErrors][roomcast.aiohttp.RedactRequestErrors] on the
+    ``aiohttp.server`` logger.
 
     Raises:
         RuntimeError: (on startup) ``app.on_shutdown`` is frozen, as a
             sub-application's is.
     """
+
+    _install_log_redaction()
 
     async def run_hub(app: web.Application) -> AsyncIterator[None]:
         if app.on_shutdown.frozen:
@@ -319,7 +411,7 @@ class _CloseFrameWatch(asyncio.Protocol):
     (opcode 0x8) arrives. It reads headers only and copies nothing.
     """
 
-    __slots__ = ("_partial", "_protocol", "_skip", "close_seen", "on_close")
+    __slots__ = ("_partial", "_protocol", "_skip", "close_seen", "lost", "on_close", "on_lost")
 
     def __init__(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
@@ -329,6 +421,10 @@ class _CloseFrameWatch(asyncio.Protocol):
         self.close_seen = False
         #: Called once when it arrives.
         self.on_close: Callable[[], object] | None = None
+        #: Whether the socket is closed.
+        self.lost = False
+        #: Called once when it is.
+        self.on_lost: Callable[[], object] | None = None
 
     @classmethod
     def install(cls, request: web.BaseRequest) -> None:
@@ -379,6 +475,9 @@ class _CloseFrameWatch(asyncio.Protocol):
         self._protocol.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.on_lost is not None:
+            self.on_lost()
         self._protocol.connection_lost(exc)
 
     def eof_received(self) -> bool | None:
@@ -425,6 +524,41 @@ def _negotiating(request: web.Request, subprotocol: str | None) -> web.Request:
     if subprotocol is not None:
         headers[hdrs.SEC_WEBSOCKET_PROTOCOL] = subprotocol
     return request.clone(headers=headers)
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Abort ``transport``, discarding what it has not sent yet.
+
+    A socket closed with bytes still unsent lingers in the kernel (FIN-WAIT-1)
+    for as long as its peer does not read; with a zero linger time, closing
+    resets the connection and frees it at once.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()
+
+
+async def _drained(request: web.BaseRequest) -> None:
+    """Wait until ``request``'s transport resumes writing.
+
+    aiohttp's drain makes every waiter await one shared future: cancelling one
+    wait (the hub stops a slow consumer's writer) would cancel the closing
+    handshake's wait too. Each wait here is shielded, and what the shared
+    wait ends with is read, so that it is never logged as unretrieved.
+    """
+    drain = asyncio.ensure_future(request.writer.drain())
+    drain.add_done_callback(_retrieve)
+    await asyncio.shield(drain)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _text_frame(frame: str) -> bytes:

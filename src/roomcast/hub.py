@@ -398,9 +398,11 @@ class Hub:
         peer has read the close frame and answered it) or ``drain_timeout``
         plus one second has passed; what the peers send meanwhile is read and
         dropped. A server may then stop without resetting a connection whose
-        peer was still reading. New handshakes are refused (HTTP 503) from the
-        moment this is called, and a connection accepted since is closed with
-        1001 without being acknowledged. Idempotent.
+        peer was still reading. New handshakes are refused (HTTP 503, where the
+        server still accepts connections: aiohttp stops listening before its
+        ``on_shutdown`` closes the hub) from the moment this is called, and a
+        connection accepted since is closed with 1001 without being
+        acknowledged. Idempotent.
         """
         if self._state != "running":
             return

@@ -157,7 +157,9 @@ class WebSocketsTransport:
         The close frame goes out behind what the connection already holds,
         and the connection is kept until the peer answers it or the close
         timeout passes: ``websockets`` then drops the connection, and a peer
-        still stalled loses the close frame.
+        still stalled loses the close frame. Cancelled before then (the hub
+        bounds every closing handshake by its shutdown deadline), it aborts
+        the connection at once.
 
         Raises:
             ValueError: ``code`` may not be sent in a close frame.
@@ -174,6 +176,12 @@ class WebSocketsTransport:
             await connection.close(code, reason)
         except Exception:  # the socket may already be gone; the goal was a closed connection
             logger.debug("error while closing a connection", exc_info=True)
+        finally:
+            if connection.protocol.state is not CLOSED:
+                # Cancelled before the peer answered (the hub's shutdown
+                # deadline): drop the connection now, or websockets would keep
+                # it for close_timeout once the handler returns.
+                connection.transport.abort()
 
     async def ping(self, on_pong: Callable[[], object]) -> None:
         """Send a protocol ping; ``on_pong`` runs when its pong arrives.

@@ -361,6 +361,13 @@ KINDS: list[ServerKind] = [
         refusal="http",
         # hypercorn accepts every permessage-deflate offer and has no setting against it.
         deflate=True,
+        known_failures={
+            "test_slow_consumer_stalled_beyond_close_timeout_is_dropped_and_counted_until_then": (
+                "hypercorn's trio worker shields each socket write from cancellation: the "
+                "stalled client's connection ends only when it reads again (Known issues "
+                "in docs/topics/adapters.md)"
+            ),
+        },
     ),
     ServerKind("aiohttp", _aiohttp, hub_backend="asyncio", refusal="http", deflate=False),
 ]
@@ -378,6 +385,13 @@ ALL_KINDS: list[ServerKind] = [
         deflate=False,
         # It calls its handler the legacy way, which websockets warns about.
         marks=(pytest.mark.filterwarnings("ignore::DeprecationWarning"),),
+        known_failures={
+            "test_slow_consumer_stalled_beyond_close_timeout_is_dropped_and_counted_until_then": (
+                "uvicorn's legacy implementation ends a stalled closing handshake on its "
+                "own close timeout, not the hub's: the socket outlives a close_timeout of "
+                "1 s, and ASGI gives the adapter no way to abort it"
+            ),
+        },
     ),
     ServerKind(
         "starlette-uvicorn-wsproto",

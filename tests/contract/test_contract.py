@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed as WebSocketsClosed
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
-from roomcast import Handshake, Hub, Principal, RateLimit
+from roomcast import ConnectionLimits, Handshake, Hub, Principal, RateLimit
 from roomcast.hub import HubStatistics
 
 from .frames import next_frame, receive, request
@@ -384,6 +384,59 @@ async def test_slow_consumer_sees_4009_after_a_stall_longer_than_the_old_limits(
             assert (closed.code, closed.reason) == (4009, "slow consumer")
 
 
+#: Short, so that a stall outlives it within the test's bounds.
+STALLED_CLOSE_TIMEOUT = 1.0
+#: How long the stalled client stays stalled: well past the close timeout.
+STALLED_BEYOND_SECONDS = STALLED_CLOSE_TIMEOUT + 1.5
+
+
+async def test_slow_consumer_stalled_beyond_close_timeout_is_dropped_and_counted_until_then(
+    kind: ServerKind,
+) -> None:
+    # The close frame cannot reach a client that never reads: at close_timeout
+    # the server drops the socket (the client sees 1006 once it reads again),
+    # and until then the socket counts against its address's cap.
+    options: dict[str, Any] = {
+        "max_queue": 20,
+        "drain_timeout": 0.5,
+        "close_timeout": STALLED_CLOSE_TIMEOUT,
+        "limits": ConnectionLimits(max_connections_per_ip=1),
+    }
+
+    async def overflow(hub: Hub) -> int:
+        published = 0
+        while hub.stats().slow_consumer_disconnects == 0 and published < 5000:
+            await hub.publish("feed", "feed.item", [published, STALL_PAYLOAD])
+            published += 1
+            if published % 20 == 0:
+                await anyio.sleep(0.001)  # let the writers run
+        return published
+
+    with anyio.fail_after(TIMEOUT + STALLED_BEYOND_SECONDS):
+        async with (
+            serving(kind, **options) as served,
+            connected(served, sock=lagging_socket(served), max_queue=1) as stalled,
+        ):
+            await request(stalled, {"action": "subscribe", "rooms": ["feed"], "ref": 1})
+            stalled.transport.pause_reading()
+            await served.run(overflow)
+            assert (await served.stats()).slow_consumer_disconnects == 1
+            # Its closing handshake is under way: the address is still at its cap.
+            with pytest.raises(InvalidStatus) as refused:
+                async with open_client(served):
+                    pass
+            assert refused.value.response.status_code == 503
+            await anyio.sleep(STALLED_BEYOND_SECONDS)
+            # Dropped: the address is free again, and the close frame never came.
+            async with connected(served):
+                pass
+            stalled.transport.resume_reading()
+            with pytest.raises(WebSocketsClosed) as excinfo:
+                while True:
+                    await stalled.recv()
+            assert excinfo.value.rcvd is None, "the socket outlived close_timeout"
+
+
 # Shutdown and departures
 
 
@@ -464,6 +517,30 @@ async def test_shutdown_flushes_lagging_readers_then_closes_1001(kind: ServerKin
                     tg.start_soon(read_all, index, client)
     expected = (list(range(LAGGING_EVENTS)), 1001, "server shutting down")
     assert [results[index] for index in range(LAGGING_CLIENTS)] == [expected] * LAGGING_CLIENTS
+
+
+#: Far beyond the drain_timeout below plus the hub's one-second grace.
+SILENT_PEER_CLOSE_TIMEOUT = 30.0
+#: The bound on stopping the server with a silent peer: drain_timeout (0.5 s),
+#: the hub's grace (1 s), and slack for a loaded machine; far below the close timeout.
+SILENT_PEER_STOP_BOUND = 6.0
+
+
+async def test_shutdown_bounds_the_closing_handshake_of_a_peer_that_never_answers(
+    kind: ServerKind,
+) -> None:
+    # The peer reads nothing once shutdown begins, so it never answers close
+    # 1001: the server must give up at the hub's shutdown deadline, not after
+    # the close timeout of an ordinary close.
+    with anyio.fail_after(TIMEOUT * 2):
+        async with (
+            serving(kind, drain_timeout=0.5, close_timeout=SILENT_PEER_CLOSE_TIMEOUT) as served,
+            connected(served) as client,
+        ):
+            client.transport.pause_reading()
+            with anyio.fail_after(SILENT_PEER_STOP_BOUND):
+                await served.stop()
+            client.transport.resume_reading()
 
 
 async def test_handshake_after_shutdown_began_is_refused_with_503(kind: ServerKind) -> None:

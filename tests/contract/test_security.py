@@ -1091,6 +1091,55 @@ async def test_logs_never_contain_a_query_token_once_url_logs_are_redacted(
     assert leaks(captured.records, tokens) == []
 
 
+#: Handshakes a server's HTTP parser refuses, each carrying a valid token: the
+#: exception a framework logs for them may quote the offending header.
+MALFORMED_HANDSHAKES: dict[str, Callable[[str], list[bytes]]] = {
+    "control-byte-in-authorization": lambda value: [f"Authorization: Bearer {value}\x01".encode()],
+    "stray-cr-in-authorization": lambda value: [f"Authorization: Bearer {value}\r".encode()],
+    "obs-fold-in-authorization": lambda value: [b"Authorization: Bearer", f" {value}".encode()],
+    "nul-in-cookie": lambda value: [f"Cookie: session={value}\x00".encode()],
+    "del-in-subprotocol-entry": lambda value: [
+        f"Sec-WebSocket-Protocol: roomcast.v1, roomcast.bearer.{value}\x7f".encode()
+    ],
+    "line-over-8190-bytes": lambda value: [f"Authorization: Bearer {value} {'x' * 8200}".encode()],
+}
+
+
+async def send_raw_handshake(port: int, extra: list[bytes]) -> None:
+    """Send a WebSocket handshake with ``extra`` header lines, and read the answer, if any."""
+    lines = [
+        f"GET {PATH} HTTP/1.1".encode(),
+        f"Host: 127.0.0.1:{port}".encode(),
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Version: 13",
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        *extra,
+    ]
+    with anyio.move_on_after(2), contextlib.suppress(OSError, anyio.BrokenResourceError):
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send(b"\r\n".join(lines) + b"\r\n\r\n")
+            with contextlib.suppress(anyio.EndOfStream):
+                while True:
+                    await stream.receive()
+
+
+@pytest.mark.anyio
+async def test_logs_never_contain_a_token_from_a_malformed_handshake(kind: ServerKind) -> None:
+    sources = TokenSources(cookie="session")
+    tokens = [token(sub=f"victim{n}") for n in range(len(MALFORMED_HANDSHAKES))]
+    with anyio.fail_after(TIMEOUT * 2):
+        async with serving(kind, token_sources=sources) as served:
+            port = int(served.url.rsplit(":", 1)[1].split("/", 1)[0])
+            with capturing_server_logs() as captured:
+                async with anyio.create_task_group() as task_group:
+                    for value, build in zip(tokens, MALFORMED_HANDSHAKES.values(), strict=True):
+                        task_group.start_soon(send_raw_handshake, port, build(value))
+                await anyio.sleep(0.2)  # a server may log after it has answered
+                assert (await served.stats()).clients == 0
+    assert leaks(captured.records, tokens) == []
+
+
 # ----------------------------------------------------------------------------- admit, in memory
 
 header_names = st.sampled_from(
