@@ -195,6 +195,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
     },
     "roomcast.backends": {
         "Backend",
+        "ChannelKind",
         "Delivery",
         "HistoryResult",
         "MemoryBackend",
@@ -203,6 +204,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
     },
     "roomcast.backends.base": {
         "Backend",
+        "ChannelKind",
         "Delivery",
         "HistoryResult",
         "PresenceEntry",

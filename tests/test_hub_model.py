@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from roomcast import History, Hub, MemoryBackend, Publication, RoomOptions, StreamPosition
-from roomcast.backends import HistoryResult
+from roomcast.backends import ChannelKind, HistoryResult
 from roomcast.testing import TestClient
 
 ROOMS = ("team:a", "team:b", "room:c")
@@ -92,7 +92,7 @@ def test_model_of_membership_and_delivery(backend: str, ops: list[tuple[str, int
 class YieldingBackend(MemoryBackend):
     """A memory backend whose reads yield to other tasks, as a network backend's would."""
 
-    async def subscribe(self, kind: str, key: str) -> None:
+    async def subscribe(self, kind: ChannelKind, key: str) -> None:
         for _ in range(3):
             await anyio.lowlevel.checkpoint()
         await super().subscribe(kind, key)
@@ -108,7 +108,7 @@ class YieldingBackend(MemoryBackend):
         return result
 
     async def publish(
-        self, kind: str, key: str, publication: Publication, history: History | None
+        self, kind: ChannelKind, key: str, publication: Publication, history: History | None
     ) -> Publication:
         await anyio.lowlevel.checkpoint()
         return await super().publish(kind, key, publication, history)

@@ -184,6 +184,20 @@ async def test_expiring_token_is_warned_then_closed_4002() -> None:
         assert hub.stats().token_expirations == 1
 
 
+async def test_a_token_expiring_sooner_than_the_next_poll_is_warned_on_time() -> None:
+    clock = ManualClock()
+    tokens: Tokens = {SECRET_TOKEN: ("alice", 0.5, {})}
+    async with hub_with(tokens, clock=clock, token_expiry_warning=0.3, heartbeat=QUIET) as hub:
+        # The hub's loop now sleeps until its next poll, up to a second away.
+        await clock.advance(0)
+        async with TestClient(hub, auth_token=SECRET_TOKEN) as client:
+            await clock.advance(0.3)
+            warning = client.drain()
+            assert [frame["type"] for frame in warning] == ["token.expiring"]
+            await clock.advance(0.3)
+            assert await client.wait_closed() == 4002
+
+
 async def test_refresh_with_the_same_subject_extends_the_connection() -> None:
     clock = ManualClock()
     tokens: Tokens = {SECRET_TOKEN: ("alice", 120.0, {}), "fresh": ("alice", 3600.0, {})}

@@ -26,7 +26,7 @@ from .auth import (
     TokenSources,
     as_authorizer,
 )
-from .backends.base import Backend, PresenceEntry, Publication
+from .backends.base import Backend, ChannelKind, PresenceEntry, Publication
 from .backends.memory import MemoryBackend
 from .client import CLOSE_SLOW_CONSUMER, Client, ClientId
 from .clock import Clock, SystemClock
@@ -290,6 +290,9 @@ class Hub:
         self.limits = self._gate.limits
         self.token_expiry_warning = float(token_expiry_warning)
         self.token_expiry_grace = float(token_expiry_grace)
+        # The background loop's sleep, so that an earlier deadline can cut it short.
+        self._sleep: anyio.CancelScope | None = None
+        self._sleep_until = math.inf
         self._expiries: ExpirySchedule[ClientId] = ExpirySchedule(
             self.token_expiry_warning, self.token_expiry_grace
         )
@@ -324,7 +327,7 @@ class Hub:
         self._users = self._membership.users
         self._rooms = self._membership.rooms
         # Channels this node is subscribed to at the backend, by kind.
-        self._channels: dict[str, set[str]] = {"room": set(), "user": set(), "node": set()}
+        self._channels: dict[ChannelKind, set[str]] = {"room": set(), "user": set(), "node": set()}
         self._channel_lock = anyio.Lock()
         self._heartbeat: Heartbeat[ClientId] = Heartbeat(self.heartbeat_policy)
         self._counters = _Counters()
@@ -616,7 +619,7 @@ class Hub:
             await self._backend.publish("room", room, publication, self.room_options(room).history)
         return message_id
 
-    def _on_publication(self, kind: str, key: str, publication: Publication) -> None:
+    def _on_publication(self, kind: ChannelKind, key: str, publication: Publication) -> None:
         """Fan one publication out to this node's clients; never waits, never raises."""
         try:
             if kind == "room":
@@ -791,6 +794,8 @@ class Hub:
                         protocol=PROTOCOL,
                     )
                 )
+                # After the ack, so that token.expiring never comes before it.
+                self._schedule_expiry(client)
                 # The request loop runs in this task, inline (one coroutine frame
                 # fewer per idle connection). A writer runs in the hub's task group
                 # only while frames are queued; closing stops the loop once what
@@ -897,7 +902,6 @@ class Hub:
         self._membership.add(client)
         self._heartbeat.add(client.id, now)
         self._gate.opened(None, client.user_id)
-        self._schedule_expiry(client)
         self._counters.connections_total += 1
 
     async def _unregister(self, client: Client) -> None:
@@ -914,7 +918,7 @@ class Hub:
         for name in rooms:
             await self._after_leave(client, name)
 
-    async def _sync_channel(self, kind: str, key: str) -> None:
+    async def _sync_channel(self, kind: ChannelKind, key: str) -> None:
         """Bring the backend's subscription for one channel in line with local demand.
 
         Serialized, so a leave and a join racing on one room cannot leave the
@@ -936,7 +940,7 @@ class Hub:
                 channels.discard(key)
                 await self._backend.unsubscribe(kind, key)
 
-    def _wants_channel(self, kind: str, key: str) -> bool:
+    def _wants_channel(self, kind: ChannelKind, key: str) -> bool:
         if kind == "room":
             return key in self._rooms
         if kind == "user":
@@ -971,7 +975,7 @@ class Hub:
         results: dict[str, Any] = {}
         for name in request.rooms:
             if name in client.rooms:
-                results[name] = await self._room_result(name, None, already=True)
+                results[name] = await self._room_result(name)
                 continue
             if len(client.rooms) >= self.max_rooms_per_connection:
                 results[name] = _room_error("limit_exceeded", "too many rooms on this connection")
@@ -982,9 +986,8 @@ class Hub:
             results[name] = await self._join(client, name, request.since.get(name))
         client.deliver(encode_reply(request.ref, {"rooms": results}))
 
-    async def _room_result(
-        self, name: str, since: StreamPosition | None, already: bool
-    ) -> dict[str, Any]:
+    async def _room_result(self, name: str) -> dict[str, Any]:
+        """The reply for a room the client is already in: its position, where it keeps history."""
         history = self.room_options(name).history
         result: dict[str, Any] = {"ok": True}
         if history is not None:
@@ -1159,7 +1162,10 @@ class Hub:
             if first is not None:
                 deadline = first if deadline is None else min(deadline, first)
             limit = now + _HEARTBEAT_MAX_SLEEP
-            await clock.sleep_until(limit if deadline is None else min(deadline, limit))
+            self._sleep_until = limit if deadline is None else min(deadline, limit)
+            with anyio.CancelScope() as self._sleep:
+                await clock.sleep_until(self._sleep_until)
+            self._sleep = None
 
     def _schedule_expiry(self, client: Client) -> None:
         """Schedule the ``token.expiring`` notice and the 4002 close for the client's token."""
@@ -1171,6 +1177,11 @@ class Hub:
         # Token times are wall-clock; the schedule runs on the hub's clock.
         left = expires_at - time.time()
         self._expiries.schedule(client.id, self._clock.now() + left)
+        # A token that expires within the loop's current sleep must not wait
+        # for its end: wake the loop to sleep until the new deadline instead.
+        first = self._expiries.next_deadline()
+        if self._sleep is not None and first is not None and first < self._sleep_until:
+            self._sleep.cancel()
 
     def _run_expiries(self, now: float) -> None:
         for due in self._expiries.poll(now):

@@ -1,10 +1,19 @@
 """Backends: how publications travel between nodes, and where history and presence live."""
 
 from .base import Backend as Backend
+from .base import ChannelKind as ChannelKind
 from .base import Delivery as Delivery
 from .base import HistoryResult as HistoryResult
 from .base import PresenceEntry as PresenceEntry
 from .base import Publication as Publication
 from .memory import MemoryBackend as MemoryBackend
 
-__all__ = ["Backend", "Delivery", "HistoryResult", "MemoryBackend", "PresenceEntry", "Publication"]
+__all__ = [
+    "Backend",
+    "ChannelKind",
+    "Delivery",
+    "HistoryResult",
+    "MemoryBackend",
+    "PresenceEntry",
+    "Publication",
+]

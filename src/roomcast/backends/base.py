@@ -5,12 +5,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from ..options import History
 from ..wire import StreamPosition
 
-__all__ = ["Backend", "Delivery", "HistoryResult", "PresenceEntry", "Publication"]
+__all__ = ["Backend", "ChannelKind", "Delivery", "HistoryResult", "PresenceEntry", "Publication"]
+
+#: What a channel carries: a room's publications, a user's (every connection of the
+#: user), or a node's (messages for one connection held by that node).
+ChannelKind = Literal["room", "user", "node"]
 
 
 class Publication(NamedTuple):
@@ -76,7 +80,7 @@ class PresenceEntry:
 
 #: Where a backend hands the publications of the channels this node subscribed to.
 #: ``kind`` is ``"room"``, ``"user"`` or ``"node"`` and ``key`` the room, user or node id.
-Delivery = Callable[[str, str, Publication], None]
+Delivery = Callable[[ChannelKind, str, Publication], None]
 
 
 class Backend(ABC):
@@ -104,7 +108,7 @@ class Backend(ABC):
         """Disconnect; publications are no longer delivered."""
 
     @abstractmethod
-    async def subscribe(self, kind: str, key: str) -> None:
+    async def subscribe(self, kind: ChannelKind, key: str) -> None:
         """Receive the publications of channel ``kind``/``key`` on this node.
 
         Raises:
@@ -112,12 +116,12 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    async def unsubscribe(self, kind: str, key: str) -> None:
+    async def unsubscribe(self, kind: ChannelKind, key: str) -> None:
         """Stop receiving channel ``kind``/``key`` on this node."""
 
     @abstractmethod
     async def publish(
-        self, kind: str, key: str, publication: Publication, history: History | None
+        self, kind: ChannelKind, key: str, publication: Publication, history: History | None
     ) -> Publication:
         """Send ``publication`` to every node subscribed to ``kind``/``key``.
 

@@ -11,7 +11,7 @@ from typing import Final
 
 from ..options import History
 from ..wire import StreamPosition
-from .base import Backend, Delivery, HistoryResult, PresenceEntry, Publication
+from .base import Backend, ChannelKind, Delivery, HistoryResult, PresenceEntry, Publication
 
 __all__ = ["MemoryBackend"]
 
@@ -58,18 +58,18 @@ class MemoryBackend(Backend):
         """Stop delivering and drop every subscription."""
         self._deliver = None
 
-    async def subscribe(self, kind: str, key: str) -> None:
+    async def subscribe(self, kind: ChannelKind, key: str) -> None:
         """Nothing to do: the one node receives every publication.
 
         The hub drops publications for rooms and users it has no members for,
         so tracking subscriptions here would only cost memory.
         """
 
-    async def unsubscribe(self, kind: str, key: str) -> None:
+    async def unsubscribe(self, kind: ChannelKind, key: str) -> None:
         """Nothing to do (see [`subscribe()`][roomcast.backends.memory.MemoryBackend.subscribe])."""
 
     async def publish(
-        self, kind: str, key: str, publication: Publication, history: History | None
+        self, kind: ChannelKind, key: str, publication: Publication, history: History | None
     ) -> Publication:
         """Store (when the room keeps history) and deliver ``publication``, in one step."""
         if history is not None and kind == "room" and not publication.ephemeral:
