@@ -342,6 +342,17 @@ async def test_slow_consumer_is_closed_4009_while_others_receive_everything(
             assert (await served.stats()).slow_consumer_disconnects == 1
 
 
+async def overflow_until_a_slow_consumer_is_closed(hub: Hub) -> int:
+    """Publish to ``feed`` until a member is closed as a slow consumer; return how many."""
+    published = 0
+    while hub.stats().slow_consumer_disconnects == 0 and published < 5000:
+        await hub.publish("feed", "feed.item", [published, STALL_PAYLOAD])
+        published += 1
+        if published % 20 == 0:
+            await anyio.sleep(0.001)  # let the writers run
+    return published
+
+
 #: Longer than the hub's drain_timeout below and than the websockets server's
 #: own close timeout (see servers.py): the limits that used to drop the close.
 LONG_STALL_SECONDS = 2.5
@@ -356,15 +367,6 @@ async def test_slow_consumer_sees_4009_after_a_stall_longer_than_the_old_limits(
         "close_timeout": LONG_STALL_SECONDS * 3,
     }
 
-    async def overflow(hub: Hub) -> int:
-        published = 0
-        while hub.stats().slow_consumer_disconnects == 0 and published < 5000:
-            await hub.publish("feed", "feed.item", [published, STALL_PAYLOAD])
-            published += 1
-            if published % 20 == 0:
-                await anyio.sleep(0.001)  # let the writers run
-        return published
-
     with anyio.fail_after(TIMEOUT + LONG_STALL_SECONDS):
         async with (
             serving(kind, **options) as served,
@@ -372,7 +374,7 @@ async def test_slow_consumer_sees_4009_after_a_stall_longer_than_the_old_limits(
         ):
             await request(stalled, {"action": "subscribe", "rooms": ["feed"], "ref": 1})
             stalled.transport.pause_reading()
-            await served.run(overflow)
+            await served.run(overflow_until_a_slow_consumer_is_closed)
             assert (await served.stats()).slow_consumer_disconnects == 1
             await anyio.sleep(LONG_STALL_SECONDS)
             stalled.transport.resume_reading()
@@ -403,15 +405,6 @@ async def test_slow_consumer_stalled_beyond_close_timeout_is_dropped_and_counted
         "limits": ConnectionLimits(max_connections_per_ip=1),
     }
 
-    async def overflow(hub: Hub) -> int:
-        published = 0
-        while hub.stats().slow_consumer_disconnects == 0 and published < 5000:
-            await hub.publish("feed", "feed.item", [published, STALL_PAYLOAD])
-            published += 1
-            if published % 20 == 0:
-                await anyio.sleep(0.001)  # let the writers run
-        return published
-
     with anyio.fail_after(TIMEOUT + STALLED_BEYOND_SECONDS):
         async with (
             serving(kind, **options) as served,
@@ -419,7 +412,7 @@ async def test_slow_consumer_stalled_beyond_close_timeout_is_dropped_and_counted
         ):
             await request(stalled, {"action": "subscribe", "rooms": ["feed"], "ref": 1})
             stalled.transport.pause_reading()
-            await served.run(overflow)
+            await served.run(overflow_until_a_slow_consumer_is_closed)
             assert (await served.stats()).slow_consumer_disconnects == 1
             # Its closing handshake is under way: the address is still at its cap.
             with pytest.raises(InvalidStatus) as refused:
