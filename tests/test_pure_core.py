@@ -20,7 +20,17 @@ def _package_dir() -> Path:
 
 
 PACKAGE_DIR = _package_dir()
-PURE_MODULES = ("wire", "ratelimit", "heartbeat", "expiry", "options", "membership", "session")
+PURE_MODULES = (
+    "wire",
+    "protocol",
+    "config",
+    "ratelimit",
+    "heartbeat",
+    "expiry",
+    "options",
+    "membership",
+    "session",
+)
 # What a pure module may import from inside roomcast.
 PURE_SIBLINGS = frozenset({*PURE_MODULES, "exceptions"})
 # A handful of standard-library modules that would mean I/O or concurrency in the core.

@@ -45,13 +45,14 @@ from .options import History as History
 from .options import RateLimit as RateLimit
 from .options import RoomOptions as RoomOptions
 from .options import SlowConsumerPolicy as SlowConsumerPolicy
+from .protocol import PROTOCOL as PROTOCOL
+from .protocol import CloseCode as CloseCode
 from .ratelimit import KeyedRateLimiter as KeyedRateLimiter
 from .ratelimit import RateLimiter as RateLimiter
 from .transport import EagerTransport as EagerTransport
 from .transport import Handshake as Handshake
 from .transport import PingableTransport as PingableTransport
 from .transport import Transport as Transport
-from .wire import PROTOCOL as PROTOCOL
 from .wire import StreamPosition as StreamPosition
 
 __version__ = "0.1.0.dev0"
@@ -70,6 +71,7 @@ __all__ = [
     "Client",
     "ClientId",
     "Clock",
+    "CloseCode",
     "ConnectionLimits",
     "ConnectionClosed",
     "ConnectionClosedError",

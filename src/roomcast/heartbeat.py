@@ -9,6 +9,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
+from . import config
+
 __all__ = [
     "DEFAULT_INTERVAL",
     "DEFAULT_JITTER",
@@ -19,12 +21,13 @@ __all__ = [
     "HeartbeatPolicy",
 ]
 
+
 #: Seconds between two server pings to one client.
-DEFAULT_INTERVAL: Final = 30.0
+DEFAULT_INTERVAL: Final = config.DEFAULT_HEARTBEAT_INTERVAL
 #: Seconds of silence (no frame, no pong) after which a client is dead.
-DEFAULT_TIMEOUT: Final = 60.0
+DEFAULT_TIMEOUT: Final = config.DEFAULT_HEARTBEAT_TIMEOUT
 #: Fraction of the interval by which each ping time is randomly moved, earlier or later.
-DEFAULT_JITTER: Final = 0.1
+DEFAULT_JITTER: Final = config.DEFAULT_HEARTBEAT_JITTER
 
 # Stale heap entries (left by remove()) tolerated beyond one per live key before the heap
 # is rebuilt; keeps the heap O(number of keys) while making the rebuild amortized O(1).

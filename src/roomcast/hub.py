@@ -30,6 +30,11 @@ from .backends.base import Backend, ChannelKind, PresenceEntry, Publication
 from .backends.memory import MemoryBackend
 from .client import CLOSE_SLOW_CONSUMER, Client, ClientId
 from .clock import Clock, SystemClock
+from .config import DEFAULT_AUTH_TIMEOUT as DEFAULT_AUTH_TIMEOUT
+from .config import DEFAULT_BAD_REQUEST_LIMIT as DEFAULT_BAD_REQUEST_LIMIT
+from .config import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
+from .config import DEFAULT_MAX_ROOMS_PER_CONNECTION as DEFAULT_MAX_ROOMS_PER_CONNECTION
+from .config import DEFAULT_TOKEN_EXPIRY_WARNING as DEFAULT_TOKEN_EXPIRY_WARNING
 from .exceptions import (
     AuthenticationError,
     ConnectionClosed,
@@ -72,18 +77,8 @@ __all__ = ["Admission", "Hub", "HubStatistics"]
 
 logger = logging.getLogger("roomcast.hub")
 
-#: Rooms one connection may be in at once.
-DEFAULT_MAX_ROOMS_PER_CONNECTION: Final = 100
-#: Seconds a closing connection gets to flush what is queued for it.
-DEFAULT_DRAIN_TIMEOUT: Final = 5.0
 #: Seconds that shutdown gives closing handshakes beyond ``drain_timeout``.
 _SHUTDOWN_CLOSE_GRACE: Final = 1.0
-#: Seconds a connection without handshake credentials has to send ``auth``.
-DEFAULT_AUTH_TIMEOUT: Final = 10.0
-#: Seconds before a token expires that the client is sent ``token.expiring``.
-DEFAULT_TOKEN_EXPIRY_WARNING: Final = 60.0
-#: Malformed requests tolerated per minute before the connection is closed with 1008.
-DEFAULT_BAD_REQUEST_LIMIT: Final = 10
 #: Longest the heartbeat task sleeps, so new clients are picked up promptly.
 _HEARTBEAT_MAX_SLEEP: Final = 1.0
 

@@ -23,6 +23,7 @@ from jwt.algorithms import get_default_algorithms, has_crypto, requires_cryptogr
 from .auth import Principal
 from .clock import Clock, SystemClock
 from .exceptions import AuthenticationError
+from .protocol import MAX_TOKEN_LENGTH as MAX_TOKEN_LENGTH
 from .transport import Handshake
 
 if TYPE_CHECKING:
@@ -37,10 +38,6 @@ __all__ = ["JWTAuthenticator"]
 
 logger = logging.getLogger("roomcast.jwt")
 
-#: Tokens longer than this are refused before any parsing: a bearer token is a
-#: few hundred bytes, and pyjwt would otherwise base64- and JSON-decode whatever
-#: an unauthenticated peer sends.
-MAX_TOKEN_LENGTH: Final = 8192
 
 #: Age after which a fetched key set is no longer trusted without a refetch, so
 #: that a key the issuer withdrew stops verifying tokens (at least the cooldown).

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
 
+from .config import DEFAULT_AUTH_FAILURES_PER_MINUTE as DEFAULT_AUTH_FAILURES_PER_MINUTE
+from .config import DEFAULT_MAX_CONNECTIONS_PER_IP as DEFAULT_MAX_CONNECTIONS_PER_IP
+from .config import DEFAULT_MAX_CONNECTIONS_PER_USER as DEFAULT_MAX_CONNECTIONS_PER_USER
+from .config import DEFAULT_MAX_QUEUE_BYTES as DEFAULT_MAX_QUEUE_BYTES
+from .config import DEFAULT_MAX_TRACKED_IPS as DEFAULT_MAX_TRACKED_IPS
 from .ratelimit import KeyedRateLimiter
 
 __all__ = [
@@ -16,17 +20,6 @@ __all__ = [
     "ConnectionLimits",
     "ConnectionTracker",
 ]
-
-#: Open connections one user may have on one node (tabs, devices).
-DEFAULT_MAX_CONNECTIONS_PER_USER: Final = 32
-#: Open connections from one IP address on one node (offices share NAT addresses).
-DEFAULT_MAX_CONNECTIONS_PER_IP: Final = 256
-#: Failed authentications one IP address may make per minute.
-DEFAULT_AUTH_FAILURES_PER_MINUTE: Final = 10
-#: Distinct IP addresses whose failures are remembered at once.
-DEFAULT_MAX_TRACKED_IPS: Final = 100_000
-#: Characters of frames that may wait for one client (1 MiB of ASCII).
-DEFAULT_MAX_QUEUE_BYTES: Final = 1024 * 1024
 
 
 def _positive_int(name: str, value: object) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Literal
 
+from .config import DEFAULT_MAX_QUEUE as DEFAULT_MAX_QUEUE
 from .wire import validate_event_type
 
 __all__ = [
@@ -18,9 +19,6 @@ __all__ = [
 
 #: What happens when a client's outbound queue is full.
 SlowConsumerPolicy = Literal["disconnect", "drop_oldest"]
-
-#: Frames a client may have waiting before the slow-consumer policy applies.
-DEFAULT_MAX_QUEUE: Final = 1000
 
 
 def _positive(name: str, value: float) -> None:

@@ -6,7 +6,12 @@ import math
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Final, Generic, TypeVar
+from typing import Generic, TypeVar
+
+from .config import DEFAULT_BURST as DEFAULT_BURST
+from .config import DEFAULT_MAX_KEYS as DEFAULT_MAX_KEYS
+from .config import DEFAULT_PERIOD as DEFAULT_PERIOD
+from .config import DEFAULT_RATE as DEFAULT_RATE
 
 __all__ = [
     "DEFAULT_BURST",
@@ -17,14 +22,6 @@ __all__ = [
     "RateLimiter",
 ]
 
-#: Tokens added per ``period`` (messages per minute, with the default period).
-DEFAULT_RATE: Final = 100
-#: Seconds over which ``rate`` tokens are added.
-DEFAULT_PERIOD: Final = 60.0
-#: Most tokens a bucket holds: how many messages may arrive back to back.
-DEFAULT_BURST: Final = 20
-#: Most keys a [`KeyedRateLimiter`][roomcast.KeyedRateLimiter] remembers.
-DEFAULT_MAX_KEYS: Final = 100_000
 
 K = TypeVar("K", bound=Hashable)
 

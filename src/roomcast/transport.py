@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Final, Protocol, runtime_checkable
 
+from .config import DEFAULT_CLOSE_TIMEOUT as DEFAULT_CLOSE_TIMEOUT
+
 __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
     "MAX_CLOSE_REASON_BYTES",
@@ -21,8 +23,6 @@ __all__ = [
 
 #: RFC 6455 section 5.5: a close frame's payload is at most 125 bytes, 2 of them the code.
 MAX_CLOSE_REASON_BYTES: Final = 123
-#: Seconds a closing connection is kept for the peer to read its close frame and answer.
-DEFAULT_CLOSE_TIMEOUT: Final = 30.0
 # RFC 6455 section 7.4: codes below 3000 an endpoint may put in a close frame.
 _SENDABLE_CLOSE_CODES: Final = frozenset(
     {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}

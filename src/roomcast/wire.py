@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .exceptions import LocalProtocolError, RemoteProtocolError
+from .protocol import MAX_TOKEN_LENGTH as MAX_TOKEN_LENGTH
+from .protocol import PING_FRAME as PING_FRAME
+from .protocol import PONG_FRAME as PONG_FRAME
+from .protocol import PROTOCOL as PROTOCOL
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -49,8 +53,6 @@ __all__ = [
     "validate_room",
 ]
 
-#: The WebSocket subprotocol of wire protocol v1.
-PROTOCOL: Final = "roomcast.v1"
 #: Largest accepted client frame, in bytes of UTF-8.
 MAX_MESSAGE_SIZE: Final = 64 * 1024
 #: Deepest accepted nesting of arrays and objects in a client frame (the frame itself is 1).
@@ -63,8 +65,6 @@ MAX_TYPE_LENGTH: Final = 64
 MAX_REF_LENGTH: Final = 64
 #: Most rooms in one ``subscribe`` or ``unsubscribe``.
 MAX_ROOMS_PER_REQUEST: Final = 100
-#: Longest token in ``auth`` and ``refresh``, in characters.
-MAX_TOKEN_LENGTH: Final = 8192
 
 # Integers a JavaScript client can hold exactly (Number.MAX_SAFE_INTEGER).
 _MAX_SAFE_INTEGER: Final = 2**53 - 1
@@ -550,11 +550,6 @@ _PARSERS: Final[dict[str, tuple[frozenset[str], _Parser]]] = {
 # --------------------------------------------------------------------------- encoding
 
 _ENCODER: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-#: The server's liveness probe, the same string for every client.
-PING_FRAME: Final = '{"type":"ping"}'
-#: The server's answer to a client ``ping`` without ``ref``.
-PONG_FRAME: Final = '{"type":"pong"}'
 
 
 def dumps(value: Any) -> str:
