@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from roomcast import Handshake, Principal
-from roomcast.client import Client, ClientId
+from roomcast.peer import Client, ClientId
 from roomcast.transport import EagerTransport
 
 pytestmark = pytest.mark.anyio

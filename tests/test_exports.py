@@ -272,7 +272,7 @@ HOMES: dict[str, set[str]] = {
     },
     "roomcast.backends.base": {"Backend", "Publication"},
     "roomcast.backends.memory": {"MemoryBackend"},
-    "roomcast.client": {"Client", "ClientId"},
+    "roomcast.peer": {"Client", "ClientId"},
     "roomcast.clock": {"Clock", "SystemClock"},
     "roomcast.exceptions": EXPECTED_ALL["roomcast.exceptions"],
     "roomcast.heartbeat": {"Heartbeat", "HeartbeatPolicy"},
@@ -398,3 +398,10 @@ def test_values_without_a_comment_are_found() -> None:
     documented = documented_values()
     assert "MAX_DEPTH" in documented["roomcast.wire"]
     assert "_RESERVED_PREFIXES" not in documented["roomcast.wire"]
+
+
+def test_roomcast_client_is_free_for_a_client_library() -> None:
+    # The server-side state of a connection lives in roomcast.peer; the name
+    # roomcast.client is kept for a Python client library.
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("roomcast.client")

@@ -18,8 +18,6 @@ from .auth import TokenSources as TokenSources
 from .backends import Backend as Backend
 from .backends import MemoryBackend as MemoryBackend
 from .backends import Publication as Publication
-from .client import Client as Client
-from .client import ClientId as ClientId
 from .clock import Clock as Clock
 from .clock import SystemClock as SystemClock
 from .exceptions import AuthenticationError as AuthenticationError
@@ -45,6 +43,8 @@ from .options import History as History
 from .options import RateLimit as RateLimit
 from .options import RoomOptions as RoomOptions
 from .options import SlowConsumerPolicy as SlowConsumerPolicy
+from .peer import Client as Client
+from .peer import ClientId as ClientId
 from .protocol import PROTOCOL as PROTOCOL
 from .protocol import CloseCode as CloseCode
 from .ratelimit import KeyedRateLimiter as KeyedRateLimiter

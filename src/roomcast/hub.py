@@ -28,7 +28,6 @@ from .auth import (
 )
 from .backends.base import Backend, ChannelKind, PresenceEntry, Publication
 from .backends.memory import MemoryBackend
-from .client import CLOSE_SLOW_CONSUMER, Client, ClientId
 from .clock import Clock, SystemClock
 from .config import DEFAULT_AUTH_TIMEOUT as DEFAULT_AUTH_TIMEOUT
 from .config import DEFAULT_BAD_REQUEST_LIMIT as DEFAULT_BAD_REQUEST_LIMIT
@@ -45,6 +44,7 @@ from .heartbeat import Heartbeat, HeartbeatPolicy
 from .limits import ConnectionLimits
 from .membership import Membership, Room
 from .options import DEFAULT_MAX_QUEUE, RateLimit, RoomOptions, SlowConsumerPolicy
+from .peer import CLOSE_SLOW_CONSUMER, Client, ClientId
 from .ratelimit import RateLimiter
 from .session import Close, Fail, Handle, Session, SessionLimits
 from .transport import DEFAULT_CLOSE_TIMEOUT, Handshake, Transport, close_frame

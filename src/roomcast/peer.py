@@ -1,4 +1,4 @@
-"""Client: one connection's state in the hub, and its bounded outbound queue."""
+"""Peer: the server-side state of one connection — its bounded outbound queue, writer and close."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from .wire import encode_gap
 
 __all__ = ["CLOSE_SLOW_CONSUMER", "Client", "ClientId"]
 
-logger = logging.getLogger("roomcast.client")
+logger = logging.getLogger("roomcast.peer")
 
 
 class _ReaderStop(Protocol):
