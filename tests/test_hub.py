@@ -23,7 +23,7 @@ from roomcast import (
     RoomOptions,
 )
 from roomcast.backends.memory import MemoryBackend
-from roomcast.testing import ManualClock, TestClient
+from roomcast.testing import ManualClock, MemoryTransport, TestClient, memory_transport_pair
 
 pytestmark = pytest.mark.anyio
 
@@ -407,6 +407,64 @@ async def test_concurrent_publishers_keep_one_order_per_room(hub: Hub) -> None:
             assert [e["payload"]["n"] for e in seen_a if e["payload"]["p"] == name] == list(
                 range(50)
             )
+
+
+class ResettingTransport:
+    """A memory transport whose ``try_send`` raises once ``reset`` is set, as a reset socket's."""
+
+    def __init__(self, inner: MemoryTransport) -> None:
+        self.inner = inner
+        self.reset = False
+
+    @property
+    def handshake(self) -> Handshake:
+        return self.inner.handshake
+
+    async def receive(self) -> str | bytes:
+        return await self.inner.receive()
+
+    def try_send(self, frame: str) -> bool:
+        if self.reset:
+            raise ConnectionClosed.from_code(1006)
+        return self.inner.try_send(frame)
+
+    async def send(self, frames: list[str]) -> None:
+        await self.inner.send(frames)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self.inner.close(code, reason)
+
+
+async def test_a_transport_reset_mid_fan_out_drops_only_that_client(clock: ManualClock) -> None:
+    async with Hub(clock=clock) as hub, anyio.create_task_group() as tg:
+        async with TestClient(hub) as before, TestClient(hub) as after:
+            inner, end = memory_transport_pair()
+            transport = ResettingTransport(inner)
+            served = anyio.Event()
+
+            async def serve() -> None:
+                await hub.serve(transport)
+                served.set()
+
+            tg.start_soon(serve)
+            with anyio.fail_after(5):
+                assert json.loads(await end.receive())["type"] == "connection.ack"
+                await before.subscribe("room:a")
+                await end.send(json.dumps({"action": "subscribe", "rooms": ["room:a"]}))
+                assert json.loads(await end.receive())["type"] == "reply"
+                await after.subscribe("room:a")
+            transport.reset = True  # the middle member of three
+            await hub.publish("room:a", "chat.message", {"n": 1})
+            assert (await before.receive_event("chat.message"))["payload"] == {"n": 1}
+            assert (await after.receive_event("chat.message"))["payload"] == {"n": 1}
+            with anyio.fail_after(5):
+                await served.wait()
+            await end.close()
+            assert hub.running
+            stats = hub.stats()
+            assert (stats.dropped, stats.clients, stats.members) == (1, 2, {"room:a": 2})
+            await hub.publish("room:a", "chat.message", {"n": 2})
+            assert (await after.receive_event("chat.message"))["payload"] == {"n": 2}
 
 
 # ----------------------------------------------------------------------------- slow consumers

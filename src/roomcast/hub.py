@@ -44,7 +44,8 @@ from .heartbeat import Heartbeat, HeartbeatPolicy
 from .limits import ConnectionLimits
 from .membership import Membership, Room
 from .options import DEFAULT_MAX_QUEUE, RateLimit, RoomOptions, SlowConsumerPolicy
-from .peer import CLOSE_SLOW_CONSUMER, Client, ClientId
+from .peer import Client, ClientId, QueueLimits, deliver_all
+from .protocol import CloseCode
 from .ratelimit import RateLimiter
 from .session import Close, Fail, Handle, Session, SessionLimits
 from .transport import DEFAULT_CLOSE_TIMEOUT, Handshake, Transport, close_frame
@@ -304,6 +305,9 @@ class Hub:
         self.close_timeout = float(close_timeout)
         self.auth_timeout = float(auth_timeout)
         self.bad_request_limit = bad_request_limit
+        self._queue_limits = QueueLimits(
+            max_queue, self.limits.max_queue_bytes, slow_consumer, self.drain_timeout
+        )
         limit = self.rate_limit
         # Templates: each connection gets a fresh bucket sharing their parameters.
         self._session_limits = SessionLimits(
@@ -662,21 +666,9 @@ class Hub:
         members = tuple(room.members.values())
         if exclude:
             members = tuple(client for client in members if client.id not in exclude)
-        dropped = 0
         # The hot path: one frame string for every member, no per-member
-        # allocation or task; the frame is written in place when the transport
-        # can take it now (Client.deliver, inlined).
-        for client in members:
-            if client.direct:
-                try:
-                    if client.send_now(frame):
-                        continue
-                except ConnectionClosed:
-                    client.close(1006, "", flush=False)
-                    dropped += 1
-                    continue
-            if not client.enqueue(frame, name):
-                dropped += 1
+        # allocation, task or call beyond the transport's.
+        dropped = deliver_all(members, frame, name)
         if room.joining is not None:
             for client_id, held in room.joining.items():
                 if client_id not in exclude:
@@ -765,10 +757,7 @@ class Hub:
                 client_id,
                 transport,
                 principal,
-                max_queue=self.max_queue,
-                max_queue_bytes=self.limits.max_queue_bytes,
-                policy=self.slow_consumer,
-                drain_timeout=self.drain_timeout,
+                limits=self._queue_limits,
                 on_close=self._client_closed,
                 on_drop=self._frame_dropped,
             )
@@ -854,7 +843,7 @@ class Hub:
 
     def _on_client_close(self, client: Client) -> None:
         """A client started closing: stop fan-out to it at once, before its task ends."""
-        if client.close_code == CLOSE_SLOW_CONSUMER:
+        if client.close_code == CloseCode.SLOW_CONSUMER:
             self._counters.slow_consumer_disconnects += 1
         self._membership.stop_delivery(client)
 
