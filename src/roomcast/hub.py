@@ -47,13 +47,12 @@ from .options import DEFAULT_MAX_QUEUE, RateLimit, RoomOptions, SlowConsumerPoli
 from .peer import Client, ClientId, QueueLimits, deliver_all
 from .protocol import CloseCode
 from .ratelimit import RateLimiter
-from .session import Close, Fail, Handle, Session, SessionLimits
+from .session import Authenticate, Close, Fail, Handle, Session, SessionLimits
 from .transport import DEFAULT_CLOSE_TIMEOUT, Handshake, Transport, close_frame
 from .wire import (
     MAX_MESSAGE_SIZE,
     PING_FRAME,
     PROTOCOL,
-    Auth,
     Ping,
     Presence,
     Publish,
@@ -872,10 +871,10 @@ class Hub:
                     failure = AuthenticationError(verdict.reason)
                     self._gate.failed(ip, failure)
                     raise failure
-                if isinstance(verdict, Handle) and isinstance(verdict.request, Auth):
+                if isinstance(verdict, Authenticate):
                     # The same failure budget as the handshake: once it is
                     # spent, the token is not even looked at.
-                    return await self._gate.verify(handshake, verdict.request.token)
+                    return await self._gate.verify(handshake, verdict.token)
         timeout = AuthenticationError("auth timeout", close_code=_CLOSE_AUTH_TIMEOUT, status=408)
         self._gate.failed(ip, timeout)
         raise timeout
@@ -939,7 +938,7 @@ class Hub:
             request = verdict.request
             await self._handlers[type(request)](client, request)
             return
-        if verdict is None or isinstance(verdict, Fail):  # Fail: only before auth
+        if verdict is None or isinstance(verdict, (Fail, Authenticate)):  # only before auth
             return
         if verdict.strike == "bad_request":
             self._counters.bad_requests += 1
@@ -1173,8 +1172,8 @@ class Hub:
             if client is None or client.closing:
                 continue
             if due.action == "warn":
-                left_ms = max(0, int(due.expires_in * 1000))
-                client.deliver(encode_frame("token.expiring", payload={"expiresInMs": left_ms}))
+                payload = {"expiresInMs": due.expires_in_ms}
+                client.deliver(encode_frame("token.expiring", payload=payload))
             else:
                 self._counters.token_expirations += 1
                 client.close(_CLOSE_TOKEN_EXPIRED, "token expired")
