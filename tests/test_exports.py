@@ -259,6 +259,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
 
 #: Where each name ``roomcast`` re-exports is defined.
 HOMES: dict[str, set[str]] = {
+    "roomcast.admission": {"Admission"},
     "roomcast.auth": {
         "Action",
         "ANONYMOUS",
@@ -276,7 +277,7 @@ HOMES: dict[str, set[str]] = {
     "roomcast.clock": {"Clock", "SystemClock"},
     "roomcast.exceptions": EXPECTED_ALL["roomcast.exceptions"],
     "roomcast.heartbeat": {"Heartbeat", "HeartbeatPolicy"},
-    "roomcast.hub": {"Admission", "Hub", "HubStatistics"},
+    "roomcast.hub": {"Hub", "HubStatistics"},
     "roomcast.limits": {"ConnectionLimits"},
     "roomcast.membership": {"Room"},
     "roomcast.options": {"History", "RateLimit", "RoomOptions", "SlowConsumerPolicy"},

@@ -206,6 +206,27 @@ async def test_a_join_to_a_live_room_does_not_wait_for_another_rooms_subscriptio
         assert {key for kind, key in backend.live if kind == "room"} == set()
 
 
+async def test_a_join_to_a_new_room_does_not_wait_for_another_new_rooms_subscription(
+    clock: ManualClock,
+) -> None:
+    backend = GatedBackend()
+    async with Hub(clock=clock, backend=backend) as hub, anyio.create_task_group() as tg:
+        async with TestClient(hub) as slow, TestClient(hub) as other:
+            tg.start_soon(slow.subscribe, "room:slow")  # its backend subscribe hangs
+            await anyio.wait_all_tasks_blocked()
+            with anyio.fail_after(5):
+                assert (await other.subscribe("room:b"))["room:b"]["ok"] is True
+            assert ("room", "room:b") in backend.live
+            assert ("room", "room:slow") not in backend.live
+            backend.gate.set()
+            with anyio.fail_after(5):
+                while ("room", "room:slow") not in backend.live:
+                    await anyio.sleep(0.01)
+            await hub.publish("room:slow", "chat.message", {"n": 1})
+            assert (await slow.receive_event("chat.message"))["payload"] == {"n": 1}
+        assert {key for kind, key in backend.live if kind == "room"} == set()
+
+
 # ----------------------------------------------------------------------------- client publish
 
 

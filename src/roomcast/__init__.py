@@ -6,6 +6,7 @@ Adapters live in submodules imported on demand: ``roomcast.websockets``
 ``roomcast.testing``.
 """
 
+from .admission import Admission as Admission
 from .auth import ANONYMOUS as ANONYMOUS
 from .auth import Action as Action
 from .auth import AnonymousAuthenticator as AnonymousAuthenticator
@@ -34,7 +35,6 @@ from .exceptions import RemoteProtocolError as RemoteProtocolError
 from .exceptions import RoomcastError as RoomcastError
 from .heartbeat import Heartbeat as Heartbeat
 from .heartbeat import HeartbeatPolicy as HeartbeatPolicy
-from .hub import Admission as Admission
 from .hub import Hub as Hub
 from .hub import HubStatistics as HubStatistics
 from .limits import ConnectionLimits as ConnectionLimits
