@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,11 +16,10 @@ from .admission import Admission, Gatekeeper, LockedOut, refusal_reason
 from .auth import Authorizer, Principal
 from .clock import Clock
 from .exceptions import AuthenticationError, ConnectionClosed
-from .expiry import ExpirySchedule
-from .heartbeat import Heartbeat
 from .peer import ABNORMAL_CLOSURE, Client, ClientId
 from .protocol import PONG_FRAME, PROTOCOL, CloseCode
 from .rooms import Rooms, room_error
+from .schedule import Schedule
 from .session import Authenticate, Close, Fail, Handle, Reply, Session, Strike
 from .settings import Settings
 from .transport import Handshake, Transport
@@ -71,13 +69,11 @@ class Connections:
         gate: Gatekeeper,
         rooms: Rooms,
         authorizer: Authorizer,
-        heartbeat: Heartbeat[ClientId],
-        expiries: ExpirySchedule[ClientId],
+        schedule: Schedule,
         clock: Clock,
         node: str,
         admit: Callable[[Handshake], Awaitable[Admission]],
         running: Callable[[], bool],
-        wake: Callable[[], None],
     ) -> None:
         """Create the connections of a hub that is not started yet.
 
@@ -86,25 +82,21 @@ class Connections:
             gate: admission, connection counts and the failed-login budget.
             rooms: membership, channels and publishing.
             authorizer: decides subscribe/publish/presence per room.
-            heartbeat: the hub's heartbeat schedule (connections join and leave it).
-            expiries: the hub's token schedule.
+            schedule: heartbeats and token expiry (connections join and leave it).
             clock: the hub's clock.
             node: this node's id, the prefix of its client ids.
             admit: the hub's decision on a handshake nobody asked about yet.
             running: whether the hub still accepts connections.
-            wake: called when a token deadline may have moved earlier.
         """
         self._settings = settings
         self._gate = gate
         self._rooms = rooms
         self._authorizer = authorizer
-        self._heartbeat = heartbeat
-        self._expiries = expiries
+        self._schedule = schedule
         self._clock = clock
         self._node = node
         self._admit = admit
         self._running = running
-        self._wake = wake
         self._task_group: TaskGroup | None = None
         self.serving = 0
         self._idle: anyio.Event | None = None
@@ -146,14 +138,6 @@ class Connections:
             self._idle = anyio.Event()
             with anyio.CancelScope(deadline=deadline):
                 await self._idle.wait()
-
-    def schedule_expiry(self, client: Client) -> None:
-        """Schedule the ``token.expiring`` notice and the 4002 close for the client's token."""
-        expires_at = client.principal.expires_at
-        # Token times are wall-clock; the schedule runs on the hub's clock.
-        at = None if expires_at is None else self._clock.now() + expires_at - time.time()
-        self._expiries.schedule(client.id, at)
-        self._wake()
 
     # ------------------------------------------------------------------ one connection
 
@@ -225,7 +209,7 @@ class Connections:
                     )
                 )
                 # After the ack, so that token.expiring never comes before it.
-                self.schedule_expiry(client)
+                self._schedule.token(client)
                 # The request loop runs in this task, inline (one coroutine frame
                 # fewer per idle connection). A writer runs in the hub's task group
                 # only while frames are queued; closing stops the loop once what
@@ -241,7 +225,7 @@ class Connections:
                             finally:
                                 stop.waiting = False
                             self.messages_in += 1
-                            self._heartbeat.seen(client_id, self._clock.now())
+                            self._schedule.seen(client_id, self._clock.now())
                             with stop.handling():
                                 await self._handle_frame(client, session, data)
                     except ConnectionClosed as exc:
@@ -332,13 +316,12 @@ class Connections:
         now = self._clock.now()
         session.open(now)
         self._rooms.add(client)
-        self._heartbeat.add(client.id, now)
+        self._schedule.add(client.id, now)
         self._gate.opened(None, client.user_id)
         self.connections_total += 1
 
     async def _unregister(self, client: Client) -> None:
-        self._heartbeat.remove(client.id)
-        self._expiries.remove(client.id)
+        self._schedule.remove(client.id)
         if client.id in self._rooms.clients:
             self._gate.closed(None, client.user_id)
         await self._rooms.remove(client)
@@ -452,7 +435,7 @@ class Connections:
             client.close(CloseCode.INVALID_TOKEN, "token subject changed")
             return
         client.principal = principal
-        self.schedule_expiry(client)
+        self._schedule.token(client)
         # The new claims may no longer allow every room the client is in.
         removed = []
         for name in list(client.rooms):

@@ -1,18 +1,16 @@
 """Hub: the facade of one application's runtime — its settings, lifecycle and server API.
 
-The hub builds its parts and drives them: [`Gatekeeper`][roomcast.admission.Gatekeeper]
-decides who may connect, [`Connections`][roomcast.connection.Connections] serves each
-connection, [`Rooms`][roomcast.rooms.Rooms] holds membership, backend channels and the
-fan-out, and the hub's own background loop drives the heartbeat and the token schedule.
+The hub builds its parts and runs them: `roomcast.admission` decides who may connect,
+`roomcast.connection` serves each connection, `roomcast.rooms` holds membership, backend
+channels and the fan-out, and `roomcast.schedule` is the background loop of heartbeats
+and token expiry, which runs in the hub's task group.
 """
 
 from __future__ import annotations
 
-import math
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from types import TracebackType
 from typing import Any, Final
 
@@ -40,29 +38,20 @@ from .config import DEFAULT_MAX_ROOMS_PER_CONNECTION as DEFAULT_MAX_ROOMS_PER_CO
 from .config import DEFAULT_TOKEN_EXPIRY_WARNING as DEFAULT_TOKEN_EXPIRY_WARNING
 from .connection import Connections
 from .exceptions import HubNotRunning
-from .expiry import ExpirySchedule
-from .heartbeat import Heartbeat, HeartbeatPolicy
+from .heartbeat import HeartbeatPolicy
 from .limits import ConnectionLimits
 from .options import RateLimit, RoomOptions, SlowConsumerPolicy
-from .peer import ClientId
-from .protocol import PING_FRAME, CloseCode
+from .protocol import CloseCode
 from .rooms import NOBODY, Rooms
+from .schedule import Schedule
 from .settings import configure
 from .transport import Handshake, Transport, close_frame
-from .wire import (
-    MAX_MESSAGE_SIZE,
-    dumps,
-    encode_frame,
-    validate_event_type,
-    validate_room,
-)
+from .wire import MAX_MESSAGE_SIZE, dumps, validate_event_type, validate_room
 
 __all__ = ["Admission", "Hub", "HubStatistics"]
 
 #: Seconds that shutdown gives closing handshakes beyond ``drain_timeout``.
 _SHUTDOWN_CLOSE_GRACE: Final = 1.0
-#: Longest the heartbeat task sleeps, so new clients are picked up promptly.
-_HEARTBEAT_MAX_SLEEP: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,33 +219,23 @@ class Hub:
         self._backend: Backend = backend or MemoryBackend(clock=self._clock.now)
         self._node = secrets.token_hex(4)
         self._state: HubState = "new"
-        self._heartbeat: Heartbeat[ClientId] = Heartbeat(settings.heartbeat)
-        self._expiries: ExpirySchedule[ClientId] = ExpirySchedule(
-            settings.token_expiry_warning, settings.token_expiry_grace
-        )
         self._rooms = Rooms(settings, self._backend, self._node)
-        # Its map of clients, read by the background loop and by tests.
-        self._clients = self._rooms.clients
+        self._clients = self._rooms.clients  # connected clients by id
+        self._schedule = Schedule(settings, self._clients, self._clock)
         self._connections = Connections(
             settings,
             gate=self._gate,
             rooms=self._rooms,
             authorizer=as_authorizer(authorizer),
-            heartbeat=self._heartbeat,
-            expiries=self._expiries,
+            schedule=self._schedule,
             clock=self._clock,
             node=self._node,
             admit=self.admit,
             running=lambda: self._state == "running",
-            wake=self._wake_for_expiry,
         )
         self._task_group: TaskGroup | None = None
-        self._background: list[anyio.CancelScope] = []
-        # The background loop's sleep, so that an earlier deadline can cut it short.
-        self._sleep: anyio.CancelScope | None = None
-        self._sleep_until = math.inf
-        self.heartbeat_timeouts = 0
-        self.token_expirations = 0
+        # The background loop's scope (made on start: a scope needs an event loop).
+        self._loop: anyio.CancelScope | None = None
 
     # ------------------------------------------------------------------ settings
 
@@ -291,17 +270,13 @@ class Hub:
             await self._task_group.__aexit__(None, None, None)
             self._state = "closed"
             raise
-        self._task_group.start_soon(
-            self._background_task, self._run_heartbeat, name="roomcast heartbeat"
-        )
+        self._loop = anyio.CancelScope()
+        self._task_group.start_soon(self._run_schedule, self._loop, name="roomcast heartbeat")
         return self
 
-    async def _background_task(self, run: Callable[[], Awaitable[None]]) -> None:
-        with anyio.CancelScope() as scope:
-            self._background.append(scope)
-            if self._state != "running":
-                scope.cancel()
-            await run()
+    async def _run_schedule(self, scope: anyio.CancelScope) -> None:
+        with scope:  # cancelled by aclose(), even before it is entered
+            await self._schedule.run()
 
     async def __aexit__(
         self,
@@ -334,10 +309,10 @@ class Hub:
         deadline = anyio.current_time() + self.drain_timeout + _SHUTDOWN_CLOSE_GRACE
         with anyio.CancelScope(shield=True):
             await self._connections.shutdown(deadline)
-            # Stop the background tasks only: the task group also encloses the
+            # Stop the background loop only: the task group also encloses the
             # application's code when the hub is used as a context manager.
-            for scope in self._background:
-                scope.cancel()
+            if self._loop is not None:
+                self._loop.cancel()
             with anyio.move_on_after(self.drain_timeout):
                 await self._backend.aclose()
         self._state = "closed"
@@ -442,7 +417,7 @@ class Hub:
             "inside `async with hub:` (or while the adapter's lifespan runs)"
         )
 
-    def disconnect_user(self, user_id: str, code: int = 1000, reason: str = "") -> int:
+    def disconnect_user(self, user_id: str, code: int = CloseCode.NORMAL, reason: str = "") -> int:
         """Close every connection of ``user_id`` on this node, e.g. on logout; return how many.
 
         Raises:
@@ -472,9 +447,9 @@ class Hub:
             auth_failures=gate.auth_failures,
             origin_refusals=gate.origin_refusals,
             limit_refusals=gate.limit_refusals,
-            token_expirations=self.token_expirations,
+            token_expirations=self._schedule.token_expirations,
             slow_consumer_disconnects=connections.slow_consumer_disconnects,
-            heartbeat_timeouts=self.heartbeat_timeouts,
+            heartbeat_timeouts=self._schedule.heartbeat_timeouts,
         )
 
     def room_options(self, room: str) -> RoomOptions:
@@ -520,60 +495,3 @@ class Hub:
         is one coroutine frame: ``await hub.serve(transport)``.
         """
         return self._connections.serve(transport, admission)
-
-    # ------------------------------------------------------------------ background schedule
-
-    async def _run_heartbeat(self) -> None:
-        clock = self._clock
-        heartbeat = self._heartbeat
-        clients = self._clients
-        while True:
-            now = clock.now()
-            actions = heartbeat.poll(now)
-            for client_id in actions.ping:
-                client = clients.get(client_id)
-                if client is None:
-                    continue
-                # Protocol pings where the transport has them (browsers answer
-                # on their own); the application ping frame otherwise.
-                if client.pingable:
-                    client.request_ping(partial(self._on_pong, client_id))
-                else:
-                    client.deliver(PING_FRAME)
-            for client_id in actions.dead:
-                client = clients.get(client_id)
-                if client is not None and not client.closing:
-                    self.heartbeat_timeouts += 1
-                    client.close(CloseCode.INTERNAL_ERROR, "heartbeat timeout", flush=False)
-            self._run_expiries(now)
-            deadline = heartbeat.next_deadline()
-            first = self._expiries.next_deadline()
-            if first is not None:
-                deadline = first if deadline is None else min(deadline, first)
-            limit = now + _HEARTBEAT_MAX_SLEEP
-            self._sleep_until = limit if deadline is None else min(deadline, limit)
-            with anyio.CancelScope() as self._sleep:
-                await clock.sleep_until(self._sleep_until)
-            self._sleep = None
-
-    def _wake_for_expiry(self) -> None:
-        """A token deadline may have moved earlier than the loop's current sleep: wake it."""
-        first = self._expiries.next_deadline()
-        if self._sleep is not None and first is not None and first < self._sleep_until:
-            self._sleep.cancel()
-
-    def _run_expiries(self, now: float) -> None:
-        for due in self._expiries.poll(now):
-            client = self._clients.get(due.key)
-            if client is None or client.closing:
-                continue
-            if due.action == "warn":
-                payload = {"expiresInMs": due.expires_in_ms}
-                client.deliver(encode_frame("token.expiring", payload=payload))
-            else:
-                self.token_expirations += 1
-                client.close(CloseCode.TOKEN_EXPIRED, "token expired")
-
-    def _on_pong(self, client_id: ClientId) -> None:
-        if client_id in self._clients:
-            self._heartbeat.seen(client_id, self._clock.now())
