@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import pytest
 
+import roomcast
 from roomcast import (
     ConnectionClosed,
     DefaultAuthorizer,
@@ -64,6 +67,33 @@ async def test_ack_carries_client_id_heartbeat_and_protocol(hub: Hub) -> None:
         assert payload["heartbeatMs"] == 30_000
         assert payload["protocol"] == "roomcast.v1"
         assert payload["userId"] is None
+
+
+async def test_an_idle_connection_is_one_coroutine_frame_of_roomcast(hub: Hub) -> None:
+    transport, end = memory_transport_pair()
+    serving = hub.serve(transport)
+    package = os.path.dirname(roomcast.__file__) + os.sep
+
+    async def run() -> None:
+        await serving
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        with anyio.fail_after(5):
+            assert json.loads(await end.receive())["type"] == "connection.ack"
+        await anyio.wait_all_tasks_blocked()
+        # The chain of coroutines the idle connection waits in, outermost first.
+        names = []
+        awaiting: Any = serving
+        while inspect.iscoroutine(awaiting):
+            code = awaiting.cr_code
+            if code.co_filename.startswith(package) and not code.co_filename.endswith(
+                "testing.py"  # the transport's own receive()
+            ):
+                names.append(code.co_name)
+            awaiting = awaiting.cr_await
+        assert names == ["serve"]
+        await end.close()
 
 
 async def test_serve_refuses_connections_after_shutdown(clock: ManualClock) -> None:
@@ -185,6 +215,16 @@ class GatedBackend(MemoryBackend):
         self.live.remove((kind, key))
 
 
+async def finish_the_slow_subscription(hub: Hub, backend: GatedBackend, slow: TestClient) -> None:
+    """Let ``room:slow``'s subscription complete; its member then gets the room's messages."""
+    backend.gate.set()
+    with anyio.fail_after(5):
+        while ("room", "room:slow") not in backend.live:
+            await anyio.sleep(0.01)
+    await hub.publish("room:slow", "chat.message", {"n": 1})
+    assert (await slow.receive_event("chat.message"))["payload"] == {"n": 1}
+
+
 async def test_a_join_to_a_live_room_does_not_wait_for_another_rooms_subscription(
     clock: ManualClock,
 ) -> None:
@@ -196,12 +236,7 @@ async def test_a_join_to_a_live_room_does_not_wait_for_another_rooms_subscriptio
             await anyio.wait_all_tasks_blocked()
             with anyio.fail_after(5):
                 assert (await second.subscribe("room:a"))["room:a"]["ok"] is True
-            backend.gate.set()
-            with anyio.fail_after(5):
-                while ("room", "room:slow") not in backend.live:
-                    await anyio.sleep(0.01)
-            await hub.publish("room:slow", "chat.message", {"n": 1})
-            assert (await slow.receive_event("chat.message"))["payload"] == {"n": 1}
+            await finish_the_slow_subscription(hub, backend, slow)
         # Every room subscription went with its last member.
         assert {key for kind, key in backend.live if kind == "room"} == set()
 
@@ -218,12 +253,7 @@ async def test_a_join_to_a_new_room_does_not_wait_for_another_new_rooms_subscrip
                 assert (await other.subscribe("room:b"))["room:b"]["ok"] is True
             assert ("room", "room:b") in backend.live
             assert ("room", "room:slow") not in backend.live
-            backend.gate.set()
-            with anyio.fail_after(5):
-                while ("room", "room:slow") not in backend.live:
-                    await anyio.sleep(0.01)
-            await hub.publish("room:slow", "chat.message", {"n": 1})
-            assert (await slow.receive_event("chat.message"))["payload"] == {"n": 1}
+            await finish_the_slow_subscription(hub, backend, slow)
         assert {key for kind, key in backend.live if kind == "room"} == set()
 
 

@@ -22,6 +22,11 @@ logger = logging.getLogger("roomcast.rooms")
 NOBODY: Final[frozenset[str]] = frozenset()
 
 
+def _now_ms() -> int:
+    """Wall-clock milliseconds since the epoch: a message's ``timestamp``."""
+    return int(time.time() * 1000)
+
+
 def room_error(code: str, message: str) -> dict[str, Any]:
     """One room's failed entry in a ``subscribe`` or ``unsubscribe`` reply."""
     return {"ok": False, "error": {"code": code, "message": message}}
@@ -227,31 +232,22 @@ class Rooms:
 
     async def _presence_event(self, room: str, type_: str, client: Client) -> None:
         payload = dumps({"userId": client.user_id, "clientId": client.id, "info": None})
-        publication = self._publication(room, type_, payload, client.user_id, NOBODY, True)
+        publication = self._publication(room, type_, payload, client.user_id)
         await self._backend.publish("room", room, publication, None)
 
     # ------------------------------------------------------------------ publishing
 
-    def _publication(
-        self,
-        room: str | None,
-        type_: str,
-        payload_json: str,
-        user_id: str | None,
-        exclude: frozenset[str],
-        ephemeral: bool,
-    ) -> Publication:
-        """A new publication: the one place message ids are minted (node prefix, sequence)."""
+    def _next_id(self) -> str:
+        """A new message id: the one place they are minted (this node's id, a sequence)."""
         self._sequence += 1
+        return f"{self._node}-{self._sequence:x}"
+
+    def _publication(
+        self, room: str | None, type_: str, payload_json: str, user_id: str | None
+    ) -> Publication:
+        """A new ephemeral publication that excludes nobody."""
         return Publication(
-            room=room,
-            type=type_,
-            id=f"{self._node}-{self._sequence:x}",
-            payload_json=payload_json,
-            timestamp=int(time.time() * 1000),
-            user_id=user_id,
-            ephemeral=ephemeral,
-            exclude=exclude,
+            room, type_, self._next_id(), payload_json, _now_ms(), user_id, True, NOBODY
         )
 
     async def publish(
@@ -264,21 +260,25 @@ class Rooms:
         ephemeral: bool,
     ) -> str:
         """Publish one message to each of ``rooms`` (one id for every copy); return its id."""
-        publication = self._publication(None, type_, payload_json, user_id, exclude, ephemeral)
+        message_id = self._next_id()
+        timestamp = _now_ms()
         for room in rooms:
+            publication = Publication(
+                room, type_, message_id, payload_json, timestamp, user_id, ephemeral, exclude
+            )
             history = self._settings.room_options(room).history
-            await self._backend.publish("room", room, publication._replace(room=room), history)
-        return publication.id
+            await self._backend.publish("room", room, publication, history)
+        return message_id
 
     async def send_to_user(self, user_id: str, type_: str, payload_json: str) -> str:
         """Send a message to every connection of ``user_id`` on every node; return its id."""
-        publication = self._publication(None, type_, payload_json, None, NOBODY, True)
+        publication = self._publication(None, type_, payload_json, None)
         await self._backend.publish("user", user_id, publication, None)
         return publication.id
 
     async def send_to_client(self, client_id: str, type_: str, payload_json: str) -> str:
         """Send a message to one connection, through the channel of the node holding it."""
-        publication = self._publication(None, type_, payload_json, None, NOBODY, True)
+        publication = self._publication(None, type_, payload_json, None)
         node, dot, _ = client_id.partition(".")
         if dot:
             await self._backend.publish("node", node, publication._replace(client=client_id), None)
