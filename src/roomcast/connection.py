@@ -299,15 +299,16 @@ class Connections:
         with anyio.move_on_after(self._settings.auth_timeout):
             while True:
                 data = await transport.receive()
-                verdict = session.receive(data, self._clock.now())
-                if isinstance(verdict, Fail):
-                    failure = AuthenticationError(verdict.reason)
-                    self._gate.failed(ip, failure)
-                    raise failure
-                if isinstance(verdict, Authenticate):
-                    # The same failure budget as the handshake: once it is
-                    # spent, the token is not even looked at.
-                    return await self._gate.verify(handshake, verdict.token)
+                match session.receive(data, self._clock.now()):
+                    case Authenticate(token):
+                        # The same failure budget as the handshake: once it is
+                        # spent, the token is not even looked at.
+                        return await self._gate.verify(handshake, token)
+                    case Fail(reason):
+                        failure = AuthenticationError(reason)
+                        self._gate.failed(ip, failure)
+                        raise failure
+                    # None: ignored while waiting (pings, pongs).
         timeout = AuthenticationError("auth timeout", close_code=CloseCode.AUTH_TIMEOUT, status=408)
         self._gate.failed(ip, timeout)
         raise timeout

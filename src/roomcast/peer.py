@@ -84,9 +84,10 @@ def deliver_all(clients: Iterable[Client], frame: str, room: str | None = None) 
 class Client:
     """One connected client as the hub sees it.
 
-    Fan-out hands each frame to `deliver()`, which never waits: when
-    nothing is queued and the transport can take the frame at once, it is
-    written in place. Otherwise it joins a bounded queue drained by a writer
+    Fan-out hands each frame to every member with `deliver_all()`, and
+    `deliver()` hands one frame to one client by the same rule; neither
+    waits. When nothing is queued and the transport can take the frame at
+    once, it is written in place. Otherwise it joins a bounded queue drained by a writer
     task that exists only while something is queued, so an idle connection
     costs no task. When the queue is full the slow-consumer policy applies.
 
@@ -95,6 +96,8 @@ class Client:
         principal: who is connected.
         rooms: the rooms this client is a member of.
         transport: the connection.
+        limits: the queue's bounds and slow-consumer policy, shared by every
+            client of the hub.
         direct: whether frames may go straight to the transport right now
             (nothing queued, nothing in flight, not closing).
         send_now: the transport's ``try_send``, bound once for the hot path;

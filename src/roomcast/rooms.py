@@ -143,7 +143,7 @@ class Rooms:
     # ------------------------------------------------------------------ clients
 
     def add(self, client: Client) -> None:
-        """Register a connected client (its user's channel: `sync_channel()`)."""
+        """Register a connected client; subscribing its user's channel is `sync_channel()`'s."""
         self.membership.add(client)
 
     async def remove(self, client: Client) -> None:
