@@ -479,19 +479,24 @@ class Hub:
     def serve(
         self, transport: Transport, admission: Admission | None = None
     ) -> Coroutine[Any, Any, None]:
-        """Run one accepted connection to its end.
+        """Run one accepted connection to its end: ``await hub.serve(transport)``.
 
         Authenticates, sends ``connection.ack``, answers requests, and on the
         way out removes the client from every room, even when the transport
         dies mid-broadcast or this task is cancelled. Never raises for
         anything the peer does.
 
+        This method hands back the connection's own coroutine rather than
+        wrapping it in one more, so that an idle connection is one coroutine
+        frame.
+
         Args:
             transport: the accepted connection.
             admission: what [`admit()`][roomcast.hub.Hub.admit] answered for its handshake, when the
                 adapter asked before accepting; otherwise ``serve`` asks.
 
-        Returns the connection's coroutine itself, so that an idle connection
-        is one coroutine frame: ``await hub.serve(transport)``.
+        Returns:
+            The coroutine that serves the connection, to await (or ``hub.serve``
+            itself, to hand to a task group's ``start_soon``).
         """
         return self._connections.serve(transport, admission)
