@@ -7,7 +7,6 @@ import contextlib
 import http.client
 import json
 import logging
-import math
 import socket
 import threading
 import urllib.request
@@ -22,6 +21,12 @@ from jwt.algorithms import get_default_algorithms, has_crypto, requires_cryptogr
 
 from .auth import Principal
 from .clock import Clock, SystemClock
+from .config import (
+    DEFAULT_JWKS_COOLDOWN,
+    DEFAULT_JWKS_TIMEOUT,
+    check_non_negative,
+    check_positive,
+)
 from .exceptions import AuthenticationError
 from .protocol import MAX_TOKEN_LENGTH as MAX_TOKEN_LENGTH
 from .transport import Handshake
@@ -130,20 +135,17 @@ class JWTAuthenticator:
         require: Sequence[str] = ("exp", "sub"),
         user_claim: str = "sub",
         jwks_url: str | None = None,
-        jwks_cooldown: float = 300.0,
-        jwks_timeout: float = 5.0,
+        jwks_cooldown: float = DEFAULT_JWKS_COOLDOWN,
+        jwks_timeout: float = DEFAULT_JWKS_TIMEOUT,
         clock: Clock | None = None,
     ) -> None:
         self._algorithms = _check_algorithms(algorithms)
         hmac_algorithms = [name for name in self._algorithms if name in _HMAC_MIN_KEY_BYTES]
         if (key is None) == (jwks_url is None):
             raise ValueError("pass exactly one of key and jwks_url")
-        if not math.isfinite(leeway) or leeway < 0:
-            raise ValueError("leeway must be a finite number of seconds, at least 0")
-        if not math.isfinite(jwks_cooldown) or jwks_cooldown < 0:
-            raise ValueError("jwks_cooldown must be a finite number of seconds, at least 0")
-        if not math.isfinite(jwks_timeout) or jwks_timeout <= 0:
-            raise ValueError("jwks_timeout must be a finite number of seconds above 0")
+        leeway = check_non_negative("leeway", leeway)
+        jwks_cooldown = check_non_negative("jwks_cooldown", jwks_cooldown)
+        jwks_timeout = check_positive("jwks_timeout", jwks_timeout)
         if not isinstance(user_claim, str) or not user_claim:
             raise ValueError("user_claim must be a non-empty claim name")
         self._require = _names("require", require)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .config import check_positive_int
 from .exceptions import LocalProtocolError, RemoteProtocolError
 from .protocol import MAX_TOKEN_LENGTH as MAX_TOKEN_LENGTH
 from .protocol import PING_FRAME as PING_FRAME
@@ -101,9 +102,7 @@ class WireLimits:
 
     def __post_init__(self) -> None:
         for name in ("max_message_size", "max_depth", "max_rooms_per_request"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(f"WireLimits.{name}", getattr(self, name))
 
 
 #: The limits applied when none are given: every default above.
