@@ -125,6 +125,8 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "check_positive_int",
     },
     "roomcast.protocol": {
+        "CLOSE_ABNORMAL",
+        "CLOSE_NO_STATUS",
         "MAX_TOKEN_LENGTH",
         "PING_FRAME",
         "PONG_FRAME",

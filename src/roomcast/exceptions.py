@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from .protocol import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CloseCode
+
 __all__ = [
     "AuthenticationError",
     "BackendError",
@@ -41,7 +43,7 @@ __all__ = [
 
 #: Close codes that mean the connection ended normally (1005: closed without a code,
 #: as a browser's plain ``ws.close()`` does).
-_OK_CLOSE_CODES: Final = frozenset({1000, 1001, 1005})
+_OK_CLOSE_CODES: Final = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY, CLOSE_NO_STATUS})
 
 
 class RoomcastError(Exception):
@@ -83,7 +85,7 @@ class ConnectionClosed(RoomcastError):
         reason: the close reason (at most 123 bytes of UTF-8).
     """
 
-    def __init__(self, code: int = 1006, reason: str = ""):
+    def __init__(self, code: int = CLOSE_ABNORMAL, reason: str = ""):
         super().__init__(f"connection closed: {code} {reason}".rstrip())
         self.code = code
         self.reason = reason
@@ -114,7 +116,11 @@ class AuthenticationError(RoomcastError):
     """
 
     def __init__(
-        self, message: str = "invalid credentials", *, close_code: int = 4001, status: int = 401
+        self,
+        message: str = "invalid credentials",
+        *,
+        close_code: int = CloseCode.INVALID_TOKEN,
+        status: int = 401,
     ):
         super().__init__(message)
         self.close_code = close_code

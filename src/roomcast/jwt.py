@@ -29,6 +29,7 @@ from .config import (
 )
 from .exceptions import AuthenticationError
 from .protocol import MAX_TOKEN_LENGTH as MAX_TOKEN_LENGTH
+from .protocol import CloseCode
 from .transport import Handshake
 
 if TYPE_CHECKING:
@@ -227,7 +228,9 @@ class JWTAuthenticator:
             )
         except jwt.ExpiredSignatureError as exc:
             logger.debug("token refused: %s", type(exc).__name__)
-            raise AuthenticationError("token expired", close_code=4002, status=401) from exc
+            raise AuthenticationError(
+                "token expired", close_code=CloseCode.TOKEN_EXPIRED, status=401
+            ) from exc
         except _INVALID_TOKEN_ERRORS as exc:
             logger.debug("token refused: %s", type(exc).__name__)
             raise AuthenticationError("invalid token") from exc
