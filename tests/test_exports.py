@@ -403,4 +403,5 @@ def documented_values() -> dict[str, set[str]]:
 def test_values_without_a_comment_are_found() -> None:
     documented = documented_values()
     assert "MAX_DEPTH" in documented["roomcast.wire"]
-    assert "_RESERVED_PREFIXES" not in documented["roomcast.wire"]
+    assert "_RESERVED_TYPES" in documented["roomcast._names"]
+    assert "_RESERVED_PREFIXES" not in documented["roomcast._names"]
