@@ -1,7 +1,7 @@
 """Every default roomcast uses, and the one validator that checks configured numbers (pure).
 
 Each module re-exports the defaults that belong to its own options (for example
-[`DEFAULT_INTERVAL`][roomcast.heartbeat.DEFAULT_INTERVAL] from `roomcast.heartbeat`),
+`DEFAULT_INTERVAL` from `roomcast.heartbeat`),
 but the numbers live here, so one page lists them all. A configuration error is a
 `ValueError` naming the option, raised when the object is built, never later.
 """

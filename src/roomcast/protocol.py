@@ -90,6 +90,6 @@ class CloseCode(enum.IntEnum):
     )
     INVALID_TOKEN = 4001, "invalid token, or a request before authentication", "with_new_token"
     TOKEN_EXPIRED = 4002, "the token expired", "with_new_token"
-    AUTH_TIMEOUT = 4008, "no valid auth frame in time", "after_delay"
+    AUTH_TIMEOUT = 4008, "authentication timeout: no valid auth frame in time", "after_delay"
     SLOW_CONSUMER = 4009, "slow consumer: the client's outbound queue was full", "after_delay"
     RATE_LIMITED = 4029, "rate limit exceeded repeatedly", "after_delay"
