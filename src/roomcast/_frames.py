@@ -50,7 +50,11 @@ def dumps(value: Any) -> str:
 
 
 def encode_frame(type_: str, **fields: Any) -> str:
-    """Encode a server frame ``{"type": type_, **fields}`` (fields with ``None`` are kept)."""
+    """Encode a server frame ``{"type": type_, **fields}`` (fields with ``None`` are kept).
+
+    Raises:
+        LocalProtocolError: (a ``ValueError``) a field is not JSON-serializable.
+    """
     return dumps({"type": type_, **fields})
 
 
@@ -62,7 +66,11 @@ def encode_ack(
     expires_at: int | None,
     protocol: str = PROTOCOL,
 ) -> str:
-    """Encode ``connection.ack``."""
+    """Encode ``connection.ack``.
+
+    Raises:
+        LocalProtocolError: (a ``ValueError``) a field is not JSON-serializable.
+    """
     return dumps(
         {
             "type": "connection.ack",
@@ -78,7 +86,11 @@ def encode_ack(
 
 
 def encode_reply(ref: Ref | None, payload: Any = None) -> str:
-    """Encode a successful ``reply`` echoing ``ref``."""
+    """Encode a successful ``reply`` echoing ``ref``.
+
+    Raises:
+        LocalProtocolError: (a ``ValueError``) a field is not JSON-serializable.
+    """
     return dumps({"type": "reply", "ref": ref, "ok": True, "payload": payload})
 
 
@@ -90,6 +102,9 @@ def encode_error(
     With ``reply`` (the default) it is a failed ``reply`` echoing ``ref``;
     otherwise a standalone ``error`` frame. ``extra`` adds fields to the error
     object (for example ``retryAfterMs``).
+
+    Raises:
+        LocalProtocolError: (a ``ValueError``) a field is not JSON-serializable.
     """
     error = {"code": code, "message": message, **extra}
     if reply:
@@ -98,7 +113,11 @@ def encode_error(
 
 
 def encode_gap(dropped: int, rooms: list[str]) -> str:
-    """Encode ``gap``: ``dropped`` messages for ``rooms`` were discarded for this client."""
+    """Encode ``gap``: ``dropped`` messages for ``rooms`` were discarded for this client.
+
+    Raises:
+        LocalProtocolError: (a ``ValueError``) a field is not JSON-serializable.
+    """
     return dumps({"type": "gap", "payload": {"dropped": dropped, "rooms": rooms}})
 
 

@@ -10,11 +10,17 @@ Every error roomcast raises through its public API derives from one root:
     │   ├── ConnectionClosedOK        ... with 1000, 1001 or no code (1005)
     │   └── ConnectionClosedError     ... with any other code, or without a close frame
     ├── AuthenticationError           credentials missing, invalid or expired
-    ├── PermissionDenied              the authorizer refused an action on a room
-    ├── RateLimited                   over a rate limit (``retry_after`` seconds)
-    ├── BackendError                  the broker behind a backend failed
+    ├── PermissionDenied              the authorizer refused an action on a room (*)
+    ├── RateLimited                   over a rate limit (``retry_after`` seconds) (*)
+    ├── BackendError                  the broker behind a backend failed (*)
     └── HubNotRunning                 the hub was asked to send while not running
                                       (also a ``RuntimeError``)
+
+(*) roomcast itself does not raise these: it answers a refused or rate-limited
+request in-band (a `forbidden` or `rate_limited` reply), and `BackendError` is
+raised by [`Backend`][roomcast.Backend] implementations whose broker fails (the
+in-memory backend cannot fail); [`Hub.publish`][roomcast.hub.Hub.publish] lets it
+through. They are part of the tree so that applications and backends can use them.
 
 Bad arguments to roomcast's own functions raise `ValueError` or
 `TypeError`, never one of these.
@@ -99,11 +105,17 @@ class ConnectionClosed(RoomcastError):
 
 
 class ConnectionClosedOK(ConnectionClosed):
-    """The connection closed normally (1000, 1001, or 1005: no code given)."""
+    """The connection closed normally (1000, 1001, or 1005: no code given).
+
+    Built by [`ConnectionClosed.from_code`][roomcast.exceptions.ConnectionClosed.from_code].
+    """
 
 
 class ConnectionClosedError(ConnectionClosed):
-    """The connection closed with an error code, or without a close frame."""
+    """The connection closed with an error code, or without a close frame.
+
+    Built by [`ConnectionClosed.from_code`][roomcast.exceptions.ConnectionClosed.from_code].
+    """
 
 
 class AuthenticationError(RoomcastError):
@@ -128,11 +140,20 @@ class AuthenticationError(RoomcastError):
 
 
 class PermissionDenied(RoomcastError):
-    """The authorizer refused an action on a room."""
+    """The authorizer refused an action on a room.
+
+    roomcast itself does not raise it: the hub answers a refused ``subscribe``,
+    ``publish`` or ``presence`` request with a ``forbidden`` reply on the
+    connection. Applications may raise it from their own code around the hub.
+    """
 
 
 class RateLimited(RoomcastError):
     """A rate limit was exceeded.
+
+    roomcast itself does not raise it: the hub answers a request over a rate
+    limit with a ``rate_limited`` reply carrying ``retryAfterMs``.
+    Applications may raise it from their own code around the hub.
 
     Attributes:
         retry_after: seconds until the request would be allowed.
@@ -144,7 +165,13 @@ class RateLimited(RoomcastError):
 
 
 class BackendError(RoomcastError):
-    """The broker behind a backend failed."""
+    """The broker behind a backend failed.
+
+    Raised by [`Backend`][roomcast.Backend] implementations whose broker fails,
+    wrapping the broker's own exception; roomcast itself does not raise it (the
+    in-memory backend cannot fail), and [`Hub.publish`][roomcast.hub.Hub.publish]
+    lets it through to the caller.
+    """
 
 
 class HubNotRunning(RoomcastError, RuntimeError):
