@@ -11,15 +11,7 @@ from ._requests import Ref
 from .exceptions import LocalProtocolError
 from .protocol import PROTOCOL
 
-__all__ = [
-    "dumps",
-    "encode_ack",
-    "encode_error",
-    "encode_event",
-    "encode_frame",
-    "encode_gap",
-    "encode_reply",
-]
+# No __all__: roomcast.wire re-exports these, and its __all__ is the public list.
 
 _ENCODER: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 

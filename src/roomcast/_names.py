@@ -8,13 +8,7 @@ from typing import Final
 
 from .exceptions import LocalProtocolError
 
-__all__ = [
-    "MAX_ROOM_NAME_LENGTH",
-    "MAX_TYPE_LENGTH",
-    "namespace_of",
-    "validate_event_type",
-    "validate_room",
-]
+# No __all__: roomcast.wire re-exports these, and its __all__ is the public list.
 
 #: Longest room name, in characters.
 MAX_ROOM_NAME_LENGTH: Final = 128

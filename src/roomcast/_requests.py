@@ -6,19 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = [
-    "Auth",
-    "Ping",
-    "Pong",
-    "Presence",
-    "Publish",
-    "Ref",
-    "Refresh",
-    "Request",
-    "StreamPosition",
-    "Subscribe",
-    "Unsubscribe",
-]
+# No __all__: roomcast.wire re-exports these, and its __all__ is the public list.
 
 #: A request's ``ref``, echoed in its reply or error so the client can match them.
 Ref = str | int
