@@ -98,7 +98,8 @@ class JWTAuthenticator:
             ``none``, an unknown algorithm, HMAC mixed with asymmetric
             algorithms, a short HMAC secret, a key that does not suit the
             algorithms, both or neither of ``key`` and ``jwks_url``, ``jwks_url``
-            with HMAC, or a negative leeway, cooldown or timeout.
+            with HMAC, a leeway or cooldown that is not a finite number of at
+            least 0, or a timeout that is not a positive finite number.
         TypeError: ``algorithms``, ``require``, ``audience`` or ``issuer`` is a
             single string where a collection is expected, or ``key`` has the
             wrong type for the algorithms.
