@@ -244,7 +244,7 @@ class RedisBackend(Backend):
         try:
             pubsub = shard.pubsub
             if pubsub is not None:  # else reconnecting: the reader subscribes to all
-                await self._command(pubsub.execute_command("SUBSCRIBE", channel))
+                await self._command(pubsub.subscribe(channel))
             await self._command(confirmed.wait())
         except BaseException:
             shard.channels.pop(channel, None)
@@ -262,7 +262,7 @@ class RedisBackend(Backend):
         pubsub = shard.pubsub
         if pubsub is not None:
             try:
-                await self._command(pubsub.execute_command("UNSUBSCRIBE", channel))
+                await self._command(pubsub.unsubscribe(channel))
             except BackendError:
                 logger.debug("unsubscribe failed; the reconnect will leave it out")
 
@@ -274,8 +274,9 @@ class RedisBackend(Backend):
             try:
                 # A channel of its own, so that the connection is in subscribed
                 # mode (and can be read) before the hub subscribes anything.
-                channels = [self._own_channel(), *shard.channels]
-                await pubsub.execute_command("SUBSCRIBE", *channels)
+                # The pub/sub object remembers them too: a reconnect redis-py
+                # makes by itself (its retries) subscribes them again.
+                await pubsub.subscribe(self._own_channel(), *shard.channels)
                 shard.pubsub = pubsub
                 shard.connected.set()
                 failures = 0
@@ -305,6 +306,8 @@ class RedisBackend(Backend):
             if isinstance(channel, str):
                 channel = channel.encode()
             if kind_of_reply not in (b"message", "message"):
+                # Subscription replies keep redis-py's own bookkeeping right.
+                await pubsub.handle_message(response)  # type: ignore[no-untyped-call]
                 if kind_of_reply in (b"subscribe", "subscribe"):
                     for confirmed in shard.waiting.pop(channel, ()):
                         confirmed.set()
