@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, Final, TypeVar
 
 import anyio
-from anyio.abc import TaskGroup
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
@@ -170,7 +169,7 @@ class RedisBackend(Backend):
             raise ValueError(f"not a Redis URL Redis accepts: {exc}") from None
 
     _deliver: Delivery | None = None
-    _tasks: TaskGroup | None = None
+    _readers: list[asyncio.Task[None]] = []  # noqa: RUF012 - replaced, never mutated
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -192,10 +191,14 @@ class RedisBackend(Backend):
         for shard in self._shards:
             await self._command(shard.client.ping())
         self._deliver = deliver
-        self._tasks = anyio.create_task_group()
-        await self._tasks.__aenter__()
-        for shard in self._shards:
-            self._tasks.start_soon(self._read, shard, name="roomcast redis pub/sub")
+        # The readers are this backend's own tasks, started here and cancelled and
+        # awaited by aclose(): the Backend seam hands start() no task group, and a
+        # task group entered here could not be left from aclose(), which the hub
+        # calls inside scopes of its own.
+        self._readers = [
+            asyncio.create_task(self._read(shard), name="roomcast redis pub/sub")
+            for shard in self._shards
+        ]
         try:
             for shard in self._shards:
                 with anyio.fail_after(self.publish_timeout):
@@ -207,11 +210,12 @@ class RedisBackend(Backend):
     async def aclose(self) -> None:
         """Stop the readers and close the connections this backend opened."""
         self._deliver = None
-        tasks, self._tasks = self._tasks, None
-        if tasks is not None:
-            tasks.cancel_scope.cancel()
-            await tasks.__aexit__(None, None, None)
+        readers, self._readers = self._readers, []
+        for reader in readers:
+            reader.cancel()
         with anyio.CancelScope(shield=True):
+            if readers:
+                await asyncio.wait(readers)
             for shard in self._shards:
                 shard.channels.clear()
                 if shard.owned:
@@ -284,6 +288,9 @@ class RedisBackend(Backend):
             except _FAILURES as exc:
                 failures += 1
                 logger.warning("Redis pub/sub connection lost (%s); reconnecting", exc)
+            except Exception:  # a bug must not stop delivery for good
+                failures += 1
+                logger.exception("Redis pub/sub reader failed; reconnecting")
             finally:
                 shard.pubsub = None
                 if shard.connected.is_set():
