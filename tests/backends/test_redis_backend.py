@@ -12,7 +12,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from roomcast import BackendError, History, Hub, Publication
+from roomcast import BackendError, History, Hub, Publication, StreamPosition
 from roomcast.backends import ChannelKind
 from roomcast.backends._redis_codec import (
     MalformedMessage,
@@ -286,3 +286,26 @@ def test_the_encoding_carries_every_field_and_the_payload_untouched() -> None:
 def test_a_message_of_another_version_or_shape_is_refused(message: bytes) -> None:
     with pytest.raises(MalformedMessage):
         decode_message(message, "room:a")
+
+
+async def test_publishing_goes_on_after_the_connection_is_cut(prefix: str) -> None:
+    async with proxy_to(REDIS_PORT) as proxy:
+        backend = RedisBackend(
+            f"redis://127.0.0.1:{proxy.port}/0", prefix=prefix, publish_timeout=2
+        )
+        async with started(backend):
+            first = await backend.publish("room", "team:g", item("team:g", 1), HISTORY)
+            proxy.cut()
+            with anyio.fail_after(TIMEOUT):
+                while True:
+                    try:
+                        second = await backend.publish("room", "team:g", item("team:g", 2), HISTORY)
+                        break
+                    except BackendError:  # the cut connection's command, at most
+                        await anyio.sleep(0.05)
+            # Offsets stay consecutive across the cut: nothing is assigned twice.
+            assert second.epoch == first.epoch
+            found = await backend.history("team:g", StreamPosition(0, first.epoch or ""), HISTORY)
+            assert [p.offset for p in found.publications] == list(
+                range(1, found.position.offset + 1)
+            )

@@ -280,8 +280,12 @@ class RedisBackend(Backend):
                 # mode (and can be read) before the hub subscribes anything.
                 # The pub/sub object remembers them too: a reconnect redis-py
                 # makes by itself (its retries) subscribes them again.
-                await pubsub.subscribe(self._own_channel(), *shard.channels)
+                channels = set(shard.channels)
+                await pubsub.subscribe(self._own_channel(), *channels)
                 shard.pubsub = pubsub
+                # Those that subscribe() registered while the first was on its way.
+                if missed := shard.channels.keys() - channels:
+                    await pubsub.subscribe(*missed)
                 shard.connected.set()
                 failures = 0
                 await self._receive(shard, pubsub)
