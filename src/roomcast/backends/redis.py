@@ -148,6 +148,8 @@ class RedisBackend(Backend):
         self.publish_timeout = check_positive("publish_timeout", publish_timeout)
         self.reconnect_delay = check_positive("reconnect_delay", reconnect_delay)
         self.max_reconnect_delay = check_positive("max_reconnect_delay", max_reconnect_delay)
+        # Names this backend's own channel, which nobody publishes to.
+        self._probe = secrets.token_hex(4)
         if client is not None:
             if not isinstance(client, Redis):
                 raise ValueError(f"client must be a redis.asyncio.Redis, got {client!r}")
@@ -305,7 +307,7 @@ class RedisBackend(Backend):
             await anyio.sleep(random.uniform(0, ceiling))
 
     def _own_channel(self) -> bytes:
-        return f"{self.prefix}:probe:{id(self):x}".encode()
+        return f"{self.prefix}:probe:{self._probe}".encode()
 
     async def _receive(self, shard: _Shard, pubsub: PubSub) -> None:
         channels = shard.channels
