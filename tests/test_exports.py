@@ -251,6 +251,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "Publication",
     },
     "roomcast.backends.memory": {"MemoryBackend"},
+    "roomcast.backends.redis": {"RedisBackend"},
     "roomcast.websockets": {
         "Handler",
         "handler",
