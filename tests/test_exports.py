@@ -105,6 +105,8 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "DEFAULT_HEARTBEAT_INTERVAL",
         "DEFAULT_HEARTBEAT_JITTER",
         "DEFAULT_HEARTBEAT_TIMEOUT",
+        "DEFAULT_JWKS_COOLDOWN",
+        "DEFAULT_JWKS_TIMEOUT",
         "DEFAULT_MAX_CONNECTIONS_PER_IP",
         "DEFAULT_MAX_CONNECTIONS_PER_USER",
         "DEFAULT_MAX_KEYS",
@@ -114,13 +116,17 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "DEFAULT_MAX_TRACKED_IPS",
         "DEFAULT_PERIOD",
         "DEFAULT_RATE",
+        "DEFAULT_STRIKES",
         "DEFAULT_TOKEN_EXPIRY_WARNING",
+        "check_finite",
         "check_fraction",
         "check_non_negative",
         "check_positive",
         "check_positive_int",
     },
     "roomcast.protocol": {
+        "CLOSE_ABNORMAL",
+        "CLOSE_NO_STATUS",
         "MAX_TOKEN_LENGTH",
         "PING_FRAME",
         "PONG_FRAME",
@@ -245,6 +251,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "Publication",
     },
     "roomcast.backends.memory": {"MemoryBackend"},
+    "roomcast.backends.redis": {"RedisBackend"},
     "roomcast.websockets": {
         "Handler",
         "handler",
@@ -398,7 +405,8 @@ def documented_values() -> dict[str, set[str]]:
 def test_values_without_a_comment_are_found() -> None:
     documented = documented_values()
     assert "MAX_DEPTH" in documented["roomcast.wire"]
-    assert "_RESERVED_PREFIXES" not in documented["roomcast.wire"]
+    assert "_RESERVED_TYPES" in documented["roomcast._names"]
+    assert "_RESERVED_PREFIXES" not in documented["roomcast._names"]
 
 
 def test_roomcast_client_is_free_for_a_client_library() -> None:

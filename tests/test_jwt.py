@@ -205,6 +205,9 @@ def test_jwks_url_must_be_http() -> None:
         ("jwks_cooldown", -1.0),
         ("jwks_timeout", 0.0),
         ("user_claim", ""),
+        ("leeway", "30"),
+        ("jwks_cooldown", None),
+        ("jwks_timeout", float("nan")),
     ],
 )
 def test_nonsensical_options_are_refused(option: str, value: Any) -> None:

@@ -22,6 +22,9 @@ def _package_dir() -> Path:
 PACKAGE_DIR = _package_dir()
 PURE_MODULES = (
     "wire",
+    "_names",
+    "_requests",
+    "_frames",
     "protocol",
     "config",
     "ratelimit",

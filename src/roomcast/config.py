@@ -1,7 +1,7 @@
 """Every default roomcast uses, and the one validator that checks configured numbers (pure).
 
 Each module re-exports the defaults that belong to its own options (for example
-[`DEFAULT_INTERVAL`][roomcast.heartbeat.DEFAULT_INTERVAL] from `roomcast.heartbeat`),
+`DEFAULT_INTERVAL` from `roomcast.heartbeat`),
 but the numbers live here, so one page lists them all. A configuration error is a
 `ValueError` naming the option, raised when the object is built, never later.
 """
@@ -21,6 +21,8 @@ __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",
     "DEFAULT_HEARTBEAT_JITTER",
     "DEFAULT_HEARTBEAT_TIMEOUT",
+    "DEFAULT_JWKS_COOLDOWN",
+    "DEFAULT_JWKS_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS_PER_IP",
     "DEFAULT_MAX_CONNECTIONS_PER_USER",
     "DEFAULT_MAX_KEYS",
@@ -30,7 +32,9 @@ __all__ = [
     "DEFAULT_MAX_TRACKED_IPS",
     "DEFAULT_PERIOD",
     "DEFAULT_RATE",
+    "DEFAULT_STRIKES",
     "DEFAULT_TOKEN_EXPIRY_WARNING",
+    "check_finite",
     "check_fraction",
     "check_non_negative",
     "check_positive",
@@ -78,6 +82,9 @@ DEFAULT_RATE: Final = 100
 DEFAULT_PERIOD: Final = 60.0
 #: Most tokens a bucket holds: how many messages may arrive back to back.
 DEFAULT_BURST: Final = 20
+#: Messages refused by a [`RateLimit`][roomcast.RateLimit] tolerated per `period`
+#: before the connection is closed with 4029.
+DEFAULT_STRIKES: Final = 20
 #: Most keys a [`KeyedRateLimiter`][roomcast.KeyedRateLimiter] remembers.
 DEFAULT_MAX_KEYS: Final = 100_000
 
@@ -90,8 +97,24 @@ DEFAULT_HEARTBEAT_TIMEOUT: Final = 60.0
 #: Fraction of the interval by which each ping time is randomly moved, earlier or later.
 DEFAULT_HEARTBEAT_JITTER: Final = 0.1
 
+# -- JWT key sets ------------------------------------------------------------------------
 
-def _number(name: str, value: object) -> float:
+#: Least seconds between two fetches of a JWT issuer's key set, however many tokens
+#: name an unknown `kid`.
+DEFAULT_JWKS_COOLDOWN: Final = 300.0
+#: Seconds one fetch of a key set may take in all: connecting, headers and body.
+DEFAULT_JWKS_TIMEOUT: Final = 5.0
+
+
+def check_finite(name: str, value: object) -> float:
+    """Return `value` as a float if it is a finite number (of any sign).
+
+    Also checks times passed in by a caller (a `now` in seconds from any origin).
+
+    Raises:
+        ValueError: `value` is not a number (`bool` is not one), or is not finite.
+            The message names the option.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value):
@@ -106,7 +129,7 @@ def check_positive(name: str, value: object) -> float:
         ValueError: `value` is not a number (`bool` is not one), is not finite,
             or is not greater than 0. The message names the option.
     """
-    number = _number(name, value)
+    number = check_finite(name, value)
     if number <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return number
@@ -118,7 +141,7 @@ def check_non_negative(name: str, value: object) -> float:
     Raises:
         ValueError: `value` is not a finite number, or is below 0.
     """
-    number = _number(name, value)
+    number = check_finite(name, value)
     if number < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return number
@@ -130,7 +153,7 @@ def check_fraction(name: str, value: object) -> float:
     Raises:
         ValueError: `value` is not a finite number, or is outside `[0, 1)`.
     """
-    number = _number(name, value)
+    number = check_finite(name, value)
     if not 0 <= number < 1:
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
     return number

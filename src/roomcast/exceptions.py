@@ -10,11 +10,17 @@ Every error roomcast raises through its public API derives from one root:
     │   ├── ConnectionClosedOK        ... with 1000, 1001 or no code (1005)
     │   └── ConnectionClosedError     ... with any other code, or without a close frame
     ├── AuthenticationError           credentials missing, invalid or expired
-    ├── PermissionDenied              the authorizer refused an action on a room
-    ├── RateLimited                   over a rate limit (``retry_after`` seconds)
-    ├── BackendError                  the broker behind a backend failed
+    ├── PermissionDenied              the authorizer refused an action on a room (*)
+    ├── RateLimited                   over a rate limit (``retry_after`` seconds) (*)
+    ├── BackendError                  the broker behind a backend failed (*)
     └── HubNotRunning                 the hub was asked to send while not running
                                       (also a ``RuntimeError``)
+
+(*) roomcast itself does not raise these: it answers a refused or rate-limited
+request in-band (a `forbidden` or `rate_limited` reply), and `BackendError` is
+raised by [`Backend`][roomcast.Backend] implementations whose broker fails (the
+in-memory backend cannot fail); [`Hub.publish`][roomcast.hub.Hub.publish] lets it
+through. They are part of the tree so that applications and backends can use them.
 
 Bad arguments to roomcast's own functions raise `ValueError` or
 `TypeError`, never one of these.
@@ -23,6 +29,8 @@ Bad arguments to roomcast's own functions raise `ValueError` or
 from __future__ import annotations
 
 from typing import Final
+
+from .protocol import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CloseCode
 
 __all__ = [
     "AuthenticationError",
@@ -41,7 +49,7 @@ __all__ = [
 
 #: Close codes that mean the connection ended normally (1005: closed without a code,
 #: as a browser's plain ``ws.close()`` does).
-_OK_CLOSE_CODES: Final = frozenset({1000, 1001, 1005})
+_OK_CLOSE_CODES: Final = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY, CLOSE_NO_STATUS})
 
 
 class RoomcastError(Exception):
@@ -83,7 +91,7 @@ class ConnectionClosed(RoomcastError):
         reason: the close reason (at most 123 bytes of UTF-8).
     """
 
-    def __init__(self, code: int = 1006, reason: str = ""):
+    def __init__(self, code: int = CLOSE_ABNORMAL, reason: str = ""):
         super().__init__(f"connection closed: {code} {reason}".rstrip())
         self.code = code
         self.reason = reason
@@ -97,11 +105,17 @@ class ConnectionClosed(RoomcastError):
 
 
 class ConnectionClosedOK(ConnectionClosed):
-    """The connection closed normally (1000, 1001, or 1005: no code given)."""
+    """The connection closed normally (1000, 1001, or 1005: no code given).
+
+    Built by [`ConnectionClosed.from_code`][roomcast.exceptions.ConnectionClosed.from_code].
+    """
 
 
 class ConnectionClosedError(ConnectionClosed):
-    """The connection closed with an error code, or without a close frame."""
+    """The connection closed with an error code, or without a close frame.
+
+    Built by [`ConnectionClosed.from_code`][roomcast.exceptions.ConnectionClosed.from_code].
+    """
 
 
 class AuthenticationError(RoomcastError):
@@ -114,7 +128,11 @@ class AuthenticationError(RoomcastError):
     """
 
     def __init__(
-        self, message: str = "invalid credentials", *, close_code: int = 4001, status: int = 401
+        self,
+        message: str = "invalid credentials",
+        *,
+        close_code: int = CloseCode.INVALID_TOKEN,
+        status: int = 401,
     ):
         super().__init__(message)
         self.close_code = close_code
@@ -122,11 +140,20 @@ class AuthenticationError(RoomcastError):
 
 
 class PermissionDenied(RoomcastError):
-    """The authorizer refused an action on a room."""
+    """The authorizer refused an action on a room.
+
+    roomcast itself does not raise it: the hub answers a refused ``subscribe``,
+    ``publish`` or ``presence`` request with a ``forbidden`` reply on the
+    connection. Applications may raise it from their own code around the hub.
+    """
 
 
 class RateLimited(RoomcastError):
     """A rate limit was exceeded.
+
+    roomcast itself does not raise it: the hub answers a request over a rate
+    limit with a ``rate_limited`` reply carrying ``retryAfterMs``.
+    Applications may raise it from their own code around the hub.
 
     Attributes:
         retry_after: seconds until the request would be allowed.
@@ -138,7 +165,13 @@ class RateLimited(RoomcastError):
 
 
 class BackendError(RoomcastError):
-    """The broker behind a backend failed."""
+    """The broker behind a backend failed.
+
+    Raised by [`Backend`][roomcast.Backend] implementations whose broker fails,
+    wrapping the broker's own exception; roomcast itself does not raise it (the
+    in-memory backend cannot fail), and [`Hub.publish`][roomcast.hub.Hub.publish]
+    lets it through to the caller.
+    """
 
 
 class HubNotRunning(RoomcastError, RuntimeError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import heapq
-import math
 import random
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -60,18 +59,9 @@ class HeartbeatPolicy:
     jitter: float = DEFAULT_JITTER
 
     def __post_init__(self) -> None:
-        for name in ("interval", "timeout", "jitter"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value!r}")
-        if self.interval <= 0:
-            raise ValueError(f"interval must be greater than 0, got {self.interval!r}")
-        if self.timeout <= 0:
-            raise ValueError(f"timeout must be greater than 0, got {self.timeout!r}")
-        if not 0 <= self.jitter < 1:
-            raise ValueError(f"jitter must be in [0, 1), got {self.jitter!r}")
+        config.check_positive("HeartbeatPolicy.interval", self.interval)
+        config.check_positive("HeartbeatPolicy.timeout", self.timeout)
+        config.check_fraction("HeartbeatPolicy.jitter", self.jitter)
         longest_gap = self.interval * (1 + self.jitter)
         if self.timeout <= longest_gap:
             raise ValueError(
@@ -111,9 +101,8 @@ class _Client:
 
 
 def _check_now(now: float) -> float:
-    if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
-        raise ValueError(f"now must be a finite number, got {now!r}")
-    return float(now)
+    # A clock reading, not configuration: any finite number of seconds, negative included.
+    return config.check_finite("now", now)
 
 
 class Heartbeat(Generic[K]):

@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import binascii
-import contextlib
-import http.client
-import json
 import logging
-import math
-import socket
-import threading
-import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
 
-import anyio
-import anyio.to_thread
 import jwt
 from jwt.algorithms import get_default_algorithms, has_crypto, requires_cryptography
 
+from ._jwks import JWKS_LIFESPAN as JWKS_LIFESPAN
+from ._jwks import MAX_JWKS_BYTES as MAX_JWKS_BYTES
+from ._jwks import MIN_RSA_BITS, KeySet, check_jwks_url, weak_rsa
 from .auth import Principal
 from .clock import Clock, SystemClock
+from .config import (
+    DEFAULT_JWKS_COOLDOWN,
+    DEFAULT_JWKS_TIMEOUT,
+    check_non_negative,
+    check_positive,
+)
 from .exceptions import AuthenticationError
 from .protocol import MAX_TOKEN_LENGTH as MAX_TOKEN_LENGTH
+from .protocol import CloseCode
 from .transport import Handshake
 
 if TYPE_CHECKING:
@@ -38,21 +38,8 @@ __all__ = ["JWTAuthenticator"]
 
 logger = logging.getLogger("roomcast.jwt")
 
-
-#: Age after which a fetched key set is no longer trusted without a refetch, so
-#: that a key the issuer withdrew stops verifying tokens (at least the cooldown).
-JWKS_LIFESPAN: Final = 300.0
-
-#: Largest key set accepted, in bytes; a key set of a few keys is a few kilobytes.
-MAX_JWKS_BYTES: Final = 1024 * 1024
-
-_JWKS_HEADERS: Final = {"User-Agent": "roomcast", "Accept": "application/json"}
-
 #: RFC 7518 §3.2: an HMAC key must be at least as long as the hash output.
 _HMAC_MIN_KEY_BYTES: Final = {"HS256": 32, "HS384": 48, "HS512": 64}
-
-#: RFC 7518 §3.3 and §3.5: RSA keys of at least 2048 bits.
-_MIN_RSA_BITS: Final = 2048
 
 # Decoding attacker-controlled bytes can fail in the standard library as well
 # as in pyjwt (bad base64, bad UTF-8, absurd numbers, deep JSON nesting).
@@ -111,7 +98,8 @@ class JWTAuthenticator:
             ``none``, an unknown algorithm, HMAC mixed with asymmetric
             algorithms, a short HMAC secret, a key that does not suit the
             algorithms, both or neither of ``key`` and ``jwks_url``, ``jwks_url``
-            with HMAC, or a negative leeway, cooldown or timeout.
+            with HMAC, a leeway or cooldown that is not a finite number of at
+            least 0, or a timeout that is not a positive finite number.
         TypeError: ``algorithms``, ``require``, ``audience`` or ``issuer`` is a
             single string where a collection is expected, or ``key`` has the
             wrong type for the algorithms.
@@ -130,20 +118,17 @@ class JWTAuthenticator:
         require: Sequence[str] = ("exp", "sub"),
         user_claim: str = "sub",
         jwks_url: str | None = None,
-        jwks_cooldown: float = 300.0,
-        jwks_timeout: float = 5.0,
+        jwks_cooldown: float = DEFAULT_JWKS_COOLDOWN,
+        jwks_timeout: float = DEFAULT_JWKS_TIMEOUT,
         clock: Clock | None = None,
     ) -> None:
         self._algorithms = _check_algorithms(algorithms)
         hmac_algorithms = [name for name in self._algorithms if name in _HMAC_MIN_KEY_BYTES]
         if (key is None) == (jwks_url is None):
             raise ValueError("pass exactly one of key and jwks_url")
-        if not math.isfinite(leeway) or leeway < 0:
-            raise ValueError("leeway must be a finite number of seconds, at least 0")
-        if not math.isfinite(jwks_cooldown) or jwks_cooldown < 0:
-            raise ValueError("jwks_cooldown must be a finite number of seconds, at least 0")
-        if not math.isfinite(jwks_timeout) or jwks_timeout <= 0:
-            raise ValueError("jwks_timeout must be a finite number of seconds above 0")
+        leeway = check_non_negative("leeway", leeway)
+        jwks_cooldown = check_non_negative("jwks_cooldown", jwks_cooldown)
+        jwks_timeout = check_positive("jwks_timeout", jwks_timeout)
         if not isinstance(user_claim, str) or not user_claim:
             raise ValueError("user_claim must be a non-empty claim name")
         self._require = _names("require", require)
@@ -153,26 +138,23 @@ class JWTAuthenticator:
         self._user_claim = user_claim
 
         self._key: Any = None
-        self._jwks_url: str | None = None
+        self._key_set: KeySet | None = None
         if jwks_url is not None:
             if hmac_algorithms:
                 raise ValueError(
                     "jwks_url publishes public keys: use it with asymmetric algorithms only"
                 )
-            self._jwks_url = _check_jwks_url(jwks_url)
+            self._key_set = KeySet(
+                check_jwks_url(jwks_url),
+                self._algorithms,
+                cooldown=jwks_cooldown,
+                timeout=jwks_timeout,
+                clock=clock or SystemClock(),
+            )
         elif hmac_algorithms:
             self._key = _hmac_key(key, hmac_algorithms)
         else:
             self._key = _public_key(key, self._algorithms)
-
-        self._clock: Clock = clock or SystemClock()
-        self._jwks_cooldown = float(jwks_cooldown)
-        self._jwks_timeout = float(jwks_timeout)
-        self._jwks_lifespan = max(JWKS_LIFESPAN, self._jwks_cooldown)
-        self._jwks_keys: dict[str, jwt.PyJWK] = {}
-        self._jwks_fetched_at: float | None = None
-        self._jwks_attempted_at: float | None = None
-        self._jwks_lock = anyio.Lock()
 
     async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
         """Verify ``token`` and return who it names.
@@ -201,7 +183,7 @@ class JWTAuthenticator:
             # the token must be refused.
             if "crit" in header:
                 raise jwt.InvalidTokenError("unsupported critical header parameters")
-            key = self._key if self._jwks_url is None else await self._jwks_key(header)
+            key = self._key if self._key_set is None else await self._jwks_key(header)
             payload = jwt.decode(
                 token,
                 key,
@@ -225,7 +207,9 @@ class JWTAuthenticator:
             )
         except jwt.ExpiredSignatureError as exc:
             logger.debug("token refused: %s", type(exc).__name__)
-            raise AuthenticationError("token expired", close_code=4002, status=401) from exc
+            raise AuthenticationError(
+                "token expired", close_code=CloseCode.TOKEN_EXPIRED, status=401
+            ) from exc
         except _INVALID_TOKEN_ERRORS as exc:
             logger.debug("token refused: %s", type(exc).__name__)
             raise AuthenticationError("invalid token") from exc
@@ -244,198 +228,9 @@ class JWTAuthenticator:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise jwt.InvalidTokenError("a kid header is required with a key set")
-        # A key in the current set is used at once: the lock below is only for
-        # logins that need a fetch, so they never hold up those that do not.
-        key = self._cached_key(kid)
-        if key is not None:
-            return key
-        # One fetch at a time: connections arriving together wait for it (at
-        # most jwks_timeout) and then read its result instead of fetching again.
-        async with self._jwks_lock:
-            key = self._cached_key(kid)
-            if key is not None:
-                return key
-            now = self._clock.now()
-            attempted = self._jwks_attempted_at
-            if attempted is not None and now - attempted < self._jwks_cooldown:
-                # Unknown kids are free for anyone to invent: without this,
-                # each would cost a request to the issuer.
-                raise jwt.PyJWKClientError("unknown kid and the key set was fetched recently")
-            self._jwks_attempted_at = now
-            await self._fetch_jwks(now)
-        key = self._cached_key(kid)
-        if key is None:
-            raise jwt.PyJWKClientError("no signing key in the key set matches the kid")
-        return key
-
-    def _cached_key(self, kid: str) -> jwt.PyJWK | None:
-        fetched = self._jwks_fetched_at
-        if fetched is None or self._clock.now() - fetched >= self._jwks_lifespan:
-            return None
-        return self._jwks_keys.get(kid)
-
-    async def _fetch_jwks(self, now: float) -> None:
-        url = self._jwks_url
-        if url is None:  # pragma: no cover - only called with a key set
+        if self._key_set is None:  # pragma: no cover - only called with a key set
             raise RuntimeError("no jwks_url configured")
-        fetch = _KeySetFetch(url, self._jwks_timeout)
-        try:
-            # One deadline for the whole fetch (connect, headers and body): a
-            # server that answers a byte at a time must not stall logins. The
-            # blocking socket work runs in a worker thread, never on the loop.
-            with anyio.fail_after(self._jwks_timeout):
-                body = await anyio.to_thread.run_sync(fetch.run, abandon_on_cancel=True)
-            keys = _signing_keys(body)
-        except (OSError, ValueError, RecursionError, http.client.HTTPException) as exc:
-            # TimeoutError is an OSError; so are urllib's errors and TLS errors.
-            logger.debug("key set fetch failed: %s", type(exc).__name__)
-            raise jwt.PyJWKClientConnectionError("the key set could not be fetched") from exc
-        except jwt.PyJWTError as exc:
-            logger.debug("key set fetch failed: %s", type(exc).__name__)
-            raise
-        finally:
-            # Whatever ended the wait, the worker thread stops reading now.
-            fetch.abort()
-        # pyjwt verifies with the algorithm a JWK is bound to (older releases
-        # without comparing it to the token's ``alg``), so a key of another kind,
-        # such as a shared secret published by mistake, must not be reachable.
-        self._jwks_keys = {
-            key.key_id: key
-            for key in keys
-            if key.key_id
-            and key.algorithm_name in self._algorithms
-            and not _weak_rsa(key.algorithm_name, key.key)
-        }
-        self._jwks_fetched_at = now
-        logger.debug("key set fetched: %d usable keys", len(self._jwks_keys))
-
-
-class _KeySetFetch:
-    """One GET of a key set, run in a worker thread, that the event loop can abort.
-
-    urllib does the request (so proxies configured in the environment apply,
-    as they did through pyjwt's client); the socket of each connection it
-    opens is kept, so that ``abort`` can shut it down and end a read that a
-    dripping server would otherwise keep alive. Every socket operation also
-    has the whole deadline as its timeout.
-    """
-
-    def __init__(self, url: str, timeout: float) -> None:
-        self._url = url
-        self._timeout = timeout
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._aborted = False
-
-    def run(self) -> bytes:
-        """Fetch the body (in a worker thread).
-
-        Raises:
-            OSError: the connection failed, timed out or was aborted, or the
-                server answered with a status other than 2xx (redirects
-                included, as with pyjwt's own client).
-            ValueError: the body is larger than ``MAX_JWKS_BYTES``.
-            http.client.HTTPException: the server's answer is not valid HTTP.
-        """
-        handlers = [_NoRedirects(), _KeptHTTPHandler(self), _KeptHTTPSHandler(self)]
-        opener = urllib.request.build_opener(*handlers)
-        request = urllib.request.Request(self._url, headers=_JWKS_HEADERS)
-        with opener.open(request, timeout=self._timeout) as response:
-            body: bytes = response.read(MAX_JWKS_BYTES + 1)
-        if len(body) > MAX_JWKS_BYTES:
-            raise ValueError(f"the key set is larger than {MAX_JWKS_BYTES} bytes")
-        return body
-
-    def keep(self, sock: socket.socket) -> None:
-        """Remember the socket of a connection urllib opened; close it if aborted."""
-        with self._lock:
-            aborted = self._aborted
-            if not aborted:
-                self._sockets.append(sock)
-        if aborted:
-            _shut_down(sock)
-            raise OSError("key set fetch aborted")
-
-    def abort(self) -> None:
-        """Make a blocked ``run`` fail now; idempotent."""
-        with self._lock:
-            self._aborted = True
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            _shut_down(sock)
-
-
-def _shut_down(sock: socket.socket) -> None:
-    # The plain socket's shutdown, also under TLS: it wakes a read blocked in
-    # the worker thread without touching the TLS object. urllib may already
-    # have closed the socket object; its file descriptor lives on until the
-    # response is done with it, so this still reaches the connection.
-    with contextlib.suppress(OSError):
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-class _KeptConnections:
-    """Hands urllib a connection class whose sockets the fetch keeps."""
-
-    def __init__(self, fetch: _KeySetFetch) -> None:
-        self._fetch = fetch
-
-    def _kept(self, http_class: Any) -> Any:
-        fetch = self._fetch
-
-        class KeptConnection(http_class):  # type: ignore[misc]
-            def connect(self) -> None:
-                super().connect()
-                fetch.keep(self.sock)
-
-        return KeptConnection
-
-
-class _KeptHTTPHandler(_KeptConnections, urllib.request.HTTPHandler):
-    def __init__(self, fetch: _KeySetFetch) -> None:
-        _KeptConnections.__init__(self, fetch)
-        urllib.request.HTTPHandler.__init__(self)
-
-    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
-        return super().do_open(self._kept(http_class), req, **kwargs)
-
-
-class _KeptHTTPSHandler(_KeptConnections, urllib.request.HTTPSHandler):
-    def __init__(self, fetch: _KeySetFetch) -> None:
-        _KeptConnections.__init__(self, fetch)
-        urllib.request.HTTPSHandler.__init__(self)
-
-    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
-        return super().do_open(self._kept(http_class), req, **kwargs)
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect is an error, as with pyjwt's own client."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def _signing_keys(body: bytes) -> list[jwt.PyJWK]:
-    """The signing keys of a key set document (RFC 7517 section 5)."""
-    document = json.loads(body)
-    if not isinstance(document, dict):
-        raise jwt.PyJWKClientError("the key set is not a JSON object")
-    keys = [
-        key
-        for key in jwt.PyJWKSet.from_dict(document).keys
-        if key.public_key_use in ("sig", None) and key.key_id
-    ]
-    if not keys:
-        raise jwt.PyJWKClientError("the key set has no signing keys")
-    return keys
-
-
-def _check_jwks_url(url: str) -> str:
-    # Only HTTP(S): urllib would also open file: and ftp: URLs.
-    if urlsplit(url).scheme.lower() not in ("http", "https"):
-        raise ValueError("invalid jwks_url: only http and https URLs are fetched")
-    return url
+        return await self._key_set.key(kid)
 
 
 def _check_algorithms(algorithms: Sequence[str]) -> tuple[str, ...]:
@@ -520,12 +315,8 @@ def _public_key(key: object, algorithms: Sequence[str]) -> Any:
         # calls a method private key objects lack.
         if hasattr(prepared, "private_bytes"):
             prepared = prepared.public_key()
-        if _weak_rsa(name, prepared):
+        if weak_rsa(name, prepared):
             raise ValueError(
-                f"the RSA key has {prepared.key_size} bits; {name} needs at least {_MIN_RSA_BITS}"
+                f"the RSA key has {prepared.key_size} bits; {name} needs at least {MIN_RSA_BITS}"
             )
     return prepared
-
-
-def _weak_rsa(algorithm: str, key: Any) -> bool:
-    return algorithm[:2] in ("RS", "PS") and getattr(key, "key_size", _MIN_RSA_BITS) < _MIN_RSA_BITS

@@ -9,6 +9,7 @@ from .config import DEFAULT_MAX_CONNECTIONS_PER_IP as DEFAULT_MAX_CONNECTIONS_PE
 from .config import DEFAULT_MAX_CONNECTIONS_PER_USER as DEFAULT_MAX_CONNECTIONS_PER_USER
 from .config import DEFAULT_MAX_QUEUE_BYTES as DEFAULT_MAX_QUEUE_BYTES
 from .config import DEFAULT_MAX_TRACKED_IPS as DEFAULT_MAX_TRACKED_IPS
+from .config import check_positive_int
 from .ratelimit import KeyedRateLimiter
 
 __all__ = [
@@ -20,11 +21,6 @@ __all__ = [
     "ConnectionLimits",
     "ConnectionTracker",
 ]
-
-
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +60,7 @@ class ConnectionLimits:
             "max_tracked_ips",
             "max_queue_bytes",
         ):
-            _positive_int(f"ConnectionLimits.{name}", getattr(self, name))
+            check_positive_int(f"ConnectionLimits.{name}", getattr(self, name))
 
 
 class ConnectionTracker:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
+from .config import (
+    DEFAULT_BURST,
+    DEFAULT_PERIOD,
+    DEFAULT_RATE,
+    DEFAULT_STRIKES,
+    check_positive,
+    check_positive_int,
+)
 from .config import DEFAULT_MAX_QUEUE as DEFAULT_MAX_QUEUE
 from .wire import validate_event_type
 
@@ -21,28 +28,24 @@ __all__ = [
 SlowConsumerPolicy = Literal["disconnect", "drop_oldest"]
 
 
-def _positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-
-
 @dataclass(frozen=True, slots=True)
 class History:
     """Keep the last ``size`` messages of each room, each for ``ttl`` seconds.
 
     Rooms with history give every message an ``offset`` and the room an
     ``epoch``, so reconnecting clients can recover what they missed.
+
+    Raises:
+        ValueError: ``size`` is not a positive integer, or ``ttl`` is not a
+            positive finite number.
     """
 
     size: int
     ttl: float
 
     def __post_init__(self) -> None:
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
-            raise ValueError(f"History.size must be a positive integer, got {self.size!r}")
-        _positive("History.ttl", self.ttl)
+        check_positive_int("History.size", self.size)
+        check_positive("History.ttl", self.ttl)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,18 +90,20 @@ class RateLimit:
     Attributes:
         strikes: rejected messages tolerated per ``period`` before the
             connection is closed with 4029.
+
+    Raises:
+        ValueError: ``rate``, ``period`` or ``burst`` is not a positive finite
+            number, ``burst`` is below 1, or ``strikes`` is not a positive integer.
     """
 
-    rate: float = 100
-    period: float = 60.0
-    burst: float = 20
-    strikes: int = 20
+    rate: float = DEFAULT_RATE
+    period: float = DEFAULT_PERIOD
+    burst: float = DEFAULT_BURST
+    strikes: int = DEFAULT_STRIKES
 
     def __post_init__(self) -> None:
-        _positive("RateLimit.rate", self.rate)
-        _positive("RateLimit.period", self.period)
-        _positive("RateLimit.burst", self.burst)
-        if self.burst < 1:
-            raise ValueError("RateLimit.burst must be at least 1")
-        if isinstance(self.strikes, bool) or not isinstance(self.strikes, int) or self.strikes < 1:
-            raise ValueError(f"RateLimit.strikes must be a positive integer, got {self.strikes!r}")
+        check_positive("RateLimit.rate", self.rate)
+        check_positive("RateLimit.period", self.period)
+        if check_positive("RateLimit.burst", self.burst) < 1:
+            raise ValueError(f"RateLimit.burst must be at least 1, got {self.burst!r}")
+        check_positive_int("RateLimit.strikes", self.strikes)

@@ -11,6 +11,8 @@ import enum
 from typing import Final, Literal
 
 __all__ = [
+    "CLOSE_ABNORMAL",
+    "CLOSE_NO_STATUS",
     "MAX_TOKEN_LENGTH",
     "PING_FRAME",
     "PONG_FRAME",
@@ -27,6 +29,15 @@ MAX_TOKEN_LENGTH: Final = 8192
 PING_FRAME: Final = '{"type":"ping"}'
 #: The answer to a client `ping` that carried no `ref`.
 PONG_FRAME: Final = '{"type":"pong"}'
+
+#: RFC 6455 section 7.4.1: the code a connection reports when its close frame had no
+#: status code (a browser's plain `ws.close()`). It is never sent, so it is not a
+#: [`CloseCode`][roomcast.CloseCode]; a closure with it ended normally.
+CLOSE_NO_STATUS: Final = 1005
+#: RFC 6455 section 7.4.1: the code a connection reports when it ended without a close
+#: frame at all (the peer vanished). It is never sent, so it is not a
+#: [`CloseCode`][roomcast.CloseCode].
+CLOSE_ABNORMAL: Final = 1006
 
 #: What a client should do after a close code: `"never"` reconnect (the server
 #: meant it, or the client is at fault), reconnect `"with_new_token"` only (its
@@ -79,6 +90,6 @@ class CloseCode(enum.IntEnum):
     )
     INVALID_TOKEN = 4001, "invalid token, or a request before authentication", "with_new_token"
     TOKEN_EXPIRED = 4002, "the token expired", "with_new_token"
-    AUTH_TIMEOUT = 4008, "no valid auth frame in time", "after_delay"
+    AUTH_TIMEOUT = 4008, "authentication timeout: no valid auth frame in time", "after_delay"
     SLOW_CONSUMER = 4009, "slow consumer: the client's outbound queue was full", "after_delay"
     RATE_LIMITED = 4029, "rate limit exceeded repeatedly", "after_delay"

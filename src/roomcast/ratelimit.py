@@ -12,6 +12,7 @@ from .config import DEFAULT_BURST as DEFAULT_BURST
 from .config import DEFAULT_MAX_KEYS as DEFAULT_MAX_KEYS
 from .config import DEFAULT_PERIOD as DEFAULT_PERIOD
 from .config import DEFAULT_RATE as DEFAULT_RATE
+from .config import check_finite, check_positive, check_positive_int
 
 __all__ = [
     "DEFAULT_BURST",
@@ -26,19 +27,9 @@ __all__ = [
 K = TypeVar("K", bound=Hashable)
 
 
-def _check_finite(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
-
-
-def _check_positive(name: str, value: float) -> float:
-    result = _check_finite(name, value)
-    if result <= 0:
-        raise ValueError(f"{name} must be greater than 0, got {value!r}")
-    return result
+def _check_now(now: float) -> float:
+    # A clock reading, not configuration: any finite number of seconds, negative included.
+    return check_finite("now", now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +43,11 @@ class _Rate:
 
     @classmethod
     def of(cls, rate: float, period: float, burst: float) -> _Rate:
-        rate = _check_positive("rate", rate)
-        period = _check_positive("period", period)
-        burst = _check_positive("burst", burst)
-        per_second = rate / period
-        if not 0 < per_second < math.inf:
-            raise ValueError(f"rate / period must be a positive finite number, got {per_second!r}")
+        rate = check_positive("rate", rate)
+        period = check_positive("period", period)
+        burst = check_positive("burst", burst)
+        # The quotient of two valid numbers can still overflow to inf or underflow to 0.
+        per_second = check_positive("rate / period", rate / period)
         return cls(rate, period, burst, per_second)
 
     def level(self, tokens: float, last: float, now: float) -> float:
@@ -84,7 +74,7 @@ class _Rate:
 
 
 def _check_cost(cost: float) -> float:
-    return _check_positive("cost", cost)
+    return check_positive("cost", cost)
 
 
 class RateLimiter:
@@ -119,7 +109,7 @@ class RateLimiter:
         """
         self._params = _Rate.of(rate, period, burst)
         self._tokens = self._params.burst
-        self._last = _check_finite("now", now)
+        self._last = _check_now(now)
 
     def fresh(self, now: float) -> RateLimiter:
         """A new, full bucket with the same parameters, for another client.
@@ -130,7 +120,7 @@ class RateLimiter:
         bucket = RateLimiter.__new__(RateLimiter)
         bucket._params = self._params
         bucket._tokens = self._params.burst
-        bucket._last = _check_finite("now", now)
+        bucket._last = _check_now(now)
         return bucket
 
     @property
@@ -157,7 +147,7 @@ class RateLimiter:
         Raises:
             ValueError: ``now`` is not finite, or ``cost`` is not a positive finite number.
         """
-        now = _check_finite("now", now)
+        now = _check_now(now)
         cost = _check_cost(cost)
         tokens = self._params.level(self._tokens, self._last, now)
         if tokens < cost:
@@ -178,7 +168,7 @@ class RateLimiter:
             ValueError: ``now`` is not finite, ``cost`` is not a positive finite number,
                 or ``cost`` exceeds ``burst`` (it could never succeed).
         """
-        now = _check_finite("now", now)
+        now = _check_now(now)
         cost = _check_cost(cost)
         return self._params.retry_after(self._tokens, self._last, now, cost)
 
@@ -228,9 +218,7 @@ class KeyedRateLimiter(Generic[K]):
                 or ``max_keys`` is not a positive integer.
         """
         self._params = _Rate.of(rate, period, burst)
-        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
-            raise ValueError(f"max_keys must be a positive integer, got {max_keys!r}")
-        self._max_keys = max_keys
+        self._max_keys = check_positive_int("max_keys", max_keys)
         # Per key, (tokens, time of last update): two floats, far smaller than an object.
         # Ordered from least to most recently used.
         self._buckets: OrderedDict[K, tuple[float, float]] = OrderedDict()
@@ -270,7 +258,7 @@ class KeyedRateLimiter(Generic[K]):
         Raises:
             ValueError: ``now`` is not finite, or ``cost`` is not a positive finite number.
         """
-        now = _check_finite("now", now)
+        now = _check_now(now)
         cost = _check_cost(cost)
         params = self._params
         state = self._buckets.get(key)
@@ -299,7 +287,7 @@ class KeyedRateLimiter(Generic[K]):
         Raises:
             ValueError: ``now`` is not finite, or ``cost`` is not a positive finite number.
         """
-        now = _check_finite("now", now)
+        now = _check_now(now)
         cost = _check_cost(cost)
         state = self._buckets.get(key)
         if state is None:
@@ -321,7 +309,7 @@ class KeyedRateLimiter(Generic[K]):
             ValueError: ``now`` is not finite, ``cost`` is not a positive finite number,
                 or ``cost`` exceeds ``burst`` (it could never succeed).
         """
-        now = _check_finite("now", now)
+        now = _check_now(now)
         cost = _check_cost(cost)
         tokens, last = self._buckets.get(key, (self._params.burst, now))
         return self._params.retry_after(tokens, last, now, cost)

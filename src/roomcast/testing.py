@@ -24,6 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .exceptions import ConnectionClosed
 from .hub import Hub
+from .protocol import CLOSE_ABNORMAL, CloseCode
 from .transport import Handshake
 
 __all__ = [
@@ -112,7 +113,7 @@ class MemoryTransport:
         return self._handshake
 
     def _closed(self) -> ConnectionClosed:
-        code, reason = self._link.client_close or self._link.server_close or (1006, "")
+        code, reason = self._link.client_close or self._link.server_close or (CLOSE_ABNORMAL, "")
         return ConnectionClosed.from_code(code, reason)
 
     async def receive(self) -> str | bytes:
@@ -146,7 +147,7 @@ class MemoryTransport:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 raise self._closed() from None
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close; the client end sees ``code`` after the frames already buffered."""
         if self._link.server_close is None and self._link.client_close is None:
             self._link.server_close = (code, reason)
@@ -216,10 +217,10 @@ class ClientEnd:
             raise self._closed() from None
 
     def _closed(self) -> ConnectionClosed:
-        code, reason = self._link.server_close or self._link.client_close or (1006, "")
+        code, reason = self._link.server_close or self._link.client_close or (CLOSE_ABNORMAL, "")
         return ConnectionClosed.from_code(code, reason)
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close the connection from the client side."""
         if self._link.client_close is None and self._link.server_close is None:
             self._link.client_close = (code, reason)

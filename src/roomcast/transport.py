@@ -10,6 +10,7 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any, Final, Protocol, runtime_checkable
 
 from .config import DEFAULT_CLOSE_TIMEOUT as DEFAULT_CLOSE_TIMEOUT
+from .protocol import CloseCode
 
 __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
@@ -192,7 +193,7 @@ class Transport(Protocol):
         """
         ...
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close the connection with ``code`` and ``reason`` (at most 123 bytes).
 
         Closing a closed transport does nothing.

@@ -1,16 +1,45 @@
-"""Wire protocol v1: strict decoding of client frames and encoding of server frames (pure)."""
+"""Wire protocol v1: strict decoding of client frames and encoding of server frames (pure).
+
+Frames are decoded here; the request types, the server frame encoders and the
+checks of room names and event types live in private modules and are re-exported,
+so `roomcast.wire` stays the one public module of the protocol's codec.
+"""
 
 from __future__ import annotations
 
-import functools
 import json
 import math
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .exceptions import LocalProtocolError, RemoteProtocolError
+from ._frames import _has_lone_surrogate
+from ._frames import dumps as dumps
+from ._frames import encode_ack as encode_ack
+from ._frames import encode_error as encode_error
+from ._frames import encode_event as encode_event
+from ._frames import encode_frame as encode_frame
+from ._frames import encode_gap as encode_gap
+from ._frames import encode_reply as encode_reply
+from ._names import MAX_ROOM_NAME_LENGTH as MAX_ROOM_NAME_LENGTH
+from ._names import MAX_TYPE_LENGTH as MAX_TYPE_LENGTH
+from ._names import _room_problem, _type_problem
+from ._names import namespace_of as namespace_of
+from ._names import validate_event_type as validate_event_type
+from ._names import validate_room as validate_room
+from ._requests import Auth as Auth
+from ._requests import Ping as Ping
+from ._requests import Pong as Pong
+from ._requests import Presence as Presence
+from ._requests import Publish as Publish
+from ._requests import Ref as Ref
+from ._requests import Refresh as Refresh
+from ._requests import Request as Request
+from ._requests import StreamPosition as StreamPosition
+from ._requests import Subscribe as Subscribe
+from ._requests import Unsubscribe as Unsubscribe
+from .config import check_positive_int
+from .exceptions import RemoteProtocolError
 from .protocol import MAX_TOKEN_LENGTH as MAX_TOKEN_LENGTH
 from .protocol import PING_FRAME as PING_FRAME
 from .protocol import PONG_FRAME as PONG_FRAME
@@ -57,10 +86,6 @@ __all__ = [
 MAX_MESSAGE_SIZE: Final = 64 * 1024
 #: Deepest accepted nesting of arrays and objects in a client frame (the frame itself is 1).
 MAX_DEPTH: Final = 32
-#: Longest room name, in characters.
-MAX_ROOM_NAME_LENGTH: Final = 128
-#: Longest event type, in characters.
-MAX_TYPE_LENGTH: Final = 64
 #: Longest string ``ref``, in characters.
 MAX_REF_LENGTH: Final = 64
 #: Most rooms in one ``subscribe`` or ``unsubscribe``.
@@ -71,18 +96,6 @@ _MAX_SAFE_INTEGER: Final = 2**53 - 1
 # Most digits in a JSON integer. Parsing is superlinear in the digit count, and the
 # interpreter's own bound (sys.set_int_max_str_digits) is process-wide and may be off.
 _MAX_INT_DIGITS: Final = 4300
-
-#: Room names: 1-128 characters from ``A-Z a-z 0-9 _ - . : @ = /``; the namespace is
-#: the part before the first ``:``.
-_ROOM_RE: Final = re.compile(rf"[A-Za-z0-9_\-.:@=/]{{1,{MAX_ROOM_NAME_LENGTH}}}")
-#: Event types: a letter, then up to 63 of ``A-Z a-z 0-9 _ - . :``.
-_TYPE_RE: Final = re.compile(rf"[A-Za-z][A-Za-z0-9_\-.:]{{0,{MAX_TYPE_LENGTH - 1}}}")
-#: Types the server itself sends; applications may not publish them.
-_RESERVED_TYPES: Final = frozenset({"reply", "error", "ping", "pong", "gap"})
-_RESERVED_PREFIXES: Final = ("connection.", "presence.", "token.", "roomcast.")
-
-#: A request's ``ref``, echoed in its reply or error so the client can match them.
-Ref = str | int
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,161 +114,11 @@ class WireLimits:
 
     def __post_init__(self) -> None:
         for name in ("max_message_size", "max_depth", "max_rooms_per_request"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(f"WireLimits.{name}", getattr(self, name))
 
 
 #: The limits applied when none are given: every default above.
 DEFAULT_LIMITS: Final = WireLimits()
-
-
-@dataclass(frozen=True, slots=True)
-class StreamPosition:
-    """A position in a room's history: the last ``offset`` seen in stream ``epoch``."""
-
-    offset: int
-    epoch: str
-
-
-@dataclass(frozen=True, slots=True)
-class Auth:
-    """``auth``: first-message authentication."""
-
-    token: str
-    ref: Ref | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Subscribe:
-    """``subscribe``: join ``rooms``; with ``since``, replay what was missed."""
-
-    rooms: tuple[str, ...]
-    since: Mapping[str, StreamPosition]
-    ref: Ref | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Unsubscribe:
-    """``unsubscribe``: leave ``rooms``."""
-
-    rooms: tuple[str, ...]
-    ref: Ref | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Publish:
-    """``publish``: a client publishes ``payload`` as event ``type`` to ``room``."""
-
-    room: str
-    type: str
-    payload: Any
-    ephemeral: bool = False
-    ref: Ref | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Presence:
-    """``presence``: list who is in ``room``."""
-
-    room: str
-    ref: Ref | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Refresh:
-    """``refresh``: replace the connection's token."""
-
-    token: str
-    ref: Ref | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Ping:
-    """``ping``: the client checks the server is alive; answered with ``pong``."""
-
-    ref: Ref | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Pong:
-    """``pong``: the client answers a server ``ping``."""
-
-    ref: Ref | None = None
-
-
-#: Any client frame [`decode`][roomcast.wire.decode] returns.
-Request = Auth | Subscribe | Unsubscribe | Publish | Presence | Refresh | Ping | Pong
-
-
-# --------------------------------------------------------------------------- names
-
-
-def validate_room(name: object) -> str:
-    """Return ``name`` if it is a valid room name.
-
-    Raises:
-        LocalProtocolError: (a ``ValueError``) it is not.
-    """
-    problem = _cached_room_problem(name) if type(name) is str else _room_problem(name)
-    if problem is not None:
-        raise LocalProtocolError(problem)
-    return name  # type: ignore[return-value]
-
-
-def validate_event_type(name: object) -> str:
-    """Return ``name`` if applications may publish it as an event type.
-
-    Raises:
-        LocalProtocolError: (a ``ValueError``) it is malformed or reserved.
-    """
-    problem = _cached_type_problem(name) if type(name) is str else _type_problem(name)
-    if problem is not None:
-        raise LocalProtocolError(problem)
-    return name  # type: ignore[return-value]
-
-
-def namespace_of(room: str) -> str:
-    """The namespace of ``room``: the part before the first ``:`` (``""`` if none)."""
-    head, sep, _ = room.partition(":")
-    return head if sep else ""
-
-
-def _room_problem(name: object) -> str | None:
-    if not isinstance(name, str):
-        return "room name must be a string"
-    if not name:
-        return "room name must not be empty"
-    if len(name) > MAX_ROOM_NAME_LENGTH:
-        return f"room name longer than {MAX_ROOM_NAME_LENGTH} characters"
-    if _ROOM_RE.fullmatch(name) is None:
-        return "room name may only contain A-Z a-z 0-9 _ - . : @ = /"
-    return None
-
-
-# Servers publish to the same rooms and types over and over: remember the verdicts.
-@functools.lru_cache(maxsize=4096)
-def _cached_room_problem(name: str) -> str | None:
-    return _room_problem(name)
-
-
-@functools.lru_cache(maxsize=1024)
-def _cached_type_problem(name: str) -> str | None:
-    return _type_problem(name)
-
-
-def _type_problem(name: object) -> str | None:
-    if not isinstance(name, str):
-        return "event type must be a string"
-    if _TYPE_RE.fullmatch(name) is None:
-        return (
-            f"event type must start with a letter and have at most {MAX_TYPE_LENGTH} "
-            "characters from A-Z a-z 0-9 _ - . :"
-        )
-    if name in _RESERVED_TYPES or name.startswith(_RESERVED_PREFIXES):
-        return f"event type {name!r} is reserved by the protocol"
-    return None
-
 
 # --------------------------------------------------------------------------- decoding
 
@@ -299,14 +162,6 @@ _DECODER: Final = json.JSONDecoder(
     parse_float=_finite_float,
     parse_int=_bounded_int,
 )
-
-
-def _has_lone_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _check_structure(value: Any, max_depth: int) -> None:
@@ -545,130 +400,3 @@ _PARSERS: Final[dict[str, tuple[frozenset[str], _Parser]]] = {
     "ping": (_BASE, _parse_ping),
     "pong": (_BASE, _parse_pong),
 }
-
-
-# --------------------------------------------------------------------------- encoding
-
-_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def dumps(value: Any) -> str:
-    """Encode ``value`` as compact JSON, refusing NaN, Infinity and lone surrogates.
-
-    Raises:
-        LocalProtocolError: (a ``ValueError``) ``value`` is not JSON-serializable.
-    """
-    try:
-        text = _ENCODER.encode(value)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise LocalProtocolError(f"payload is not JSON-serializable: {exc}") from exc
-    # With ensure_ascii off a lone surrogate passes through, and the frame could then
-    # not be sent as UTF-8 text; the ASCII test skips the scan in the common case.
-    if not text.isascii() and _has_lone_surrogate(text):
-        raise LocalProtocolError("payload is not JSON-serializable: lone surrogate in a string")
-    return text
-
-
-def encode_frame(type_: str, **fields: Any) -> str:
-    """Encode a server frame ``{"type": type_, **fields}`` (fields with ``None`` are kept)."""
-    return dumps({"type": type_, **fields})
-
-
-def encode_ack(
-    *,
-    client_id: str,
-    user_id: str | None,
-    heartbeat_ms: int,
-    expires_at: int | None,
-    protocol: str = PROTOCOL,
-) -> str:
-    """Encode ``connection.ack``."""
-    return dumps(
-        {
-            "type": "connection.ack",
-            "payload": {
-                "clientId": client_id,
-                "userId": user_id,
-                "heartbeatMs": heartbeat_ms,
-                "expiresAt": expires_at,
-                "protocol": protocol,
-            },
-        }
-    )
-
-
-def encode_reply(ref: Ref | None, payload: Any = None) -> str:
-    """Encode a successful ``reply`` echoing ``ref``."""
-    return dumps({"type": "reply", "ref": ref, "ok": True, "payload": payload})
-
-
-def encode_error(
-    code: str, message: str, *, ref: Ref | None = None, reply: bool = True, **extra: Any
-) -> str:
-    """Encode an error.
-
-    With ``reply`` (the default) it is a failed ``reply`` echoing ``ref``;
-    otherwise a standalone ``error`` frame. ``extra`` adds fields to the error
-    object (for example ``retryAfterMs``).
-    """
-    error = {"code": code, "message": message, **extra}
-    if reply:
-        return dumps({"type": "reply", "ref": ref, "ok": False, "error": error})
-    return dumps({"type": "error", "ref": ref, "payload": error})
-
-
-def encode_gap(dropped: int, rooms: list[str]) -> str:
-    """Encode ``gap``: ``dropped`` messages for ``rooms`` were discarded for this client."""
-    return dumps({"type": "gap", "payload": {"dropped": dropped, "rooms": rooms}})
-
-
-#: Strings JSON encodes as themselves between quotes: no escapes needed.
-_PLAIN: Final = re.compile(r"[A-Za-z0-9_\-.:@=/]*")
-
-
-def _json_string(text: str) -> str:
-    return '"' + text + '"' if _PLAIN.fullmatch(text) else dumps(text)
-
-
-@functools.lru_cache(maxsize=4096)
-def _quote_name(name: str) -> str:
-    """A room name or event type as a JSON string; cached, since the same few recur."""
-    return '"' + name + '"' if _PLAIN.fullmatch(name) else dumps(name)
-
-
-def encode_event(
-    *,
-    type_: str,
-    room: str | None,
-    message_id: str,
-    payload_json: str,
-    timestamp: int,
-    user_id: str | None,
-    offset: int | None = None,
-    epoch: str | None = None,
-) -> str:
-    """Encode an application event around an already-encoded payload.
-
-    The payload is encoded once per publish and spliced into the frame of each
-    room, so fan-out never encodes JSON per recipient.
-
-    Raises:
-        LocalProtocolError: (a ``ValueError``) a string field holds a lone surrogate.
-    """
-    head = (
-        '{"type":'
-        + _quote_name(type_)
-        + ',"room":'
-        + ("null" if room is None else _quote_name(room))
-        + ',"id":'
-        + _json_string(message_id)
-        + ',"payload":'
-        + payload_json
-        + ',"timestamp":'
-        + str(timestamp)
-        + ',"userId":'
-        + ("null" if user_id is None else _json_string(user_id))
-    )
-    if offset is None:
-        return head + "}"
-    return head + ',"offset":' + str(offset) + ',"epoch":' + dumps(epoch) + "}"

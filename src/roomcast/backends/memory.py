@@ -9,9 +9,18 @@ from collections.abc import Callable
 from itertools import islice
 from typing import Final
 
+from ..config import check_positive
 from ..options import History
 from ..wire import StreamPosition
-from .base import Backend, ChannelKind, Delivery, HistoryResult, PresenceEntry, Publication
+from .base import (
+    DEFAULT_POSITION_TTL,
+    Backend,
+    ChannelKind,
+    Delivery,
+    HistoryResult,
+    PresenceEntry,
+    Publication,
+)
 
 __all__ = ["MemoryBackend"]
 
@@ -25,7 +34,8 @@ class _Stream:
     def __init__(self, size: int, idle_until: float) -> None:
         self.epoch = secrets.token_hex(8)
         self.top = 0
-        # A stream nobody publishes to or reads is forgotten after one ttl.
+        # The position of a stream nobody publishes to or reads is forgotten
+        # after position_ttl; its messages expire sooner, after one ttl each.
         self.idle_until = idle_until
         # (expires_at, publication), oldest first; maxlen prunes by size.
         self.entries: deque[tuple[float, Publication]] = deque(maxlen=size)
@@ -36,16 +46,33 @@ class MemoryBackend(Backend):
 
     Publishing is synchronous underneath: an offset is assigned, the message
     stored and handed to the hub in one step, so order and recovery need no
-    locks. History is bounded by each namespace's ``History.size`` and ``ttl``;
-    a stream whose messages have all expired is forgotten, and the next
+    locks. History is bounded by each namespace's ``History.size`` and ``ttl``.
+    A room's position (its latest offset and its epoch) outlives the messages:
+    it is kept for ``position_ttl`` after the room's last publish or read, so
+    that a client coming back after a quiet period in which every message
+    expired, but which missed none of them, is told `recovered: true`. Only
+    a room quiet for longer than ``position_ttl`` is forgotten, and its next
     publish starts a new epoch.
 
     Args:
         clock: monotonic seconds, for history expiry (tests pass a manual clock).
+        position_ttl: seconds a room's position is kept after its last publish
+            or read (a day by default). Never shorter than the namespace's
+            `History.ttl` in effect: a position is kept at least as long as
+            its messages.
+
+    Raises:
+        ValueError: ``position_ttl`` is not a positive number.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        position_ttl: float = DEFAULT_POSITION_TTL,
+    ) -> None:
         self._clock = clock
+        self.position_ttl = check_positive("position_ttl", position_ttl)
         self._deliver: Delivery | None = None
         self._streams: dict[str, _Stream] = {}
         self._presence: dict[str, dict[str, PresenceEntry]] = {}
@@ -91,10 +118,11 @@ class MemoryBackend(Backend):
     def _stream(self, room: str, now: float, history: History) -> _Stream:
         """The room's live stream (expired entries pruned), started anew if it was lost."""
         stream = self._live_stream(room, now)
+        keep_until = now + max(self.position_ttl, history.ttl)
         if stream is None:
-            stream = self._streams[room] = _Stream(history.size, now + history.ttl)
+            stream = self._streams[room] = _Stream(history.size, keep_until)
         else:
-            stream.idle_until = now + history.ttl
+            stream.idle_until = keep_until
         return stream
 
     def _live_stream(self, room: str, now: float) -> _Stream | None:

@@ -1,0 +1,58 @@
+"""The Lua scripts RedisBackend runs: each one step, atomic on the Redis that holds the room.
+
+A room with history has two keys: its position, a hash with the epoch (``e``)
+and the latest offset (``s``), and its stream, whose entry ids are the offsets
+(``<offset>-0``) and whose field ``d`` holds the encoded body. The position is
+kept for ``position_ttl``, the stream for the namespace's ``History.ttl``: a
+quiet room keeps its position after its messages expire. A position that is
+created anew (first use, or forgotten) gets the epoch the caller proposed, and
+any stream left over from an older epoch is dropped with it, so offsets restart
+at 1 only together with a new epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["HISTORY", "PUBLISH"]
+
+#: KEYS: position, stream. ARGV: body, size, stream ttl (ms), position ttl (s),
+#: proposed epoch, channel, version. Appends, trims, publishes; returns {offset, epoch}.
+PUBLISH: Final = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 's', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[6], ARGV[7] .. ':' .. offset .. ':' .. epoch .. ':' .. ARGV[1])
+return {offset, epoch}
+"""
+
+#: KEYS: position, stream. ARGV: proposed epoch, position ttl (s), since offset
+#: ('' for none), since epoch. Returns {top offset, epoch, entries after since}:
+#: the entries only when the epochs match and something was missed.
+HISTORY: Final = """
+local position = redis.call('HMGET', KEYS[1], 'e', 's')
+local epoch = position[1]
+local top = tonumber(position[2] or '0')
+if not epoch then
+  epoch = ARGV[1]
+  top = 0
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local entries = {}
+if ARGV[3] ~= '' and ARGV[4] == epoch then
+  local since = tonumber(ARGV[3])
+  if since < top then
+    entries = redis.call('XRANGE', KEYS[2], string.format('%d-1', since), '+')
+  end
+end
+return {top, epoch, entries}
+"""
