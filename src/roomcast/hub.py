@@ -486,10 +486,6 @@ class Hub:
         dies mid-broadcast or this task is cancelled. Never raises for
         anything the peer does.
 
-        This method hands back the connection's own coroutine rather than
-        wrapping it in one more, so that an idle connection is one coroutine
-        frame.
-
         Args:
             transport: the accepted connection.
             admission: what [`admit()`][roomcast.hub.Hub.admit] answered for its handshake, when the
@@ -499,4 +495,5 @@ class Hub:
             The coroutine that serves the connection, to await (or ``hub.serve``
             itself, to hand to a task group's ``start_soon``).
         """
+        # The connection's own coroutine, not one awaiting it: one frame per idle connection.
         return self._connections.serve(transport, admission)
