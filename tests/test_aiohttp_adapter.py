@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed as WebSocketsClosed
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin, Subprotocol
 
+import roomcast._aiohttp_wire
 import roomcast.aiohttp
 from roomcast import (
     ConnectionClosed,
@@ -344,7 +345,7 @@ def test_the_close_watch_passes_every_byte_on_and_finds_the_close_frame(chunk: i
     close = client_frame(0x8, b"\x03\xe8bye")
     stream = before + close + client_frame(0x1, b"after")
     recorder = Recorder()
-    watch = roomcast.aiohttp._CloseFrameWatch(recorder)
+    watch = roomcast._aiohttp_wire.CloseFrameWatch(recorder)
     seen_at = []
     watch.on_close = lambda: seen_at.append(len(recorder.data))
     for start in range(0, len(stream), chunk):
