@@ -1,6 +1,6 @@
 """The same behaviour behind every adapter, over real sockets on 127.0.0.1.
 
-Each test runs once per server kind in :data:`tests.contract.servers.ALL_KINDS`.
+Each test runs once per server kind in :data:`tests.adapters.contract.servers.ALL_KINDS`.
 The client is the ``websockets`` asyncio client, so tests run on asyncio; a
 kind whose hub runs on trio serves from a thread of its own.
 """
