@@ -1,11 +1,15 @@
-"""The aiohttp adapter over real sockets on 127.0.0.1."""
+"""What only the aiohttp adapter does, over real sockets on 127.0.0.1.
+
+The behaviour every adapter shares is in ``contract/``; here are the raw frame
+writes, the close-frame watch, ``cleanup_ctx``, subprotocol negotiation and log
+redaction.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -23,14 +27,13 @@ from websockets.typing import Origin, Subprotocol
 import roomcast._aiohttp_wire
 import roomcast.aiohttp
 from roomcast import (
-    ConnectionClosed,
-    ConnectionClosedError,
     Handshake,
     Hub,
-    PingableTransport,
     Principal,
 )
-from roomcast.aiohttp import AiohttpTransport
+
+from .contract.transports import aiohttp_accepted as accepted
+from .contract.transports import aiohttp_running as running
 
 pytestmark = pytest.mark.anyio
 
@@ -43,49 +46,6 @@ EDGE_SIZES = [0, 1, 125, 126, 127, 65535, 65536, 70000]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # aiohttp runs on asyncio only
-
-
-@asynccontextmanager
-async def running(app: web.Application) -> AsyncIterator[str]:
-    """Serve ``app`` on an ephemeral port; yield its ``ws://`` base URL."""
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        yield f"ws://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
-@asynccontextmanager
-async def accepted(
-    path: str = "/ws", *, compress: bool = False, **client_kwargs: Any
-) -> AsyncIterator[tuple[ClientConnection, AiohttpTransport]]:
-    """Connect a client and hand the test the server side's transport, as a hub gets it."""
-    send, receive = anyio.create_memory_object_stream[AiohttpTransport](1)
-    release = anyio.Event()
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        ws: web.WebSocketResponse = web.WebSocketResponse(
-            max_msg_size=65536 + 1, compress=compress, autoping=False
-        )
-        await ws.prepare(request)
-        transport = AiohttpTransport(request, ws)
-        await send.send(transport)
-        await release.wait()  # the connection lives until the test is done with it
-        await transport.close(1001)
-        return ws
-
-    app = web.Application()
-    app.router.add_get("/{path:.*}", handle)
-    with send, receive:
-        async with running(app) as base, connect(base + path, **client_kwargs) as client:
-            transport = await receive.receive()
-            try:
-                yield client, transport
-            finally:
-                release.set()
 
 
 @asynccontextmanager
@@ -132,74 +92,6 @@ def edge_frames() -> list[str]:
 # The transport alone
 
 
-async def test_transport_is_a_pingable_transport() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (_, transport):
-            assert isinstance(transport, PingableTransport)
-
-
-async def test_handshake_carries_path_headers_query_cookies_client_and_offers() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted(
-            "/ws/a%20b?token=&room=chat:1&room=chat%3A2",
-            subprotocols=[Subprotocol("roomcast.v1"), Subprotocol("other")],
-            additional_headers=[
-                ("X-Trace", "one"),
-                ("X-Trace", "two"),
-                ("Cookie", 'sid=s1; bad(name=x; theme="dark"'),
-                ("Cookie", "sid=s2"),
-            ],
-        ) as (client, transport):
-            handshake = transport.handshake
-            assert handshake.path == "/ws/a b"
-            assert handshake.header_values("x-trace") == ["one", "two"]
-            assert all(name == name.lower() for name, _ in handshake.headers)
-            assert handshake.query == (("token", ""), ("room", "chat:1"), ("room", "chat:2"))
-            assert handshake.cookies == {"sid": "s2", "theme": "dark"}
-            assert handshake.client == client.local_address[:2]
-            assert handshake.subprotocols == ("roomcast.v1", "other")
-
-
-async def test_receive_returns_text_and_binary_messages() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await client.send("text")
-            await client.send(b"bytes")
-            assert await transport.receive() == "text"
-            assert await transport.receive() == b"bytes"
-
-
-async def test_receive_raises_connection_closed_with_the_peers_code() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            async with anyio.create_task_group() as tg:
-                # aiohttp answers a close frame only while someone receives.
-                tg.start_soon(client.close, 4000, "bye")
-                with pytest.raises(ConnectionClosedError) as excinfo:
-                    await transport.receive()
-            assert (excinfo.value.code, excinfo.value.reason) == (4000, "bye")
-
-
-async def test_receive_takes_max_msg_size_and_raises_1009_past_it() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await client.send("x" * 65536)
-            assert await transport.receive() == "x" * 65536
-            await client.send("x" * (65536 + 1))
-            with pytest.raises(ConnectionClosed) as excinfo:
-                await transport.receive()
-            assert excinfo.value.code == 1009
-
-
-async def test_receive_raises_1006_when_the_peer_vanishes() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            client.transport.abort()
-            with pytest.raises(ConnectionClosed) as excinfo:
-                await transport.receive()
-            assert excinfo.value.code == 1006
-
-
 async def test_receive_answers_pings_from_the_peer() -> None:
     with anyio.fail_after(TIMEOUT):
         async with accepted() as (client, transport):
@@ -208,13 +100,6 @@ async def test_receive_answers_pings_from_the_peer() -> None:
                 tg.start_soon(transport.receive)
                 await pong
                 tg.cancel_scope.cancel()
-
-
-async def test_try_send_writes_at_once_when_the_buffer_has_room() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            assert transport.try_send("now")
-            assert await client.recv() == "now"
 
 
 async def test_try_send_and_send_write_valid_frames_of_every_length_encoding() -> None:
@@ -260,49 +145,6 @@ async def test_a_compressed_connection_sends_through_aiohttp_only() -> None:
             assert not transport.try_send("now")
             await transport.send(["1", "2"])
             assert [await client.recv() for _ in range(2)] == ["1", "2"]
-
-
-async def test_sending_on_a_closed_transport_raises_connection_closed() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (_, transport):
-            await transport.close(1000)
-            with pytest.raises(ConnectionClosed):
-                transport.try_send("late")
-            with pytest.raises(ConnectionClosed):
-                await transport.send(["late"])
-            with pytest.raises(ConnectionClosed):
-                await transport.ping(lambda: None)
-
-
-async def test_close_sends_code_and_reason_cut_to_123_bytes_and_is_idempotent() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await transport.close(4009, "é" * 100)
-            await transport.close(4009, "again")
-            with pytest.raises(WebSocketsClosed) as excinfo:
-                await client.recv()
-            assert excinfo.value.rcvd is not None
-            assert excinfo.value.rcvd.code == 4009
-            assert excinfo.value.rcvd.reason == "é" * 61  # 122 bytes: no half character
-
-
-async def test_close_rejects_a_code_that_cannot_be_sent() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (_, transport):
-            with pytest.raises(ValueError, match="1006"):
-                await transport.close(1006)
-
-
-async def test_ping_calls_on_pong_when_the_pong_arrives() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (_, transport):
-            ponged = anyio.Event()
-            await transport.ping(ponged.set)
-            async with anyio.create_task_group() as tg:
-                # Pongs arrive through receive(), which the hub always runs.
-                tg.start_soon(transport.receive)
-                await ponged.wait()
-                tg.cancel_scope.cancel()
 
 
 class Recorder(asyncio.Protocol):
@@ -357,19 +199,6 @@ def test_the_close_watch_passes_every_byte_on_and_finds_the_close_frame(chunk: i
     # Noticed in the read that brought the close frame's header, before passing it on.
     assert len(seen_at) == 1
     assert len(before) + 6 - chunk <= seen_at[0] <= len(before) + 5
-
-
-def test_import_without_the_library_names_the_extra() -> None:
-    code = (
-        "import sys; sys.modules['aiohttp'] = None\n"
-        "try:\n    import roomcast.aiohttp\n"
-        "except ImportError as exc:\n    print(exc)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
-    )
-    assert "pip install 'aiohttp>=3.9'" in result.stdout
-    assert "pip install -e '.[aiohttp]'" in result.stdout
 
 
 # Through a hub

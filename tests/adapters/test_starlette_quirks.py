@@ -1,4 +1,7 @@
-"""The Starlette adapter over real sockets on 127.0.0.1: uvicorn on asyncio, hypercorn on trio.
+"""What only the Starlette adapter does: uvicorn on asyncio, hypercorn on trio, on 127.0.0.1.
+
+The behaviour every adapter shares is in ``contract/``; here are the eager send,
+the lifespan, refusals through ASGI, permessage-deflate and FastAPI.
 
 The client is the ``websockets`` library's: its asyncio implementation under
 uvicorn and its trio implementation under hypercorn, which share one API.
@@ -7,27 +10,12 @@ uvicorn and its trio implementation under hypercorn, which share one API.
 from __future__ import annotations
 
 import json
-import socket
-import struct
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable, MutableMapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Protocol
+from collections.abc import Callable, MutableMapping
+from typing import Any
 
 import anyio
-import hypercorn.config
-import hypercorn.trio
 import pytest
-import sniffio
-import trio
 import uvicorn
-import websockets.asyncio.client
-
-try:  # websockets 17 (Python 3.11+) has a trio client; on Python 3.10 a small one does
-    import websockets.trio.client as trio_client
-except ImportError:  # pragma: no cover - depends on the Python version
-    import _trio_ws_client as trio_client  # type: ignore[no-redef]
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
@@ -41,13 +29,13 @@ import roomcast.starlette
 from roomcast import (
     AuthenticationError,
     ConnectionClosed,
-    ConnectionClosedError,
     Handshake,
     Hub,
     Principal,
-    Transport,
 )
 from roomcast.starlette import StarletteTransport
+
+from .asgi import Client, abort, connect, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -66,95 +54,6 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Each server on the event loop it is built for: uvicorn on asyncio, hypercorn on trio."""
     backend: str = request.param
     return backend
-
-
-class Client(Protocol):
-    """What the tests use of a ``websockets`` client connection, asyncio or trio."""
-
-    @property
-    def subprotocol(self) -> Subprotocol | None: ...
-    @property
-    def local_address(self) -> Any: ...
-    async def recv(self) -> str | bytes: ...
-    async def send(self, message: str | bytes) -> None: ...
-
-
-def connect(url: str, **kwargs: Any) -> AbstractAsyncContextManager[Client]:
-    kwargs.setdefault("proxy", None)
-    if anyio_backend_name() == "trio":
-        return trio_client.connect(url, **kwargs)
-    return websockets.asyncio.client.connect(url, **kwargs)
-
-
-def anyio_backend_name() -> str:
-    return sniffio.current_async_library()
-
-
-async def close(client: Client, code: int, reason: str) -> None:
-    if isinstance(client, websockets.asyncio.client.ClientConnection):
-        await client.close(code, reason)
-    else:
-        assert isinstance(client, trio_client.ClientConnection)
-        await client.aclose(code, reason)
-
-
-async def abort(client: Client) -> None:
-    """Drop the TCP connection without a closing handshake: reset it."""
-    if isinstance(client, websockets.asyncio.client.ClientConnection):
-        client.transport.abort()
-    else:
-        assert isinstance(client, trio_client.ClientConnection)
-        assert isinstance(client.stream, trio.SocketStream)
-        client.stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        await client.stream.aclose()
-
-
-@asynccontextmanager
-async def uvicorn_serving(app: ASGIApp, **options: Any) -> AsyncIterator[str]:
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_config=None, lifespan="on", **options
-    )
-    server = uvicorn.Server(config)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        while not server.started:
-            await anyio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield f"ws://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-
-
-@asynccontextmanager
-async def hypercorn_serving(app: ASGIApp, **options: Any) -> AsyncIterator[str]:
-    config = hypercorn.config.Config()
-    config.bind = ["127.0.0.1:0"]
-    config.graceful_timeout = 1.0
-    config.accesslog = None
-    for name, value in options.items():
-        setattr(config, name, value)
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        binds: list[str] = await tg.start(
-            lambda task_status: hypercorn.trio.serve(
-                app,  # type: ignore[arg-type]  # hypercorn's ASGI types are its own
-                config,
-                shutdown_trigger=stop.wait,
-                task_status=task_status,
-            )
-        )
-        try:
-            yield "ws" + binds[0].removeprefix("http")
-        finally:
-            stop.set()
-
-
-def serving(app: ASGIApp, **options: Any) -> AbstractAsyncContextManager[str]:
-    """Serve ``app`` on an ephemeral port for the duration; yield its ``ws://`` base URL."""
-    if anyio_backend_name() == "trio":
-        return hypercorn_serving(app, **options)
-    return uvicorn_serving(app, **options)
 
 
 def starlette_app(hub: Hub) -> Starlette:
@@ -195,125 +94,6 @@ async def eventually(condition: Callable[[], bool]) -> None:
 
 
 # The transport alone
-
-
-@asynccontextmanager
-async def accepted(
-    path: str = "/ws", **client_kwargs: Any
-) -> AsyncIterator[tuple[Client, StarletteTransport]]:
-    """Connect a client and hand the test the server side's transport."""
-    send, receive = anyio.create_memory_object_stream[StarletteTransport](1)
-    release = anyio.Event()
-
-    async def handle(websocket: WebSocket) -> None:
-        await websocket.accept()
-        await send.send(StarletteTransport(websocket, max_message_size=65536))
-        await release.wait()  # the connection lives until the test is done with it
-
-    app = Starlette(routes=[WebSocketRoute("/ws", handle)])
-    with send, receive:
-        async with serving(app) as base, connect(base + path, **client_kwargs) as client:
-            transport = await receive.receive()
-            try:
-                yield client, transport
-            finally:
-                release.set()
-
-
-async def test_transport_is_a_transport() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (_, transport):
-            assert isinstance(transport, Transport)
-            assert transport.try_send("frame") is False
-
-
-async def test_handshake_carries_path_headers_query_cookies_client_and_offers() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted(
-            "/ws?token=&room=chat%3A1&room=chat:2",
-            subprotocols=[Subprotocol("roomcast.v1"), Subprotocol("bearer.abc")],
-            additional_headers=[
-                ("X-Trace", "one"),
-                ("X-Trace", "two"),
-                ("Cookie", 'sid=s1; bad(name=x; theme="dark"'),
-            ],
-        ) as (client, transport):
-            handshake = transport.handshake
-            assert handshake.path == "/ws"
-            assert handshake.header_values("x-trace") == ["one", "two"]
-            assert handshake.query == (("token", ""), ("room", "chat:1"), ("room", "chat:2"))
-            assert handshake.cookies == {"sid": "s1", "theme": "dark"}
-            assert handshake.client == client.local_address[:2]
-            assert handshake.subprotocols == ("roomcast.v1", "bearer.abc")
-
-
-async def test_receive_returns_text_as_str_and_binary_as_bytes() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await client.send("text")
-            await client.send(b"bytes")
-            await client.send(b"")
-            assert await transport.receive() == "text"
-            assert await transport.receive() == b"bytes"
-            assert await transport.receive() == b""
-
-
-async def test_receive_raises_connection_closed_when_the_peer_closes(anyio_backend: str) -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await close(client, 4000, "bye")
-            with pytest.raises(ConnectionClosed) as excinfo:
-                await transport.receive()
-            if SERVERS[anyio_backend] == "uvicorn":
-                assert (excinfo.value.code, excinfo.value.reason) == (4000, "bye")
-            else:
-                # hypercorn reports every closed stream as 1006, whatever the peer sent.
-                assert excinfo.value.code == 1006
-
-
-async def test_receive_closes_a_message_over_the_limit_with_1009() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await client.send("é" * 32769)  # 32769 characters, 65538 bytes
-            with pytest.raises(ConnectionClosedError) as excinfo:
-                await transport.receive()
-            assert excinfo.value.code == 1009
-            assert await close_code(client) == 1009
-
-
-async def test_receive_takes_a_message_at_the_limit() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await client.send("é" * 32768)
-            await client.send(b"x" * 65536)
-            assert await transport.receive() == "é" * 32768
-            assert await transport.receive() == b"x" * 65536
-
-
-async def test_receive_raises_connection_closed_when_the_peer_vanishes(anyio_backend: str) -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await abort(client)
-            with pytest.raises(ConnectionClosed) as excinfo:
-                await transport.receive()
-            # uvicorn reports a connection lost after the handshake as 1005 (no
-            # code), hypercorn as 1006; the transport passes on what it is told.
-            assert excinfo.value.code == (1005 if SERVERS[anyio_backend] == "uvicorn" else 1006)
-
-
-async def test_send_delivers_a_batch_in_order() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await transport.send(["1", "2", "3"])
-            assert [await client.recv() for _ in range(3)] == ["1", "2", "3"]
-
-
-async def test_sending_on_a_closed_transport_raises_connection_closed() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (_, transport):
-            await transport.close(1000)
-            with pytest.raises(ConnectionClosed):
-                await transport.send(["late"])
 
 
 class FakeASGI:
@@ -397,38 +177,6 @@ async def test_after_close_data_frames_are_refused_not_sent() -> None:
     with pytest.raises(ConnectionClosed):
         transport.begin_send("late")
     assert asgi.sent[-1]["type"] == "websocket.close"
-
-
-async def test_close_sends_code_and_reason_cut_to_123_bytes_and_is_idempotent() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await transport.close(4009, "é" * 100)
-            await transport.close(4009, "again")
-            with pytest.raises(WebSocketsClosed) as excinfo:
-                await client.recv()
-            assert excinfo.value.rcvd is not None
-            assert excinfo.value.rcvd.code == 4009
-            assert excinfo.value.rcvd.reason == "é" * 61  # 122 bytes: no half character
-
-
-async def test_close_rejects_a_code_that_cannot_be_sent() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (_, transport):
-            with pytest.raises(ValueError, match="1006"):
-                await transport.close(1006)
-
-
-def test_import_without_starlette_names_the_extra() -> None:
-    code = (
-        "import sys; sys.modules['starlette'] = None\n"
-        "try:\n    import roomcast.starlette\n"
-        "except ImportError as exc:\n    print(exc)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
-    )
-    assert "pip install 'starlette>=0.37'" in result.stdout
-    assert "pip install -e '.[starlette]'" in result.stdout
 
 
 # Through a hub

@@ -1,11 +1,13 @@
-"""The ``websockets`` adapter over real sockets on 127.0.0.1."""
+"""What only the ``websockets`` adapter does, over real sockets on 127.0.0.1.
+
+The behaviour every adapter shares is in ``contract/``; here are the write-buffer
+gate, ``serve()``'s defaults, the hub through ``serve()`` and the redacting logger.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,22 +15,19 @@ from typing import Any
 import anyio
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import Server, ServerConnection
-from websockets.asyncio.server import serve as websockets_serve
+from websockets.asyncio.server import Server
 from websockets.exceptions import ConnectionClosed as WebSocketsClosed
 from websockets.frames import Close, Frame, Opcode
 from websockets.typing import Subprotocol
 
 import roomcast.websockets
 from roomcast import (
-    ConnectionClosed,
-    ConnectionClosedError,
     Handshake,
     Hub,
-    PingableTransport,
     Principal,
 )
-from roomcast.websockets import WebSocketsTransport
+
+from .contract.transports import websockets_accepted as accepted
 
 pytestmark = pytest.mark.anyio
 
@@ -44,30 +43,6 @@ def anyio_backend() -> str:
 def url_of(server: Server, path: str = "/") -> str:
     port = server.sockets[0].getsockname()[1]
     return f"ws://127.0.0.1:{port}{path}"
-
-
-@asynccontextmanager
-async def accepted(
-    path: str = "/", **client_kwargs: Any
-) -> AsyncIterator[tuple[ClientConnection, WebSocketsTransport]]:
-    """Connect a client and hand the test the server side's transport, as a hub gets it."""
-    send, receive = anyio.create_memory_object_stream[WebSocketsTransport](1)
-    release = anyio.Event()
-
-    async def handle(connection: ServerConnection) -> None:
-        await send.send(WebSocketsTransport(connection))
-        await release.wait()  # the connection lives until the test is done with it
-
-    with send, receive:
-        async with (
-            websockets_serve(handle, "127.0.0.1", 0, compression=None, max_size=65536) as server,
-            connect(url_of(server, path), **client_kwargs) as client,
-        ):
-            transport = await receive.receive()
-            try:
-                yield client, transport
-            finally:
-                release.set()
 
 
 @asynccontextmanager
@@ -104,77 +79,6 @@ async def eventually(condition: Callable[[], bool]) -> None:
 # The transport alone
 
 
-async def test_transport_is_a_pingable_transport() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (_, transport):
-            assert isinstance(transport, PingableTransport)
-
-
-async def test_handshake_carries_path_headers_query_cookies_client_and_offers() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted(
-            "/ws/a%20b?token=&room=chat:1&room=chat:2",
-            subprotocols=[Subprotocol("roomcast.v1"), Subprotocol("bearer.abc")],
-            additional_headers=[
-                ("X-Trace", "one"),
-                ("X-Trace", "two"),
-                ("Cookie", 'sid=s1; bad(name=x; theme="dark"'),
-                ("Cookie", "sid=s2"),
-            ],
-        ) as (client, transport):
-            handshake = transport.handshake
-            assert handshake.path == "/ws/a b"
-            assert handshake.header_values("x-trace") == ["one", "two"]
-            assert all(name == name.lower() for name, _ in handshake.headers)
-            assert handshake.query == (("token", ""), ("room", "chat:1"), ("room", "chat:2"))
-            assert handshake.cookies == {"sid": "s2", "theme": "dark"}
-            assert handshake.client == client.local_address[:2]
-            assert handshake.subprotocols == ("roomcast.v1", "bearer.abc")
-
-
-async def test_receive_returns_text_and_binary_messages() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await client.send("text")
-            await client.send(b"bytes")
-            assert await transport.receive() == "text"
-            assert await transport.receive() == b"bytes"
-
-
-async def test_receive_raises_connection_closed_with_the_peers_code() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await client.close(4000, "bye")
-            with pytest.raises(ConnectionClosedError) as excinfo:
-                await transport.receive()
-            assert (excinfo.value.code, excinfo.value.reason) == (4000, "bye")
-
-
-async def test_receive_raises_1009_for_a_frame_over_max_size() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await client.send("x" * (65536 + 1))
-            with pytest.raises(ConnectionClosed) as excinfo:
-                await transport.receive()
-            assert excinfo.value.code == 1009
-
-
-async def test_receive_raises_1006_when_the_peer_vanishes() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            client.transport.abort()
-            with pytest.raises(ConnectionClosed) as excinfo:
-                await transport.receive()
-            assert excinfo.value.code == 1006
-
-
-async def test_try_send_writes_at_once_when_the_buffer_has_room() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            assert transport.try_send("now")
-            assert await client.recv() == "now"
-
-
 async def test_try_send_refuses_above_the_high_water_mark_and_send_waits() -> None:
     with anyio.fail_after(TIMEOUT):
         async with accepted(max_queue=1) as (client, transport):
@@ -193,75 +97,6 @@ async def test_try_send_refuses_above_the_high_water_mark_and_send_waits() -> No
                 client.transport.resume_reading()
                 received = [await client.recv() for _ in range(taken + 2)]
             assert received[-1] == "last"
-
-
-async def test_send_delivers_a_batch_in_order() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await transport.send(["1", "2", "3"])
-            assert [await client.recv() for _ in range(3)] == ["1", "2", "3"]
-
-
-async def test_sending_on_a_closed_transport_raises_connection_closed() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (_, transport):
-            await transport.close(1000)
-            with pytest.raises(ConnectionClosed):
-                transport.try_send("late")
-            with pytest.raises(ConnectionClosed):
-                await transport.send(["late"])
-
-
-async def test_close_sends_code_and_reason_cut_to_123_bytes_and_is_idempotent() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await transport.close(4009, "é" * 100)
-            await transport.close(4009, "again")
-            with pytest.raises(WebSocketsClosed) as excinfo:
-                await client.recv()
-            assert excinfo.value.rcvd is not None
-            assert excinfo.value.rcvd.code == 4009
-            assert excinfo.value.rcvd.reason == "é" * 61  # 122 bytes: no half character
-
-
-async def test_close_rejects_a_code_that_cannot_be_sent() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (_, transport):
-            with pytest.raises(ValueError, match="1006"):
-                await transport.close(1006)
-
-
-async def test_ping_calls_on_pong_when_the_pong_arrives() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            ponged = anyio.Event()
-            await transport.ping(ponged.set)
-            # The client answers pings while it reads.
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(client.recv)
-                await ponged.wait()
-                tg.cancel_scope.cancel()
-
-
-async def test_ping_on_a_closed_transport_raises_connection_closed() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (_, transport):
-            await transport.close()
-            with pytest.raises(ConnectionClosed):
-                await transport.ping(lambda: None)
-
-
-def test_import_without_the_library_names_the_extra() -> None:
-    code = (
-        "import sys; sys.modules['websockets'] = None\n"
-        "try:\n    import roomcast.websockets\n"
-        "except ImportError as exc:\n    print(exc)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
-    )
-    assert "pip install 'websockets>=14.0'" in result.stdout
-    assert "pip install -e '.[websockets]'" in result.stdout
 
 
 # Through a hub
