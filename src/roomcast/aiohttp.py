@@ -1,4 +1,4 @@
-"""Serve a roomcast hub from an aiohttp application (aiohttp 3.9 and later).
+"""Serve a roomcast hub from an aiohttp application.
 
 What it mounts: one request handler, [`handler(hub)`][roomcast.aiohttp.handler], that admits
 each handshake through the hub and answers a refusal with a plain HTTP response before any
@@ -12,9 +12,10 @@ it in ``on_shutdown`` (before aiohttp waits for open handlers) and stops it on c
 
 aiohttp runs on asyncio only, so this adapter and its private half,
 ``roomcast._aiohttp_wire`` (raw frame writes, the close-frame watch, socket
-reset), use asyncio directly. Checked with aiohttp 3.14.5 and 3.9.5; the
-aiohttp attributes outside its documented API that the adapter uses are listed
-in `_INTERNALS`.
+reset), use asyncio directly. Checked with aiohttp 3.14.5; the aiohttp
+attributes outside its documented API that the adapter uses are listed in
+`_INTERNALS`, all present in 3.9.5 but ``BaseProtocol.writing_paused``, which
+appeared in 3.11.
 """
 
 from __future__ import annotations
@@ -63,7 +64,13 @@ _WRITER = "aiohttp.http_writer.StreamWriter"
 #: text frames are written to the asyncio transport directly (see ``roomcast._aiohttp_wire``).
 _INTERNALS: Final = (
     Internal(_REQUEST, "protocol", "attribute", _CHECKED, "asked whether writing is paused"),
-    Internal(_PROTOCOL, "writing_paused", "attribute", _CHECKED, "write in place only if False"),
+    Internal(
+        _PROTOCOL,
+        "writing_paused",
+        "attribute",
+        ("3.14.5",),
+        "write in place only if False (3.11+)",
+    ),
     Internal(_REQUEST, "writer", "attribute", _CHECKED, "the stream writer send() drains"),
     Internal(_WRITER, "drain", "callable", _CHECKED, "wait below the low-water mark"),
     Internal(_HANDLER, "data_received", "callable", _CHECKED, "the close-frame watch feeds it"),

@@ -106,17 +106,11 @@ _INTERNALS: Final = (
     ),
     Internal(
         "uvicorn.lifespan.on.LifespanOn",
-        "main",
-        "callable",
-        _UVICORN,
-        "the frame that runs the lifespan, found by its module (without it, no startup check)",
-    ),
-    Internal(
-        "uvicorn.lifespan.on.LifespanOn",
         "config",
         "attribute",
         _UVICORN,
-        "the server's config, read at startup (without it, no startup check)",
+        "the server's config, read at startup from the frame running uvicorn.lifespan.on "
+        "(without it, no startup check)",
     ),
     Internal(
         "uvicorn.config.Config",
