@@ -35,7 +35,7 @@ from roomcast import (
 )
 from roomcast.starlette import StarletteTransport
 
-from .asgi import Client, abort, connect, serving
+from .asgi import Client, connect, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -226,59 +226,6 @@ async def test_lifespan_fails_the_startup_of_a_uvicorn_without_websocket_support
     assert not hub.running
 
 
-async def test_endpoint_negotiates_roomcast_v1_and_sends_connection_ack() -> None:
-    hub = Hub()
-    with anyio.fail_after(TIMEOUT):
-        async with (
-            serving(starlette_app(hub)) as base,
-            connect(base + "/ws", subprotocols=V1) as client,
-        ):
-            assert client.subprotocol == "roomcast.v1"
-            ack = await next_frame(client, "connection.ack")
-            assert ack["payload"]["protocol"] == "roomcast.v1"
-
-
-async def test_server_publish_reaches_a_subscriber() -> None:
-    hub = Hub()
-    with anyio.fail_after(TIMEOUT):
-        async with (
-            serving(starlette_app(hub)) as base,
-            connect(base + "/ws", subprotocols=V1) as client,
-        ):
-            await next_frame(client, "connection.ack")
-            assert (await subscribe(client, "team:t1"))["ok"] is True
-            await hub.publish("team:t1", "issue.created", {"id": "i1"}, user_id="u9")
-            event = await next_frame(client, "issue.created")
-            assert (event["room"], event["payload"], event["userId"]) == (
-                "team:t1",
-                {"id": "i1"},
-                "u9",
-            )
-
-
-async def test_handshake_facts_reach_the_authenticator() -> None:
-    authenticator = RecordingAuthenticator()
-    hub = Hub(authenticator=authenticator)
-    with anyio.fail_after(TIMEOUT):
-        async with (
-            serving(starlette_app(hub)) as base,
-            connect(
-                base + "/ws?room=chat:1",
-                subprotocols=V1,
-                additional_headers={"X-App": "tracker", "Cookie": "session=abc"},
-            ) as client,
-        ):
-            ack = await next_frame(client, "connection.ack")
-            assert ack["payload"]["userId"] == "u1"
-            (handshake,) = authenticator.handshakes
-            assert handshake.path == "/ws"
-            assert handshake.header("x-app") == "tracker"
-            assert handshake.query_param("room") == "chat:1"
-            assert handshake.cookies == {"session": "abc"}
-            assert handshake.client == client.local_address[:2]
-            assert handshake.subprotocols == ("roomcast.v1",)
-
-
 async def test_a_frame_over_the_hub_limit_closes_with_1009() -> None:
     # The servers' own limits stay at their 16 MiB defaults: the transport enforces the hub's.
     hub = Hub()
@@ -291,39 +238,6 @@ async def test_a_frame_over_the_hub_limit_closes_with_1009() -> None:
             await client.send("x" * (hub.max_message_size + 1))
             assert await close_code(client) == 1009
             await eventually(lambda: hub.stats().clients == 0)
-
-
-async def test_hub_shutdown_flushes_queued_frames_then_closes_with_1001() -> None:
-    hub = Hub()
-    with anyio.fail_after(TIMEOUT):
-        async with (
-            serving(starlette_app(hub)) as base,
-            connect(base + "/ws", subprotocols=V1) as client,
-        ):
-            await next_frame(client, "connection.ack")
-            await subscribe(client, "team:t1")
-            for index in range(20):
-                await hub.publish("team:t1", "tick", index)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(hub.aclose)
-                received = [(await next_frame(client, "tick"))["payload"] for _ in range(20)]
-                assert received == list(range(20))
-                assert await close_code(client) == 1001
-
-
-async def test_a_vanished_client_is_removed() -> None:
-    hub = Hub()
-    with anyio.fail_after(TIMEOUT):
-        async with (
-            serving(starlette_app(hub)) as base,
-            connect(base + "/ws", subprotocols=V1) as client,
-        ):
-            await next_frame(client, "connection.ack")
-            await subscribe(client, "team:t1")
-            assert hub.stats().members == {"team:t1": 1}
-            await abort(client)
-            await eventually(lambda: hub.stats().clients == 0)
-            assert hub.stats().rooms == 0
 
 
 def without_denial_responses(app: ASGIApp) -> ASGIApp:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,15 +16,12 @@ import anyio
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server
-from websockets.exceptions import ConnectionClosed as WebSocketsClosed
 from websockets.frames import Close, Frame, Opcode
 from websockets.typing import Subprotocol
 
 import roomcast.websockets
 from roomcast import (
-    Handshake,
     Hub,
-    Principal,
 )
 
 from .contract.transports import websockets_accepted as accepted
@@ -61,21 +58,6 @@ async def next_frame(client: ClientConnection, type_: str) -> dict[str, Any]:
             await client.send(json.dumps({"action": "pong"}))
 
 
-async def close_code(client: ClientConnection) -> int | None:
-    """Read until the connection closes; return the close code the server sent."""
-    try:
-        while True:
-            await client.recv()
-    except WebSocketsClosed as exc:
-        return None if exc.rcvd is None else int(exc.rcvd.code)
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    """Wait for ``condition`` to hold; the caller's ``fail_after`` bounds the wait."""
-    while not condition():
-        await anyio.sleep(0.01)
-
-
 # The transport alone
 
 
@@ -102,30 +84,9 @@ async def test_try_send_refuses_above_the_high_water_mark_and_send_waits() -> No
 # Through a hub
 
 
-class RecordingAuthenticator:
-    def __init__(self) -> None:
-        self.handshakes: list[Handshake] = []
-
-    async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
-        self.handshakes.append(handshake)
-        return Principal("u1")
-
-
 async def subscribe(client: ClientConnection, room: str) -> dict[str, Any]:
     await client.send(json.dumps({"action": "subscribe", "rooms": [room], "ref": 1}))
     return await next_frame(client, "reply")
-
-
-async def test_serve_negotiates_roomcast_v1_and_sends_connection_ack() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with (
-            Hub() as hub,
-            served(hub) as server,
-            connect(url_of(server), subprotocols=V1) as client,
-        ):
-            assert client.subprotocol == "roomcast.v1"
-            ack = await next_frame(client, "connection.ack")
-            assert ack["payload"]["protocol"] == "roomcast.v1"
 
 
 @pytest.mark.parametrize("offer", [None, [Subprotocol("graphql-ws")]])
@@ -140,86 +101,6 @@ async def test_serve_accepts_a_client_that_does_not_offer_roomcast_v1(
         ):
             assert client.subprotocol is None
             await next_frame(client, "connection.ack")
-
-
-async def test_server_publish_reaches_a_subscriber() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with (
-            Hub() as hub,
-            served(hub) as server,
-            connect(url_of(server), subprotocols=V1) as client,
-        ):
-            await next_frame(client, "connection.ack")
-            assert (await subscribe(client, "team:t1"))["ok"] is True
-            await hub.publish("team:t1", "issue.created", {"id": "i1"}, user_id="u9")
-            event = await next_frame(client, "issue.created")
-            assert (event["room"], event["payload"], event["userId"]) == (
-                "team:t1",
-                {"id": "i1"},
-                "u9",
-            )
-
-
-async def test_handshake_facts_reach_the_authenticator() -> None:
-    authenticator = RecordingAuthenticator()
-    with anyio.fail_after(TIMEOUT):
-        async with (
-            Hub(authenticator=authenticator) as hub,
-            served(hub) as server,
-            connect(
-                url_of(server, "/ws?room=chat:1"),
-                subprotocols=V1,
-                additional_headers={"X-App": "tracker", "Cookie": "session=abc"},
-            ) as client,
-        ):
-            await next_frame(client, "connection.ack")
-            (handshake,) = authenticator.handshakes
-            assert handshake.path == "/ws"
-            assert handshake.header("x-app") == "tracker"
-            assert handshake.query_param("room") == "chat:1"
-            assert handshake.cookies == {"session": "abc"}
-            assert handshake.client == client.local_address[:2]
-            assert handshake.subprotocols == ("roomcast.v1",)
-
-
-async def test_serve_closes_a_frame_over_the_hub_limit_with_1009() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with (
-            Hub() as hub,
-            served(hub) as server,
-            connect(url_of(server), subprotocols=V1) as client,
-        ):
-            await next_frame(client, "connection.ack")
-            await client.send("x" * (hub.max_message_size + 1))
-            assert await close_code(client) == 1009
-
-
-async def test_hub_shutdown_closes_clients_with_1001() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with (
-            Hub() as hub,
-            served(hub) as server,
-            connect(url_of(server), subprotocols=V1) as client,
-        ):
-            await next_frame(client, "connection.ack")
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(hub.aclose)
-                assert await close_code(client) == 1001
-
-
-async def test_a_vanished_client_leaves_its_rooms() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with (
-            Hub() as hub,
-            served(hub) as server,
-            connect(url_of(server), subprotocols=V1) as client,
-        ):
-            await next_frame(client, "connection.ack")
-            await subscribe(client, "team:t1")
-            assert hub.stats().members == {"team:t1": 1}
-            client.transport.abort()
-            await eventually(lambda: hub.stats().clients == 0)
-            assert hub.stats().rooms == 0
 
 
 # ----------------------------------------------------------------------------- logs

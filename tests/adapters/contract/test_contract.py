@@ -111,13 +111,15 @@ def publisher(
 
 
 class UserAuthenticator:
-    """The user is whoever the ``x-user`` header names; every handshake is kept."""
+    """The user is whoever the ``x-user`` header names; every handshake and token is kept."""
 
     def __init__(self) -> None:
         self.handshakes: list[Handshake] = []
+        self.tokens: list[str | None] = []
 
     async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
         self.handshakes.append(handshake)
+        self.tokens.append(token)
         return Principal(handshake.header("x-user"))
 
 
@@ -237,6 +239,19 @@ async def test_bad_frame_gets_bad_request_and_connection_stays(
             assert error["code"] == "bad_request"
             await client.send(json.dumps({"action": "ping", "ref": 2}))
             assert await receive(client) == {"type": "pong", "ref": 2}
+
+
+async def test_frame_at_the_hub_limit_is_read_and_one_past_it_closes_with_1009(
+    kind: ServerKind,
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served, connected(served) as client:
+            limit = served.hub.max_message_size
+            await client.send("x" * limit)
+            error = await next_frame(client, "error")  # not JSON, but not too big
+            assert error["payload"]["code"] == "bad_request"
+            await client.send("x" * (limit + 1))
+            assert await close_code(client) == 1009
 
 
 async def test_frame_over_64_kib_closes_with_1009(kind: ServerKind) -> None:
@@ -634,12 +649,19 @@ async def test_handshake_facts_reach_the_authenticator(kind: ServerKind) -> None
     with anyio.fail_after(TIMEOUT):
         async with (
             serving(kind, authenticator=authenticator) as served,
-            connected(
+            open_client(
                 served,
                 f"{PATH}?room=chat%3A1&flag=",
-                additional_headers={"X-User": "u1", "Cookie": "session=abc; theme=dark"},
+                additional_headers={
+                    "X-User": "u1",
+                    "Cookie": "session=abc; theme=dark",
+                    "Authorization": "Bearer t0ken",
+                },
             ) as client,
         ):
+            ack = await next_frame(client, "connection.ack")
+            assert ack["payload"]["userId"] == "u1"
+            assert authenticator.tokens == ["t0ken"]
             (handshake,) = authenticator.handshakes
             assert handshake.path == PATH
             assert handshake.header("x-user") == "u1"
