@@ -15,12 +15,13 @@ plain anyio (or is never reached) under trio:
   (the server going away) arrived too: that one propagates. Under trio, and on
   Python 3.10, `current_native_task` returns ``None`` and the read loop uses one
   anyio cancel scope instead.
-- **Eager sends** (`on_asyncio`, `start_eagerly`; used by
+- **Eager sends** (`on_asyncio`, `resume`; used by
   `StarletteTransport.begin_send`).
   An ASGI send can only be awaited; the fan-out loop steps the send's coroutine
-  once, in place, and it usually finishes without suspending (the server's write
-  buffer has room). Only a send that suspends is handed on, as an awaitable that
-  resumes the same coroutine, to the client's writer task. Safe on asyncio
+  once, in place (in ``begin_send`` itself, so that the hot path gains no call),
+  and it usually finishes without suspending (the server's write buffer has
+  room). Only a send that suspends is handed on, as an awaitable that resumes
+  the same coroutine (`resume`), to the client's writer task. Safe on asyncio
   because what the coroutine waits on is a future that any task on the same loop
   may await; not on trio, whose scheduler ties a suspension to the task that
   made it, so `on_asyncio` is false there and every frame goes through the
@@ -51,7 +52,7 @@ __all__ = [
     "cancel_native",
     "current_native_task",
     "on_asyncio",
-    "start_eagerly",
+    "resume",
     "uncancel_native",
     "when_resolved",
 ]
@@ -105,24 +106,15 @@ def uncancel_native(task: NativeTask, exc_type: type[BaseException] | None) -> b
 # ----------------------------------------------------------------------------- eager sends
 
 
-def start_eagerly(sending: Coroutine[Any, Any, None]) -> Awaitable[None] | None:
-    """Run ``sending`` until it finishes or first suspends, in the calling task.
-
-    Returns ``None`` when it finished, or else the rest of it, which any task
-    on the same asyncio loop may await (or close, to abandon it). An exception
-    raised before the first suspension propagates from here. Only call it on
-    asyncio (see `on_asyncio`).
-    """
-    try:
-        suspended = sending.send(None)
-    except StopIteration:
-        return None
-    return _resume(sending, suspended)
-
-
 @types.coroutine
-def _resume(sending: Coroutine[Any, Any, None], suspended: Any) -> Generator[Any, Any, None]:
-    """Continue ``sending``, which suspended with ``suspended``, in the awaiting task."""
+def resume(sending: Coroutine[Any, Any, None], suspended: Any) -> Generator[Any, Any, None]:
+    """Continue ``sending``, which suspended with ``suspended``, in the awaiting task.
+
+    The caller ran the coroutine's first step itself (``sending.send(None)``)
+    and got ``suspended``, the future it waits on; the rest, returned here,
+    may be awaited by any task on the same asyncio loop (or closed, to
+    abandon it). Only call it on asyncio (see `on_asyncio`).
+    """
     try:
         while True:
             try:

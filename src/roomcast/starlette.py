@@ -40,7 +40,7 @@ import anyio
 import anyio.lowlevel
 
 from roomcast._adapters import ABNORMAL_CLOSURE, NO_STATUS_RECEIVED, Internal
-from roomcast._asyncio import on_asyncio, start_eagerly
+from roomcast._asyncio import on_asyncio, resume
 from roomcast.exceptions import ConnectionClosed
 from roomcast.protocol import CloseCode
 from roomcast.transport import DEFAULT_CLOSE_TIMEOUT, Handshake, close_frame
@@ -225,10 +225,14 @@ class StarletteTransport:
         else:
             sending = websocket.send(message)
         try:
-            rest = start_eagerly(sending)
+            # The first step, in place: no call added to the fan-out loop for a
+            # send that finishes at once (see roomcast._asyncio for the rest).
+            suspended = sending.send(None)
+        except StopIteration:
+            return None
         except _GONE as exc:
             raise self._gone(exc) from exc
-        return None if rest is None else _finish_send(rest, self)
+        return _finish_send(resume(sending, suspended), self)
 
     def _gone(self, exc: BaseException) -> ConnectionClosed:
         """The error for a send that found the socket gone."""
