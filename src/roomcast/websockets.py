@@ -52,7 +52,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 from weakref import WeakKeyDictionary
 
 from roomcast._adapters import ABNORMAL_CLOSURE, Internal
@@ -95,38 +95,22 @@ __all__ = [
 
 logger = logging.getLogger("roomcast.websockets")
 
-_CONNECTION = "websockets.asyncio.connection.Connection"
-_CHECKED = ("17.4",)
+
+def _on_connection(name: str, kind: Literal["callable", "attribute"], why: str) -> Internal:
+    return Internal("websockets.asyncio.connection.Connection", name, kind, ("17.4",), why)
+
 
 #: Every attribute of a ``websockets`` connection outside the library's
 #: documented API that this adapter uses. All of them are what
 #: ``websockets.broadcast()`` itself uses to write without waiting.
 _INTERNALS: Final = (
-    Internal(_CONNECTION, "protocol", "attribute", _CHECKED, "the sans-I/O state and frames"),
-    Internal(_CONNECTION, "transport", "attribute", _CHECKED, "buffer size; abort on close"),
-    Internal(
-        _CONNECTION,
-        "send_in_progress",
-        "attribute",
-        _CHECKED,
-        "a fragmented send holds the connection: wait (absent before 16.0)",
-    ),
-    Internal(_CONNECTION, "paused", "attribute", _CHECKED, "flow control: wait while paused"),
-    Internal(_CONNECTION, "send_data", "callable", _CHECKED, "flush the frames written in place"),
-    Internal(
-        _CONNECTION,
-        "set_connection_exc",
-        "callable",
-        _CHECKED,
-        "record why an in-place write failed, as broadcast() does (absent before 17.4)",
-    ),
-    Internal(
-        _CONNECTION,
-        "close_timeout",
-        "attribute",
-        _CHECKED,
-        "the hub's close_timeout for the closing handshake it starts",
-    ),
+    _on_connection("protocol", "attribute", "the sans-I/O state; frames written in place"),
+    _on_connection("transport", "attribute", "the write buffer's size; abort on close"),
+    _on_connection("send_in_progress", "attribute", "a fragmented send: wait (since 16.0)"),
+    _on_connection("paused", "attribute", "flow control: wait while paused"),
+    _on_connection("send_data", "callable", "flush the frames written in place"),
+    _on_connection("set_connection_exc", "callable", "why a write failed (since 17.4)"),
+    _on_connection("close_timeout", "attribute", "the hub's close_timeout for its closes"),
 )
 
 _ProcessRequest = Callable[

@@ -20,6 +20,7 @@ import trio
 import uvicorn
 import websockets.asyncio.client
 from starlette.types import ASGIApp
+from websockets.exceptions import ConnectionClosed as WebSocketsClosed
 from websockets.typing import Subprotocol
 
 try:  # websockets 17 (Python 3.11+) has a trio client; on Python 3.10 a small one does
@@ -31,6 +32,7 @@ __all__ = [
     "Client",
     "abort",
     "close",
+    "close_code",
     "connect",
     "hypercorn_serving",
     "serving",
@@ -80,6 +82,15 @@ async def abort(client: Client) -> None:
         assert isinstance(client.stream, trio.SocketStream)
         client.stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         await client.stream.aclose()
+
+
+async def close_code(client: Client) -> int | None:
+    """Read until the connection closes; return the close code the server sent."""
+    try:
+        while True:
+            await client.recv()
+    except WebSocketsClosed as exc:
+        return None if exc.rcvd is None else int(exc.rcvd.code)
 
 
 @asynccontextmanager

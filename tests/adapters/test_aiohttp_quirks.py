@@ -20,7 +20,6 @@ import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed as WebSocketsClosed
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin, Subprotocol
 
@@ -32,6 +31,7 @@ from roomcast import (
     Principal,
 )
 
+from .asgi import close_code
 from .contract.transports import aiohttp_accepted as accepted
 from .contract.transports import aiohttp_running as running
 
@@ -67,15 +67,6 @@ async def next_frame(client: ClientConnection, type_: str) -> dict[str, Any]:
             return frame
         if frame["type"] == "ping":
             await client.send(json.dumps({"action": "pong"}))
-
-
-async def close_code(client: ClientConnection) -> int | None:
-    """Read until the connection closes; return the close code the server sent."""
-    try:
-        while True:
-            await client.recv()
-    except WebSocketsClosed as exc:
-        return None if exc.rcvd is None else int(exc.rcvd.code)
 
 
 def edge_frames() -> list[str]:

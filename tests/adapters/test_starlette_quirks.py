@@ -21,7 +21,6 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
-from websockets.exceptions import ConnectionClosed as WebSocketsClosed
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
@@ -35,7 +34,7 @@ from roomcast import (
 )
 from roomcast.starlette import StarletteTransport
 
-from .asgi import Client, connect, serving
+from .asgi import Client, close_code, connect, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -76,15 +75,6 @@ async def next_frame(client: Client, type_: str) -> dict[str, Any]:
 async def subscribe(client: Client, room: str) -> dict[str, Any]:
     await client.send(json.dumps({"action": "subscribe", "rooms": [room], "ref": 1}))
     return await next_frame(client, "reply")
-
-
-async def close_code(client: Client) -> int | None:
-    """Read until the connection closes; return the close code the server sent."""
-    try:
-        while True:
-            await client.recv()
-    except WebSocketsClosed as exc:
-        return None if exc.rcvd is None else int(exc.rcvd.code)
 
 
 async def eventually(condition: Callable[[], bool]) -> None:

@@ -24,6 +24,7 @@ from websockets.typing import Subprotocol
 from roomcast import ConnectionLimits, Handshake, Hub, Principal, RateLimit
 from roomcast.hub import HubStatistics
 
+from ..asgi import close_code
 from .frames import next_frame, receive, request
 from .servers import ALL_KINDS, PATH, Served, ServerKind
 
@@ -83,15 +84,6 @@ async def frames_before_pong(client: ClientConnection, ref: str = "sync") -> lis
     while (frame := await receive(client)) != {"type": "pong", "ref": ref}:
         frames.append(frame)
     return frames
-
-
-async def close_code(client: ClientConnection) -> int | None:
-    """Read until the connection closes; the close code the server sent, if any."""
-    try:
-        while True:
-            await client.recv()
-    except WebSocketsClosed as exc:
-        return None if exc.rcvd is None else int(exc.rcvd.code)
 
 
 async def eventually(served: Served, condition: Callable[[HubStatistics], bool]) -> None:

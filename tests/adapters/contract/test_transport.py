@@ -16,7 +16,7 @@ from websockets.typing import Subprotocol
 
 from roomcast import ConnectionClosed, ConnectionClosedError, PingableTransport, Transport
 
-from ..asgi import Client, abort, close
+from ..asgi import abort, close, close_code
 from .transports import MAX_SIZE, TRANSPORT_KINDS, TransportKind
 
 pytestmark = pytest.mark.anyio
@@ -33,15 +33,6 @@ def kind(request: pytest.FixtureRequest) -> TransportKind:
 @pytest.fixture
 def anyio_backend(kind: TransportKind) -> str:
     return kind.backend
-
-
-async def close_code(client: Client) -> int | None:
-    """Read until the connection closes; return the close code the server sent."""
-    try:
-        while True:
-            await client.recv()
-    except WebSocketsClosed as exc:
-        return None if exc.rcvd is None else int(exc.rcvd.code)
 
 
 async def test_transport_is_a_transport_and_pingable_where_the_framework_pings(

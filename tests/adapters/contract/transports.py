@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import anyio
 import pytest
@@ -44,31 +44,52 @@ __all__ = [
 #: The largest message, in bytes, every kind's server side takes.
 MAX_SIZE = 65536
 
+T = TypeVar("T")
+C = TypeVar("C")
+
+
+class Handover(Generic[T]):
+    """Hands the server side's transport to the test, and keeps the connection until it is done."""
+
+    def __init__(self) -> None:
+        self._send, self._receive = anyio.create_memory_object_stream[T](1)
+        self._release = anyio.Event()
+
+    async def hand(self, transport: T) -> None:
+        """In the server's handler: pass ``transport`` on, and wait until the test is done."""
+        with self._send:
+            await self._send.send(transport)
+        await self._release.wait()
+
+    @asynccontextmanager
+    async def taken(self, client: C) -> AsyncIterator[tuple[C, T]]:
+        """In the test: ``client`` and the transport the handler passed on."""
+        with self._receive:
+            transport = await self._receive.receive()
+        try:
+            yield client, transport
+        finally:
+            self._release.set()
+
 
 @asynccontextmanager
 async def websockets_accepted(
     path: str = "/", **client_kwargs: Any
 ) -> AsyncIterator[tuple[ClientConnection, WebSocketsTransport]]:
     """A ``websockets`` server's transport and its client."""
-    send, receive = anyio.create_memory_object_stream[WebSocketsTransport](1)
-    release = anyio.Event()
+    handover = Handover[WebSocketsTransport]()
 
     async def handle(connection: ServerConnection) -> None:
-        await send.send(WebSocketsTransport(connection))
-        await release.wait()  # the connection lives until the test is done with it
+        await handover.hand(WebSocketsTransport(connection))
 
-    with send, receive:
-        async with (
-            websockets_serve(handle, "127.0.0.1", 0, compression=None, max_size=MAX_SIZE) as server,
-            websockets_connect(
-                f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}{path}", **client_kwargs
-            ) as client,
-        ):
-            transport = await receive.receive()
-            try:
-                yield client, transport
-            finally:
-                release.set()
+    async with (
+        websockets_serve(handle, "127.0.0.1", 0, compression=None, max_size=MAX_SIZE) as server,
+        websockets_connect(
+            f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}{path}", **client_kwargs
+        ) as client,
+        handover.taken(client) as accepted,
+    ):
+        yield accepted
 
 
 @asynccontextmanager
@@ -89,8 +110,7 @@ async def aiohttp_accepted(
     path: str = "/ws", *, compress: bool = False, **client_kwargs: Any
 ) -> AsyncIterator[tuple[ClientConnection, AiohttpTransport]]:
     """An aiohttp ``WebSocketResponse``'s transport and its client."""
-    send, receive = anyio.create_memory_object_stream[AiohttpTransport](1)
-    release = anyio.Event()
+    handover = Handover[AiohttpTransport]()
 
     async def handle(request: web.Request) -> web.StreamResponse:
         ws: web.WebSocketResponse = web.WebSocketResponse(
@@ -98,23 +118,18 @@ async def aiohttp_accepted(
         )
         await ws.prepare(request)
         transport = AiohttpTransport(request, ws)
-        await send.send(transport)
-        await release.wait()  # the connection lives until the test is done with it
+        await handover.hand(transport)
         await transport.close(1001)
         return ws
 
     app = web.Application()
     app.router.add_get("/{path:.*}", handle)
-    with send, receive:
-        async with (
-            aiohttp_running(app) as base,
-            websockets_connect(base + path, **client_kwargs) as client,
-        ):
-            transport = await receive.receive()
-            try:
-                yield client, transport
-            finally:
-                release.set()
+    async with (
+        aiohttp_running(app) as base,
+        websockets_connect(base + path, **client_kwargs) as client,
+        handover.taken(client) as accepted,
+    ):
+        yield accepted
 
 
 @asynccontextmanager
@@ -122,24 +137,21 @@ async def starlette_accepted(
     path: str = "/ws", **client_kwargs: Any
 ) -> AsyncIterator[tuple[Client, StarletteTransport]]:
     """A Starlette ``WebSocket``'s transport, under uvicorn on asyncio or hypercorn on trio."""
-    send, receive = anyio.create_memory_object_stream[StarletteTransport](1)
-    release = anyio.Event()
+    handover = Handover[StarletteTransport]()
 
     async def handle(websocket: WebSocket) -> None:
         await websocket.accept()
-        await send.send(StarletteTransport(websocket, max_message_size=MAX_SIZE))
-        await release.wait()  # the connection lives until the test is done with it
+        await handover.hand(StarletteTransport(websocket, max_message_size=MAX_SIZE))
 
     app = Starlette(
         routes=[WebSocketRoute("/ws", handle), WebSocketRoute("/ws/{rest:path}", handle)]
     )
-    with send, receive:
-        async with serving(app) as base, connect(base + path, **client_kwargs) as client:
-            transport = await receive.receive()
-            try:
-                yield client, transport
-            finally:
-                release.set()
+    async with (
+        serving(app) as base,
+        connect(base + path, **client_kwargs) as client,
+        handover.taken(client) as accepted,
+    ):
+        yield accepted
 
 
 @dataclass(frozen=True)
