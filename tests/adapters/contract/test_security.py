@@ -1,6 +1,6 @@
 """Attacks on authentication, authorization and the handshake, against every adapter.
 
-Each test runs once per server kind in :data:`tests.contract.servers.KINDS`,
+Each test runs once per server kind in :data:`tests.adapters.contract.servers.KINDS`,
 over real sockets on 127.0.0.1, with a :class:`~roomcast.jwt.JWTAuthenticator`
 in front of the hub. A refusal before accept is checked as the HTTP status the
 client receives; a refusal after accept (first-message ``auth``, ``refresh``)
