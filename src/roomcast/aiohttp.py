@@ -40,7 +40,7 @@ try:
     from roomcast._aiohttp_wire import CloseFrameWatch, drained, negotiating, reset, text_frame
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "roomcast.aiohttp needs the aiohttp package: pip install 'aiohttp>=3.9' "
+        "roomcast.aiohttp needs the aiohttp package: pip install 'aiohttp>=3.11' "
         "(from a roomcast checkout: pip install -e '.[aiohttp]')"
     ) from exc
 

@@ -73,7 +73,7 @@ try:
     from websockets.typing import Subprotocol
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "roomcast.websockets needs the websockets package: pip install 'websockets>=14.0' "
+        "roomcast.websockets needs the websockets package: pip install 'websockets>=17.4' "
         "(from a roomcast checkout: pip install -e '.[websockets]')"
     ) from exc
 
