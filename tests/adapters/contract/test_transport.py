@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import anyio
 import pytest
@@ -22,6 +23,7 @@ from .transports import MAX_SIZE, TRANSPORT_KINDS, TransportKind
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 10
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(params=[kind.param() for kind in TRANSPORT_KINDS])
@@ -220,9 +222,9 @@ async def test_ping_calls_on_pong_when_the_pong_arrives(kind: TransportKind) -> 
 @pytest.mark.parametrize(
     ("module", "package", "requirement"),
     [
-        ("roomcast.websockets", "websockets", "websockets>=14.0"),
+        ("roomcast.websockets", "websockets", "websockets>=17.4"),
         ("roomcast.starlette", "starlette", "starlette>=0.37"),
-        ("roomcast.aiohttp", "aiohttp", "aiohttp>=3.9"),
+        ("roomcast.aiohttp", "aiohttp", "aiohttp>=3.11"),
     ],
 )
 def test_import_without_the_framework_names_the_extra(
@@ -237,4 +239,7 @@ def test_import_without_the_framework_names_the_extra(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
     )
     assert f"pip install '{requirement}'" in result.stdout
+    # The message names the very requirement of the package's extra.
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert f'\n{package} = ["{requirement}"]\n' in pyproject
     assert f"pip install -e '.[{package}]'" in result.stdout
