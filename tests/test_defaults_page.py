@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import roomcast
+import roomcast.backends.redis
 import roomcast.config
 import roomcast.jwt
 
@@ -17,7 +18,7 @@ PAGE = Path(__file__).resolve().parent.parent / "docs" / "reference" / "defaults
 #: | `DEFAULT_X` | `value` | `Class(option=)` | meaning |
 ROW = re.compile(r"^\| `(DEFAULT_\w+)` \| `([^`]+)` \| `(\w+)\((\w+)=\)` \| .+ \|$")
 #: Where the classes a row names are found.
-NAMESPACES = (roomcast, roomcast.jwt)
+NAMESPACES = (roomcast, roomcast.jwt, roomcast.backends.redis)
 
 
 def rows() -> list[tuple[str, str, str, str]]:

@@ -20,7 +20,7 @@ ABSTRACT = {"RoomcastError", "ProtocolError", "ConnectionClosed"}
 #: Built only by `ConnectionClosed.from_code`, which the adapters call.
 BUILT_BY_FROM_CODE = {"ConnectionClosedOK", "ConnectionClosedError"}
 #: Part of the tree for applications and backends; roomcast answers in-band instead.
-NOT_RAISED_BY_ROOMCAST = {"BackendError", "PermissionDenied", "RateLimited"}
+NOT_RAISED_BY_ROOMCAST = {"PermissionDenied", "RateLimited"}
 
 
 def sources() -> list[Path]:

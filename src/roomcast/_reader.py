@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
 import anyio
 
+from ._asyncio import cancel_native, current_native_task, uncancel_native
+
 if TYPE_CHECKING:
-    import asyncio
     from contextlib import AbstractContextManager
+
+    from ._asyncio import NativeTask
 
 __all__ = ["ReadLoopStop"]
 
 _NO_SCOPE: Final = contextlib.nullcontext()
-
-
-def _native_task() -> asyncio.Task[object] | None:
-    """The running asyncio task when it can be stopped natively, else ``None``.
-
-    Native stopping needs ``Task.uncancel`` (Python 3.11) to undo its own
-    cancellation, and asyncio: on trio the anyio cancel scope is cheap anyway.
-    """
-    if sys.version_info < (3, 11):
-        return None
-    if not anyio.get_cancelled_exc_class().__module__.startswith("asyncio"):
-        return None
-    import asyncio
-
-    return asyncio.current_task()
 
 
 class ReadLoopStop:
@@ -44,9 +31,10 @@ class ReadLoopStop:
 
     So on asyncio (Python 3.11 and later) the wait in ``receive()`` is ended
     with the task's own ``cancel()``, undone with ``uncancel()`` on the way
-    out, and an anyio cancel scope is entered only while a request is being
-    handled (`handling()`), where it also covers shielded sections. On
-    trio, and on Python 3.10, one anyio cancel scope covers the whole loop.
+    out (the trick lives in `roomcast._asyncio`), and an anyio cancel scope is
+    entered only while a request is being handled (`handling()`), where it
+    also covers shielded sections. On trio, and on Python 3.10, one anyio
+    cancel scope covers the whole loop.
 
     Use it as:
 
@@ -68,7 +56,7 @@ class ReadLoopStop:
     __slots__ = ("_outer", "_request", "_sent", "_task", "cancel_called", "waiting")
 
     def __init__(self) -> None:
-        self._task = _native_task()
+        self._task: NativeTask | None = current_native_task()
         self._outer: anyio.CancelScope | None = None if self._task else anyio.CancelScope()
         self._request: anyio.CancelScope | None = None
         self._sent = False
@@ -91,19 +79,10 @@ class ReadLoopStop:
         if self._outer is not None:
             return bool(self._outer.__exit__(exc_type, exc, tb))
         task = self._task
-        if not self._sent or task is None or sys.version_info < (3, 11):
+        if not self._sent or task is None:
             return False
         self._sent = False
-        # Swallowed only when this stop was the task's only cancellation: one
-        # from another ``task.cancel()`` (the server going away) propagates.
-        # An enclosing anyio scope cancelled at the same moment does not cancel
-        # a task whose wait is already cancelled; it keeps trying, so its
-        # cancellation arrives at the task's next checkpoint.
-        return (
-            task.uncancel() == 0
-            and exc_type is not None
-            and issubclass(exc_type, anyio.get_cancelled_exc_class())
-        )
+        return uncancel_native(task, exc_type)
 
     def handling(self) -> AbstractContextManager[object]:
         """A scope for handling one request, cancelled when the loop is stopped."""
@@ -122,7 +101,7 @@ class ReadLoopStop:
             self._request.cancel()
         elif self.waiting and self._task is not None:
             self._sent = True
-            self._task.cancel()
+            cancel_native(self._task)
 
 
 class _RequestScope:

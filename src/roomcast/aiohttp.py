@@ -1,10 +1,21 @@
 """Serve a roomcast hub from an aiohttp application.
 
-Mount the endpoint and tie the hub's lifetime to the application's:
+What it mounts: one request handler, [`handler(hub)`][roomcast.aiohttp.handler], that admits
+each handshake through the hub and answers a refusal with a plain HTTP response before any
+WebSocket is prepared. The hub's lifetime is tied to the application's by
+[`cleanup_ctx(hub)`][roomcast.aiohttp.cleanup_ctx], which starts the hub on startup, closes
+it in ``on_shutdown`` (before aiohttp waits for open handlers) and stops it on cleanup:
 
     app = web.Application()
     app.router.add_get("/ws", roomcast.aiohttp.handler(hub))
     app.cleanup_ctx.append(roomcast.aiohttp.cleanup_ctx(hub))
+
+aiohttp runs on asyncio only, so this adapter and its private half,
+``roomcast._aiohttp_wire`` (raw frame writes, the close-frame watch, socket
+reset), use asyncio directly. Checked with aiohttp 3.14.5; the aiohttp
+attributes outside its documented API that the adapter uses are listed in
+`_INTERNALS`, all present in 3.9.5 but ``BaseProtocol.writing_paused``, which
+appeared in 3.11.
 """
 
 from __future__ import annotations
@@ -12,23 +23,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import anyio
 
+from roomcast._adapters import ABNORMAL_CLOSURE, NO_STATUS_RECEIVED, Internal
 from roomcast.exceptions import ConnectionClosed
+from roomcast.protocol import CloseCode
 from roomcast.transport import Handshake, close_frame
 
 try:
-    from aiohttp import WebSocketError, WSMsgType, hdrs, web
+    from aiohttp import WebSocketError, WSMsgType, web
     from aiohttp.http_exceptions import HttpProcessingError
-    from multidict import CIMultiDict
+
+    from roomcast._aiohttp_wire import CloseFrameWatch, drained, negotiating, reset, text_frame
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "roomcast.aiohttp needs the aiohttp package: pip install 'aiohttp>=3.9' "
+        "roomcast.aiohttp needs the aiohttp package: pip install 'aiohttp>=3.11' "
         "(from a roomcast checkout: pip install -e '.[aiohttp]')"
     ) from exc
 
@@ -41,11 +53,29 @@ logger = logging.getLogger("roomcast.aiohttp")
 
 # The hub waits for one pong at a time; older unanswered pings are forgotten.
 _MAX_PENDING_PINGS = 8
-# RFC 6455 section 5.2: FIN + text opcode, then a 7-bit length, or 126 and a 16-bit
-# one, or 127 and a 64-bit one. Section 5.1: a server never masks its frames.
-_PACK_LENGTH_7 = struct.Struct("!BB").pack
-_PACK_LENGTH_16 = struct.Struct("!BBH").pack
-_PACK_LENGTH_64 = struct.Struct("!BBQ").pack
+
+_CHECKED = ("3.9.5", "3.14.5")
+_REQUEST = "aiohttp.web_request.BaseRequest"
+_HANDLER = "aiohttp.web_protocol.RequestHandler"
+_PROTOCOL = "aiohttp.base_protocol.BaseProtocol"
+_WRITER = "aiohttp.http_writer.StreamWriter"
+
+#: Every attribute outside aiohttp's documented API that this adapter uses. Beyond these,
+#: text frames are written to the asyncio transport directly (see ``roomcast._aiohttp_wire``).
+_INTERNALS: Final = (
+    Internal(_REQUEST, "protocol", "attribute", _CHECKED, "asked whether writing is paused"),
+    Internal(
+        _PROTOCOL,
+        "writing_paused",
+        "attribute",
+        ("3.14.5",),
+        "write in place only if False (3.11+)",
+    ),
+    Internal(_REQUEST, "writer", "attribute", _CHECKED, "the stream writer send() drains"),
+    Internal(_WRITER, "drain", "callable", _CHECKED, "wait below the low-water mark"),
+    Internal(_HANDLER, "data_received", "callable", _CHECKED, "the close-frame watch feeds it"),
+    Internal(_HANDLER, "eof_received", "callable", _CHECKED, "the close-frame watch feeds it"),
+)
 
 
 class AiohttpTransport:
@@ -70,7 +100,7 @@ class AiohttpTransport:
         # Installed by handler() before the handshake was answered, if it was.
         transport = request.transport
         watch = None if transport is None else transport.get_protocol()
-        self._watch = watch if isinstance(watch, _CloseFrameWatch) else None
+        self._watch = watch if isinstance(watch, CloseFrameWatch) else None
 
     @property
     def handshake(self) -> Handshake:
@@ -92,7 +122,7 @@ class AiohttpTransport:
             try:
                 message = await ws.receive()
             except RuntimeError as exc:  # aiohttp's answer to reading on after the end
-                raise self._closed() from exc
+                raise self._ended() from exc
             kind = message.type
             if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
                 data: str | bytes = message.data
@@ -104,13 +134,13 @@ class AiohttpTransport:
             elif kind is WSMsgType.PONG:
                 self._pong_received(bytes(message.data))
             elif kind is WSMsgType.CLOSE:  # 0: the peer's close frame had no code
-                raise ConnectionClosed.from_code(int(message.data) or 1005, message.extra or "")
+                code = int(message.data) or NO_STATUS_RECEIVED
+                raise _closed(None, code, message.extra or "")
             elif kind is WSMsgType.ERROR:  # aiohttp has already sent its close frame
                 error = message.data
-                code = error.code if isinstance(error, WebSocketError) else 1006
-                raise ConnectionClosed.from_code(int(code))
+                raise _closed(error if isinstance(error, BaseException) else None)
             else:  # CLOSING, CLOSED: another task closed the connection
-                raise self._closed()
+                raise self._ended()
 
     def try_send(self, frame: str) -> bool:
         """Write ``frame`` now if the write buffer is at or below its high-water mark.
@@ -125,7 +155,7 @@ class AiohttpTransport:
             or transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
         ):
             return False
-        transport.write(_text_frame(frame))
+        transport.write(text_frame(frame))
         return True
 
     async def send(self, frames: list[str]) -> None:
@@ -140,13 +170,13 @@ class AiohttpTransport:
                     await self._ws.send_str(frame)
                 return
             # Waits until the transport resumes writing (below its low-water mark).
-            await _drained(self._request)
+            await drained(self._request)
         except (ConnectionError, RuntimeError) as exc:
-            raise self._closed() from exc
+            raise self._ended() from exc
         # One write, so one system call, for every waiting frame.
-        self._open_transport().writelines([_text_frame(frame) for frame in frames])
+        self._open_transport().writelines([text_frame(frame) for frame in frames])
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start the closing handshake and wait for it to end; closing twice does nothing.
 
         The close frame goes out behind what the connection already holds;
@@ -192,7 +222,7 @@ class AiohttpTransport:
             if not closed and transport is not None:
                 # Cancelled (the hub's close deadline): aiohttp's own close
                 # would keep the socket while its write buffer is full.
-                _reset(transport)
+                reset(transport)
 
     async def _until_closed(self) -> None:
         """Wait until the socket is closed; abort it if cancelled first.
@@ -216,7 +246,7 @@ class AiohttpTransport:
         finally:
             watch.on_lost = None
             if not watch.lost:
-                _reset(transport)
+                reset(transport)
 
     async def ping(self, on_pong: Callable[[], object]) -> None:
         """Send a protocol ping; ``on_pong`` runs when its pong arrives.
@@ -235,7 +265,7 @@ class AiohttpTransport:
             await self._ws.ping(payload)
         except (ConnectionError, RuntimeError) as exc:
             pings.pop(payload, None)
-            raise self._closed() from exc
+            raise self._ended() from exc
 
     def _pong_received(self, payload: bytes) -> None:
         pings = self._pings
@@ -256,57 +286,15 @@ class AiohttpTransport:
     def _open_transport(self) -> asyncio.Transport:
         transport = self._request.transport  # None once aiohttp has dropped the connection
         if self._ws.closed or transport is None or transport.is_closing():
-            raise self._closed()
+            raise self._ended()
         return transport
 
-    def _closed(self) -> ConnectionClosed:
+    def _ended(self) -> ConnectionClosed:
         # The side that closed first gave the reason; 1006 when neither did.
         if self._sent is not None:
-            return ConnectionClosed.from_code(*self._sent)
+            return _closed(None, *self._sent)
         code = self._ws.close_code
-        return ConnectionClosed.from_code(1006 if code is None else int(code))
-
-
-class RedactRequestErrors(logging.Filter):
-    """Keeps the raw request out of the records aiohttp's server logs for a malformed request.
-
-    When aiohttp's parser refuses a request (a header value with a stray
-    ``\\r`` or a control byte, a NUL in a cookie, an obs-folded header, a line
-    too long), ``aiohttp.server`` logs ``Error handling request from <peer>``
-    at ERROR with the exception, whose message quotes the offending bytes:
-    an ``Authorization`` header or a ``roomcast.bearer.`` entry included. On
-    such a record (any exception derived from aiohttp's
-    ``HttpProcessingError``) this filter drops the exception, its traceback
-    and its message, and appends the exception's class name to the message;
-    the record itself, its level and the peer's address are kept. Other
-    records pass unchanged.
-
-    [`handler()`][roomcast.aiohttp.handler] and
-    [`cleanup_ctx()`][roomcast.aiohttp.cleanup_ctx] install one on the
-    ``aiohttp.server`` logger, once per process; give it to another logger
-    (one you pass to ``AppRunner(..., logger=...)``) with ``addFilter``.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Redact ``record`` when it carries a request parsing error; keep it in any case."""
-        exc_info = record.exc_info
-        error = exc_info[1] if exc_info else None
-        if isinstance(error, HttpProcessingError):
-            record.msg = f"{record.msg} [{type(error).__name__}]"
-            record.exc_info = None
-            record.exc_text = None
-            record.stack_info = None
-        return True
-
-
-def _install_log_redaction(logger_name: str = "aiohttp.server") -> None:
-    """Add a [RedactRequestErrors][roomcast.aiohttp.RedactRequestErrors] filter to a logger.
-
-    Idempotent: a logger that already has one keeps just that one.
-    """
-    target = logging.getLogger(logger_name)
-    if not any(isinstance(existing, RedactRequestErrors) for existing in target.filters):
-        target.addFilter(RedactRequestErrors())
+        return _closed(None, None if code is None else int(code))
 
 
 def handler(hub: Hub) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -342,8 +330,8 @@ def handler(hub: Hub) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         )
         # Watching from before the handshake is answered: the peer's first frame
         # comes after, so the watch sees the stream from a frame boundary.
-        _CloseFrameWatch.install(request)
-        await ws.prepare(_negotiating(request, subprotocol))
+        CloseFrameWatch.install(request)
+        await ws.prepare(negotiating(request, subprotocol))
         await hub.serve(AiohttpTransport(request, ws), admission)
         return ws
 
@@ -399,95 +387,36 @@ def cleanup_ctx(hub: Hub) -> Callable[[web.Application], AsyncIterator[None]]:
     return run_hub
 
 
-class _CloseFrameWatch(asyncio.Protocol):
-    """Passes a connection's bytes on to aiohttp, noticing the peer's close frame.
+class RedactRequestErrors(logging.Filter):
+    """Keeps the raw request out of the records aiohttp's server logs for a malformed request.
 
-    From the moment aiohttp's shutdown begins (``Server.pre_shutdown``, which
-    runs before ``on_shutdown``) it drops what its connections receive, so a
-    WebSocket closed then never sees the peer's answer. The watch sits between
-    the socket and aiohttp's protocol and follows the frame boundaries of the
-    peer's stream (RFC 6455 section 5.2: a 2-byte header, a 16- or 64-bit
-    extended length, a 4-byte masking key) to tell when the close frame
-    (opcode 0x8) arrives. It reads headers only and copies nothing.
+    When aiohttp's parser refuses a request (a header value with a stray
+    ``\\r`` or a control byte, a NUL in a cookie, an obs-folded header, a line
+    too long), ``aiohttp.server`` logs ``Error handling request from <peer>``
+    at ERROR with the exception, whose message quotes the offending bytes:
+    an ``Authorization`` header or a ``roomcast.bearer.`` entry included. On
+    such a record (any exception derived from aiohttp's
+    ``HttpProcessingError``) this filter drops the exception, its traceback
+    and its message, and appends the exception's class name to the message;
+    the record itself, its level and the peer's address are kept. Other
+    records pass unchanged.
+
+    [`handler()`][roomcast.aiohttp.handler] and
+    [`cleanup_ctx()`][roomcast.aiohttp.cleanup_ctx] install one on the
+    ``aiohttp.server`` logger, once per process; give it to another logger
+    (one you pass to ``AppRunner(..., logger=...)``) with ``addFilter``.
     """
 
-    __slots__ = ("_partial", "_protocol", "_skip", "close_seen", "lost", "on_close", "on_lost")
-
-    def __init__(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-        self._skip = 0  # payload bytes of the current frame still to come
-        self._partial = b""  # the start of a frame header split across reads
-        #: Whether the peer's close frame has arrived.
-        self.close_seen = False
-        #: Called once when it arrives.
-        self.on_close: Callable[[], object] | None = None
-        #: Whether the socket is closed.
-        self.lost = False
-        #: Called once when it is.
-        self.on_lost: Callable[[], object] | None = None
-
-    @classmethod
-    def install(cls, request: web.BaseRequest) -> None:
-        """Put a watch between ``request``'s socket and aiohttp, where possible."""
-        transport = request.transport
-        if transport is None:
-            return
-        protocol = transport.get_protocol()
-        if protocol is not None and not isinstance(protocol, asyncio.BufferedProtocol):
-            transport.set_protocol(cls(protocol))
-
-    def data_received(self, data: bytes) -> None:
-        if not self.close_seen:
-            self._scan(data)
-        self._protocol.data_received(data)  # type: ignore[attr-defined]
-
-    def _scan(self, data: bytes) -> None:
-        if self._partial:
-            data = self._partial + data
-            self._partial = b""
-        position, end = 0, len(data)
-        while position < end:
-            if self._skip:
-                taken = min(self._skip, end - position)
-                self._skip -= taken
-                position += taken
-                continue
-            if end - position < 2:
-                break
-            second = data[position + 1]
-            length = second & 0x7F
-            extended = 2 if length == 126 else 8 if length == 127 else 0
-            size = 2 + extended + (4 if second & 0x80 else 0)
-            if end - position < size:
-                break
-            if extended:
-                length = int.from_bytes(data[position + 2 : position + 2 + extended], "big")
-            if data[position] & 0x0F == 0x8:
-                self.close_seen = True
-                if self.on_close is not None:
-                    self.on_close()
-                return
-            position += size
-            self._skip = length
-        self._partial = data[position:end]
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._protocol.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self.on_lost is not None:
-            self.on_lost()
-        self._protocol.connection_lost(exc)
-
-    def eof_received(self) -> bool | None:
-        return self._protocol.eof_received()  # type: ignore[attr-defined,no-any-return]
-
-    def pause_writing(self) -> None:
-        self._protocol.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._protocol.resume_writing()
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact ``record`` when it carries a request parsing error; keep it in any case."""
+        exc_info = record.exc_info
+        error = exc_info[1] if exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg = f"{record.msg} [{type(error).__name__}]"
+            record.exc_info = None
+            record.exc_text = None
+            record.stack_info = None
+        return True
 
 
 def _handshake(request: web.BaseRequest) -> Handshake:
@@ -503,69 +432,27 @@ def _handshake(request: web.BaseRequest) -> Handshake:
     return Handshake.from_request(request.path_qs, headers, client)
 
 
-def _negotiating(request: web.Request, subprotocol: str | None) -> web.Request:
-    """The request to prepare the response with, so that aiohttp logs no offered token.
+def _closed(
+    exc: BaseException | None, code: int | None = None, reason: str = ""
+) -> ConnectionClosed:
+    """The [`ConnectionClosed`][roomcast.ConnectionClosed] for how aiohttp reported the end.
 
-    aiohttp reads the first ``Sec-WebSocket-Protocol`` header and, when none of
-    its entries is one the response selects, logs every entry at WARNING:
-    ``roomcast.bearer.<token>`` included. The hub has already chosen, so aiohttp
-    is shown only its choice.
+    ``exc`` is the ``WebSocketError`` of an ``ERROR`` message (or any other
+    error, or ``None``); ``code`` and ``reason`` those of a ``CLOSE`` message,
+    or of the close frame either side sent. 1006 when neither gives a code.
     """
-    offered = request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL)
-    if offered is None or (
-        subprotocol is not None and subprotocol in (entry.strip() for entry in offered.split(","))
-    ):
-        return request
-    headers = CIMultiDict(
-        (name, value)
-        for name, value in request.headers.items()
-        if name.lower() != "sec-websocket-protocol"
-    )
-    if subprotocol is not None:
-        headers[hdrs.SEC_WEBSOCKET_PROTOCOL] = subprotocol
-    return request.clone(headers=headers)
+    if isinstance(exc, WebSocketError):
+        return ConnectionClosed.from_code(int(exc.code))
+    if code is not None:
+        return ConnectionClosed.from_code(code, reason)
+    return ConnectionClosed.from_code(ABNORMAL_CLOSURE)
 
 
-_LINGER_RESET = struct.pack("ii", 1, 0)
+def _install_log_redaction(logger_name: str = "aiohttp.server") -> None:
+    """Add a [RedactRequestErrors][roomcast.aiohttp.RedactRequestErrors] filter to a logger.
 
-
-def _reset(transport: asyncio.Transport) -> None:
-    """Abort ``transport``, discarding what it has not sent yet.
-
-    A socket closed with bytes still unsent lingers in the kernel (FIN-WAIT-1)
-    for as long as its peer does not read; with a zero linger time, closing
-    resets the connection and frees it at once.
+    Idempotent: a logger that already has one keeps just that one.
     """
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-    transport.abort()
-
-
-async def _drained(request: web.BaseRequest) -> None:
-    """Wait until ``request``'s transport resumes writing.
-
-    aiohttp's drain makes every waiter await one shared future: cancelling one
-    wait (the hub stops a slow consumer's writer) would cancel the closing
-    handshake's wait too. Each wait here is shielded, and what the shared
-    wait ends with is read, so that it is never logged as unretrieved.
-    """
-    drain = asyncio.ensure_future(request.writer.drain())
-    drain.add_done_callback(_retrieve)
-    await asyncio.shield(drain)
-
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-def _text_frame(frame: str) -> bytes:
-    payload = frame.encode()
-    length = len(payload)
-    if length < 126:
-        return _PACK_LENGTH_7(0x81, length) + payload
-    if length < 65536:
-        return _PACK_LENGTH_16(0x81, 126, length) + payload
-    return _PACK_LENGTH_64(0x81, 127, length) + payload
+    target = logging.getLogger(logger_name)
+    if not any(isinstance(existing, RedactRequestErrors) for existing in target.filters):
+        target.addFilter(RedactRequestErrors())

@@ -28,9 +28,13 @@ __all__ = [
     "DEFAULT_MAX_KEYS",
     "DEFAULT_MAX_QUEUE",
     "DEFAULT_MAX_QUEUE_BYTES",
+    "DEFAULT_MAX_RECONNECT_DELAY",
     "DEFAULT_MAX_ROOMS_PER_CONNECTION",
     "DEFAULT_MAX_TRACKED_IPS",
     "DEFAULT_PERIOD",
+    "DEFAULT_POSITION_TTL",
+    "DEFAULT_PUBLISH_TIMEOUT",
+    "DEFAULT_RECONNECT_DELAY",
     "DEFAULT_RATE",
     "DEFAULT_STRIKES",
     "DEFAULT_TOKEN_EXPIRY_WARNING",
@@ -104,6 +108,20 @@ DEFAULT_HEARTBEAT_JITTER: Final = 0.1
 DEFAULT_JWKS_COOLDOWN: Final = 300.0
 #: Seconds one fetch of a key set may take in all: connecting, headers and body.
 DEFAULT_JWKS_TIMEOUT: Final = 5.0
+
+# -- backends ----------------------------------------------------------------------------
+
+#: Seconds a room's position (offset and epoch) outlives its last publish or read, in
+#: every backend: long after the messages expire, a client that missed nothing is
+#: still told `recovered: true`.
+DEFAULT_POSITION_TTL: Final = 86_400.0
+#: Seconds a Redis publish (or any other command) may take before it fails with
+#: `BackendError`.
+DEFAULT_PUBLISH_TIMEOUT: Final = 5.0
+#: Seconds of the first pause before a lost Redis pub/sub connection is made again.
+DEFAULT_RECONNECT_DELAY: Final = 0.1
+#: Most seconds between two attempts to make a Redis pub/sub connection again.
+DEFAULT_MAX_RECONNECT_DELAY: Final = 10.0
 
 
 def check_finite(name: str, value: object) -> float:

@@ -12,15 +12,13 @@ Every error roomcast raises through its public API derives from one root:
     ├── AuthenticationError           credentials missing, invalid or expired
     ├── PermissionDenied              the authorizer refused an action on a room (*)
     ├── RateLimited                   over a rate limit (``retry_after`` seconds) (*)
-    ├── BackendError                  the broker behind a backend failed (*)
+    ├── BackendError                  the broker behind a backend failed
     └── HubNotRunning                 the hub was asked to send while not running
                                       (also a ``RuntimeError``)
 
 (*) roomcast itself does not raise these: it answers a refused or rate-limited
-request in-band (a `forbidden` or `rate_limited` reply), and `BackendError` is
-raised by [`Backend`][roomcast.Backend] implementations whose broker fails (the
-in-memory backend cannot fail); [`Hub.publish`][roomcast.hub.Hub.publish] lets it
-through. They are part of the tree so that applications and backends can use them.
+request in-band (a `forbidden` or `rate_limited` reply). They are part of the tree
+so that applications (an authorizer, say) can use them.
 
 Bad arguments to roomcast's own functions raise `ValueError` or
 `TypeError`, never one of these.
@@ -167,10 +165,12 @@ class RateLimited(RoomcastError):
 class BackendError(RoomcastError):
     """The broker behind a backend failed.
 
-    Raised by [`Backend`][roomcast.Backend] implementations whose broker fails,
-    wrapping the broker's own exception; roomcast itself does not raise it (the
-    in-memory backend cannot fail), and [`Hub.publish`][roomcast.hub.Hub.publish]
-    lets it through to the caller.
+    Raised by [`RedisBackend`][roomcast.backends.redis.RedisBackend] (and any other
+    [`Backend`][roomcast.Backend] implementation) when its broker cannot be reached,
+    answers with an error or takes longer than its timeout, wrapping the broker's own
+    exception; also when a backend cannot run where it was started (the Redis backend
+    under trio). [`Hub.publish`][roomcast.hub.Hub.publish] lets it through to the
+    caller. The in-memory backend never raises it.
     """
 
 

@@ -1,6 +1,9 @@
-"""Serve a roomcast hub from a Starlette or FastAPI application.
+"""Serve a roomcast hub from a Starlette or FastAPI application (Starlette 0.37 and later).
 
-Mount one endpoint and open the hub with the application:
+What it mounts: one WebSocket endpoint, [`endpoint(hub)`][roomcast.starlette.endpoint], that
+admits each handshake through the hub before accepting it. The hub's lifetime is tied to the
+application's by [`lifespan(hub)`][roomcast.starlette.lifespan], which enters the hub at startup
+and leaves it at shutdown:
 
     app = Starlette(
         routes=[WebSocketRoute("/ws", roomcast.starlette.endpoint(hub))],
@@ -15,6 +18,11 @@ a frame limit no larger than ``hub.max_message_size`` (uvicorn: ``--ws-max-size 
 ``websocket_max_message_size``) and permessage-deflate off (uvicorn: ``--ws-per-message-deflate
 false``). Whatever the server allows, [`StarletteTransport`][roomcast.starlette.StarletteTransport]
 closes the connection with 1009 on a message over ``hub.max_message_size`` bytes.
+
+Checked with Starlette 1.10.0 and 0.37.2, uvicorn 0.54.0 and 0.30.0, and hypercorn 0.18.0. The
+attributes of Starlette's ``WebSocket`` and of uvicorn that are outside their documented API,
+and that the adapter uses, are listed in `_INTERNALS`; the eager send on asyncio lives in
+`roomcast._asyncio`.
 """
 
 from __future__ import annotations
@@ -22,17 +30,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
-import types
 import urllib.parse
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.lowlevel
 
+from roomcast._adapters import ABNORMAL_CLOSURE, NO_STATUS_RECEIVED, Internal
+from roomcast._asyncio import on_asyncio, resume
 from roomcast.exceptions import ConnectionClosed
+from roomcast.protocol import CloseCode
 from roomcast.transport import DEFAULT_CLOSE_TIMEOUT, Handshake, close_frame
 from roomcast.wire import MAX_MESSAGE_SIZE
 
@@ -59,6 +69,57 @@ logger = logging.getLogger("roomcast.starlette")
 # socket is gone.
 _GONE = (WebSocketDisconnect, RuntimeError, OSError)
 _CONNECTED = WebSocketState.CONNECTED
+
+_WEBSOCKET = "starlette.websockets.WebSocket"
+_STARLETTE = ("0.37.2", "1.10.0")
+_UVICORN = ("0.30.0", "0.54.0")
+
+#: Every attribute outside Starlette's and uvicorn's documented API that this adapter uses.
+_INTERNALS: Final = (
+    Internal(
+        _WEBSOCKET,
+        "_send",
+        "attribute",
+        _STARLETTE,
+        "the ASGI send: data frames skip WebSocket.send's checks (without it, they go through it)",
+    ),
+    Internal(
+        _WEBSOCKET,
+        "_receive",
+        "attribute",
+        _STARLETTE,
+        "the ASGI receive: the closing handshake reads past the first websocket.disconnect",
+    ),
+    Internal(
+        _WEBSOCKET,
+        "application_state",
+        "attribute",
+        _STARLETTE,
+        "whether a data frame may go to the ASGI send directly; set when the socket is lost",
+    ),
+    Internal(
+        _WEBSOCKET,
+        "client_state",
+        "attribute",
+        _STARLETTE,
+        "whether the peer is gone, so that closing has nothing left to do",
+    ),
+    Internal(
+        "uvicorn.lifespan.on.LifespanOn",
+        "config",
+        "attribute",
+        _UVICORN,
+        "the server's config, read at startup from the frame running uvicorn.lifespan.on "
+        "(without it, no startup check)",
+    ),
+    Internal(
+        "uvicorn.config.Config",
+        "ws_protocol_class",
+        "attribute",
+        _UVICORN,
+        "None when uvicorn has no WebSocket implementation (without it, no startup check)",
+    ),
+)
 
 
 class StarletteTransport:
@@ -90,7 +151,7 @@ class StarletteTransport:
         self._websocket = websocket
         self._max_size = max_message_size
         self._close_timeout = close_timeout
-        self._eager = _on_asyncio()
+        self._eager = on_asyncio()
         # The ASGI send the WebSocket wraps. Data frames go to it directly while
         # the socket is open, with the checks WebSocket.send would make for them
         # done here; everything else (accept, close) goes through WebSocket.send.
@@ -126,10 +187,10 @@ class StarletteTransport:
         try:
             message = await self._websocket.receive()
         except _GONE as exc:
-            raise ConnectionClosed.from_code(1006) from exc
+            raise _closed(None) from exc  # the socket is gone: no close code came
         if message["type"] == "websocket.disconnect":
-            code = message.get("code") or 1005
-            raise ConnectionClosed.from_code(int(code), message.get("reason") or "")
+            code = message.get("code") or NO_STATUS_RECEIVED
+            raise _closed(None, int(code), message.get("reason") or "")
         text: str | None = message.get("text")
         data: str | bytes = text if text is not None else bytes(message.get("bytes") or b"")
         limit = self._max_size
@@ -139,8 +200,8 @@ class StarletteTransport:
         else:
             too_big = len(data) > limit
         if too_big:
-            await self.close(1009, "message too big")
-            raise ConnectionClosed.from_code(1009, "message too big")
+            await self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            raise _closed(None, CloseCode.MESSAGE_TOO_BIG, "message too big")
         return data
 
     def try_send(self, frame: str) -> bool:
@@ -164,21 +225,21 @@ class StarletteTransport:
         else:
             sending = websocket.send(message)
         try:
+            # The first step, in place: no call added to the fan-out loop for a
+            # send that finishes at once (see roomcast._asyncio for the rest).
             suspended = sending.send(None)
         except StopIteration:
             return None
         except _GONE as exc:
-            raise self._closed(exc) from exc
-        return _finish_send(_resume(sending, suspended), self)
+            raise self._gone(exc) from exc
+        return _finish_send(resume(sending, suspended), self)
 
-    def _closed(self, exc: BaseException) -> ConnectionClosed:
+    def _gone(self, exc: BaseException) -> ConnectionClosed:
         """The error for a send that found the socket gone."""
-        if isinstance(exc, WebSocketDisconnect):
-            return ConnectionClosed.from_code(exc.code, exc.reason)
         if isinstance(exc, OSError):
             # What WebSocket.send does when the server reports the socket gone.
             self._websocket.application_state = WebSocketState.DISCONNECTED
-        return ConnectionClosed.from_code(1006)
+        return _closed(exc)
 
     async def send(self, frames: list[str]) -> None:
         """Send ``frames`` in order, each awaited.
@@ -196,9 +257,9 @@ class StarletteTransport:
                 else:
                     await websocket.send(message)
             except _GONE as exc:
-                raise self._closed(exc) from exc
+                raise self._gone(exc) from exc
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Send a close frame and wait for the connection to end; later calls do nothing.
 
         The close frame goes out once the server can write it (after what it
@@ -225,64 +286,6 @@ class StarletteTransport:
                 await _closing_handshake(websocket, code, reason)
         except Exception:  # the socket may already be gone; the goal was a closed connection
             logger.debug("error while closing a connection", exc_info=True)
-
-
-async def _closing_handshake(websocket: WebSocket, code: int, reason: str) -> None:
-    """Wait, after sending close ``code``, until the server reports the connection's end.
-
-    Servers differ in what ``websocket.disconnect`` means once the application
-    has closed. hypercorn sends one when the closing handshake is over; uvicorn's
-    legacy ``websockets`` implementation finishes the handshake within the
-    ``websocket.close`` send. uvicorn's ``websockets-sansio`` and ``wsproto``
-    implementations answer the close at once with a ``websocket.disconnect``
-    that repeats its code and reason, read and drop the peer's frames
-    themselves until its close frame, and send a second one when the socket
-    is closed: that one is the end. (Starlette refuses a second receive after
-    a disconnect, so this reads the ASGI channel itself.)
-    """
-    receive = websocket._receive
-    echoed = False
-    while True:
-        message = await receive()
-        kind = message["type"]
-        if kind == "websocket.receive":
-            continue  # a frame the peer sent before it saw the close frame
-        if kind != "websocket.disconnect":
-            return  # not a server that follows ASGI: nothing to wait for
-        if not echoed and message.get("code") == code and message.get("reason") == reason:
-            echoed = True
-            continue
-        return
-
-
-def _on_asyncio() -> bool:
-    # The backend's own cancellation class tells which event loop runs us.
-    return anyio.get_cancelled_exc_class().__module__.startswith("asyncio")
-
-
-@types.coroutine
-def _resume(sending: Coroutine[Any, Any, None], suspended: Any) -> Generator[Any, Any, None]:
-    """Continue ``sending``, which suspended with ``suspended``, in the awaiting task."""
-    try:
-        while True:
-            try:
-                sent = yield suspended
-            except GeneratorExit:
-                sending.close()
-                raise
-            except BaseException as exc:  # cancellation, delivered to the send
-                suspended = sending.throw(exc)
-            else:
-                suspended = sending.send(sent)
-    except StopIteration:
-        return
-
-
-async def _finish_send(rest: Awaitable[None], transport: StarletteTransport) -> None:
-    try:
-        await rest
-    except _GONE as exc:
-        raise transport._closed(exc) from exc
 
 
 def endpoint(hub: Hub) -> Callable[[WebSocket], Awaitable[None]]:
@@ -325,6 +328,99 @@ def endpoint(hub: Hub) -> Callable[[WebSocket], Awaitable[None]]:
     return roomcast_endpoint
 
 
+def lifespan(hub: Hub) -> Callable[[object], AbstractAsyncContextManager[None]]:
+    """Return a lifespan that runs ``hub`` (``async with hub``) while the application runs.
+
+    Pass it as ``Starlette(lifespan=...)`` or ``FastAPI(lifespan=...)``. On
+    shutdown the hub flushes and closes its clients with 1001, but servers
+    close open WebSockets before the lifespan ends (uvicorn with 1012); call
+    ``await hub.aclose()`` before the server shuts down to say goodbye first,
+    as the examples do.
+
+    At startup it checks that the server can serve WebSockets at all: uvicorn
+    installed without a WebSocket library (``pip install uvicorn`` alone
+    brings none) or run with ``--ws none`` answers every handshake with 404.
+    The lifespan then fails, and the server does not start, with a
+    ``RuntimeError`` that says what to install.
+
+    Raises:
+        RuntimeError: (on startup) the server running the application cannot
+            accept WebSocket connections.
+    """
+    return _Lifespan(hub)
+
+
+def _handshake(websocket: WebSocket) -> Handshake:
+    scope = websocket.scope
+    # raw_path keeps percent-escapes, which Handshake.from_request decodes once.
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else urllib.parse.quote(scope["path"])
+    query = scope.get("query_string", b"").decode("latin-1")
+    target = f"{path}?{query}" if query else path
+    headers = [
+        (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
+    ]
+    peer = scope.get("client")
+    client = (str(peer[0]), int(peer[1])) if peer else None
+    handshake = Handshake.from_request(target, headers, client)
+    # The server's own parse, which also covers HTTP/2 and HTTP/3 handshakes.
+    offered = scope.get("subprotocols")
+    if offered is not None:
+        handshake = dataclasses.replace(handshake, subprotocols=tuple(offered))
+    return handshake
+
+
+def _closed(
+    exc: BaseException | None, code: int | None = None, reason: str = ""
+) -> ConnectionClosed:
+    """The [`ConnectionClosed`][roomcast.ConnectionClosed] for how Starlette reported the end.
+
+    ``exc`` is Starlette's ``WebSocketDisconnect`` (or an error of a socket
+    already gone, or ``None``); ``code`` and ``reason`` those of a
+    ``websocket.disconnect`` message. 1006 when neither gives a code.
+    """
+    if isinstance(exc, WebSocketDisconnect):
+        return ConnectionClosed.from_code(exc.code, exc.reason)
+    if code is not None:
+        return ConnectionClosed.from_code(code, reason)
+    return ConnectionClosed.from_code(ABNORMAL_CLOSURE)
+
+
+async def _closing_handshake(websocket: WebSocket, code: int, reason: str) -> None:
+    """Wait, after sending close ``code``, until the server reports the connection's end.
+
+    Servers differ in what ``websocket.disconnect`` means once the application
+    has closed. hypercorn sends one when the closing handshake is over; uvicorn's
+    legacy ``websockets`` implementation finishes the handshake within the
+    ``websocket.close`` send. uvicorn's ``websockets-sansio`` and ``wsproto``
+    implementations answer the close at once with a ``websocket.disconnect``
+    that repeats its code and reason, read and drop the peer's frames
+    themselves until its close frame, and send a second one when the socket
+    is closed: that one is the end. (Starlette refuses a second receive after
+    a disconnect, so this reads the ASGI channel itself.)
+    """
+    receive = websocket._receive
+    echoed = False
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "websocket.receive":
+            continue  # a frame the peer sent before it saw the close frame
+        if kind != "websocket.disconnect":
+            return  # not a server that follows ASGI: nothing to wait for
+        if not echoed and message.get("code") == code and message.get("reason") == reason:
+            echoed = True
+            continue
+        return
+
+
+async def _finish_send(rest: Awaitable[None], transport: StarletteTransport) -> None:
+    try:
+        await rest
+    except _GONE as exc:
+        raise transport._gone(exc) from exc
+
+
 class _Lifespan:
     """Opens the hub with the application and closes it on shutdown."""
 
@@ -349,28 +445,6 @@ class _Lifespan:
         tb: TracebackType | None,
     ) -> bool | None:
         return await self._hub.__aexit__(exc_type, exc, tb)
-
-
-def lifespan(hub: Hub) -> Callable[[object], AbstractAsyncContextManager[None]]:
-    """Return a lifespan that runs ``hub`` (``async with hub``) while the application runs.
-
-    Pass it as ``Starlette(lifespan=...)`` or ``FastAPI(lifespan=...)``. On
-    shutdown the hub flushes and closes its clients with 1001, but servers
-    close open WebSockets before the lifespan ends (uvicorn with 1012); call
-    ``await hub.aclose()`` before the server shuts down to say goodbye first,
-    as the examples do.
-
-    At startup it checks that the server can serve WebSockets at all: uvicorn
-    installed without a WebSocket library (``pip install uvicorn`` alone
-    brings none) or run with ``--ws none`` answers every handshake with 404.
-    The lifespan then fails, and the server does not start, with a
-    ``RuntimeError`` that says what to install.
-
-    Raises:
-        RuntimeError: (on startup) the server running the application cannot
-            accept WebSocket connections.
-    """
-    return _Lifespan(hub)
 
 
 #: The module of uvicorn's lifespan runner, whose ``main()`` calls the application.
@@ -410,23 +484,3 @@ def _server_websocket_problem() -> str | None:
             return None
         frame = frame.f_back
     return None
-
-
-def _handshake(websocket: WebSocket) -> Handshake:
-    scope = websocket.scope
-    # raw_path keeps percent-escapes, which Handshake.from_request decodes once.
-    raw_path = scope.get("raw_path")
-    path = raw_path.decode("latin-1") if raw_path else urllib.parse.quote(scope["path"])
-    query = scope.get("query_string", b"").decode("latin-1")
-    target = f"{path}?{query}" if query else path
-    headers = [
-        (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
-    ]
-    peer = scope.get("client")
-    client = (str(peer[0]), int(peer[1])) if peer else None
-    handshake = Handshake.from_request(target, headers, client)
-    # The server's own parse, which also covers HTTP/2 and HTTP/3 handshakes.
-    offered = scope.get("subprotocols")
-    if offered is not None:
-        handshake = dataclasses.replace(handshake, subprotocols=tuple(offered))
-    return handshake

@@ -1,14 +1,25 @@
-"""Serve a roomcast hub with the ``websockets`` library (its asyncio implementation).
+"""Serve a roomcast hub with the ``websockets`` library's asyncio implementation.
 
-Let roomcast run the server:
+Checked with ``websockets`` 17.4: the fast path relies on connection
+attributes (listed in `_INTERNALS`) that appeared in 16.0 and 17.4.
+
+What it mounts: a connection handler, [`handler(hub)`][roomcast.websockets.handler], whose
+``process_request`` hook asks the hub to admit each handshake before it is accepted.
+[`serve()`][roomcast.websockets.serve] is the convenience that starts a
+``websockets`` server with that handler and roomcast's defaults:
 
     async with Hub() as hub, await roomcast.websockets.serve(hub, "127.0.0.1", 8765) as server:
         await server.serve_forever()
 
-or mount the hub in a server you configure yourself, passing the handler's
-``process_request`` so that a refused handshake gets its HTTP status (403 for
-an ``Origin`` not allowed, 401 for bad credentials, 503 while the hub is not
-running) before the connection is accepted:
+The hub's lifetime is tied to the server's by nesting the two contexts: enter
+the hub first and the server second, so that the hub closes every connection
+(flushed, then 1001) before the server stops. ``websockets`` has no lifespan
+of its own to hook into.
+
+To configure the server yourself, pass the handler's ``process_request`` so
+that a refused handshake gets its HTTP status (403 for an ``Origin`` not
+allowed, 401 for bad credentials, 503 while the hub is not running) before the
+connection is accepted:
 
     from websockets.asyncio.server import serve
 
@@ -30,6 +41,10 @@ running) before the connection is accepted:
 
 Without it the handshake is accepted and a refused connection is closed with
 the matching close code instead.
+
+The fast path writes frames the way ``websockets.broadcast()`` does, through
+attributes of the connection that are not part of the library's documented
+API; `_INTERNALS` lists them with the versions they were checked against.
 """
 
 from __future__ import annotations
@@ -37,11 +52,14 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, Literal
 from weakref import WeakKeyDictionary
 
+from roomcast._adapters import ABNORMAL_CLOSURE, Internal
+from roomcast._asyncio import when_resolved
 from roomcast.auth import SUBPROTOCOL_BEARER_PREFIX
 from roomcast.exceptions import ConnectionClosed
+from roomcast.protocol import CloseCode
 from roomcast.transport import MAX_CLOSE_REASON_BYTES, Handshake, close_frame
 from roomcast.wire import PROTOCOL
 
@@ -55,13 +73,11 @@ try:
     from websockets.typing import Subprotocol
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "roomcast.websockets needs the websockets package: pip install 'websockets>=14.0' "
+        "roomcast.websockets needs the websockets package: pip install 'websockets>=17.4' "
         "(from a roomcast checkout: pip install -e '.[websockets]')"
     ) from exc
 
 if TYPE_CHECKING:
-    import asyncio
-
     from roomcast.hub import Admission, Hub
 
     _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
@@ -78,6 +94,24 @@ __all__ = [
 ]
 
 logger = logging.getLogger("roomcast.websockets")
+
+
+def _on_connection(name: str, kind: Literal["callable", "attribute"], why: str) -> Internal:
+    return Internal("websockets.asyncio.connection.Connection", name, kind, ("17.4",), why)
+
+
+#: Every attribute of a ``websockets`` connection outside the library's
+#: documented API that this adapter uses. All of them are what
+#: ``websockets.broadcast()`` itself uses to write without waiting.
+_INTERNALS: Final = (
+    _on_connection("protocol", "attribute", "the sans-I/O state; frames written in place"),
+    _on_connection("transport", "attribute", "the write buffer's size; abort on close"),
+    _on_connection("send_in_progress", "attribute", "a fragmented send: wait (since 16.0)"),
+    _on_connection("paused", "attribute", "flow control: wait while paused"),
+    _on_connection("send_data", "callable", "flush the frames written in place"),
+    _on_connection("set_connection_exc", "callable", "why a write failed (since 17.4)"),
+    _on_connection("close_timeout", "attribute", "the hub's close_timeout for its closes"),
+)
 
 _ProcessRequest = Callable[
     [ServerConnection, Request], "Awaitable[Response | None] | Response | None"
@@ -151,7 +185,7 @@ class WebSocketsTransport:
             except _WebSocketsClosed as exc:
                 raise _closed(exc) from exc
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start the closing handshake and wait for it to end; closing twice does nothing.
 
         The close frame goes out behind what the connection already holds,
@@ -193,26 +227,14 @@ class WebSocketsTransport:
             waiter = await self._connection.ping()
         except _WebSocketsClosed as exc:
             raise _closed(exc) from exc
-
-        def pong_received(future: asyncio.Future[float]) -> None:
-            # Reading the exception marks it retrieved: a ping lost with its
-            # connection is not an error worth logging.
-            if future.cancelled() or future.exception() is not None:
-                return
-            try:
-                on_pong()
-            except Exception:
-                logger.exception("pong callback failed")
-
-        # ping() is typed as returning an Awaitable; it is the connection's own Future.
-        cast("asyncio.Future[float]", waiter).add_done_callback(pong_received)
+        when_resolved(waiter, on_pong, logger)
 
     def _can_write_now(self) -> bool:
         connection = self._connection
         state = connection.protocol.state
         if state is not OPEN:
             if state is CLOSED:
-                raise ConnectionClosed.from_code(*_close_info(connection))
+                raise _closed(connection.protocol.close_exc)
             return False  # closing: send() waits for the end and reports it
         # Same gate as Connection.send(), which drains while the transport is
         # paused (past the high-water mark until it falls to the low one).
@@ -234,7 +256,7 @@ class WebSocketsTransport:
             # As broadcast() does, a failed write is the connection's end.
             connection.set_connection_exc(exc)
             connection.transport.abort()
-            raise ConnectionClosed.from_code(1006) from exc
+            raise _closed(None) from exc
 
 
 class Handler:
@@ -387,6 +409,39 @@ class RedactingLogger(_LoggerAdapter):
         super().log(level, msg, *args, **kwargs)
 
 
+def _handshake(connection: ServerConnection) -> Handshake:
+    request = connection.request
+    if request is None:  # checked by WebSocketsTransport; kept for the type checker
+        raise ValueError("the connection has not completed its opening handshake")
+    return Handshake.from_request(request.path, request.headers.raw_items(), _client(connection))
+
+
+def _closed(
+    exc: BaseException | None, code: int | None = None, reason: str = ""
+) -> ConnectionClosed:
+    """The [`ConnectionClosed`][roomcast.ConnectionClosed] for how ``websockets`` reported the end.
+
+    ``exc`` is the library's ``ConnectionClosed`` (or any other error, or
+    ``None``); ``code`` and ``reason`` a close the caller read elsewhere.
+    The side that closed first gave the reason: the peer's code when it
+    started, ours (1009 for an oversized frame) when we did, 1006 when
+    neither close frame made it.
+    """
+    if isinstance(exc, _WebSocketsClosed):
+        if exc.rcvd is not None and (exc.sent is None or exc.rcvd_then_sent):
+            return ConnectionClosed.from_code(int(exc.rcvd.code), exc.rcvd.reason)
+        if exc.sent is not None:
+            return ConnectionClosed.from_code(int(exc.sent.code), exc.sent.reason)
+    if code is not None:
+        return ConnectionClosed.from_code(code, reason)
+    return ConnectionClosed.from_code(ABNORMAL_CLOSURE)
+
+
+def _client(connection: ServerConnection) -> tuple[str, int] | None:
+    address = connection.remote_address
+    return (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
+
+
 def _redacted(msg: object, args: tuple[object, ...]) -> list[object]:
     if msg in ("< %s: %s", "> %s: %s") and len(args) == 2:  # a header
         name, value = str(args[0]).lower(), str(args[1])
@@ -413,31 +468,3 @@ def _redacted(msg: object, args: tuple[object, ...]) -> list[object]:
         else arg
         for arg in args
     ]
-
-
-def _closed(exc: _WebSocketsClosed) -> ConnectionClosed:
-    # The side that closed first gave the reason: the peer's code when it
-    # started, ours (1009 for an oversized frame) when we did, 1006 when
-    # neither close frame made it.
-    if exc.rcvd is not None and (exc.sent is None or exc.rcvd_then_sent):
-        return ConnectionClosed.from_code(int(exc.rcvd.code), exc.rcvd.reason)
-    if exc.sent is not None:
-        return ConnectionClosed.from_code(int(exc.sent.code), exc.sent.reason)
-    return ConnectionClosed.from_code(1006)
-
-
-def _close_info(connection: ServerConnection) -> tuple[int, str]:
-    error = _closed(connection.protocol.close_exc)
-    return error.code, error.reason
-
-
-def _handshake(connection: ServerConnection) -> Handshake:
-    request = connection.request
-    if request is None:  # checked by WebSocketsTransport; kept for the type checker
-        raise ValueError("the connection has not completed its opening handshake")
-    return Handshake.from_request(request.path, request.headers.raw_items(), _client(connection))
-
-
-def _client(connection: ServerConnection) -> tuple[str, int] | None:
-    address = connection.remote_address
-    return (str(address[0]), int(address[1])) if isinstance(address, tuple) else None

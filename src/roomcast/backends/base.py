@@ -5,17 +5,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 from ..options import History
 from ..wire import StreamPosition
 
 __all__ = ["Backend", "ChannelKind", "Delivery", "HistoryResult", "PresenceEntry", "Publication"]
 
-#: Seconds a room's position (offset and epoch) outlives its last publish or read, in
-#: every backend: long after the messages expire, a client that missed nothing is
-#: still told `recovered: true`.
-DEFAULT_POSITION_TTL: Final = 86_400.0
+from ..config import DEFAULT_POSITION_TTL as DEFAULT_POSITION_TTL
 
 #: What a channel carries: a room's publications, a user's (every connection of the
 #: user), or a node's (messages for one connection held by that node).

@@ -22,7 +22,12 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from ..config import check_positive
+from ..config import (
+    DEFAULT_MAX_RECONNECT_DELAY,
+    DEFAULT_PUBLISH_TIMEOUT,
+    DEFAULT_RECONNECT_DELAY,
+    check_positive,
+)
 from ..exceptions import BackendError
 from ..options import History
 from ..wire import StreamPosition
@@ -49,12 +54,6 @@ __all__ = ["RedisBackend"]
 
 logger = logging.getLogger("roomcast.backends.redis")
 
-#: Seconds a publish (or any other command) may take before it fails with BackendError.
-DEFAULT_PUBLISH_TIMEOUT: Final = 5.0
-#: Seconds of the first pause before the pub/sub connection is made again.
-DEFAULT_RECONNECT_DELAY: Final = 0.1
-#: Most seconds between two attempts to make the pub/sub connection again.
-DEFAULT_MAX_RECONNECT_DELAY: Final = 10.0
 
 _T = TypeVar("_T")
 # What a stopped or failed broker raises underneath redis-py, besides its own errors.

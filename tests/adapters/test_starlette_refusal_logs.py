@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -25,7 +25,7 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 from websockets.exceptions import InvalidStatus
 
 import roomcast.starlette
@@ -37,11 +37,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", uvicorn.config.UvicornDeprecationWarning)
     from uvicorn.protocols.websockets.websockets_impl import WebSocketProtocol
 
-try:  # websockets 17 (Python 3.11+) has a trio client; on Python 3.10 a small one does
-    import websockets.trio.client as trio_client
-except ImportError:  # pragma: no cover - depends on the Python version
-    import _trio_ws_client as trio_client  # type: ignore[no-redef]
-import websockets.asyncio.client
+from .asgi import connect, uvicorn_serving
 
 pytestmark = pytest.mark.anyio
 
@@ -147,29 +143,9 @@ def starlette_app(hub: Hub) -> Starlette:
     )
 
 
-@asynccontextmanager
-async def uvicorn_serving(app: ASGIApp, ws: Any) -> AsyncIterator[str]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, ws=ws, log_config=None)
-    server = uvicorn.Server(config)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
-        while not server.started:
-            await anyio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield f"ws://127.0.0.1:{port}/ws"
-        finally:
-            server.should_exit = True
-
-
 async def refuse(url: str, expected: int, client_kwargs: dict[str, Any]) -> None:
-    connect: Any = (
-        trio_client.connect
-        if anyio.get_cancelled_exc_class().__module__.startswith("trio")
-        else websockets.asyncio.client.connect
-    )
     with pytest.raises(InvalidStatus) as excinfo:
-        async with connect(url, proxy=None, **client_kwargs):
+        async with connect(url, **client_kwargs):
             pass
     assert excinfo.value.response.status_code == expected
 
@@ -186,9 +162,9 @@ async def refuse(url: str, expected: int, client_kwargs: dict[str, Any]) -> None
 )
 async def test_uvicorn_logs_no_error_for_a_refused_handshake(ws: str) -> None:
     with captured("uvicorn", "roomcast") as logs, anyio.fail_after(TIMEOUT):
-        async with uvicorn_serving(starlette_app(refusing_hub()), UVICORN_WS[ws]) as url:
+        async with uvicorn_serving(starlette_app(refusing_hub()), ws=UVICORN_WS[ws]) as base:
             for client_kwargs, status in REFUSALS:
-                await refuse(url, status, client_kwargs)
+                await refuse(base + "/ws", status, client_kwargs)
             await anyio.sleep(0.1)  # uvicorn logs once the application has returned
     assert logs.errors() == []
 
@@ -225,8 +201,8 @@ async def test_the_documented_filter_drops_uvicorns_error_for_a_refused_handshak
             logging.getLogger("uvicorn.error").addFilter(log_filter)
         try:
             with captured("uvicorn.error") as logs, anyio.fail_after(TIMEOUT):
-                async with uvicorn_serving(refusing_app, "websockets-sansio") as url:
-                    await refuse(url, 403, {})
+                async with uvicorn_serving(refusing_app, ws="websockets-sansio") as base:
+                    await refuse(base + "/ws", 403, {})
                     await anyio.sleep(0.1)
         finally:
             logging.getLogger("uvicorn.error").removeFilter(log_filter)

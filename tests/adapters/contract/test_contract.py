@@ -1,6 +1,6 @@
 """The same behaviour behind every adapter, over real sockets on 127.0.0.1.
 
-Each test runs once per server kind in :data:`tests.contract.servers.ALL_KINDS`.
+Each test runs once per server kind in :data:`tests.adapters.contract.servers.ALL_KINDS`.
 The client is the ``websockets`` asyncio client, so tests run on asyncio; a
 kind whose hub runs on trio serves from a thread of its own.
 """
@@ -24,6 +24,7 @@ from websockets.typing import Subprotocol
 from roomcast import ConnectionLimits, Handshake, Hub, Principal, RateLimit
 from roomcast.hub import HubStatistics
 
+from ..asgi import close_code
 from .frames import next_frame, receive, request
 from .servers import ALL_KINDS, PATH, Served, ServerKind
 
@@ -85,15 +86,6 @@ async def frames_before_pong(client: ClientConnection, ref: str = "sync") -> lis
     return frames
 
 
-async def close_code(client: ClientConnection) -> int | None:
-    """Read until the connection closes; the close code the server sent, if any."""
-    try:
-        while True:
-            await client.recv()
-    except WebSocketsClosed as exc:
-        return None if exc.rcvd is None else int(exc.rcvd.code)
-
-
 async def eventually(served: Served, condition: Callable[[HubStatistics], bool]) -> None:
     """Wait for the hub's counters to satisfy ``condition``; the caller's bound limits it."""
     while not condition(await served.stats()):
@@ -111,13 +103,15 @@ def publisher(
 
 
 class UserAuthenticator:
-    """The user is whoever the ``x-user`` header names; every handshake is kept."""
+    """The user is whoever the ``x-user`` header names; every handshake and token is kept."""
 
     def __init__(self) -> None:
         self.handshakes: list[Handshake] = []
+        self.tokens: list[str | None] = []
 
     async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
         self.handshakes.append(handshake)
+        self.tokens.append(token)
         return Principal(handshake.header("x-user"))
 
 
@@ -237,6 +231,19 @@ async def test_bad_frame_gets_bad_request_and_connection_stays(
             assert error["code"] == "bad_request"
             await client.send(json.dumps({"action": "ping", "ref": 2}))
             assert await receive(client) == {"type": "pong", "ref": 2}
+
+
+async def test_frame_at_the_hub_limit_is_read_and_one_past_it_closes_with_1009(
+    kind: ServerKind,
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served, connected(served) as client:
+            limit = served.hub.max_message_size
+            await client.send("x" * limit)
+            error = await next_frame(client, "error")  # not JSON, but not too big
+            assert error["payload"]["code"] == "bad_request"
+            await client.send("x" * (limit + 1))
+            assert await close_code(client) == 1009
 
 
 async def test_frame_over_64_kib_closes_with_1009(kind: ServerKind) -> None:
@@ -634,12 +641,19 @@ async def test_handshake_facts_reach_the_authenticator(kind: ServerKind) -> None
     with anyio.fail_after(TIMEOUT):
         async with (
             serving(kind, authenticator=authenticator) as served,
-            connected(
+            open_client(
                 served,
                 f"{PATH}?room=chat%3A1&flag=",
-                additional_headers={"X-User": "u1", "Cookie": "session=abc; theme=dark"},
+                additional_headers={
+                    "X-User": "u1",
+                    "Cookie": "session=abc; theme=dark",
+                    "Authorization": "Bearer t0ken",
+                },
             ) as client,
         ):
+            ack = await next_frame(client, "connection.ack")
+            assert ack["payload"]["userId"] == "u1"
+            assert authenticator.tokens == ["t0ken"]
             (handshake,) = authenticator.handshakes
             assert handshake.path == PATH
             assert handshake.header("x-user") == "u1"

@@ -1,13 +1,17 @@
-"""The aiohttp adapter over real sockets on 127.0.0.1."""
+"""What only the aiohttp adapter does, over real sockets on 127.0.0.1.
+
+The behaviour every adapter shares is in ``contract/``; here are the raw frame
+writes, the close-frame watch, ``cleanup_ctx``, subprotocol negotiation and log
+redaction.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,20 +20,20 @@ import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed as WebSocketsClosed
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin, Subprotocol
 
+import roomcast._aiohttp_wire
 import roomcast.aiohttp
 from roomcast import (
-    ConnectionClosed,
-    ConnectionClosedError,
     Handshake,
     Hub,
-    PingableTransport,
     Principal,
 )
-from roomcast.aiohttp import AiohttpTransport
+
+from .asgi import close_code
+from .contract.transports import aiohttp_accepted as accepted
+from .contract.transports import aiohttp_running as running
 
 pytestmark = pytest.mark.anyio
 
@@ -42,49 +46,6 @@ EDGE_SIZES = [0, 1, 125, 126, 127, 65535, 65536, 70000]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # aiohttp runs on asyncio only
-
-
-@asynccontextmanager
-async def running(app: web.Application) -> AsyncIterator[str]:
-    """Serve ``app`` on an ephemeral port; yield its ``ws://`` base URL."""
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        yield f"ws://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
-@asynccontextmanager
-async def accepted(
-    path: str = "/ws", *, compress: bool = False, **client_kwargs: Any
-) -> AsyncIterator[tuple[ClientConnection, AiohttpTransport]]:
-    """Connect a client and hand the test the server side's transport, as a hub gets it."""
-    send, receive = anyio.create_memory_object_stream[AiohttpTransport](1)
-    release = anyio.Event()
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        ws: web.WebSocketResponse = web.WebSocketResponse(
-            max_msg_size=65536 + 1, compress=compress, autoping=False
-        )
-        await ws.prepare(request)
-        transport = AiohttpTransport(request, ws)
-        await send.send(transport)
-        await release.wait()  # the connection lives until the test is done with it
-        await transport.close(1001)
-        return ws
-
-    app = web.Application()
-    app.router.add_get("/{path:.*}", handle)
-    with send, receive:
-        async with running(app) as base, connect(base + path, **client_kwargs) as client:
-            transport = await receive.receive()
-            try:
-                yield client, transport
-            finally:
-                release.set()
 
 
 @asynccontextmanager
@@ -108,95 +69,12 @@ async def next_frame(client: ClientConnection, type_: str) -> dict[str, Any]:
             await client.send(json.dumps({"action": "pong"}))
 
 
-async def close_code(client: ClientConnection) -> int | None:
-    """Read until the connection closes; return the close code the server sent."""
-    try:
-        while True:
-            await client.recv()
-    except WebSocketsClosed as exc:
-        return None if exc.rcvd is None else int(exc.rcvd.code)
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    """Wait for ``condition`` to hold; the caller's ``fail_after`` bounds the wait."""
-    while not condition():
-        await anyio.sleep(0.01)
-
-
 def edge_frames() -> list[str]:
     # Two-byte characters: a frame's length is counted in bytes, not characters.
     return ["é" * (size // 2) + "x" * (size % 2) for size in EDGE_SIZES]
 
 
 # The transport alone
-
-
-async def test_transport_is_a_pingable_transport() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (_, transport):
-            assert isinstance(transport, PingableTransport)
-
-
-async def test_handshake_carries_path_headers_query_cookies_client_and_offers() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted(
-            "/ws/a%20b?token=&room=chat:1&room=chat%3A2",
-            subprotocols=[Subprotocol("roomcast.v1"), Subprotocol("other")],
-            additional_headers=[
-                ("X-Trace", "one"),
-                ("X-Trace", "two"),
-                ("Cookie", 'sid=s1; bad(name=x; theme="dark"'),
-                ("Cookie", "sid=s2"),
-            ],
-        ) as (client, transport):
-            handshake = transport.handshake
-            assert handshake.path == "/ws/a b"
-            assert handshake.header_values("x-trace") == ["one", "two"]
-            assert all(name == name.lower() for name, _ in handshake.headers)
-            assert handshake.query == (("token", ""), ("room", "chat:1"), ("room", "chat:2"))
-            assert handshake.cookies == {"sid": "s2", "theme": "dark"}
-            assert handshake.client == client.local_address[:2]
-            assert handshake.subprotocols == ("roomcast.v1", "other")
-
-
-async def test_receive_returns_text_and_binary_messages() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await client.send("text")
-            await client.send(b"bytes")
-            assert await transport.receive() == "text"
-            assert await transport.receive() == b"bytes"
-
-
-async def test_receive_raises_connection_closed_with_the_peers_code() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            async with anyio.create_task_group() as tg:
-                # aiohttp answers a close frame only while someone receives.
-                tg.start_soon(client.close, 4000, "bye")
-                with pytest.raises(ConnectionClosedError) as excinfo:
-                    await transport.receive()
-            assert (excinfo.value.code, excinfo.value.reason) == (4000, "bye")
-
-
-async def test_receive_takes_max_msg_size_and_raises_1009_past_it() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await client.send("x" * 65536)
-            assert await transport.receive() == "x" * 65536
-            await client.send("x" * (65536 + 1))
-            with pytest.raises(ConnectionClosed) as excinfo:
-                await transport.receive()
-            assert excinfo.value.code == 1009
-
-
-async def test_receive_raises_1006_when_the_peer_vanishes() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            client.transport.abort()
-            with pytest.raises(ConnectionClosed) as excinfo:
-                await transport.receive()
-            assert excinfo.value.code == 1006
 
 
 async def test_receive_answers_pings_from_the_peer() -> None:
@@ -207,13 +85,6 @@ async def test_receive_answers_pings_from_the_peer() -> None:
                 tg.start_soon(transport.receive)
                 await pong
                 tg.cancel_scope.cancel()
-
-
-async def test_try_send_writes_at_once_when_the_buffer_has_room() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            assert transport.try_send("now")
-            assert await client.recv() == "now"
 
 
 async def test_try_send_and_send_write_valid_frames_of_every_length_encoding() -> None:
@@ -261,49 +132,6 @@ async def test_a_compressed_connection_sends_through_aiohttp_only() -> None:
             assert [await client.recv() for _ in range(2)] == ["1", "2"]
 
 
-async def test_sending_on_a_closed_transport_raises_connection_closed() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (_, transport):
-            await transport.close(1000)
-            with pytest.raises(ConnectionClosed):
-                transport.try_send("late")
-            with pytest.raises(ConnectionClosed):
-                await transport.send(["late"])
-            with pytest.raises(ConnectionClosed):
-                await transport.ping(lambda: None)
-
-
-async def test_close_sends_code_and_reason_cut_to_123_bytes_and_is_idempotent() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (client, transport):
-            await transport.close(4009, "é" * 100)
-            await transport.close(4009, "again")
-            with pytest.raises(WebSocketsClosed) as excinfo:
-                await client.recv()
-            assert excinfo.value.rcvd is not None
-            assert excinfo.value.rcvd.code == 4009
-            assert excinfo.value.rcvd.reason == "é" * 61  # 122 bytes: no half character
-
-
-async def test_close_rejects_a_code_that_cannot_be_sent() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (_, transport):
-            with pytest.raises(ValueError, match="1006"):
-                await transport.close(1006)
-
-
-async def test_ping_calls_on_pong_when_the_pong_arrives() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted() as (_, transport):
-            ponged = anyio.Event()
-            await transport.ping(ponged.set)
-            async with anyio.create_task_group() as tg:
-                # Pongs arrive through receive(), which the hub always runs.
-                tg.start_soon(transport.receive)
-                await ponged.wait()
-                tg.cancel_scope.cancel()
-
-
 class Recorder(asyncio.Protocol):
     def __init__(self) -> None:
         self.data = bytearray()
@@ -344,7 +172,7 @@ def test_the_close_watch_passes_every_byte_on_and_finds_the_close_frame(chunk: i
     close = client_frame(0x8, b"\x03\xe8bye")
     stream = before + close + client_frame(0x1, b"after")
     recorder = Recorder()
-    watch = roomcast.aiohttp._CloseFrameWatch(recorder)
+    watch = roomcast._aiohttp_wire.CloseFrameWatch(recorder)
     seen_at = []
     watch.on_close = lambda: seen_at.append(len(recorder.data))
     for start in range(0, len(stream), chunk):
@@ -356,19 +184,6 @@ def test_the_close_watch_passes_every_byte_on_and_finds_the_close_frame(chunk: i
     # Noticed in the read that brought the close frame's header, before passing it on.
     assert len(seen_at) == 1
     assert len(before) + 6 - chunk <= seen_at[0] <= len(before) + 5
-
-
-def test_import_without_the_library_names_the_extra() -> None:
-    code = (
-        "import sys; sys.modules['aiohttp'] = None\n"
-        "try:\n    import roomcast.aiohttp\n"
-        "except ImportError as exc:\n    print(exc)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
-    )
-    assert "pip install 'aiohttp>=3.9'" in result.stdout
-    assert "pip install -e '.[aiohttp]'" in result.stdout
 
 
 # Through a hub
@@ -386,54 +201,6 @@ class RecordingAuthenticator:
 async def subscribe(client: ClientConnection, room: str) -> dict[str, Any]:
     await client.send(json.dumps({"action": "subscribe", "rooms": [room], "ref": 1}))
     return await next_frame(client, "reply")
-
-
-async def test_serve_negotiates_roomcast_v1_and_sends_connection_ack() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with served() as (_, url), connect(url, subprotocols=V1) as client:
-            assert client.subprotocol == "roomcast.v1"
-            ack = await next_frame(client, "connection.ack")
-            assert ack["payload"]["protocol"] == "roomcast.v1"
-
-
-async def test_server_publish_reaches_a_subscriber() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with served() as (hub, url), connect(url, subprotocols=V1) as client:
-            await next_frame(client, "connection.ack")
-            assert (await subscribe(client, "team:t1"))["ok"] is True
-            await hub.publish("team:t1", "issue.created", {"id": "i1"}, user_id="u9")
-            event = await next_frame(client, "issue.created")
-            assert (event["room"], event["payload"], event["userId"]) == (
-                "team:t1",
-                {"id": "i1"},
-                "u9",
-            )
-
-
-async def test_handshake_facts_reach_the_authenticator_before_accept() -> None:
-    authenticator = RecordingAuthenticator()
-    with anyio.fail_after(TIMEOUT):
-        async with (
-            served(authenticator=authenticator) as (_, url),
-            connect(
-                url + "?room=chat:1",
-                subprotocols=V1,
-                additional_headers={
-                    "X-App": "tracker",
-                    "Cookie": "session=abc",
-                    "Authorization": "Bearer t0ken",
-                },
-            ) as client,
-        ):
-            await next_frame(client, "connection.ack")
-            ((handshake, token),) = authenticator.calls
-            assert token == "t0ken"
-            assert handshake.path == "/ws"
-            assert handshake.header("x-app") == "tracker"
-            assert handshake.query_param("room") == "chat:1"
-            assert handshake.cookies == {"session": "abc"}
-            assert handshake.client == client.local_address[:2]
-            assert handshake.subprotocols == ("roomcast.v1",)
 
 
 async def test_the_client_address_is_what_a_proxy_middleware_resolved() -> None:
@@ -468,28 +235,6 @@ async def test_a_disallowed_origin_is_refused_with_403_before_accept() -> None:
             assert hub.stats().origin_refusals == 1
             async with connect(url, origin=Origin("https://app.example.com")) as client:
                 await next_frame(client, "connection.ack")
-
-
-async def test_serve_takes_a_frame_at_the_hub_limit_and_closes_one_past_it_with_1009() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with served() as (hub, url), connect(url, subprotocols=V1) as client:
-            await next_frame(client, "connection.ack")
-            await client.send("x" * hub.max_message_size)
-            error = await next_frame(client, "error")  # not JSON, but not too big
-            assert error["payload"]["code"] == "bad_request"
-            await client.send("x" * (hub.max_message_size + 1))
-            assert await close_code(client) == 1009
-
-
-async def test_a_vanished_client_leaves_its_rooms() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with served() as (hub, url), connect(url, subprotocols=V1) as client:
-            await next_frame(client, "connection.ack")
-            await subscribe(client, "team:t1")
-            assert hub.stats().members == {"team:t1": 1}
-            client.transport.abort()
-            await eventually(lambda: hub.stats().clients == 0)
-            assert hub.stats().rooms == 0
 
 
 async def test_app_shutdown_flushes_queued_frames_then_closes_with_1001() -> None:

@@ -1,0 +1,45 @@
+"""What the adapters share: the record of a framework internal, and the codes never sent.
+
+Each adapter lists, in its module-level ``_INTERNALS`` table, every attribute
+of its framework's objects that is not part of the framework's documented
+API and that it reads, writes or calls; `tests/adapters/test_internals.py`
+checks each entry against the installed framework, and that an adapter
+touches no private attribute its table leaves out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+__all__ = ["ABNORMAL_CLOSURE", "NO_STATUS_RECEIVED", "Internal"]
+
+#: RFC 6455 section 7.4.1: reported when a close frame carried no code; never sent.
+NO_STATUS_RECEIVED: Final = 1005
+#: RFC 6455 section 7.4.1: reported when the connection ended without a close frame; never sent.
+ABNORMAL_CLOSURE: Final = 1006
+
+
+@dataclass(frozen=True, slots=True)
+class Internal:
+    """One non-public attribute of a framework object that an adapter relies on.
+
+    Attributes:
+        owner: the dotted path of the class (or module) that has it.
+        name: the attribute's name.
+        kind: ``"callable"`` for a method, ``"attribute"`` for data (an
+            instance attribute, a property or a slot).
+        checked: the framework versions it was checked against, oldest first.
+        why: what the adapter uses it for, and what it does when it is missing.
+    """
+
+    owner: str
+    name: str
+    kind: Literal["callable", "attribute"]
+    checked: tuple[str, ...]
+    why: str
+
+    @property
+    def distribution(self) -> str:
+        """The distribution that ships ``owner``: its top-level package's name."""
+        return self.owner.split(".", 1)[0]
