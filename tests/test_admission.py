@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from roomcast import AuthenticationError, ConnectionLimits, Handshake, Principal
-from roomcast.admission import Admission, Gatekeeper, LockedOut, parse_origins, refusal_reason
+from roomcast.admission import (
+    Admission,
+    Gatekeeper,
+    HubState,
+    LockedOut,
+    parse_origins,
+    refusal_reason,
+)
 from roomcast.testing import ManualClock
 
 pytestmark = pytest.mark.anyio
@@ -102,22 +109,41 @@ def test_a_single_string_is_not_a_list_of_origins() -> None:
 # ----------------------------------------------------------------------------- admit
 
 
+@pytest.mark.parametrize(
+    ("state", "reason", "close_code"),
+    [
+        ("new", "server not started", 1013),
+        ("closing", "server shutting down", 1001),
+        ("closed", "server shutting down", 1001),
+    ],
+)
+async def test_a_hub_that_is_not_running_admits_nobody(
+    state: HubState, reason: str, close_code: int
+) -> None:
+    gate = gatekeeper()
+    admission = await gate.admit(handshake(token="ok-alice"), state)
+    assert (admission.status, admission.reason, admission.close_code) == (503, reason, close_code)
+    assert (gate.auth_failures, gate.limit_refusals) == (0, 0)  # nothing was looked at
+
+
 async def test_admit_refuses_a_foreign_origin_before_looking_at_the_token() -> None:
     gate = gatekeeper(allowed_origins=[APP])
-    refused = await gate.admit(handshake(origins=("https://evil.example.com",), token="bad"))
+    refused = await gate.admit(
+        handshake(origins=("https://evil.example.com",), token="bad"), "running"
+    )
     assert (refused.status, refused.reason) == (403, "origin not allowed")
     assert (gate.origin_refusals, gate.auth_failures) == (1, 0)
 
 
 async def test_admit_verifies_a_token_and_selects_the_subprotocol() -> None:
-    admission = await gatekeeper().admit(handshake(token="ok-alice"))
+    admission = await gatekeeper().admit(handshake(token="ok-alice"), "running")
     assert admission.accepted
     assert admission.principal == Principal("alice")
     assert admission.subprotocol == "roomcast.v1"
 
 
 async def test_admit_without_credentials_leaves_them_to_a_first_message() -> None:
-    admission = await gatekeeper().admit(handshake())
+    admission = await gatekeeper().admit(handshake(), "running")
     assert (admission.accepted, admission.principal) == (True, None)
 
 
@@ -125,9 +151,9 @@ async def test_failed_logins_spend_the_address_budget_until_it_refills() -> None
     clock = ManualClock()
     gate = gatekeeper(clock, limits=ConnectionLimits(auth_failures_per_minute=2))
     for _ in range(2):
-        assert (await gate.admit(handshake(token="bad"))).status == 401
+        assert (await gate.admit(handshake(token="bad"), "running")).status == 401
     assert gate.auth_failures == 2
-    locked = await gate.admit(handshake(token="ok-alice"))
+    locked = await gate.admit(handshake(token="ok-alice"), "running")
     assert (locked.status, locked.reason) == (429, "too many failed authentications")
     assert gate.limit_refusals == 1
     assert gate.locked_out("127.0.0.1") > 0
@@ -135,7 +161,7 @@ async def test_failed_logins_spend_the_address_budget_until_it_refills() -> None
     assert gate.locked_out("10.0.0.9") == 0
     await clock.advance(60)
     assert gate.locked_out("127.0.0.1") == 0
-    assert (await gate.admit(handshake(token="ok-alice"))).accepted
+    assert (await gate.admit(handshake(token="ok-alice"), "running")).accepted
     assert gate.limit_refusals == 2
 
 
@@ -143,16 +169,16 @@ async def test_connections_are_counted_per_address_and_per_user() -> None:
     limits = ConnectionLimits(max_connections_per_ip=1, max_connections_per_user=1)
     gate = gatekeeper(limits=limits)
     gate.opened("127.0.0.1", None)
-    assert (await gate.admit(handshake())).status == 503
-    assert (await gate.admit(handshake(ip="10.0.0.9"))).accepted
+    assert (await gate.admit(handshake(), "running")).status == 503
+    assert (await gate.admit(handshake(ip="10.0.0.9"), "running")).accepted
     gate.opened(None, "alice")
     assert gate.user_refused("alice")
-    refused = await gate.admit(handshake(token="ok-alice", ip="10.0.0.9"))
+    refused = await gate.admit(handshake(token="ok-alice", ip="10.0.0.9"), "running")
     assert (refused.status, refused.reason) == (503, "too many connections for this user")
     assert gate.limit_refusals == 3
     gate.closed("127.0.0.1", "alice")
     assert not gate.user_refused("alice")
-    assert (await gate.admit(handshake(token="ok-alice"))).accepted
+    assert (await gate.admit(handshake(token="ok-alice"), "running")).accepted
 
 
 async def test_an_implicit_principal_is_found_without_a_token() -> None:

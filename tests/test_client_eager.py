@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from roomcast import Handshake, Principal
-from roomcast.client import Client, ClientId
+from roomcast.peer import Client, ClientId, QueueLimits
 from roomcast.transport import EagerTransport
 
 pytestmark = pytest.mark.anyio
@@ -59,7 +59,7 @@ class FakeEagerTransport:
 
 
 def make_client(transport: FakeEagerTransport) -> Client:
-    return Client(ClientId("n.c"), transport, Principal(None), max_queue=8, policy="disconnect")
+    return Client(ClientId("n.c"), transport, Principal(None), limits=QueueLimits(max_frames=8))
 
 
 async def test_fake_is_an_eager_transport() -> None:

@@ -86,6 +86,20 @@ def test_removed_keys_are_never_due() -> None:
     ]
 
 
+def test_a_token_that_never_expires_ends_the_schedule() -> None:
+    schedule: ExpirySchedule[str] = ExpirySchedule(warning=60)
+    schedule.schedule("a", 100.0)
+    schedule.schedule("a", None)  # refreshed to credentials without an expiry
+    assert "a" not in schedule
+    assert schedule.poll(1000.0) == ()
+    assert schedule.next_deadline() is None
+
+
+@pytest.mark.parametrize(("expires_in", "ms"), [(1.2345, 1234), (0.0, 0), (-3.0, 0)])
+def test_the_time_left_in_milliseconds_is_never_negative(expires_in: float, ms: int) -> None:
+    assert ExpiryDue("a", "warn", expires_in).expires_in_ms == ms
+
+
 def test_keys_are_due_in_deadline_order() -> None:
     schedule: ExpirySchedule[str] = ExpirySchedule(warning=10)
     schedule.schedule("late", 300.0)

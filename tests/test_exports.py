@@ -270,6 +270,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
 
 #: Where each name ``roomcast`` re-exports is defined.
 HOMES: dict[str, set[str]] = {
+    "roomcast.admission": {"Admission"},
     "roomcast.auth": {
         "Action",
         "ANONYMOUS",
@@ -283,11 +284,11 @@ HOMES: dict[str, set[str]] = {
     },
     "roomcast.backends.base": {"Backend", "Publication"},
     "roomcast.backends.memory": {"MemoryBackend"},
-    "roomcast.client": {"Client", "ClientId"},
+    "roomcast.peer": {"Client", "ClientId"},
     "roomcast.clock": {"Clock", "SystemClock"},
     "roomcast.exceptions": EXPECTED_ALL["roomcast.exceptions"],
     "roomcast.heartbeat": {"Heartbeat", "HeartbeatPolicy"},
-    "roomcast.hub": {"Admission", "Hub", "HubStatistics"},
+    "roomcast.hub": {"Hub", "HubStatistics"},
     "roomcast.limits": {"ConnectionLimits"},
     "roomcast.membership": {"Room"},
     "roomcast.options": {"History", "RateLimit", "RoomOptions", "SlowConsumerPolicy"},
@@ -410,3 +411,10 @@ def test_values_without_a_comment_are_found() -> None:
     assert "MAX_DEPTH" in documented["roomcast.wire"]
     assert "_RESERVED_TYPES" in documented["roomcast._names"]
     assert "_RESERVED_PREFIXES" not in documented["roomcast._names"]
+
+
+def test_roomcast_client_is_free_for_a_client_library() -> None:
+    # The server-side state of a connection lives in roomcast.peer; the name
+    # roomcast.client is kept for a Python client library.
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("roomcast.client")

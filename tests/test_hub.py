@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import pytest
 
+import roomcast
 from roomcast import (
     ConnectionClosed,
     DefaultAuthorizer,
@@ -23,7 +26,7 @@ from roomcast import (
     RoomOptions,
 )
 from roomcast.backends.memory import MemoryBackend
-from roomcast.testing import ManualClock, TestClient
+from roomcast.testing import ManualClock, MemoryTransport, TestClient, memory_transport_pair
 
 pytestmark = pytest.mark.anyio
 
@@ -64,6 +67,33 @@ async def test_ack_carries_client_id_heartbeat_and_protocol(hub: Hub) -> None:
         assert payload["heartbeatMs"] == 30_000
         assert payload["protocol"] == "roomcast.v1"
         assert payload["userId"] is None
+
+
+async def test_an_idle_connection_is_one_coroutine_frame_of_roomcast(hub: Hub) -> None:
+    transport, end = memory_transport_pair()
+    serving = hub.serve(transport)
+    package = os.path.dirname(roomcast.__file__) + os.sep
+
+    async def run() -> None:
+        await serving
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        with anyio.fail_after(5):
+            assert json.loads(await end.receive())["type"] == "connection.ack"
+        await anyio.wait_all_tasks_blocked()
+        # The chain of coroutines the idle connection waits in, outermost first.
+        names = []
+        awaiting: Any = serving
+        while inspect.iscoroutine(awaiting):
+            code = awaiting.cr_code
+            if code.co_filename.startswith(package) and not code.co_filename.endswith(
+                "testing.py"  # the transport's own receive()
+            ):
+                names.append(code.co_name)
+            awaiting = awaiting.cr_await
+        assert names == ["serve"]
+        await end.close()
 
 
 async def test_serve_refuses_connections_after_shutdown(clock: ManualClock) -> None:
@@ -185,6 +215,16 @@ class GatedBackend(MemoryBackend):
         self.live.remove((kind, key))
 
 
+async def finish_the_slow_subscription(hub: Hub, backend: GatedBackend, slow: TestClient) -> None:
+    """Let ``room:slow``'s subscription complete; its member then gets the room's messages."""
+    backend.gate.set()
+    with anyio.fail_after(5):
+        while ("room", "room:slow") not in backend.live:
+            await anyio.sleep(0.01)
+    await hub.publish("room:slow", "chat.message", {"n": 1})
+    assert (await slow.receive_event("chat.message"))["payload"] == {"n": 1}
+
+
 async def test_a_join_to_a_live_room_does_not_wait_for_another_rooms_subscription(
     clock: ManualClock,
 ) -> None:
@@ -196,13 +236,24 @@ async def test_a_join_to_a_live_room_does_not_wait_for_another_rooms_subscriptio
             await anyio.wait_all_tasks_blocked()
             with anyio.fail_after(5):
                 assert (await second.subscribe("room:a"))["room:a"]["ok"] is True
-            backend.gate.set()
-            with anyio.fail_after(5):
-                while ("room", "room:slow") not in backend.live:
-                    await anyio.sleep(0.01)
-            await hub.publish("room:slow", "chat.message", {"n": 1})
-            assert (await slow.receive_event("chat.message"))["payload"] == {"n": 1}
+            await finish_the_slow_subscription(hub, backend, slow)
         # Every room subscription went with its last member.
+        assert {key for kind, key in backend.live if kind == "room"} == set()
+
+
+async def test_a_join_to_a_new_room_does_not_wait_for_another_new_rooms_subscription(
+    clock: ManualClock,
+) -> None:
+    backend = GatedBackend()
+    async with Hub(clock=clock, backend=backend) as hub, anyio.create_task_group() as tg:
+        async with TestClient(hub) as slow, TestClient(hub) as other:
+            tg.start_soon(slow.subscribe, "room:slow")  # its backend subscribe hangs
+            await anyio.wait_all_tasks_blocked()
+            with anyio.fail_after(5):
+                assert (await other.subscribe("room:b"))["room:b"]["ok"] is True
+            assert ("room", "room:b") in backend.live
+            assert ("room", "room:slow") not in backend.live
+            await finish_the_slow_subscription(hub, backend, slow)
         assert {key for kind, key in backend.live if kind == "room"} == set()
 
 
@@ -407,6 +458,64 @@ async def test_concurrent_publishers_keep_one_order_per_room(hub: Hub) -> None:
             assert [e["payload"]["n"] for e in seen_a if e["payload"]["p"] == name] == list(
                 range(50)
             )
+
+
+class ResettingTransport:
+    """A memory transport whose ``try_send`` raises once ``reset`` is set, as a reset socket's."""
+
+    def __init__(self, inner: MemoryTransport) -> None:
+        self.inner = inner
+        self.reset = False
+
+    @property
+    def handshake(self) -> Handshake:
+        return self.inner.handshake
+
+    async def receive(self) -> str | bytes:
+        return await self.inner.receive()
+
+    def try_send(self, frame: str) -> bool:
+        if self.reset:
+            raise ConnectionClosed.from_code(1006)
+        return self.inner.try_send(frame)
+
+    async def send(self, frames: list[str]) -> None:
+        await self.inner.send(frames)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self.inner.close(code, reason)
+
+
+async def test_a_transport_reset_mid_fan_out_drops_only_that_client(clock: ManualClock) -> None:
+    async with Hub(clock=clock) as hub, anyio.create_task_group() as tg:
+        async with TestClient(hub) as before, TestClient(hub) as after:
+            inner, end = memory_transport_pair()
+            transport = ResettingTransport(inner)
+            served = anyio.Event()
+
+            async def serve() -> None:
+                await hub.serve(transport)
+                served.set()
+
+            tg.start_soon(serve)
+            with anyio.fail_after(5):
+                assert json.loads(await end.receive())["type"] == "connection.ack"
+                await before.subscribe("room:a")
+                await end.send(json.dumps({"action": "subscribe", "rooms": ["room:a"]}))
+                assert json.loads(await end.receive())["type"] == "reply"
+                await after.subscribe("room:a")
+            transport.reset = True  # the middle member of three
+            await hub.publish("room:a", "chat.message", {"n": 1})
+            assert (await before.receive_event("chat.message"))["payload"] == {"n": 1}
+            assert (await after.receive_event("chat.message"))["payload"] == {"n": 1}
+            with anyio.fail_after(5):
+                await served.wait()
+            await end.close()
+            assert hub.running
+            stats = hub.stats()
+            assert (stats.dropped, stats.clients, stats.members) == (1, 2, {"room:a": 2})
+            await hub.publish("room:a", "chat.message", {"n": 2})
+            assert (await after.receive_event("chat.message"))["payload"] == {"n": 2}
 
 
 # ----------------------------------------------------------------------------- slow consumers

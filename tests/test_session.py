@@ -9,8 +9,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from roomcast.protocol import CloseCode
 from roomcast.ratelimit import RateLimiter
-from roomcast.session import RULES, Close, Fail, Handle, Reply, Rule, Session, SessionLimits
+from roomcast.session import (
+    RULES,
+    Authenticate,
+    Close,
+    Fail,
+    Handle,
+    Reply,
+    Rule,
+    Session,
+    SessionLimits,
+)
 from roomcast.wire import Auth, Ping, Request, Subscribe, WireLimits
 
 LIMITS = SessionLimits(
@@ -52,8 +63,8 @@ def test_a_session_starts_waiting_for_auth_and_hands_it_over() -> None:
     session = Session(LIMITS)
     assert session.phase == "awaiting_auth"
     verdict = session.receive(AUTH, 0.0)
-    assert isinstance(verdict, Handle)
-    assert verdict.request == Auth(token="t")
+    assert verdict == Authenticate(token="t")
+    assert RULES["awaiting_auth"][Auth] is Rule.HANDLE
 
 
 @pytest.mark.parametrize("frame", [PING, PONG])
@@ -92,7 +103,9 @@ def test_malformed_frames_are_answered_then_close_1008() -> None:
         assert isinstance(verdict, Reply)
         assert verdict.strike == "bad_request"
         assert json.loads(verdict.frame)["type"] == "error"  # no ref: not a reply
-    assert session.receive(GARBAGE, 0.0) == Close(1008, "too many bad requests", "bad_request")
+    assert session.receive(GARBAGE, 0.0) == Close(
+        CloseCode.POLICY_VIOLATION, "too many bad requests", "bad_request"
+    )
 
 
 def test_over_the_rate_requests_are_refused_then_close_4029() -> None:
@@ -106,7 +119,9 @@ def test_over_the_rate_requests_are_refused_then_close_4029() -> None:
         reply = json.loads(verdict.frame)
         assert (reply["ref"], reply["error"]["code"]) == ("s", "rate_limited")
         assert reply["error"]["retryAfterMs"] == 20_000
-    assert session.receive(SUBSCRIBE, 0.0) == Close(4029, "rate limit exceeded", "rate_limited")
+    assert session.receive(SUBSCRIBE, 0.0) == Close(
+        CloseCode.RATE_LIMITED, "rate limit exceeded", "rate_limited"
+    )
 
 
 def test_pongs_are_never_rate_limited() -> None:
@@ -156,7 +171,11 @@ def test_any_frames_get_a_verdict_the_table_allows(frames: list[str | bytes]) ->
         phase = session.phase
         verdict = session.receive(frame, 0.0)
         if isinstance(verdict, Handle):
+            assert phase == "open"
             assert RULES[phase][type(verdict.request)] is Rule.HANDLE
+        elif isinstance(verdict, Authenticate):
+            assert phase == "awaiting_auth"
+            assert RULES[phase][Auth] is Rule.HANDLE
         elif isinstance(verdict, Fail):
             assert phase == "awaiting_auth"
         elif isinstance(verdict, (Reply, Close)):

@@ -6,6 +6,7 @@ Adapters live in submodules imported on demand: ``roomcast.websockets``
 ``roomcast.testing``.
 """
 
+from .admission import Admission as Admission
 from .auth import ANONYMOUS as ANONYMOUS
 from .auth import Action as Action
 from .auth import AnonymousAuthenticator as AnonymousAuthenticator
@@ -18,8 +19,6 @@ from .auth import TokenSources as TokenSources
 from .backends import Backend as Backend
 from .backends import MemoryBackend as MemoryBackend
 from .backends import Publication as Publication
-from .client import Client as Client
-from .client import ClientId as ClientId
 from .clock import Clock as Clock
 from .clock import SystemClock as SystemClock
 from .exceptions import AuthenticationError as AuthenticationError
@@ -36,7 +35,6 @@ from .exceptions import RemoteProtocolError as RemoteProtocolError
 from .exceptions import RoomcastError as RoomcastError
 from .heartbeat import Heartbeat as Heartbeat
 from .heartbeat import HeartbeatPolicy as HeartbeatPolicy
-from .hub import Admission as Admission
 from .hub import Hub as Hub
 from .hub import HubStatistics as HubStatistics
 from .limits import ConnectionLimits as ConnectionLimits
@@ -45,6 +43,8 @@ from .options import History as History
 from .options import RateLimit as RateLimit
 from .options import RoomOptions as RoomOptions
 from .options import SlowConsumerPolicy as SlowConsumerPolicy
+from .peer import Client as Client
+from .peer import ClientId as ClientId
 from .protocol import PROTOCOL as PROTOCOL
 from .protocol import CloseCode as CloseCode
 from .ratelimit import KeyedRateLimiter as KeyedRateLimiter

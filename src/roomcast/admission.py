@@ -6,23 +6,37 @@ import logging
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from .auth import Authenticator, Principal, TokenSources, check_principal
 from .clock import Clock
 from .exceptions import AuthenticationError
 from .limits import ConnectionLimits, ConnectionTracker
+from .protocol import PROTOCOL, CloseCode
 from .transport import Handshake, close_frame
-from .wire import PROTOCOL
 
-__all__ = ["Admission", "Gatekeeper", "LockedOut", "parse_origins", "refusal_reason"]
+__all__ = [
+    "Admission",
+    "Gatekeeper",
+    "HubState",
+    "LockedOut",
+    "parse_origins",
+    "refusal_reason",
+]
 
 logger = logging.getLogger("roomcast.admission")
 
-_CLOSE_TRY_AGAIN: Final = 1013
+#: Where a hub is in its life: admission depends on it.
+HubState = Literal["new", "running", "closing", "closed"]
 
 #: Close codes for refusals the adapter could not answer with an HTTP status.
-_CLOSE_FOR_STATUS: Final = {401: 4001, 403: 1008, 408: 4008, 429: 1013, 503: 1013}
+_CLOSE_FOR_STATUS: Final = {
+    401: CloseCode.INVALID_TOKEN,
+    403: CloseCode.POLICY_VIOLATION,
+    408: CloseCode.AUTH_TIMEOUT,
+    429: CloseCode.TRY_AGAIN_LATER,
+    503: CloseCode.TRY_AGAIN_LATER,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +61,9 @@ class Admission:
 
     def __post_init__(self) -> None:
         if self.close_code == 0 and self.status != 101:
-            object.__setattr__(self, "close_code", _CLOSE_FOR_STATUS.get(self.status, 1008))
+            object.__setattr__(
+                self, "close_code", _CLOSE_FOR_STATUS.get(self.status, CloseCode.POLICY_VIOLATION)
+            )
 
     @property
     def accepted(self) -> bool:
@@ -59,7 +75,9 @@ class LockedOut(AuthenticationError):
     """The address has spent its failed-authentication budget; nothing was verified."""
 
     def __init__(self, retry_after: float = 0.0) -> None:
-        super().__init__("too many failed authentications", close_code=_CLOSE_TRY_AGAIN, status=429)
+        super().__init__(
+            "too many failed authentications", close_code=CloseCode.TRY_AGAIN_LATER, status=429
+        )
         #: Seconds until the address may have credentials verified again.
         self.retry_after = retry_after
 
@@ -92,7 +110,7 @@ def parse_origins(values: Iterable[str]) -> frozenset[str]:
 
 def refusal_reason(exc: Exception) -> str:
     """A close reason from an exception message, cut to fit a close frame."""
-    return close_frame(1000, str(exc))[1]
+    return close_frame(CloseCode.NORMAL, str(exc))[1]
 
 
 class Gatekeeper:
@@ -147,8 +165,16 @@ class Gatekeeper:
         self.origin_refusals = 0
         self.limit_refusals = 0
 
-    async def admit(self, handshake: Handshake) -> Admission:
-        """Decide on a handshake to a running hub (see [`Hub.admit()`][roomcast.hub.Hub.admit])."""
+    async def admit(self, handshake: Handshake, state: HubState) -> Admission:
+        """Decide on a handshake to a hub in ``state`` (see [`Hub.admit()`][roomcast.Hub.admit]).
+
+        A hub not started refuses with 503; one shutting down or shut down
+        with 503, or 1001 once accepted.
+        """
+        if state == "new":
+            return Admission(503, "server not started")
+        if state != "running":
+            return Admission(503, "server shutting down", close_code=CloseCode.GOING_AWAY)
         if self.allowed_origins is not None:
             why = self.origin_refusal(handshake.header_values("origin"))
             if why is not None:

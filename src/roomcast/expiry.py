@@ -8,6 +8,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Final, Generic, Literal, TypeVar
 
+from .config import check_non_negative, check_positive
+
 __all__ = ["ExpiryAction", "ExpiryDue", "ExpirySchedule"]
 
 K = TypeVar("K", bound=Hashable)
@@ -35,6 +37,11 @@ class ExpiryDue(Generic[K]):
     action: ExpiryAction
     expires_in: float
 
+    @property
+    def expires_in_ms(self) -> int:
+        """Whole milliseconds until the token expires, never negative (``token.expiring``)."""
+        return max(0, int(self.expires_in * 1000))
+
 
 class _Token:
     """Per-key schedule: when the token expires, and which heap entries are current."""
@@ -44,14 +51,6 @@ class _Token:
     def __init__(self, expires_at: float, seq: int) -> None:
         self.expires_at = expires_at
         self.seq = seq
-
-
-def _check_seconds(name: str, value: float, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {'>' if positive else '>='} 0 seconds, got {value!r}")
-    return float(value)
 
 
 class ExpirySchedule(Generic[K]):
@@ -82,8 +81,8 @@ class ExpirySchedule(Generic[K]):
             ValueError: ``warning`` is not a positive finite number, or
                 ``grace`` is negative or not finite.
         """
-        self._warning = _check_seconds("warning", warning, positive=True)
-        self._grace = _check_seconds("grace", grace, positive=False)
+        self._warning = check_positive("warning", warning)
+        self._grace = check_non_negative("grace", grace)
         self._tokens: dict[K, _Token] = {}
         # (deadline, sequence of the token's schedule, key, action)
         self._heap: list[tuple[float, int, K, ExpiryAction]] = []
@@ -106,14 +105,18 @@ class ExpirySchedule(Generic[K]):
     def __contains__(self, key: object) -> bool:
         return key in self._tokens
 
-    def schedule(self, key: K, expires_at: float) -> None:
+    def schedule(self, key: K, expires_at: float | None) -> None:
         """Schedule the token of ``key`` expiring at ``expires_at``, replacing any earlier one.
 
-        Deadlines already past are due at the next poll.
+        Deadlines already past are due at the next poll. ``None`` (a token
+        that never expires) ends the schedule of ``key``, as `remove()` does.
 
         Raises:
             ValueError: ``expires_at`` is not finite.
         """
+        if expires_at is None:
+            self.remove(key)
+            return
         if (
             isinstance(expires_at, bool)
             or not isinstance(expires_at, (int, float))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from .exceptions import RemoteProtocolError
+from .protocol import CloseCode
 from .ratelimit import RateLimiter
 from .wire import (
     Auth,
@@ -27,6 +28,7 @@ from .wire import (
 
 __all__ = [
     "RULES",
+    "Authenticate",
     "Close",
     "Fail",
     "Handle",
@@ -45,15 +47,13 @@ Phase = Literal["awaiting_auth", "open", "closing"]
 #: What a refused frame counts as: a malformed request, or one over the rate limit.
 Strike = Literal["bad_request", "rate_limited"]
 
-_CLOSE_POLICY: Final = 1008
-_CLOSE_RATE_LIMIT: Final = 4029
 _BEFORE_AUTH: Final = "authenticate before any other request"
 
 
 class Rule(enum.Enum):
     """What a phase does with a kind of request."""
 
-    #: The connection runs the request's handler.
+    #: The connection runs the request's handler (waiting for ``auth``: verifies its token).
     HANDLE = "handle"
     #: Nothing happens (and nothing is counted against the rate limit).
     IGNORE = "ignore"
@@ -100,9 +100,16 @@ RULES: Final[Mapping[Phase, Mapping[type[Request], Rule]]] = {
 
 @dataclass(frozen=True, slots=True)
 class Handle:
-    """Run the handler of ``request``."""
+    """Run the handler of ``request`` (an open connection)."""
 
     request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """Verify ``token``, the credentials of a first-message ``auth``."""
+
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +124,7 @@ class Reply:
 class Close:
     """Close the connection with ``code`` and ``reason``; ``strike`` as for `Reply`."""
 
-    code: int
+    code: CloseCode
     reason: str
     strike: Strike | None = None
 
@@ -129,8 +136,9 @@ class Fail:
     reason: str
 
 
-#: The verdict on one frame; ``None`` means it is ignored.
-Verdict = Handle | Reply | Close | Fail | None
+#: The verdict on one frame; ``None`` means it is ignored. Waiting for ``auth``, it is
+#: `Authenticate`, `Fail` or ``None``; once open, `Handle`, `Reply`, `Close` or ``None``.
+Verdict = Handle | Authenticate | Reply | Close | Fail | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +204,7 @@ class Session:
             if self._bad_requests is None:
                 self._bad_requests = self._limits.bad_requests.fresh(now)
             if not self._bad_requests.allow(now):
-                return Close(_CLOSE_POLICY, "too many bad requests", "bad_request")
+                return Close(CloseCode.POLICY_VIOLATION, "too many bad requests", "bad_request")
             return Reply(
                 encode_error(exc.code, exc.message, ref=exc.ref, reply=exc.ref is not None),
                 "bad_request",
@@ -205,7 +213,9 @@ class Session:
         if rule is Rule.IGNORE:
             return None
         if phase == "awaiting_auth":
-            return Handle(request) if rule is Rule.HANDLE else Fail(_BEFORE_AUTH)
+            if rule is Rule.HANDLE and isinstance(request, Auth):
+                return Authenticate(request.token)
+            return Fail(_BEFORE_AUTH)
         limiter = self._limiter
         if limiter is None:  # never opened: every phase but "open" has returned above
             return None
@@ -213,7 +223,7 @@ class Session:
             if self._strikes is None:
                 self._strikes = self._limits.strikes.fresh(now)
             if not self._strikes.allow(now):
-                return Close(_CLOSE_RATE_LIMIT, "rate limit exceeded", "rate_limited")
+                return Close(CloseCode.RATE_LIMITED, "rate limit exceeded", "rate_limited")
             retry_ms = math.ceil(limiter.retry_after(now) * 1000)
             return Reply(
                 encode_error(

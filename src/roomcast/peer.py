@@ -1,27 +1,30 @@
-"""Client: one connection's state in the hub, and its bounded outbound queue."""
+"""Peer: the server-side state of one connection — its bounded outbound queue, writer and close."""
 
 from __future__ import annotations
 
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
 
 from .auth import Principal
+from .config import DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_BYTES
 from .exceptions import ConnectionClosed
 from .membership import ClientId as ClientId
 from .membership import Room
 from .options import SlowConsumerPolicy
+from .protocol import CloseCode
 from .transport import EagerTransport, PingableTransport, Transport
 from .wire import encode_gap
 
-__all__ = ["CLOSE_SLOW_CONSUMER", "Client", "ClientId"]
+__all__ = ["ABNORMAL_CLOSURE", "Client", "ClientId", "QueueLimits", "deliver_all"]
 
-logger = logging.getLogger("roomcast.client")
+logger = logging.getLogger("roomcast.peer")
 
 
 class _ReaderStop(Protocol):
@@ -33,16 +36,58 @@ class _ReaderStop(Protocol):
 #: Seconds an idle writer waits for more frames before its task ends.
 WRITER_LINGER: Final = 1.0
 
-#: Close code for a client whose queue overflowed under the ``disconnect`` policy.
-CLOSE_SLOW_CONSUMER: Final = 4009
+#: The close code of a connection lost without a close frame (RFC 6455, section 7.1.5):
+#: recorded, never sent, so not a [`CloseCode`][roomcast.CloseCode].
+ABNORMAL_CLOSURE: Final = 1006
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """How much may wait for one client, and what happens past it; one object per hub.
+
+    Attributes:
+        max_frames: frames that may wait before ``policy`` applies.
+        max_bytes: characters of frames that may wait before ``policy`` applies.
+        policy: ``"disconnect"`` (close 4009) or ``"drop_oldest"`` (a ``gap`` notice).
+        drain_timeout: seconds a closing client gets to flush what is queued.
+    """
+
+    max_frames: int = DEFAULT_MAX_QUEUE
+    max_bytes: int = DEFAULT_MAX_QUEUE_BYTES
+    policy: SlowConsumerPolicy = "disconnect"
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+
+
+def deliver_all(clients: Iterable[Client], frame: str, room: str | None = None) -> int:
+    """Hand ``frame`` to each of ``clients`` without waiting; return how many dropped it.
+
+    The one delivery rule, for a room's fan-out and a single client alike: the
+    frame is written in place when nothing is queued and the transport can take
+    it now; otherwise it joins the client's bounded queue. A transport found
+    closed mid-loop closes its client (1006, recorded) and the loop goes on.
+    """
+    dropped = 0
+    for client in clients:
+        if client.direct:
+            try:
+                if client.send_now(frame):
+                    continue
+            except ConnectionClosed:
+                client.close(ABNORMAL_CLOSURE, "", flush=False)
+                dropped += 1
+                continue
+        if not client.enqueue(frame, room):
+            dropped += 1
+    return dropped
 
 
 class Client:
     """One connected client as the hub sees it.
 
-    Fan-out hands each frame to `deliver()`, which never waits: when
-    nothing is queued and the transport can take the frame at once, it is
-    written in place. Otherwise it joins a bounded queue drained by a writer
+    Fan-out hands each frame to every member with `deliver_all()`, and
+    `deliver()` hands one frame to one client by the same rule; neither
+    waits. When nothing is queued and the transport can take the frame at
+    once, it is written in place. Otherwise it joins a bounded queue drained by a writer
     task that exists only while something is queued, so an idle connection
     costs no task. When the queue is full the slow-consumer policy applies.
 
@@ -51,6 +96,8 @@ class Client:
         principal: who is connected.
         rooms: the rooms this client is a member of.
         transport: the connection.
+        limits: the queue's bounds and slow-consumer policy, shared by every
+            client of the hub.
         direct: whether frames may go straight to the transport right now
             (nothing queued, nothing in flight, not closing).
         send_now: the transport's ``try_send``, bound once for the hot path;
@@ -64,7 +111,6 @@ class Client:
         "_begin_send",
         "_close_deadline",
         "_close_reason",
-        "_drain_timeout",
         "_dropped",
         "_dropped_rooms",
         "_finished",
@@ -82,10 +128,8 @@ class Client:
         "close_code",
         "direct",
         "id",
-        "max_queue",
-        "max_queue_bytes",
+        "limits",
         "pingable",
-        "policy",
         "principal",
         "rooms",
         "send_now",
@@ -98,10 +142,7 @@ class Client:
         transport: Transport,
         principal: Principal,
         *,
-        max_queue: int,
-        policy: SlowConsumerPolicy,
-        max_queue_bytes: int = 1024 * 1024,
-        drain_timeout: float = 5.0,
+        limits: QueueLimits,
         on_close: Callable[[Client], None] | None = None,
         on_drop: Callable[[], None] | None = None,
     ) -> None:
@@ -109,10 +150,9 @@ class Client:
         self.transport = transport
         self.principal = principal
         self.rooms: dict[str, Room[Client]] = {}
-        self.max_queue = max_queue
-        self.max_queue_bytes = max_queue_bytes
+        # Shared with every client of the hub: one reference instead of a field each.
+        self.limits = limits
         self._queued_bytes = 0
-        self.policy: SlowConsumerPolicy = policy
         self.send_now = transport.try_send
         #: The rest of a send that `EagerTransport.begin_send()` started
         #: but could not finish without waiting; the writer finishes it first.
@@ -126,7 +166,6 @@ class Client:
         self.close_code: int | None = None
         self._close_reason = ""
         self._close_deadline = math.inf
-        self._drain_timeout = drain_timeout
         self._on_close = on_close
         self._on_drop = on_drop
         # Created on first use: most connections never queue anything.
@@ -189,14 +228,7 @@ class Client:
         Returns ``False`` when the frame was dropped (the client is closing, or
         its queue overflowed under ``disconnect``), ``True`` otherwise.
         """
-        if self.direct:
-            try:
-                if self.send_now(frame):
-                    return True
-            except ConnectionClosed:
-                self.close(1006, "", flush=False)
-                return False
-        return self.enqueue(frame, room)
+        return deliver_all((self,), frame, room) == 0
 
     def _send_begun(self, frame: str) -> bool:
         """``send_now`` for an [`EagerTransport`][roomcast.EagerTransport]: start the send in place.
@@ -222,11 +254,12 @@ class Client:
         if queue is None:
             queue = self._queue = deque()
         size = len(frame)
+        limits = self.limits
         while queue and (
-            len(queue) >= self.max_queue or self._queued_bytes + size > self.max_queue_bytes
+            len(queue) >= limits.max_frames or self._queued_bytes + size > limits.max_bytes
         ):
-            if self.policy == "disconnect":
-                self.close(CLOSE_SLOW_CONSUMER, "slow consumer", flush=False)
+            if limits.policy == "disconnect":
+                self.close(CloseCode.SLOW_CONSUMER, "slow consumer", flush=False)
                 return False
             dropped_frame, dropped_room = queue.popleft()
             self._queued_bytes -= len(dropped_frame)
@@ -262,7 +295,7 @@ class Client:
         if self.close_code is None:
             self.close_code = code
             self._close_reason = reason
-            self._close_deadline = anyio.current_time() + self._drain_timeout
+            self._close_deadline = anyio.current_time() + self.limits.drain_timeout
             self.direct = False
             if self._on_close is not None:
                 self._on_close(self)
@@ -367,7 +400,7 @@ class Client:
             # The writer runs in the hub's task group: a bug here must end
             # this connection, never the hub.
             logger.exception("writer of connection %s failed", self.id)
-            self.close(1011, "internal error", flush=False)
+            self.close(CloseCode.INTERNAL_ERROR, "internal error", flush=False)
         finally:
             inflight, self._inflight = self._inflight, None
             if inflight is not None:  # cancelled before it was picked up
