@@ -7,7 +7,8 @@ import pytest
 
 from roomcast import ConnectionClosed, Handshake, Principal
 from roomcast.config import DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_QUEUE, DEFAULT_MAX_QUEUE_BYTES
-from roomcast.peer import ABNORMAL_CLOSURE, Client, ClientId, QueueLimits, deliver_all
+from roomcast.peer import Client, ClientId, QueueLimits, deliver_all
+from roomcast.protocol import CLOSE_ABNORMAL
 
 pytestmark = pytest.mark.anyio
 
@@ -58,7 +59,7 @@ async def test_a_transport_closed_mid_loop_closes_its_client_and_the_rest_get_th
     b_sent.broken = True
     assert deliver_all((a, b, c), "f", "room:r") == 1
     assert a_sent.sent == c_sent.sent == ["f"]
-    assert b.close_code == ABNORMAL_CLOSURE
+    assert b.close_code == CLOSE_ABNORMAL
     assert not b.direct
     # Closed: later frames are dropped without touching the transport.
     assert deliver_all((a, b, c), "g", "room:r") == 1
@@ -70,7 +71,7 @@ async def test_client_deliver_follows_the_same_rule() -> None:
     assert client.deliver("f")
     transport.broken = True
     assert not client.deliver("g")
-    assert client.close_code == ABNORMAL_CLOSURE
+    assert client.close_code == CLOSE_ABNORMAL
     assert not client.deliver("h")
     assert transport.sent == ["f"]
 

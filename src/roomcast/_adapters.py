@@ -10,14 +10,9 @@ touches no private attribute its table leaves out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Literal
 
-__all__ = ["ABNORMAL_CLOSURE", "NO_STATUS_RECEIVED", "Internal"]
-
-#: RFC 6455 section 7.4.1: reported when a close frame carried no code; never sent.
-NO_STATUS_RECEIVED: Final = 1005
-#: RFC 6455 section 7.4.1: reported when the connection ended without a close frame; never sent.
-ABNORMAL_CLOSURE: Final = 1006
+__all__ = ["Internal"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from roomcast._adapters import ABNORMAL_CLOSURE, NO_STATUS_RECEIVED, Internal
+from roomcast._adapters import Internal
 from roomcast.exceptions import ConnectionClosed
-from roomcast.protocol import CloseCode
+from roomcast.protocol import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CloseCode
 from roomcast.transport import Handshake, close_frame
 
 try:
@@ -134,7 +134,7 @@ class AiohttpTransport:
             elif kind is WSMsgType.PONG:
                 self._pong_received(bytes(message.data))
             elif kind is WSMsgType.CLOSE:  # 0: the peer's close frame had no code
-                code = int(message.data) or NO_STATUS_RECEIVED
+                code = int(message.data) or CLOSE_NO_STATUS
                 raise _closed(None, code, message.extra or "")
             elif kind is WSMsgType.ERROR:  # aiohttp has already sent its close frame
                 error = message.data
@@ -445,7 +445,7 @@ def _closed(
         return ConnectionClosed.from_code(int(exc.code))
     if code is not None:
         return ConnectionClosed.from_code(code, reason)
-    return ConnectionClosed.from_code(ABNORMAL_CLOSURE)
+    return ConnectionClosed.from_code(CLOSE_ABNORMAL)
 
 
 def _install_log_redaction(logger_name: str = "aiohttp.server") -> None:

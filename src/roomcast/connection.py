@@ -16,8 +16,8 @@ from .admission import Admission, Gatekeeper, LockedOut, refusal_reason
 from .auth import Authorizer, Principal
 from .clock import Clock
 from .exceptions import AuthenticationError, ConnectionClosed
-from .peer import ABNORMAL_CLOSURE, Client, ClientId
-from .protocol import PONG_FRAME, PROTOCOL, CloseCode
+from .peer import Client, ClientId
+from .protocol import CLOSE_ABNORMAL, PONG_FRAME, PROTOCOL, CloseCode
 from .rooms import Rooms, room_error
 from .schedule import Schedule
 from .session import Authenticate, Close, Fail, Handle, Reply, Session, Strike
@@ -245,7 +245,7 @@ class Connections:
                     close_reason = client.close_reason
                     # 1006 means the peer is already gone; closing still frees
                     # the transport, and 1006 itself may not be sent on the wire.
-                    if close_code == ABNORMAL_CLOSURE:
+                    if close_code == CLOSE_ABNORMAL:
                         close_code, close_reason = CloseCode.NORMAL, ""
                     # The close frame waits behind what the transport holds, and
                     # the transport for the peer's answer, reading and dropping

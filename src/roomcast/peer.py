@@ -18,11 +18,11 @@ from .exceptions import ConnectionClosed
 from .membership import ClientId as ClientId
 from .membership import Room
 from .options import SlowConsumerPolicy
-from .protocol import CloseCode
+from .protocol import CLOSE_ABNORMAL, CloseCode
 from .transport import EagerTransport, PingableTransport, Transport
 from .wire import encode_gap
 
-__all__ = ["ABNORMAL_CLOSURE", "Client", "ClientId", "QueueLimits", "deliver_all"]
+__all__ = ["Client", "ClientId", "QueueLimits", "deliver_all"]
 
 logger = logging.getLogger("roomcast.peer")
 
@@ -35,10 +35,6 @@ class _ReaderStop(Protocol):
 
 #: Seconds an idle writer waits for more frames before its task ends.
 WRITER_LINGER: Final = 1.0
-
-#: The close code of a connection lost without a close frame (RFC 6455, section 7.1.5):
-#: recorded, never sent, so not a [`CloseCode`][roomcast.CloseCode].
-ABNORMAL_CLOSURE: Final = 1006
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +69,7 @@ def deliver_all(clients: Iterable[Client], frame: str, room: str | None = None) 
                 if client.send_now(frame):
                     continue
             except ConnectionClosed:
-                client.close(ABNORMAL_CLOSURE, "", flush=False)
+                client.close(CLOSE_ABNORMAL, "", flush=False)
                 dropped += 1
                 continue
         if not client.enqueue(frame, room):

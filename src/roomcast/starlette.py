@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import anyio.lowlevel
 
-from roomcast._adapters import ABNORMAL_CLOSURE, NO_STATUS_RECEIVED, Internal
+from roomcast._adapters import Internal
 from roomcast._asyncio import on_asyncio, resume
 from roomcast.exceptions import ConnectionClosed
-from roomcast.protocol import CloseCode
+from roomcast.protocol import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CloseCode
 from roomcast.transport import DEFAULT_CLOSE_TIMEOUT, Handshake, close_frame
 from roomcast.wire import MAX_MESSAGE_SIZE
 
@@ -189,7 +189,7 @@ class StarletteTransport:
         except _GONE as exc:
             raise _closed(None) from exc  # the socket is gone: no close code came
         if message["type"] == "websocket.disconnect":
-            code = message.get("code") or NO_STATUS_RECEIVED
+            code = message.get("code") or CLOSE_NO_STATUS
             raise _closed(None, int(code), message.get("reason") or "")
         text: str | None = message.get("text")
         data: str | bytes = text if text is not None else bytes(message.get("bytes") or b"")
@@ -383,7 +383,7 @@ def _closed(
         return ConnectionClosed.from_code(exc.code, exc.reason)
     if code is not None:
         return ConnectionClosed.from_code(code, reason)
-    return ConnectionClosed.from_code(ABNORMAL_CLOSURE)
+    return ConnectionClosed.from_code(CLOSE_ABNORMAL)
 
 
 async def _closing_handshake(websocket: WebSocket, code: int, reason: str) -> None:

@@ -55,11 +55,11 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal
 from weakref import WeakKeyDictionary
 
-from roomcast._adapters import ABNORMAL_CLOSURE, Internal
+from roomcast._adapters import Internal
 from roomcast._asyncio import when_resolved
 from roomcast.auth import SUBPROTOCOL_BEARER_PREFIX
 from roomcast.exceptions import ConnectionClosed
-from roomcast.protocol import CloseCode
+from roomcast.protocol import CLOSE_ABNORMAL, CloseCode
 from roomcast.transport import MAX_CLOSE_REASON_BYTES, Handshake, close_frame
 from roomcast.wire import PROTOCOL
 
@@ -434,7 +434,7 @@ def _closed(
             return ConnectionClosed.from_code(int(exc.sent.code), exc.sent.reason)
     if code is not None:
         return ConnectionClosed.from_code(code, reason)
-    return ConnectionClosed.from_code(ABNORMAL_CLOSURE)
+    return ConnectionClosed.from_code(CLOSE_ABNORMAL)
 
 
 def _client(connection: ServerConnection) -> tuple[str, int] | None:
