@@ -26,7 +26,7 @@ from websockets.typing import Subprotocol
 try:  # websockets 17 (Python 3.11+) has a trio client; on Python 3.10 a small one does
     import websockets.trio.client as trio_client
 except ImportError:  # pragma: no cover - depends on the Python version
-    import _trio_ws_client as trio_client  # type: ignore[no-redef]
+    from . import _trio_ws_client as trio_client  # type: ignore[no-redef]
 
 __all__ = [
     "Client",

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from test_docs_code import BLOCKS, ROOT, Block
+from .test_docs_code import BLOCKS, ROOT, Block
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 

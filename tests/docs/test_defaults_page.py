@@ -14,7 +14,7 @@ import roomcast.backends.redis
 import roomcast.config
 import roomcast.jwt
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "reference" / "defaults.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "reference" / "defaults.md"
 #: | `DEFAULT_X` | `value` | `Class(option=)` | meaning |
 ROW = re.compile(r"^\| `(DEFAULT_\w+)` \| `([^`]+)` \| `(\w+)\((\w+)=\)` \| .+ \|$")
 #: Where the classes a row names are found.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SOURCE = Path(__file__).resolve().parent.parent / "src" / "roomcast"
+SOURCE = Path(__file__).resolve().parents[2] / "src" / "roomcast"
 #: A Sphinx role such as :class:`Hub` or :meth:`~roomcast.Hub.publish`, which the
 #: docs renderer would print as it stands instead of as a link.
 ROLE = re.compile(r":(?:py:)?(?:class|meth|func|data|attr|mod|exc|obj|const|ref):`[^`]*`")

@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin, Subprotocol
 
-APP = Path(__file__).resolve().parent.parent / "examples" / "issue_tracker" / "app.py"
+APP = Path(__file__).resolve().parents[2] / "examples" / "issue_tracker" / "app.py"
 #: Seconds any one test may take, server start and stop included.
 TIMEOUT = 20
 

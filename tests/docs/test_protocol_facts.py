@@ -10,7 +10,7 @@ import pytest
 
 from roomcast.protocol import CloseCode, Reconnect
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "src" / "roomcast"
 PROTOCOL_REFERENCE = ROOT / "docs" / "reference" / "protocol.md"
 JWT_HOWTO = ROOT / "docs" / "howto" / "jwt.md"

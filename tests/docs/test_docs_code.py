@@ -45,7 +45,7 @@ from websockets.typing import Subprotocol
 from roomcast import DefaultAuthorizer, Handshake, Hub, Principal
 from roomcast.jwt import JWTAuthenticator
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 TIMEOUT = 10
 SECRET = "a-docs-test-secret-of-at-least-32-bytes"

@@ -1,0 +1,1 @@
+"""Tests of the pure core: synchronous and deterministic, hypothesis where it pays."""
