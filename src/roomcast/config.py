@@ -1,4 +1,4 @@
-"""Every default roomcast uses, and the one validator that checks configured numbers (pure).
+"""Every default roomcast uses, and the validators that check configured numbers (pure).
 
 Each module re-exports the defaults that belong to its own options (for example
 `DEFAULT_INTERVAL` from `roomcast.heartbeat`),
