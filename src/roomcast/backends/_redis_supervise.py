@@ -148,6 +148,9 @@ class Reader:
                 if ever:
                     shard.reconnects += 1
                     shard.resync_due = True
+                    # Idle command connections may lead to the Redis that went
+                    # away (a restart): the next command gets a fresh one.
+                    await shard.client.connection_pool.disconnect(inuse_connections=False)
                 ever = True
                 shard.connected.set()
                 failures = 0
@@ -178,12 +181,16 @@ class Reader:
     async def _supervise(self, pubsub: PubSub) -> None:
         """Read until the connection fails, or the probe finds it silent."""
         lost: list[str] = []
+        failure: Exception | None = None
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._probe, lost, tasks.cancel_scope)
             try:
                 await self._receive(pubsub)
-            finally:
-                tasks.cancel_scope.cancel()
+            except Exception as exc:  # raised below, not wrapped in an exception group
+                failure = exc
+            tasks.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         if lost:
             raise _Lost(lost[0])
 
