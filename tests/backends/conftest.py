@@ -11,10 +11,16 @@ import secrets
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 import redis
+from anyio.abc import TaskGroup
+
+from roomcast import Handshake, Hub, Principal, RoomOptions
+from roomcast.backends import Backend
+from roomcast.testing import TestClient
 
 #: The Redis the tests use; its database 1 is the second shard of the sharding tests.
 REDIS_URL = os.environ.get("ROOMCAST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -92,3 +98,30 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+class UserAuthenticator:
+    """Takes the user id from the ``x-user`` header."""
+
+    async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
+        return Principal(handshake.header("x-user"))
+
+
+@asynccontextmanager
+async def hubs_on(
+    backends: Callable[[], Backend], count: int, namespaces: Mapping[str, RoomOptions]
+) -> AsyncIterator[list[Hub]]:
+    """``count`` running hubs, each on a backend of its own, closed in reverse order."""
+    async with AsyncExitStack() as stack:
+        hubs = []
+        for _ in range(count):
+            hub = Hub(backend=backends(), authenticator=UserAuthenticator(), namespaces=namespaces)
+            hubs.append(await stack.enter_async_context(hub))
+        yield hubs
+
+
+def connect(hub: Hub, user: str, tasks: TaskGroup, timeout: float = 10) -> TestClient:
+    """A client of user ``user`` on ``hub``, served in ``tasks``."""
+    return TestClient(
+        hub, handshake=Handshake(headers=(("x-user", user),)), task_group=tasks, timeout=timeout
+    )

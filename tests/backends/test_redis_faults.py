@@ -7,26 +7,23 @@ Faults are made by a TCP proxy the tests own (``proxy.py``) or by killing a
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import TaskGroup
 
 from roomcast import (
     BackendError,
-    Handshake,
     History,
     Hub,
-    Principal,
     RoomOptions,
     StreamPosition,
 )
 from roomcast.backends.redis import RedisBackend
-from roomcast.testing import TestClient
 
-from .conftest import REDIS_URL, RedisServer
+from .conftest import REDIS_URL, RedisServer, connect, hubs_on
 from .proxy import proxy_to
 from .test_redis_backend import Inbox, item, started
 
@@ -35,6 +32,8 @@ pytestmark = pytest.mark.anyio
 TIMEOUT = 10
 HISTORY = History(size=100, ttl=600)
 REDIS_PORT = int(REDIS_URL.rsplit(":", 1)[1].split("/", 1)[0])
+#: Short timeouts and pauses, so that faults are found and repaired quickly.
+FAST: dict[str, Any] = {"publish_timeout": 1, "reconnect_delay": 0.05, "max_reconnect_delay": 0.2}
 
 
 class Resyncs:
@@ -74,9 +73,7 @@ async def test_status_shows_a_cut_link_and_resync_is_called_once_it_is_back(pref
         backend = RedisBackend(
             f"redis://127.0.0.1:{proxy.port}/0",
             prefix=prefix,
-            publish_timeout=1,
-            reconnect_delay=0.05,
-            max_reconnect_delay=0.2,
+            **FAST,
         )
         resyncs = Resyncs(backend)
         publisher = RedisBackend(REDIS_URL, prefix=prefix)
@@ -112,9 +109,7 @@ async def test_status_is_connected_only_when_every_shard_is(prefix: str) -> None
         backend = RedisBackend(
             shards=[REDIS_URL, f"redis://127.0.0.1:{proxy.port}/1"],
             prefix=prefix,
-            publish_timeout=1,
-            reconnect_delay=0.05,
-            max_reconnect_delay=0.2,
+            **FAST,
         )
         async with started(backend):
             assert backend.status().connected
@@ -135,9 +130,7 @@ async def test_a_black_holed_pubsub_connection_is_found_by_the_probe(prefix: str
         backend = RedisBackend(
             f"redis://127.0.0.1:{proxy.port}/0",
             prefix=prefix,
-            publish_timeout=1,
-            reconnect_delay=0.05,
-            max_reconnect_delay=0.2,
+            **FAST,
             probe_interval=0.2,
             probe_timeout=0.5,
         )
@@ -212,31 +205,11 @@ async def test_a_publish_while_redis_is_stopped_fails_within_publish_timeout(
 # ----------------------------------------------------------------------------- Redis restarted
 
 
-class UserAuthenticator:
-    async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
-        return Principal(handshake.header("x-user"))
-
-
-@asynccontextmanager
-async def hubs_on(url: str, prefix: str, count: int) -> AsyncIterator[list[Hub]]:
-    async with AsyncExitStack() as stack:
-        hubs = []
-        for _ in range(count):
-            backend = RedisBackend(
-                url, prefix=prefix, publish_timeout=1, reconnect_delay=0.05, max_reconnect_delay=0.2
-            )
-            hub = Hub(
-                backend=backend,
-                authenticator=UserAuthenticator(),
-                namespaces={"team": RoomOptions(history=HISTORY)},
-            )
-            hubs.append(await stack.enter_async_context(hub))
-        yield hubs
-
-
-def connect(hub: Hub, user: str, tasks: TaskGroup) -> TestClient:
-    return TestClient(
-        hub, handshake=Handshake(headers=(("x-user", user),)), task_group=tasks, timeout=TIMEOUT
+def restartable_hubs(url: str, prefix: str, count: int) -> AbstractAsyncContextManager[list[Hub]]:
+    return hubs_on(
+        lambda: RedisBackend(url, prefix=prefix, **FAST),
+        count,
+        {"team": RoomOptions(history=HISTORY)},
     )
 
 
@@ -245,7 +218,7 @@ async def test_redis_restarted_the_hubs_resync_and_keep_serving(
 ) -> None:
     room = "team:t"
     async with (
-        hubs_on(redis_server.url, prefix, 2) as hubs,
+        restartable_hubs(redis_server.url, prefix, 2) as hubs,
         anyio.create_task_group() as tasks,
         AsyncExitStack() as stack,
     ):

@@ -12,19 +12,19 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import Process, TaskGroup
+from anyio.abc import Process
 
-from roomcast import Handshake, Hub, Principal, RoomOptions
+from roomcast import Hub, RoomOptions
 from roomcast.backends import PresenceEntry
 from roomcast.backends.redis import RedisBackend
 from roomcast.testing import TestClient
 
-from .conftest import REDIS_URL
+from .conftest import REDIS_URL, connect, hubs_on
 
 pytestmark = pytest.mark.anyio
 
@@ -51,28 +51,11 @@ asyncio.run(main())
 """
 
 
-class UserAuthenticator:
-    async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
-        return Principal(handshake.header("x-user"))
-
-
-@asynccontextmanager
-async def nodes(prefix: str, count: int) -> AsyncIterator[list[Hub]]:
-    async with AsyncExitStack() as stack:
-        hubs = []
-        for _ in range(count):
-            hub = Hub(
-                backend=RedisBackend(REDIS_URL, prefix=prefix, presence_lease=LEASE),
-                authenticator=UserAuthenticator(),
-                namespaces={"lobby": RoomOptions(presence=True)},
-            )
-            hubs.append(await stack.enter_async_context(hub))
-        yield hubs
-
-
-def connect(hub: Hub, user: str, tasks: TaskGroup) -> TestClient:
-    return TestClient(
-        hub, handshake=Handshake(headers=(("x-user", user),)), task_group=tasks, timeout=TIMEOUT
+def nodes(prefix: str, count: int) -> AbstractAsyncContextManager[list[Hub]]:
+    return hubs_on(
+        lambda: RedisBackend(REDIS_URL, prefix=prefix, presence_lease=LEASE),
+        count,
+        {"lobby": RoomOptions(presence=True)},
     )
 
 
