@@ -93,7 +93,7 @@ class PresenceEntry:
 class BackendStatus:
     """How a backend's link to its broker is doing now.
 
-    See [`Backend.status()`][roomcast.Backend.status].
+    See [`Backend.status()`][roomcast.backends.base.Backend.status].
 
     Attributes:
         connected: the backend can publish and receive now.
