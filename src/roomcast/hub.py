@@ -78,7 +78,8 @@ class HubStatistics:
         token_expirations: connections closed with 4002 because their token expired.
         slow_consumer_disconnects: clients closed with 4009.
         heartbeat_timeouts: clients closed for not answering heartbeats.
-        backend: the backend's broker link now ([`Backend.status()`][roomcast.backends.base.Backend.status]).
+        backend: the backend's broker link now (see
+            [`Backend.status()`][roomcast.backends.base.Backend.status]).
         gaps: history-room messages this node missed (filled from history, or reset).
         resets: gaps history could not fill: the room's members got ``room.reset``.
     """
