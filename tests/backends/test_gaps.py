@@ -249,3 +249,50 @@ def test_room_reset_is_valid_json_of_the_documented_shape() -> None:
         "room": "team:t1",
         "payload": {"recovered": False, "offset": 41, "epoch": "8f2c"},
     }
+
+
+class LateMemoryBackend(MemoryBackend):
+    """A memory backend whose publications reach the hub only when released, like pub/sub lag."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.late: list[tuple[ChannelKind, str, Publication]] | None = None
+        self._to_hub: Delivery | None = None
+
+    async def start(self, deliver: Delivery) -> None:
+        self._to_hub = deliver
+
+        def maybe_late(kind: ChannelKind, key: str, publication: Publication) -> None:
+            if self.late is not None and kind == "room":
+                self.late.append((kind, key, publication))
+            else:
+                deliver(kind, key, publication)
+
+        await super().start(maybe_late)
+
+    def release(self) -> None:
+        late, self.late = self.late or [], None
+        assert self._to_hub is not None
+        for kind, key, publication in late:
+            self._to_hub(kind, key, publication)
+
+
+@pytest.mark.parametrize("with_since", [True, False])
+async def test_a_join_that_reads_history_ahead_of_live_messages_gets_each_once(
+    with_since: bool,
+) -> None:
+    backend = LateMemoryBackend()
+    async with member_of(backend) as (hub, first), TestClient(hub, timeout=TIMEOUT) as second:
+        await hub.publish(ROOM, "seq.item", 0)
+        seen = await first.receive_event()
+        backend.late = []  # published, in history, not yet here
+        await hub.publish(ROOM, "seq.item", 1)
+        await hub.publish(ROOM, "seq.item", 2)
+        since = {ROOM: {"offset": seen["offset"], "epoch": seen["epoch"]}} if with_since else None
+        result = (await second.subscribe(ROOM, since=since))[ROOM]
+        assert result["offset"] == 1, "the position this node's members are at"
+        backend.release()
+        for client in (first, second):
+            assert await offsets(client, 2) == [2, 3]
+            await nothing_more(client)
+        assert hub.stats().gaps == 0
