@@ -26,9 +26,10 @@ from roomcast import (
     RoomcastError,
     RoomOptions,
 )
-from roomcast.backends import BackendStatus
+from roomcast.backends import BackendStatus, HistoryResult
 from roomcast.backends.memory import MemoryBackend
 from roomcast.testing import ManualClock, MemoryTransport, TestClient, memory_transport_pair
+from roomcast.wire import StreamPosition
 
 pytestmark = pytest.mark.anyio
 
@@ -793,16 +794,34 @@ async def test_the_server_s_own_notices_cannot_be_published(hub: Hub, type_: str
         assert reply["error"]["code"] == "bad_request"
 
 
-async def test_a_position_check_finds_nothing_to_fill_when_nothing_was_lost(
+class ReadCountingBackend(MemoryBackend):
+    """Counts history reads (the position checks among them)."""
+
+    reads = 0
+
+    async def history(
+        self, room: str, since: StreamPosition | None, history: History
+    ) -> HistoryResult:
+        self.reads += 1
+        return await super().history(room, since, history)
+
+
+async def test_a_position_check_runs_on_the_hub_clock_and_finds_nothing_when_nothing_was_lost(
     clock: ManualClock,
 ) -> None:
     namespaces = {"team": RoomOptions(history=History(size=10, ttl=600))}
-    async with Hub(clock=clock, namespaces=namespaces, position_check=5) as hub:
+    backend = ReadCountingBackend(clock=clock.now)
+    async with Hub(clock=clock, backend=backend, namespaces=namespaces, position_check=5) as hub:
         async with TestClient(hub) as client:
             await client.subscribe("team:t1")
             await hub.publish("team:t1", "a.b", 1)
             assert (await client.receive_event())["offset"] == 1
-            await clock.advance(12)
-            await anyio.sleep(0.05)
-            assert client.drain() == []
+            reads = backend.reads
+            await clock.advance(4)
+            assert backend.reads == reads
+            await clock.advance(2)
+            assert backend.reads == reads + 1
+            await clock.advance(6)
+            assert backend.reads == reads + 2
+            assert [frame for frame in client.drain() if frame["type"] != "ping"] == []
             assert hub.stats().gaps == 0
