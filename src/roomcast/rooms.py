@@ -389,8 +389,12 @@ class Rooms:
             for client_id, held in room.joining.items():
                 if client_id not in exclude:
                     held.append((publication.offset, frame))
-        if offset is not None:
-            room.advance(offset, publication.epoch)
+        if offset is not None:  # in line, or the first: the room is now at this one
+            if publication.epoch == room.epoch:
+                room.offset = offset
+                room.next_offset = offset + 1
+            else:
+                room.advance(offset, publication.epoch)
         self.published += 1
         self.messages_out += len(members) - dropped
         self.dropped += dropped
