@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
@@ -18,6 +19,7 @@ from roomcast import History, Hub, Publication, RoomOptions
 from roomcast.backends import Backend, ChannelKind, Delivery, HistoryResult
 from roomcast.backends.memory import MemoryBackend
 from roomcast.backends.redis import RedisBackend
+from roomcast.membership import Room
 from roomcast.testing import TestClient
 from roomcast.wire import StreamPosition
 
@@ -296,3 +298,45 @@ async def test_a_join_that_reads_history_ahead_of_live_messages_gets_each_once(
             assert await offsets(client, 2) == [2, 3]
             await nothing_more(client)
         assert hub.stats().gaps == 0
+
+
+# The pure decision, on the room object alone.
+
+
+def positioned(offset: int, epoch: str) -> Room[Any]:
+    room: Room[Any] = Room(ROOM, RoomOptions(history=History(size=10, ttl=60)))
+    room.advance(offset, epoch)
+    return room
+
+
+def test_a_room_without_a_position_delivers_whatever_comes_first() -> None:
+    room: Room[Any] = Room(ROOM, RoomOptions())
+    assert room.next_offset == -1
+    assert room.out_of_line(7, "e1", "p7") == "deliver"
+
+
+def test_a_repeat_or_a_message_of_the_epoch_left_is_dropped() -> None:
+    room = positioned(5, "e1")
+    assert room.out_of_line(5, "e1", "p5") == ""
+    assert room.out_of_line(3, "e1", "p3") == ""
+    room.advance(1, "e2")
+    assert room.out_of_line(9, "e1", "old") == ""
+    assert room.filling is None
+
+
+def test_a_gap_or_a_new_epoch_holds_the_message_and_everything_after_it() -> None:
+    for offset, epoch in ((7, "e1"), (1, "e2")):
+        room = positioned(5, "e1")
+        assert room.out_of_line(offset, epoch, "first") == "gap"
+        assert (room.next_offset, room.filling) == (-1, ["first"])
+        assert room.out_of_line(offset + 1, epoch, "second") == ""
+        assert room.filling == ["first", "second"]
+
+
+def test_a_join_reading_ahead_of_the_room_is_capped_at_the_room() -> None:
+    room: Room[Any] = Room(ROOM, RoomOptions())
+    assert room.align(4, "e1") is None
+    assert (room.offset, room.epoch, room.next_offset) == (4, "e1", 5)
+    assert room.align(6, "e1") == 4
+    assert room.align(4, "e1") is None
+    assert room.align(9, "e2") is None
