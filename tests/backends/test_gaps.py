@@ -24,6 +24,7 @@ from roomcast.testing import TestClient
 from roomcast.wire import StreamPosition
 
 from .conftest import REDIS_URL
+from .proxy import proxy_to
 
 pytestmark = pytest.mark.anyio
 
@@ -340,3 +341,38 @@ def test_a_join_reading_ahead_of_the_room_is_capped_at_the_room() -> None:
     assert room.align(6, "e1") == 4
     assert room.align(4, "e1") is None
     assert room.align(9, "e2") is None
+
+
+async def test_messages_published_while_a_node_is_cut_off_from_redis_reach_its_members(
+    prefix: str,
+) -> None:
+    namespaces = {"team": RoomOptions(history=History(size=100, ttl=600))}
+    port = int(REDIS_URL.rsplit(":", 1)[1].split("/", 1)[0])
+    async with proxy_to(port) as proxy:
+        cut_off = RedisBackend(
+            f"redis://127.0.0.1:{proxy.port}/0",
+            prefix=prefix,
+            publish_timeout=0.5,
+            reconnect_delay=0.05,
+            max_reconnect_delay=0.2,
+        )
+        async with (
+            Hub(backend=cut_off, namespaces=namespaces, position_check=0.3) as node,
+            Hub(backend=RedisBackend(REDIS_URL, prefix=prefix), namespaces=namespaces) as other,
+            anyio.create_task_group() as tasks,
+            TestClient(node, task_group=tasks, timeout=TIMEOUT) as client,
+        ):
+            await client.subscribe(ROOM)
+            await other.publish(ROOM, "seq.item", 0)
+            assert await offsets(client, 1) == [1]
+            proxy.refusing = True
+            proxy.cut()
+            for n in (1, 2):  # published while the node hears nothing
+                await other.publish(ROOM, "seq.item", n)
+            await anyio.sleep(0.5)
+            proxy.refusing = False
+            with anyio.fail_after(TIMEOUT):
+                assert await offsets(client, 2) == [2, 3]
+            await other.publish(ROOM, "seq.item", 3)
+            assert await offsets(client, 1) == [4]
+            await nothing_more(client)
