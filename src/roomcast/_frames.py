@@ -113,6 +113,19 @@ def encode_gap(dropped: int, rooms: list[str]) -> str:
     return dumps({"type": "gap", "payload": {"dropped": dropped, "rooms": rooms}})
 
 
+def encode_room_reset(room: str, offset: int, epoch: str) -> str:
+    """Encode ``room.reset``: this client missed messages of ``room`` that cannot be recovered.
+
+    ``offset`` and ``epoch`` are the room's position from which the client's
+    messages continue, as in a ``subscribe`` reply with ``recovered: false``.
+
+    Raises:
+        LocalProtocolError: (a ``ValueError``) a field is not JSON-serializable.
+    """
+    payload = {"recovered": False, "offset": offset, "epoch": epoch}
+    return dumps({"type": "room.reset", "room": room, "payload": payload})
+
+
 #: Strings JSON encodes as themselves between quotes: no escapes needed.
 _PLAIN: Final = re.compile(r"[A-Za-z0-9_\-.:@=/]*")
 

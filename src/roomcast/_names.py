@@ -20,8 +20,15 @@ MAX_TYPE_LENGTH: Final = 64
 _ROOM_RE: Final = re.compile(rf"[A-Za-z0-9_\-.:@=/]{{1,{MAX_ROOM_NAME_LENGTH}}}")
 #: Event types: a letter, then up to 63 of ``A-Z a-z 0-9 _ - . :``.
 _TYPE_RE: Final = re.compile(rf"[A-Za-z][A-Za-z0-9_\-.:]{{0,{MAX_TYPE_LENGTH - 1}}}")
+#: The notice that a room's messages were lost for good on this node (see the protocol).
+ROOM_RESET: Final = "room.reset"
+#: A control message on a user's channel: close that user's connections on every node.
+#: Handled by each node, never sent to a client.
+USER_DISCONNECT: Final = "roomcast.disconnect"
 #: Types the server itself sends; applications may not publish them.
-_RESERVED_TYPES: Final = frozenset({"reply", "error", "ping", "pong", "gap"})
+_RESERVED_TYPES: Final = frozenset(
+    {"reply", "error", "ping", "pong", "gap", ROOM_RESET, USER_DISCONNECT}
+)
 _RESERVED_PREFIXES: Final = ("connection.", "presence.", "token.", "roomcast.")
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_MAX_ROOMS_PER_CONNECTION",
     "DEFAULT_MAX_TRACKED_IPS",
     "DEFAULT_PERIOD",
+    "DEFAULT_POSITION_CHECK",
     "DEFAULT_POSITION_TTL",
     "DEFAULT_PRESENCE_LEASE",
     "DEFAULT_PROBE_INTERVAL",
@@ -62,6 +63,8 @@ DEFAULT_TOKEN_EXPIRY_WARNING: Final = 60.0
 DEFAULT_BAD_REQUEST_LIMIT: Final = 10
 #: Seconds a closing connection is kept for the peer to read its close frame and answer.
 DEFAULT_CLOSE_TIMEOUT: Final = 30.0
+#: Seconds between two checks of each history room's position against the backend.
+DEFAULT_POSITION_CHECK: Final = 15.0
 
 # -- one client's outbound queue ---------------------------------------------------------
 

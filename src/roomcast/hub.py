@@ -27,12 +27,12 @@ from .auth import (
     TokenSources,
     as_authorizer,
 )
-from .backends.base import Backend
+from .backends.base import Backend, BackendStatus
 from .backends.memory import MemoryBackend
 from .clock import Clock, SystemClock
 from .config import DEFAULT_AUTH_TIMEOUT as DEFAULT_AUTH_TIMEOUT
 from .config import DEFAULT_BAD_REQUEST_LIMIT as DEFAULT_BAD_REQUEST_LIMIT
-from .config import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUE
+from .config import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUE, DEFAULT_POSITION_CHECK
 from .config import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
 from .config import DEFAULT_MAX_ROOMS_PER_CONNECTION as DEFAULT_MAX_ROOMS_PER_CONNECTION
 from .config import DEFAULT_TOKEN_EXPIRY_WARNING as DEFAULT_TOKEN_EXPIRY_WARNING
@@ -78,6 +78,10 @@ class HubStatistics:
         token_expirations: connections closed with 4002 because their token expired.
         slow_consumer_disconnects: clients closed with 4009.
         heartbeat_timeouts: clients closed for not answering heartbeats.
+        backend: the backend's broker link now (see
+            [`Backend.status()`][roomcast.backends.base.Backend.status]).
+        gaps: history-room messages this node missed (filled from history, or reset).
+        resets: gaps history could not fill: the room's members got ``room.reset``.
     """
 
     clients: int
@@ -96,6 +100,9 @@ class HubStatistics:
     token_expirations: int
     slow_consumer_disconnects: int
     heartbeat_timeouts: int
+    backend: BackendStatus
+    gaps: int = 0
+    resets: int = 0
 
 
 class Hub:
@@ -156,6 +163,8 @@ class Hub:
         token_expiry_grace: seconds after the principal's ``expires_at`` (for
             a JWT, ``exp`` plus the authenticator's leeway) before the
             connection is closed with 4002.
+        position_check: seconds between two checks of each history room's position
+            against the backend's, so that a lost last message is noticed.
         clock: time source (tests pass [`ManualClock`][roomcast.testing.ManualClock]).
 
     Raises:
@@ -187,6 +196,7 @@ class Hub:
         limits: ConnectionLimits | None = None,
         token_expiry_warning: float = DEFAULT_TOKEN_EXPIRY_WARNING,
         token_expiry_grace: float = 0.0,
+        position_check: float = DEFAULT_POSITION_CHECK,
         clock: Clock | None = None,
     ) -> None:
         self._clock: Clock = clock or SystemClock()
@@ -207,6 +217,7 @@ class Hub:
             bad_request_limit=bad_request_limit,
             token_expiry_warning=token_expiry_warning,
             token_expiry_grace=token_expiry_grace,
+            position_check=position_check,
         )
         self._gate = Gatekeeper(
             authenticator=authenticator or AnonymousAuthenticator(),
@@ -264,7 +275,7 @@ class Hub:
         await self._task_group.__aenter__()
         self._connections.start(self._task_group)
         try:
-            await self._rooms.start()
+            await self._rooms.start(self._task_group)
         except BaseException:
             self._task_group.cancel_scope.cancel()
             await self._task_group.__aexit__(None, None, None)
@@ -276,7 +287,9 @@ class Hub:
 
     async def _run_schedule(self, scope: anyio.CancelScope) -> None:
         with scope:  # cancelled by aclose(), even before it is entered
-            await self._schedule.run()
+            async with anyio.create_task_group() as loops:
+                loops.start_soon(self._rooms.check_positions_every, self._clock)
+                await self._schedule.run()
 
     async def __aexit__(
         self,
@@ -418,17 +431,20 @@ class Hub:
         )
 
     def disconnect_user(self, user_id: str, code: int = CloseCode.NORMAL, reason: str = "") -> int:
-        """Close every connection of ``user_id`` on this node, e.g. on logout; return how many.
+        """Close every connection of ``user_id`` on every node, e.g. on logout.
+
+        Returns:
+            How many connections of the user this node closed (before returning).
+            Other nodes are told on the user's backend channel, from the hub's
+            task group, and close theirs shortly after; they are not counted,
+            and a backend failure there is logged, not raised.
 
         Raises:
             ValueError: ``code`` may not be sent in a close frame (1005, 1006,
                 1015, below 1000, or from 5000 up).
         """
         code, reason = close_frame(code, reason)
-        clients = list(self._rooms.users.get(user_id, {}).values())
-        for client in clients:
-            client.close(code, reason)
-        return len(clients)
+        return self._rooms.disconnect_user(user_id, code, reason, remote=self.running)
 
     def stats(self) -> HubStatistics:
         """A snapshot of the hub's counters."""
@@ -450,6 +466,9 @@ class Hub:
             token_expirations=self._schedule.token_expirations,
             slow_consumer_disconnects=connections.slow_consumer_disconnects,
             heartbeat_timeouts=self._schedule.heartbeat_timeouts,
+            backend=self._backend.status(),
+            gaps=rooms.gaps,
+            resets=rooms.resets,
         )
 
     def room_options(self, room: str) -> RoomOptions:

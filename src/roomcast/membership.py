@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, NewType, Protocol, TypeVar
+from typing import Any, Generic, Literal, NewType, Protocol, TypeVar
 
 from .options import RoomOptions
 
@@ -50,9 +50,28 @@ class Room(Generic[M]):
         joining: clients between joining and the end of their history replay;
             live frames for them are held here, with their offsets, and handed
             over once the replay is sent, so nothing is lost or repeated.
+        offset: the offset of the last message delivered here (history rooms).
+        epoch: the epoch of ``offset``, or ``None`` while no position is known.
+        next_offset: the offset the next message must carry to be delivered
+            straight away: ``offset + 1``, or ``-1`` while no position is known
+            or a gap is being filled, so that one comparison sends every other
+            message to the slow path.
+        filling: while a gap is being filled from history, the live messages
+            that arrived meanwhile, in arrival order; otherwise ``None``.
+        old_epoch: the epoch the room left, whose late messages are dropped.
     """
 
-    __slots__ = ("joining", "members", "name", "options")
+    __slots__ = (
+        "epoch",
+        "filling",
+        "joining",
+        "members",
+        "name",
+        "next_offset",
+        "offset",
+        "old_epoch",
+        "options",
+    )
 
     def __init__(self, name: str, options: RoomOptions) -> None:
         self.name = name
@@ -60,6 +79,57 @@ class Room(Generic[M]):
         self.members: dict[ClientId, M] = {}
         # None while nobody is joining (almost always): an emptied dict keeps its table.
         self.joining: dict[ClientId, list[Held]] | None = None
+        self.offset = 0
+        self.epoch: str | None = None
+        self.next_offset = -1
+        self.filling: list[Any] | None = None
+        self.old_epoch: str | None = None
+
+    def out_of_line(
+        self, offset: int, epoch: str | None, item: Any
+    ) -> Literal["deliver", "gap", ""]:
+        """What to do with ``item``, a message at ``offset``/``epoch`` that does not follow on.
+
+        Returns ``""`` when it is held (a fill is under way) or dropped (already
+        delivered, or of the epoch the room left); ``"deliver"`` when the room
+        has no position yet; ``"gap"`` when it opens a gap: it is then held in
+        `filling` and the caller fills the gap from history.
+        """
+        if self.filling is not None:
+            self.filling.append(item)
+            return ""
+        if self.epoch is None:
+            return "deliver"
+        if epoch == self.epoch:
+            if offset <= self.offset:
+                return ""
+        elif epoch == self.old_epoch:
+            return ""
+        self.filling = [item]
+        self.next_offset = -1
+        return "gap"
+
+    def align(self, offset: int, epoch: str) -> int | None:
+        """A member joins and read the position ``offset``/``epoch`` from history.
+
+        The first read sets the room's position. A later one may be ahead of
+        the live messages still on their way to this node: the joining
+        client's replay must then stop at the room's offset, returned, and
+        the rest reaches it live, like the other members, rather than twice.
+        """
+        if self.epoch is None:
+            self.advance(offset, epoch)
+        elif self.epoch == epoch and self.offset < offset:
+            return self.offset
+        return None
+
+    def advance(self, offset: int, epoch: str | None) -> None:
+        """Record that the message at ``offset`` of ``epoch`` was delivered here."""
+        if epoch != self.epoch and self.epoch is not None:
+            self.old_epoch = self.epoch
+        self.offset = offset
+        self.epoch = epoch
+        self.next_offset = offset + 1 if self.filling is None else -1
 
     @property
     def empty(self) -> bool:

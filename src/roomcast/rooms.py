@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any, Final
 
 import anyio
+from anyio.abc import TaskGroup
 
-from .backends.base import Backend, ChannelKind, PresenceEntry, Publication
+from ._names import USER_DISCONNECT
+from .backends.base import Backend, ChannelKind, HistoryResult, PresenceEntry, Publication
+from .clock import Clock
 from .membership import Membership, Room
 from .peer import Client, ClientId, deliver_all
 from .settings import Settings
-from .wire import StreamPosition, dumps, encode_event
+from .wire import StreamPosition, dumps, encode_event, encode_room_reset
 
 __all__ = ["Rooms", "encode", "room_error"]
 
@@ -77,6 +81,9 @@ class Rooms:
         published: publications delivered to this node.
         messages_out: frames handed to clients by the fan-out and replays.
         dropped: frames a client could not take (closing, or its queue overflowed).
+        gaps: times a history room's messages did not follow on from the last
+            one delivered here (or its position moved without them).
+        resets: gaps that history could not fill, told to the members with ``room.reset``.
     """
 
     def __init__(self, settings: Settings, backend: Backend, node: str) -> None:
@@ -93,12 +100,21 @@ class Rooms:
         self._channels: dict[ChannelKind, set[str]] = {"room": set(), "user": set(), "node": set()}
         # One lock per channel while someone changes its subscription; removed after.
         self._locks: dict[tuple[ChannelKind, str], _ChannelLock] = {}
+        self._task_group: TaskGroup | None = None
         self.published = 0
         self.messages_out = 0
         self.dropped = 0
+        self.gaps = 0
+        self.resets = 0
 
-    async def start(self) -> None:
-        """Start the backend, delivering to this node, and subscribe the node's own channel."""
+    async def start(self, task_group: TaskGroup) -> None:
+        """Start the backend, delivering to this node, and subscribe the node's own channel.
+
+        Gap fills, position checks after a backend resync and the publishes of
+        `disconnect_user()` run in ``task_group``.
+        """
+        self._task_group = task_group
+        self._backend.on_resync(self._on_resync)
         await self._backend.start(self._on_publication)
         await self.sync_channel("node", self._node)
 
@@ -196,6 +212,11 @@ class Rooms:
             if client.closing:
                 return room_error("internal", "connection closing")
             # No await from here on: replay, then what arrived meanwhile, then live.
+            if top is not None:
+                cap = room.align(top, found.position.epoch)
+                if cap is not None:
+                    replay = tuple(p for p in replay if (p.offset or 0) <= cap)
+                    result["offset"] = top = cap
             for publication in replay:
                 self._count(client.deliver(encode(publication), name))
             for offset, frame in held:
@@ -276,6 +297,35 @@ class Rooms:
         await self._backend.publish("user", user_id, publication, None)
         return publication.id
 
+    def disconnect_user(self, user_id: str, code: int, reason: str, *, remote: bool) -> int:
+        """Close the connections of ``user_id`` here and, with ``remote``, ask the other nodes to.
+
+        Returns:
+            How many connections of the user this node closed.
+        """
+        clients = list(self.users.get(user_id, {}).values())
+        for client in clients:
+            client.close(code, reason)
+        if remote and self._task_group is not None:
+            payload = dumps({"code": code, "reason": reason})
+            publication = self._publication(None, USER_DISCONNECT, payload, None)
+            self._task_group.start_soon(self._publish_quietly, "user", user_id, publication)
+        return len(clients)
+
+    async def _publish_quietly(self, kind: ChannelKind, key: str, publication: Publication) -> None:
+        try:
+            await self._backend.publish(kind, key, publication, None)
+        except Exception:  # the caller returned long ago: nobody to raise to
+            logger.warning("could not publish %s to %s %s", publication.type, kind, key)
+
+    def _disconnect_here(self, user_id: str, publication: Publication) -> None:
+        """Another node's `disconnect_user()`: close this user's connections here."""
+        if publication.id.startswith(self._node + "-"):
+            return  # this node closed its own before publishing
+        request = json.loads(publication.payload_json)
+        for client in tuple(self.users.get(user_id, {}).values()):
+            client.close(int(request["code"]), str(request["reason"]))
+
     async def send_to_client(self, client_id: str, type_: str, payload_json: str) -> str:
         """Send a message to one connection, through the channel of the node holding it."""
         publication = self._publication(None, type_, payload_json, None)
@@ -295,6 +345,9 @@ class Rooms:
                     self._fan_out(room, publication)
                 return
             if kind == "user":
+                if publication.type == USER_DISCONNECT:
+                    self._disconnect_here(key, publication)
+                    return
                 targets: tuple[Client, ...] = tuple(self.users.get(key, {}).values())
             elif kind == "node":
                 client = self.clients.get(ClientId(publication.client or ""))
@@ -314,6 +367,15 @@ class Rooms:
             self.dropped += 1
 
     def _fan_out(self, room: Room[Client], publication: Publication) -> None:
+        offset = publication.offset
+        # The one check of a room's order: anything but the next offset of the
+        # same epoch (a gap, a repeat, a new epoch, a fill under way) goes aside.
+        if offset is not None and (offset != room.next_offset or publication.epoch != room.epoch):
+            verdict = room.out_of_line(offset, publication.epoch, publication)
+            if verdict == "gap":
+                self._start_fill(room)
+            if verdict != "deliver":
+                return
         frame = encode(publication)
         exclude = publication.exclude
         # A snapshot: a member closing mid-loop leaves the room at once.
@@ -327,6 +389,104 @@ class Rooms:
             for client_id, held in room.joining.items():
                 if client_id not in exclude:
                     held.append((publication.offset, frame))
+        if offset is not None:  # in line, or the first: the room is now at this one
+            if publication.epoch == room.epoch:
+                room.offset = offset
+                room.next_offset = offset + 1
+            else:
+                room.advance(offset, publication.epoch)
         self.published += 1
         self.messages_out += len(members) - dropped
         self.dropped += dropped
+
+    # ------------------------------------------------------------------ gaps
+
+    def _start_fill(self, room: Room[Client]) -> None:
+        """Fill ``room``'s gap from history, in the background; live messages wait in `filling`."""
+        self.gaps += 1
+        if room.filling is None:
+            room.filling = []
+            room.next_offset = -1
+        if self._task_group is not None:
+            self._task_group.start_soon(self._fill, room)
+
+    async def _fill(self, room: Room[Client]) -> None:
+        """Read what this node missed of ``room`` and deliver it, or tell its members."""
+        since = StreamPosition(room.offset, room.epoch or "")
+        history = room.options.history
+        found: HistoryResult | None = None
+        if history is not None:
+            try:
+                found = await self._backend.history(room.name, since, history)
+            except Exception:
+                logger.warning("could not read the history of %s to fill a gap", room.name)
+        pending = room.filling or []
+        room.filling = None
+        room.next_offset = room.offset + 1
+        if self.rooms.get(room.name) is not room:
+            return  # the last member left meanwhile
+        try:
+            if found is not None and found.recovered:
+                for publication in found.publications:
+                    self._fan_out(room, publication)
+            else:
+                self._reset(room, found, pending)
+            for publication in pending:
+                self._fan_out(room, publication)
+        except Exception:  # a bug here must not take down the hub's task group
+            logger.exception("filling a gap of %s failed", room.name)
+
+    def _reset(
+        self, room: Room[Client], found: HistoryResult | None, pending: list[Publication]
+    ) -> None:
+        """Messages of ``room`` are lost to this node: tell its members where it goes on from."""
+        epoch = found.position.epoch if found is not None else None
+        live = [p for p in pending if epoch is None or p.epoch == epoch]
+        if live:  # the live messages held meanwhile follow the notice
+            offset, epoch = (live[0].offset or 1) - 1, live[0].epoch
+        elif found is not None:
+            offset = found.position.offset
+        else:
+            return  # nothing known: the next check tries again
+        if epoch is None:
+            return
+        self.resets += 1
+        room.advance(offset, epoch)
+        frame = encode_room_reset(room.name, offset, epoch)
+        members = tuple(room.members.values())
+        dropped = deliver_all(members, frame, room.name)
+        self.messages_out += len(members) - dropped
+        self.dropped += dropped
+
+    def _on_resync(self) -> None:
+        """The backend may have missed publications: check every history room now."""
+        if self._task_group is not None:
+            self._task_group.start_soon(self.check_positions)
+
+    async def check_positions(self) -> None:
+        """Compare each history room's position here with the backend's; fill what is missing.
+
+        Catches a lost last message, which no later one would reveal.
+        """
+        for room in tuple(self.rooms.values()):
+            history = room.options.history
+            if history is None or room.epoch is None or room.filling is not None:
+                continue
+            try:
+                found = await self._backend.history(room.name, None, history)
+            except Exception:
+                logger.warning("could not read the position of %s", room.name)
+                continue
+            position = found.position
+            if (
+                self.rooms.get(room.name) is room
+                and room.filling is None
+                and (position.epoch != room.epoch or position.offset > room.offset)
+            ):
+                self._start_fill(room)
+
+    async def check_positions_every(self, clock: Clock) -> None:
+        """Run `check_positions()` every ``position_check`` seconds; forever."""
+        while True:
+            await clock.sleep_until(clock.now() + self._settings.position_check)
+            await self.check_positions()

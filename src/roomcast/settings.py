@@ -36,6 +36,7 @@ class Settings:
         token_expiry_warning: seconds before expiry that ``token.expiring`` is sent.
         token_expiry_grace: seconds after expiry before the close with 4002.
         session: the request-rate and bad-request budgets every session starts from.
+        position_check: seconds between two checks of each history room's position.
     """
 
     namespaces: Mapping[str, RoomOptions]
@@ -49,6 +50,7 @@ class Settings:
     token_expiry_warning: float
     token_expiry_grace: float
     session: SessionLimits
+    position_check: float
 
     def room_options(self, room: str) -> RoomOptions:
         """The options that apply to ``room`` (by its namespace)."""
@@ -72,6 +74,7 @@ def configure(
     bad_request_limit: int,
     token_expiry_warning: float,
     token_expiry_grace: float,
+    position_check: float,
 ) -> Settings:
     """Check a hub's keyword arguments and build its settings.
 
@@ -94,6 +97,7 @@ def configure(
     auth = check_positive("auth_timeout", auth_timeout)
     warning = check_positive("token_expiry_warning", token_expiry_warning)
     grace = check_non_negative("token_expiry_grace", token_expiry_grace)
+    check = check_positive("position_check", position_check)
     if slow_consumer not in ("disconnect", "drop_oldest"):
         raise ValueError(
             f"slow_consumer must be 'disconnect' or 'drop_oldest', got {slow_consumer!r}"
@@ -127,4 +131,5 @@ def configure(
             strikes=RateLimiter(limit.strikes, limit.period, limit.strikes),
             bad_requests=RateLimiter(bad_request_limit, _BAD_REQUEST_PERIOD, bad_request_limit),
         ),
+        position_check=check,
     )

@@ -21,6 +21,7 @@ from ._frames import encode_event as encode_event
 from ._frames import encode_frame as encode_frame
 from ._frames import encode_gap as encode_gap
 from ._frames import encode_reply as encode_reply
+from ._frames import encode_room_reset as encode_room_reset
 from ._names import MAX_ROOM_NAME_LENGTH as MAX_ROOM_NAME_LENGTH
 from ._names import MAX_TYPE_LENGTH as MAX_TYPE_LENGTH
 from ._names import _room_problem, _type_problem
@@ -77,6 +78,7 @@ __all__ = [
     "encode_frame",
     "encode_gap",
     "encode_reply",
+    "encode_room_reset",
     "namespace_of",
     "validate_event_type",
     "validate_room",

@@ -19,6 +19,7 @@ import pytest
 from anyio.abc import TaskGroup
 
 from roomcast import (
+    ConnectionClosed,
     DefaultAuthorizer,
     Handshake,
     History,
@@ -215,3 +216,69 @@ async def test_recovery_from_another_epoch_on_another_node_replays_nothing(prefi
             result = await client.subscribe("team:t2", since=since)
             assert result["team:t2"]["recovered"] is False
             assert client.drain() == []
+
+
+async def test_send_to_user_reaches_each_connection_once_with_several_on_one_node(
+    prefix: str,
+) -> None:
+    async with (
+        nodes(prefix, 2) as hubs,
+        anyio.create_task_group() as tasks,
+        connect(hubs[0], "ana", tasks) as tab1,
+        connect(hubs[0], "ana", tasks) as tab2,
+        connect(hubs[1], "ana", tasks) as phone,
+        connect(hubs[1], "bob", tasks) as bob,
+    ):
+        sent = [await hubs[n % 2].send_to_user("ana", "note.new", {"n": n}) for n in range(4)]
+        for client in (tab1, tab2, phone):
+            got = [await client.receive_event("note.new") for _ in range(4)]
+            assert [event["id"] for event in got] == sent
+        await anyio.sleep(0.2)
+        for client in (tab1, tab2, phone, bob):
+            assert client.drain() == []
+
+
+async def test_disconnect_user_closes_their_connections_on_every_node(prefix: str) -> None:
+    async with (
+        nodes(prefix, 2) as hubs,
+        anyio.create_task_group() as tasks,
+        connect(hubs[0], "ana", tasks) as here,
+        connect(hubs[1], "ana", tasks) as there,
+        connect(hubs[1], "ana", tasks) as there_too,
+        connect(hubs[1], "bob", tasks) as bob,
+    ):
+        await there.subscribe("chat:c1")
+        assert hubs[0].disconnect_user("ana", 4001, "logged out") == 1  # this node's only
+        with anyio.fail_after(5):
+            for client in (here, there, there_too):
+                frames, code = await frames_until_closed(client)
+                assert code == 4001
+                assert all(frame["type"] != "roomcast.disconnect" for frame in frames)
+        await hubs[1].publish("chat:c1", "still.here")
+        await hubs[0].send_to_user("bob", "still.here")
+        assert (await bob.receive_event("still.here"))["room"] is None
+        await anyio.sleep(0.2)
+        assert bob.drain() == []
+
+
+async def frames_until_closed(client: TestClient) -> tuple[list[dict[str, Any]], int]:
+    """Every frame the client receives until the hub closes it, and the close code."""
+    frames = []
+    while True:
+        try:
+            frames.append(await client.receive())
+        except ConnectionClosed as exc:
+            return frames, exc.code
+
+
+async def test_disconnect_user_counts_none_when_the_user_is_only_on_other_nodes(
+    prefix: str,
+) -> None:
+    async with (
+        nodes(prefix, 2) as hubs,
+        anyio.create_task_group() as tasks,
+        connect(hubs[1], "ana", tasks) as there,
+    ):
+        assert hubs[0].disconnect_user("ana") == 0
+        with anyio.fail_after(5):
+            assert await there.wait_closed() == 1000

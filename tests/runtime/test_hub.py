@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 import roomcast
+import roomcast.config
 from roomcast import (
     ConnectionClosed,
     DefaultAuthorizer,
@@ -25,8 +26,10 @@ from roomcast import (
     RoomcastError,
     RoomOptions,
 )
+from roomcast.backends import BackendStatus, HistoryResult
 from roomcast.backends.memory import MemoryBackend
 from roomcast.testing import ManualClock, MemoryTransport, TestClient, memory_transport_pair
+from roomcast.wire import StreamPosition
 
 pytestmark = pytest.mark.anyio
 
@@ -738,3 +741,87 @@ async def test_cancelled_connection_task_still_leaves_every_room(hub: Hub) -> No
     assert (hub.stats().clients, hub.stats().rooms) == (0, 0)
     assert await client.wait_closed() == 1001
     await client.end.close()
+
+
+# ----------------------------------------------------------------------------- gaps, backend status
+
+
+async def test_stats_show_the_memory_backend_connected(hub: Hub) -> None:
+    status = hub.stats().backend
+    assert status == BackendStatus(connected=True, reconnects=0, last_error=None, lag=None)
+    assert (hub.stats().gaps, hub.stats().resets) == (0, 0)
+
+
+class FailingBackend(MemoryBackend):
+    """A backend whose broker link is down, as a broker backend would report it."""
+
+    def status(self) -> BackendStatus:
+        return BackendStatus(
+            connected=False, reconnects=3, last_error="connection refused", lag=None
+        )
+
+
+async def test_stats_show_a_backend_that_reports_a_failure(clock: ManualClock) -> None:
+    async with Hub(clock=clock, backend=FailingBackend()) as hub:
+        status = hub.stats().backend
+        assert not status.connected
+        assert (status.reconnects, status.last_error) == (3, "connection refused")
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), "15"])
+def test_position_check_must_be_a_positive_number_of_seconds(value: Any) -> None:
+    with pytest.raises(ValueError, match="position_check"):
+        Hub(position_check=value)
+
+
+def test_position_check_defaults_to_at_most_thirty_seconds() -> None:
+    default = inspect.signature(Hub).parameters["position_check"].default
+    assert default == roomcast.config.DEFAULT_POSITION_CHECK
+    assert 0 < default <= 30
+
+
+@pytest.mark.parametrize("type_", ["room.reset", "roomcast.disconnect"])
+async def test_the_server_s_own_notices_cannot_be_published(hub: Hub, type_: str) -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        await hub.publish("team:t1", type_)
+    with pytest.raises(ValueError, match="reserved"):
+        await hub.send_to_user("u1", type_)
+    async with TestClient(hub) as client:
+        reply = await client.request(
+            {"action": "publish", "room": "chat:c", "type": type_, "payload": None}
+        )
+        assert reply["ok"] is False
+        assert reply["error"]["code"] == "bad_request"
+
+
+class ReadCountingBackend(MemoryBackend):
+    """Counts history reads (the position checks among them)."""
+
+    reads = 0
+
+    async def history(
+        self, room: str, since: StreamPosition | None, history: History
+    ) -> HistoryResult:
+        self.reads += 1
+        return await super().history(room, since, history)
+
+
+async def test_a_position_check_runs_on_the_hub_clock_and_finds_nothing_when_nothing_was_lost(
+    clock: ManualClock,
+) -> None:
+    namespaces = {"team": RoomOptions(history=History(size=10, ttl=600))}
+    backend = ReadCountingBackend(clock=clock.now)
+    async with Hub(clock=clock, backend=backend, namespaces=namespaces, position_check=5) as hub:
+        async with TestClient(hub) as client:
+            await client.subscribe("team:t1")
+            await hub.publish("team:t1", "a.b", 1)
+            assert (await client.receive_event())["offset"] == 1
+            reads = backend.reads
+            await clock.advance(4)
+            assert backend.reads == reads
+            await clock.advance(2)
+            assert backend.reads == reads + 1
+            await clock.advance(6)
+            assert backend.reads == reads + 2
+            assert [frame for frame in client.drain() if frame["type"] != "ping"] == []
+            assert hub.stats().gaps == 0
