@@ -10,7 +10,7 @@ from typing import Final, Literal
 
 from .auth import Authenticator, Principal, TokenSources, check_principal
 from .clock import Clock
-from .exceptions import AuthenticationError
+from .exceptions import AuthenticationError, HubNotRunning
 from .limits import ConnectionLimits, ConnectionTracker
 from .protocol import PROTOCOL, CloseCode
 from .transport import Handshake, close_frame
@@ -19,6 +19,7 @@ __all__ = [
     "Admission",
     "Gatekeeper",
     "HubState",
+    "check_running",
     "LockedOut",
     "parse_origins",
     "refusal_reason",
@@ -106,6 +107,26 @@ def parse_origins(values: Iterable[str]) -> frozenset[str]:
             raise ValueError(f"allowed origin {value!r} must look like https://host[:port]")
         origins.add(value)
     return frozenset(origins)
+
+
+def check_running(state: HubState, method: str) -> None:
+    """Refuse a send on a hub that is not running, saying what to do instead.
+
+    Raises:
+        HubNotRunning: the hub is not started yet, or is shutting down or shut down.
+    """
+    if state == "running":
+        return
+    if state == "new":
+        raise HubNotRunning(
+            f"Hub.{method}() on a hub that is not running: start it first, with "
+            "`async with hub:` or the adapter's lifespan "
+            "(roomcast.starlette.lifespan, roomcast.aiohttp.cleanup_ctx)"
+        )
+    raise HubNotRunning(
+        f"Hub.{method}() on a hub that is shut down or shutting down: publish only "
+        "inside `async with hub:` (or while the adapter's lifespan runs)"
+    )
 
 
 def refusal_reason(exc: Exception) -> str:

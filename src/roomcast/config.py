@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS_PER_IP",
     "DEFAULT_MAX_CONNECTIONS_PER_USER",
     "DEFAULT_MAX_KEYS",
+    "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_QUEUE",
     "DEFAULT_MAX_QUEUE_BYTES",
     "DEFAULT_MAX_RECONNECT_DELAY",
@@ -51,6 +52,8 @@ __all__ = [
 
 # -- the hub -----------------------------------------------------------------------------
 
+#: Largest client frame a hub accepts, in bytes of UTF-8 (the wire protocol's limit).
+DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024
 #: Rooms one connection may be in at once.
 DEFAULT_MAX_ROOMS_PER_CONNECTION: Final = 100
 #: Seconds [`Hub.aclose()`][roomcast.Hub.aclose] lets clients drain queued frames.

@@ -18,7 +18,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .admission import Admission as Admission
-from .admission import Gatekeeper, HubState
+from .admission import Gatekeeper, HubState, check_running
 from .auth import (
     AnonymousAuthenticator,
     Authenticator,
@@ -32,12 +32,16 @@ from .backends.memory import MemoryBackend
 from .clock import Clock, SystemClock
 from .config import DEFAULT_AUTH_TIMEOUT as DEFAULT_AUTH_TIMEOUT
 from .config import DEFAULT_BAD_REQUEST_LIMIT as DEFAULT_BAD_REQUEST_LIMIT
-from .config import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUE, DEFAULT_POSITION_CHECK
+from .config import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_POSITION_CHECK,
+)
 from .config import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
 from .config import DEFAULT_MAX_ROOMS_PER_CONNECTION as DEFAULT_MAX_ROOMS_PER_CONNECTION
 from .config import DEFAULT_TOKEN_EXPIRY_WARNING as DEFAULT_TOKEN_EXPIRY_WARNING
 from .connection import Connections
-from .exceptions import HubNotRunning
 from .heartbeat import HeartbeatPolicy
 from .limits import ConnectionLimits
 from .options import RateLimit, RoomOptions, SlowConsumerPolicy
@@ -46,7 +50,7 @@ from .rooms import NOBODY, Rooms
 from .schedule import Schedule
 from .settings import configure
 from .transport import Handshake, Transport, close_frame
-from .wire import MAX_MESSAGE_SIZE, dumps, validate_event_type, validate_room
+from .wire import dumps, validate_event_type, validate_room
 
 __all__ = ["Admission", "Hub", "HubStatistics"]
 
@@ -182,7 +186,7 @@ class Hub:
         default_room_options: RoomOptions | None = None,
         heartbeat: HeartbeatPolicy | None = None,
         rate_limit: RateLimit | None = None,
-        max_message_size: int = MAX_MESSAGE_SIZE,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_rooms_per_connection: int = DEFAULT_MAX_ROOMS_PER_CONNECTION,
         max_queue: int = DEFAULT_MAX_QUEUE,
         slow_consumer: SlowConsumerPolicy = "disconnect",
@@ -248,8 +252,6 @@ class Hub:
         # The background loop's scope (made on start: a scope needs an event loop).
         self._loop: anyio.CancelScope | None = None
 
-    # ------------------------------------------------------------------ settings
-
     @property
     def max_message_size(self) -> int:
         """Largest client frame in bytes; adapters configure their framework with it."""
@@ -264,8 +266,6 @@ class Hub:
     def drain_timeout(self) -> float:
         """Seconds a closing connection gets to flush its queue."""
         return self._settings.queue.drain_timeout
-
-    # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Hub:
         if self._state != "new":
@@ -335,8 +335,6 @@ class Hub:
         """Whether the hub accepts connections."""
         return self._state == "running"
 
-    # ------------------------------------------------------------------ server API
-
     async def publish(
         self,
         rooms: str | Iterable[str],
@@ -370,7 +368,7 @@ class Hub:
                 not JSON-serializable.
             BackendError: the backend could not send it.
         """
-        self._check_running("publish")
+        check_running(self._state, "publish")
         names = (rooms,) if isinstance(rooms, str) else tuple(dict.fromkeys(rooms))
         for name in names:
             validate_room(name)
@@ -396,7 +394,7 @@ class Hub:
             HubNotRunning: the hub is not started, or is shutting down.
             ValueError: the type is invalid or the payload is not JSON-serializable.
         """
-        self._check_running("send_to_user")
+        check_running(self._state, "send_to_user")
         if not isinstance(user_id, str) or not user_id:
             raise ValueError("user_id must be a non-empty string")
         validate_event_type(type)
@@ -412,23 +410,9 @@ class Hub:
             HubNotRunning: the hub is not started, or is shutting down.
             ValueError: the type is invalid or the payload is not JSON-serializable.
         """
-        self._check_running("send_to_client")
+        check_running(self._state, "send_to_client")
         validate_event_type(type)
         return await self._rooms.send_to_client(client_id, type, dumps(payload))
-
-    def _check_running(self, method: str) -> None:
-        if self._state == "running":
-            return
-        if self._state == "new":
-            raise HubNotRunning(
-                f"Hub.{method}() on a hub that is not running: start it first, with "
-                "`async with hub:` or the adapter's lifespan "
-                "(roomcast.starlette.lifespan, roomcast.aiohttp.cleanup_ctx)"
-            )
-        raise HubNotRunning(
-            f"Hub.{method}() on a hub that is shut down or shutting down: publish only "
-            "inside `async with hub:` (or while the adapter's lifespan runs)"
-        )
 
     def disconnect_user(self, user_id: str, code: int = CloseCode.NORMAL, reason: str = "") -> int:
         """Close every connection of ``user_id`` on every node, e.g. on logout.
@@ -474,8 +458,6 @@ class Hub:
     def room_options(self, room: str) -> RoomOptions:
         """The options that apply to ``room`` (by its namespace)."""
         return self._settings.room_options(room)
-
-    # ------------------------------------------------------------------ connections
 
     async def admit(self, handshake: Handshake) -> Admission:
         """Decide whether to accept an opening handshake, before the adapter accepts it.

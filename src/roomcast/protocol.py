@@ -23,37 +23,36 @@ __all__ = [
     "Reconnect",
 ]
 
-#: The WebSocket subprotocol of wire protocol v1.
 PROTOCOL: Final = "roomcast.v1"
-#: Longest token in `auth` and `refresh`, or in a handshake's token source, in characters.
+"""The WebSocket subprotocol of wire protocol v1."""
 MAX_TOKEN_LENGTH: Final = 8192
-#: The server's heartbeat ping, the same bytes every time.
+"""Longest token in `auth` and `refresh`, or in a handshake's token source, in characters."""
 PING_FRAME: Final = '{"type":"ping"}'
-#: The answer to a client `ping` that carried no `ref`.
+"""The server's heartbeat ping, the same bytes every time."""
 PONG_FRAME: Final = '{"type":"pong"}'
+"""The answer to a client `ping` that carried no `ref`."""
 
-#: RFC 6455 section 7.4.1: the code a connection reports when its close frame had no
-#: status code (a browser's plain `ws.close()`). It is never sent, so it is not a
-#: [`CloseCode`][roomcast.CloseCode]; a closure with it ended normally.
 CLOSE_NO_STATUS: Final = 1005
-#: RFC 6455 section 7.4.1: the code a connection reports when it ended without a close
-#: frame at all (the peer vanished). It is never sent, so it is not a
-#: [`CloseCode`][roomcast.CloseCode].
+"""RFC 6455 section 7.4.1: the code a connection reports when its close frame had no status
+code (a browser's plain `ws.close()`). It is never sent, so it is not a
+[`CloseCode`][roomcast.CloseCode]; a closure with it ended normally."""
 CLOSE_ABNORMAL: Final = 1006
+"""RFC 6455 section 7.4.1: the code a connection reports when it ended without a close frame
+at all (the peer vanished). It is never sent, so it is not a
+[`CloseCode`][roomcast.CloseCode]."""
 
-#: RFC 6455 section 5.5: a close frame's payload is at most 125 bytes, 2 of them the code.
 MAX_CLOSE_REASON_BYTES: Final = 123
-#: RFC 6455 section 7.4: the codes below 3000 an endpoint may put in a close frame
-#: (3000-4999 are for libraries and applications).
+"""RFC 6455 section 5.5: a close frame's payload is at most 125 bytes, 2 of them the code."""
 SENDABLE_CLOSE_CODES: Final = frozenset(
     {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
 )
+"""RFC 6455 section 7.4: the codes below 3000 an endpoint may put in a close frame
+(3000-4999 are for libraries and applications)."""
 
-#: What a client should do after a close code: `"never"` reconnect (the server
-#: meant it, or the client is at fault), reconnect `"with_new_token"` only (its
-#: credentials were refused or ran out), or reconnect `"after_delay"` (back off
-#: with jitter and try again).
 Reconnect = Literal["never", "with_new_token", "after_delay"]
+"""What a client should do after a close code: `"never"` reconnect (the server meant it, or
+the client is at fault), reconnect `"with_new_token"` only (its credentials were refused or
+ran out), or reconnect `"after_delay"` (back off with jitter and try again)."""
 
 
 class CloseCode(enum.IntEnum):
@@ -69,9 +68,13 @@ class CloseCode(enum.IntEnum):
     assert CloseCode.SLOW_CONSUMER.reconnect == "after_delay"
     ```
 
+    The members, with what each means and the advice for a client, are listed in the
+    protocol reference's [table of close codes](../reference/protocol.md#close-codes).
+
     Attributes:
         meaning: one line saying when the server sends the code.
-        reconnect: what a client should do next (see `Reconnect`).
+        reconnect: what a client should do next (see
+            [`Reconnect`][roomcast.protocol.Reconnect]).
     """
 
     meaning: str

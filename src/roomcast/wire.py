@@ -39,7 +39,7 @@ from ._requests import Request as Request
 from ._requests import StreamPosition as StreamPosition
 from ._requests import Subscribe as Subscribe
 from ._requests import Unsubscribe as Unsubscribe
-from .config import check_positive_int
+from .config import DEFAULT_MAX_MESSAGE_SIZE, check_positive_int
 from .exceptions import RemoteProtocolError
 from .protocol import MAX_TOKEN_LENGTH as MAX_TOKEN_LENGTH
 from .protocol import PING_FRAME as PING_FRAME
@@ -85,7 +85,7 @@ __all__ = [
 ]
 
 #: Largest accepted client frame, in bytes of UTF-8.
-MAX_MESSAGE_SIZE: Final = 64 * 1024
+MAX_MESSAGE_SIZE: Final = DEFAULT_MAX_MESSAGE_SIZE
 #: Deepest accepted nesting of arrays and objects in a client frame (the frame itself is 1).
 MAX_DEPTH: Final = 32
 #: Longest string ``ref``, in characters.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,11 +91,31 @@ def test_the_page_lists_every_module_once_with_a_known_layer() -> None:
 def test_a_module_imports_only_from_its_layer_and_below(name: str) -> None:
     layers = page_layers()
     rank = LAYERS.index(layers[name])
+    assert name in layers, f"{name} is missing from the module table of {PAGE.name}"
     for dep in sorted(graph()[name]):
         assert dep in layers, f"{name} imports {dep}, which the page does not list"
         assert LAYERS.index(layers[dep]) <= rank, (
             f"{name} ({layers[name]}) imports {dep} ({layers[dep]}), a layer above it"
         )
+
+
+def outside_imports(path: Path) -> set[str]:
+    """The top-level names of every package `path` imports that is not roomcast."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found - {"roomcast"}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, layer in page_layers().items() if layer == "core"))
+def test_a_core_module_imports_only_the_standard_library(name: str) -> None:
+    outside = outside_imports(modules()[name])
+    assert outside <= set(sys.stdlib_module_names) | {"__future__"}, (
+        f"{name} is in the core layer but imports {sorted(outside - set(sys.stdlib_module_names))}"
+    )
 
 
 def test_there_is_no_import_circle() -> None:
@@ -116,6 +137,7 @@ def test_there_is_no_import_circle() -> None:
 
 
 def test_the_checker_sees_imports_and_layers() -> None:
+    assert "anyio" in outside_imports(SOURCE / "hub.py")
     edges = graph()
     assert "rooms" in edges["hub"]
     assert "backends.base" in edges["rooms"]
