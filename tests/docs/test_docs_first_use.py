@@ -37,7 +37,9 @@ def test_the_testing_howto_blocks_run_pasted_into_one_file() -> None:
     )
     assert "pytestmark" in namespace
     assert {"make_hub", "test_team_members_see_new_issues"} <= namespace.keys()
-    assert "pip install -e . pytest" in page("docs/howto/testing.md")
+    assert "python3 -m venv .venv && .venv/bin/pip install -e /path/to/roomcast pytest" in page(
+        "docs/howto/testing.md"
+    )
 
 
 def test_the_jwt_howto_mounting_blocks_run_pasted_into_one_file() -> None:

@@ -97,7 +97,8 @@ def brought_by(args: list[str]) -> set[str]:
     for extra in extras_of(args):
         brought |= installs(extra)
     for arg in args:
-        if not arg.startswith((".", "-")):
+        # A checkout by its path (".", "/path/to/roomcast") or an option: not a requirement.
+        if not arg.startswith((".", "-", "/", "~")):
             requirement = Requirement(arg)
             brought.add(requirement.name)
             brought.update(f"{requirement.name}[{inner}]" for inner in requirement.extras)
