@@ -164,6 +164,62 @@ def test_two_chat_pages_connect_and_see_each_others_messages(
         assert watched.failed == []
 
 
+@contextmanager
+def serving_cluster() -> Iterator[list[str]]:
+    """Run the two-node chat on free ports and this machine's Redis; yield each node's URL."""
+    prefix = f"test-browser-cluster-{os.getpid()}"
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "chat_cluster.py"), "--ports", "0,0", "--prefix", prefix],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        # Read the raw pipe: a buffered readline could take both lines at once.
+        fd = process.stdout.fileno()
+        text = b""
+        while text.count(b"\n") < 2:
+            ready, _, _ = select.select([fd], [], [], SERVER_TIMEOUT)
+            assert ready, f"chat_cluster.py did not start within {SERVER_TIMEOUT} s"
+            chunk = os.read(fd, 4096)
+            assert chunk, "chat_cluster.py exited before it listened"
+            text += chunk
+        urls = [line.split()[-1] for line in text.decode().splitlines()[:2]]
+        assert all(url.startswith("http://127.0.0.1:") for url in urls), urls
+        yield urls
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=SERVER_TIMEOUT)
+        assert process.returncode == 0, errors.decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def test_a_chat_page_on_each_node_of_the_cluster_sees_the_others_messages(
+    pages: list[Watched],
+) -> None:
+    first, second = pages
+    with serving_cluster() as urls:
+        for watched, url in zip(pages, urls, strict=True):
+            watched.page.goto(url)
+            expect(watched.page.locator("#status")).to_have_text("connected")
+            assert open_sockets(watched) == [url.replace("http", "ws", 1) + "ws"]
+        first.page.fill("#name", "ana")
+        first.page.fill("#text", "hello from node 1")
+        first.page.press("#text", "Enter")
+        expect(second.page.locator("#log")).to_contain_text("hello from node 1")
+        expect(second.page.locator("#log")).to_contain_text("ana")
+        second.page.fill("#name", "bo")
+        second.page.fill("#text", "hello back from node 2")
+        second.page.press("#text", "Enter")
+        expect(first.page.locator("#log")).to_contain_text("hello back from node 2")
+        expect(first.page.locator("#log")).to_contain_text("bo")
+    for watched in pages:
+        assert watched.failed == []
+
+
 # ----------------------------------------------------------------------------- issue tracker
 
 
