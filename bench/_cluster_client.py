@@ -30,10 +30,16 @@ import contextlib
 import json
 import os
 import sys
-import threading
 import time
 from array import array
 from typing import Any
+
+if not __package__:
+    # Run as a script (python _cluster_client.py): make the bench package importable.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench._child import lift_open_files_limit, serve_commands, write_line
+from bench._fanout_client import masked
 
 ROOMCAST_PATH = "/ws"
 SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
@@ -48,16 +54,6 @@ HANDSHAKE = (
     "\r\n"
 )
 T_KEY = b'"t":'
-
-
-def masked(opcode: int, payload: bytes) -> bytes:
-    """A client frame, masked with the key 0000 (so the payload goes as is)."""
-    length = len(payload)
-    if length < 126:
-        header = bytes((0x80 | opcode, 0x80 | length))
-    else:
-        header = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
-    return header + b"\x00\x00\x00\x00" + payload
 
 
 class Group:
@@ -307,53 +303,25 @@ async def close(fleet: Fleet) -> dict[str, Any]:
     return {"closed": True}
 
 
-def write_line(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
-def read_commands(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
-    for line in sys.stdin:
-        loop.call_soon_threadsafe(queue.put_nowait, line)
-    loop.call_soon_threadsafe(queue.put_nowait, None)
-
-
-def finish() -> None:
-    sys.stdout.flush()
-    os._exit(0)
-
-
 async def main(args: argparse.Namespace) -> None:
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
-    threading.Thread(target=read_commands, args=(loop, queue), daemon=True).start()
-    loop.call_later(args.max_seconds, finish)
     fleet = Fleet()
     write_line({"ready": True, "pid": os.getpid()})
-    while True:
-        line = await queue.get()
-        if line is None:
-            finish()
-            return
-        command = json.loads(line)
-        name = command["cmd"]
-        if name == "connect":
-            write_line(await connect(fleet, command))
-        elif name == "expect":
-            write_line(await expect(fleet, int(command["m"]), float(command["timeout"])))
-        elif name == "close":
-            write_line(await close(fleet))
-        elif name == "quit":
-            finish()
-        else:
-            write_line({"error": f"unknown command {name!r}"})
+
+    async def connect_(command: dict[str, Any]) -> dict[str, Any]:
+        return await connect(fleet, command)
+
+    async def expect_(command: dict[str, Any]) -> dict[str, Any]:
+        return await expect(fleet, int(command["m"]), float(command["timeout"]))
+
+    async def close_(command: dict[str, Any]) -> dict[str, Any]:
+        return await close(fleet)
+
+    handlers = {"connect": connect_, "expect": expect_, "close": close_}
+    await serve_commands(handlers, args.max_seconds)
 
 
 if __name__ == "__main__":
-    import resource
-
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    lift_open_files_limit()
     parser = argparse.ArgumentParser(description="cluster.py clients (internal)")
     parser.add_argument("--max-seconds", type=float, default=600.0)
     asyncio.run(main(parser.parse_args()))

@@ -25,14 +25,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+if not __package__:
+    # Run as a script (python _cluster_node.py): make the bench package importable.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench._child import finish, lift_open_files_limit, serve_commands, write_line
 
 #: Payload padding: {"t": ..., "seq": ..., "pad": "x" * PAD} is about 100 bytes.
 PAD = "x" * 60
@@ -40,11 +44,6 @@ HISTORY_NAMESPACE = "hist"
 BACKLOG = 4096
 
 Publish = Callable[[str, str, dict[str, Any]], Awaitable[Any]]
-
-
-def write_line(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
 
 
 async def start_roomcast(
@@ -161,22 +160,7 @@ async def publish_history(publish: Publish, command: dict[str, Any]) -> dict[str
     return {"cpu": time.process_time() - cpu0, "seconds": time.perf_counter() - wall0}
 
 
-def read_commands(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
-    for line in sys.stdin:
-        loop.call_soon_threadsafe(queue.put_nowait, line)
-    loop.call_soon_threadsafe(queue.put_nowait, None)
-
-
-def finish() -> None:
-    sys.stdout.flush()
-    os._exit(0)
-
-
 async def main(args: argparse.Namespace) -> None:
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
-    threading.Thread(target=read_commands, args=(loop, queue), daemon=True).start()
-    loop.call_later(args.max_seconds, finish)
     received: Counter[str] = Counter()
     async with contextlib.AsyncExitStack() as stack:
         start = start_socketio if args.kind == "socketio" else start_roomcast
@@ -186,30 +170,22 @@ async def main(args: argparse.Namespace) -> None:
             write_line({"error": f"{args.kind} did not start: {type(exc).__name__}: {exc}"})
             finish()
         write_line({"ready": True, "port": port, "pid": os.getpid()})
-        while True:
-            line = await queue.get()
-            if line is None:
-                finish()
-                return
-            command = json.loads(line)
-            name = command["cmd"]
-            if name == "stats":
-                write_line({"cpu": time.process_time(), "received": dict(received)})
-            elif name == "publish":
-                write_line(await publish_series(publish, command))
-            elif name == "history":
-                write_line(await publish_history(publish, command))
-            elif name == "quit":
-                finish()
-            else:
-                write_line({"error": f"unknown command {name!r}"})
+
+        async def stats(command: dict[str, Any]) -> dict[str, Any]:
+            return {"cpu": time.process_time(), "received": dict(received)}
+
+        async def series(command: dict[str, Any]) -> dict[str, Any]:
+            return await publish_series(publish, command)
+
+        async def history(command: dict[str, Any]) -> dict[str, Any]:
+            return await publish_history(publish, command)
+
+        handlers = {"stats": stats, "publish": series, "history": history}
+        await serve_commands(handlers, args.max_seconds)
 
 
 if __name__ == "__main__":
-    import resource
-
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    lift_open_files_limit()
     parser = argparse.ArgumentParser(description="cluster.py node (internal)")
     parser.add_argument("kind", choices=["roomcast", "roomcast-memory", "socketio"])
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")

@@ -56,21 +56,28 @@ def browser() -> Iterator[Browser]:
 
 
 @contextmanager
-def serving(example: str, *args: str) -> Iterator[str]:
-    """Run ``example`` on a free port; yield its URL; stop it with SIGTERM and check it."""
+def started(example: str, *args: str, lines: int = 1) -> Iterator[list[str]]:
+    """Run ``example``; yield the URLs its first ``lines`` lines end with; stop it, check it."""
     process = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / example), "--port", "0", *args],
+        [sys.executable, str(EXAMPLES / example), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], SERVER_TIMEOUT)
-        assert ready, f"{example} did not start within {SERVER_TIMEOUT} s"
-        url = process.stdout.readline().decode().split()[-1]
-        assert url.startswith("http://127.0.0.1:"), url
-        yield url
+        # Read the raw pipe: a buffered readline could take several lines at once.
+        fd = process.stdout.fileno()
+        text = b""
+        while text.count(b"\n") < lines:
+            ready, _, _ = select.select([fd], [], [], SERVER_TIMEOUT)
+            assert ready, f"{example} did not start within {SERVER_TIMEOUT} s"
+            chunk = os.read(fd, 4096)
+            assert chunk, f"{example} exited before it listened"
+            text += chunk
+        urls = [line.split()[-1] for line in text.decode().splitlines()[:lines]]
+        assert all(url.startswith("http://127.0.0.1:") for url in urls), urls
+        yield urls
         process.send_signal(signal.SIGTERM)
         _, errors = process.communicate(timeout=SERVER_TIMEOUT)
         assert process.returncode == 0, errors.decode()
@@ -78,6 +85,13 @@ def serving(example: str, *args: str) -> Iterator[str]:
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+@contextmanager
+def serving(example: str, *args: str) -> Iterator[str]:
+    """Run ``example`` on a free port; yield its URL; stop it with SIGTERM and check it."""
+    with started(example, "--port", "0", *args) as urls:
+        yield urls[0]
 
 
 class Watched:
@@ -168,33 +182,8 @@ def test_two_chat_pages_connect_and_see_each_others_messages(
 def serving_cluster() -> Iterator[list[str]]:
     """Run the two-node chat on free ports and this machine's Redis; yield each node's URL."""
     prefix = f"test-browser-cluster-{os.getpid()}"
-    process = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "chat_cluster.py"), "--ports", "0,0", "--prefix", prefix],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert process.stdout is not None
-        # Read the raw pipe: a buffered readline could take both lines at once.
-        fd = process.stdout.fileno()
-        text = b""
-        while text.count(b"\n") < 2:
-            ready, _, _ = select.select([fd], [], [], SERVER_TIMEOUT)
-            assert ready, f"chat_cluster.py did not start within {SERVER_TIMEOUT} s"
-            chunk = os.read(fd, 4096)
-            assert chunk, "chat_cluster.py exited before it listened"
-            text += chunk
-        urls = [line.split()[-1] for line in text.decode().splitlines()[:2]]
-        assert all(url.startswith("http://127.0.0.1:") for url in urls), urls
+    with started("chat_cluster.py", "--ports", "0,0", "--prefix", prefix, lines=2) as urls:
         yield urls
-        process.send_signal(signal.SIGTERM)
-        _, errors = process.communicate(timeout=SERVER_TIMEOUT)
-        assert process.returncode == 0, errors.decode()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
 
 
 def test_a_chat_page_on_each_node_of_the_cluster_sees_the_others_messages(
