@@ -49,6 +49,24 @@ async def close_frame(client: ClientConnection) -> tuple[int, str] | None:
         return None if exc.rcvd is None else (int(exc.rcvd.code), exc.rcvd.reason)
 
 
+async def post_and_receive(
+    writer: ClientConnection, reader: ClientConnection, message: dict[str, Any]
+) -> dict[str, Any]:
+    """Post ``message`` in chat:general as ``writer``; return the event ``reader`` receives."""
+    publish = {
+        "action": "publish",
+        "room": "chat:general",
+        "type": "chat.message",
+        "payload": message,
+        "ref": 2,
+    }
+    await writer.send(json.dumps(publish))
+    assert (await next_frame(writer, "reply"))["ok"] is True
+    event = await next_frame(reader, "chat.message")
+    assert (event["room"], event["payload"]) == ("chat:general", message)
+    return event
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize(
     "example",
@@ -103,18 +121,7 @@ async def test_chat_example_serves_its_page_relays_messages_and_stops_cleanly_on
                 subscribe = {"action": "subscribe", "rooms": ["chat:general"], "ref": 1}
                 await reader.send(json.dumps(subscribe))
                 assert (await next_frame(reader, "reply"))["ok"] is True
-                message = {"text": "hello", "name": "ana"}
-                publish = {
-                    "action": "publish",
-                    "room": "chat:general",
-                    "type": "chat.message",
-                    "payload": message,
-                    "ref": 2,
-                }
-                await writer.send(json.dumps(publish))
-                assert (await next_frame(writer, "reply"))["ok"] is True
-                event = await next_frame(reader, "chat.message")
-                assert (event["room"], event["payload"]) == ("chat:general", message)
+                await post_and_receive(writer, reader, {"text": "hello", "name": "ana"})
 
                 process.send_signal(stop)
                 assert await close_frame(reader) == (1001, "server shutting down")
@@ -241,18 +248,7 @@ async def test_the_chat_cluster_relays_a_message_from_one_node_to_the_other(
                     (on_first, on_second, "from node 1"),
                     (on_second, on_first, "from node 2"),
                 ):
-                    message = {"text": text, "name": "ana"}
-                    publish = {
-                        "action": "publish",
-                        "room": "chat:general",
-                        "type": "chat.message",
-                        "payload": message,
-                        "ref": 2,
-                    }
-                    await sender.send(json.dumps(publish))
-                    assert (await next_frame(sender, "reply"))["ok"] is True
-                    event = await next_frame(receiver, "chat.message")
-                    assert (event["room"], event["payload"]) == ("chat:general", message)
+                    event = await post_and_receive(sender, receiver, {"text": text, "name": "ana"})
                     offsets.append(event["offset"])
                 # One history, kept in Redis: one sequence of offsets across the nodes.
                 assert offsets[1] == offsets[0] + 1
