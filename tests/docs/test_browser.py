@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 from playwright.sync_api import Browser, Page, Request, Response, WebSocket, expect, sync_playwright
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -36,6 +37,8 @@ CHROMIUM_ARGS = [
 SERVER_TIMEOUT = 15
 #: Milliseconds any one expectation on a page may wait.
 PAGE_TIMEOUT = 10_000
+#: The Redis the cluster example uses here, as in tests/backends.
+REDIS_URL = os.environ.get("ROOMCAST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +185,15 @@ def test_two_chat_pages_connect_and_see_each_others_messages(
 def serving_cluster() -> Iterator[list[str]]:
     """Run the two-node chat on free ports and this machine's Redis; yield each node's URL."""
     prefix = f"test-browser-cluster-{os.getpid()}"
-    with started("chat_cluster.py", "--ports", "0,0", "--prefix", prefix, lines=2) as urls:
-        yield urls
+    options = ("--ports", "0,0", "--redis", REDIS_URL, "--prefix", prefix)
+    try:
+        with started("chat_cluster.py", *options, lines=2) as urls:
+            yield urls
+    finally:
+        # What the nodes kept in Redis (positions live for a day).
+        with redis.Redis.from_url(REDIS_URL) as client:
+            for key in client.scan_iter(match=f"{prefix}:*"):
+                client.delete(key)
 
 
 def test_a_chat_page_on_each_node_of_the_cluster_sees_the_others_messages(

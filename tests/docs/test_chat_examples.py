@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
+import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WebSocketsClosed
 from websockets.typing import Subprotocol
@@ -20,6 +21,8 @@ from websockets.typing import Subprotocol
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TIMEOUT = 10
 V1 = [Subprotocol("roomcast.v1")]
+#: The Redis the cluster example uses here, as in tests/backends.
+REDIS_URL = os.environ.get("ROOMCAST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 pytestmark = pytest.mark.anyio
 
@@ -212,11 +215,26 @@ async def first_lines(process: anyio.abc.Process, count: int) -> list[str]:
 async def test_the_chat_cluster_relays_a_message_from_one_node_to_the_other(
     stop: signal.Signals,
 ) -> None:
-    # Two nodes, one command, one Redis (the machine's, as the README command uses);
+    # Two nodes, one command, one Redis (the machine's, as the example's docstring says);
     # a prefix of the test's own, so that nothing else on that Redis is in the way.
     prefix = f"test-chat-cluster-{os.getpid()}-{stop.name}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, str(EXAMPLES / "chat_cluster.py"), "--ports", "0,0"]
+    command += ["--redis", REDIS_URL]
+    try:
+        await relay_through_the_cluster(command, prefix, stop)
+    finally:
+        await anyio.to_thread.run_sync(forget, prefix)
+
+
+def forget(prefix: str) -> None:
+    """Delete what the example kept in Redis under ``prefix`` (positions live for a day)."""
+    with redis.Redis.from_url(REDIS_URL) as client:
+        for key in client.scan_iter(match=f"{prefix}:*"):
+            client.delete(key)
+
+
+async def relay_through_the_cluster(command: list[str], prefix: str, stop: signal.Signals) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with anyio.fail_after(TIMEOUT * 2):
         async with await anyio.open_process(
             [*command, "--prefix", prefix],
