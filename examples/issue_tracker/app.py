@@ -39,6 +39,7 @@ import roomcast.starlette
 from roomcast import (
     Action,
     AuthenticationError,
+    CloseCode,
     Handshake,
     History,
     Hub,
@@ -195,7 +196,7 @@ def create_app(*, secret: bytes, origins: Sequence[str], token_ttl: int) -> tupl
     async def logout(request: Request) -> Response:
         _, user = await authenticate(request)
         # Every tab of this user on this node; the token itself lives until it expires.
-        closed = hub.disconnect_user(user, 4001, "logged out")
+        closed = hub.disconnect_user(user, CloseCode.INVALID_TOKEN, "logged out")
         return JSONResponse({"closed": closed})
 
     async def list_issues(request: Request) -> Response:

@@ -1,4 +1,4 @@
-"""What the adapters share: the record of a framework internal, and the codes never sent.
+"""What the adapters share: the record of a framework internal they rely on.
 
 Each adapter lists, in its module-level ``_INTERNALS`` table, every attribute
 of its framework's objects that is not part of the framework's documented

@@ -261,17 +261,6 @@ class Gatekeeper:
         self._tracker.release(ip, self._clock.now())
         return principal
 
-    def locked_out(self, ip: str | None) -> float:
-        """Seconds until ``ip`` may have credentials verified again; 0 when it may now.
-
-        A positive answer is counted as a limit refusal: the caller refuses
-        without verifying.
-        """
-        seconds = self._tracker.locked_out(ip, self._clock.now())
-        if seconds > 0:
-            self.limit_refusals += 1
-        return seconds
-
     def failed(self, ip: str | None, exc: AuthenticationError) -> None:
         """Count a failure that no `verify()` counted (a protocol error before ``auth``)."""
         self._tracker.failed(ip, self._clock.now())

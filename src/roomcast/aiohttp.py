@@ -12,10 +12,9 @@ it in ``on_shutdown`` (before aiohttp waits for open handlers) and stops it on c
 
 aiohttp runs on asyncio only, so this adapter and its private half,
 ``roomcast._aiohttp_wire`` (raw frame writes, the close-frame watch, socket
-reset), use asyncio directly. Checked with aiohttp 3.14.5; the aiohttp
-attributes outside its documented API that the adapter uses are listed in
-`_INTERNALS`, all present in 3.9.5 but ``BaseProtocol.writing_paused``, which
-appeared in 3.11.
+reset), use asyncio directly. Needs aiohttp 3.11 or later (``BaseProtocol.writing_paused``
+appeared in 3.11); checked with 3.11.18 and 3.14.5. The aiohttp attributes outside its
+documented API that the adapter uses are listed in `_INTERNALS`.
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ logger = logging.getLogger("roomcast.aiohttp")
 # The hub waits for one pong at a time; older unanswered pings are forgotten.
 _MAX_PENDING_PINGS = 8
 
-_CHECKED = ("3.9.5", "3.14.5")
+_CHECKED = ("3.11.18", "3.14.5")
 _REQUEST = "aiohttp.web_request.BaseRequest"
 _HANDLER = "aiohttp.web_protocol.RequestHandler"
 _PROTOCOL = "aiohttp.base_protocol.BaseProtocol"
@@ -68,7 +67,7 @@ _INTERNALS: Final = (
         _PROTOCOL,
         "writing_paused",
         "attribute",
-        ("3.14.5",),
+        _CHECKED,
         "write in place only if False (3.11+)",
     ),
     Internal(_REQUEST, "writer", "attribute", _CHECKED, "the stream writer send() drains"),

@@ -1,4 +1,4 @@
-"""Every default roomcast uses, and the one validator that checks configured numbers (pure).
+"""Every default roomcast uses, and the validators that check configured numbers (pure).
 
 Each module re-exports the defaults that belong to its own options (for example
 `DEFAULT_INTERVAL` from `roomcast.heartbeat`),
@@ -33,6 +33,9 @@ __all__ = [
     "DEFAULT_MAX_TRACKED_IPS",
     "DEFAULT_PERIOD",
     "DEFAULT_POSITION_TTL",
+    "DEFAULT_PRESENCE_LEASE",
+    "DEFAULT_PROBE_INTERVAL",
+    "DEFAULT_PROBE_TIMEOUT",
     "DEFAULT_PUBLISH_TIMEOUT",
     "DEFAULT_RECONNECT_DELAY",
     "DEFAULT_RATE",
@@ -122,6 +125,12 @@ DEFAULT_PUBLISH_TIMEOUT: Final = 5.0
 DEFAULT_RECONNECT_DELAY: Final = 0.1
 #: Most seconds between two attempts to make a Redis pub/sub connection again.
 DEFAULT_MAX_RECONNECT_DELAY: Final = 10.0
+#: Seconds between two liveness probes of a Redis pub/sub connection.
+DEFAULT_PROBE_INTERVAL: Final = 5.0
+#: Seconds a probe may take to come back before the pub/sub connection is made again.
+DEFAULT_PROBE_TIMEOUT: Final = 5.0
+#: Seconds within which a dead node's presence entries disappear, with a `presence.leave`.
+DEFAULT_PRESENCE_LEASE: Final = 30.0
 
 
 def check_finite(name: str, value: object) -> float:

@@ -54,7 +54,7 @@ class Connections:
 
     Attributes:
         serving: connections past registration whose closing handshake has not ended.
-        connections_total: connections acknowledged since start.
+        connections_total: connections registered since start (authenticated, before the ack).
         messages_in: frames received from clients.
         bad_requests: client frames refused as malformed.
         rate_limited: client frames refused by the rate limit.

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Final, Generic, Literal, TypeVar
 
-from .config import check_non_negative, check_positive
+from .config import check_finite, check_non_negative, check_positive
 
 __all__ = ["ExpiryAction", "ExpiryDue", "ExpirySchedule"]
 
@@ -117,12 +116,7 @@ class ExpirySchedule(Generic[K]):
         if expires_at is None:
             self.remove(key)
             return
-        if (
-            isinstance(expires_at, bool)
-            or not isinstance(expires_at, (int, float))
-            or not math.isfinite(expires_at)
-        ):
-            raise ValueError(f"expires_at must be a finite number, got {expires_at!r}")
+        check_finite("expires_at", expires_at)
         self._seq += 1
         seq = self._seq
         replaced = key in self._tokens

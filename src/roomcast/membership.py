@@ -41,7 +41,7 @@ class Room(Generic[M]):
     """The local members of one room.
 
     A room exists on a node while it has members there (or clients joining);
-    the hub removes it when the last one leaves.
+    `Membership` removes it when the last one leaves.
 
     Attributes:
         name: the room name, e.g. ``team:t1``.

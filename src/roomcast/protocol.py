@@ -11,6 +11,8 @@ import enum
 from typing import Final, Literal
 
 __all__ = [
+    "MAX_CLOSE_REASON_BYTES",
+    "SENDABLE_CLOSE_CODES",
     "CLOSE_ABNORMAL",
     "CLOSE_NO_STATUS",
     "MAX_TOKEN_LENGTH",
@@ -38,6 +40,14 @@ CLOSE_NO_STATUS: Final = 1005
 #: frame at all (the peer vanished). It is never sent, so it is not a
 #: [`CloseCode`][roomcast.CloseCode].
 CLOSE_ABNORMAL: Final = 1006
+
+#: RFC 6455 section 5.5: a close frame's payload is at most 125 bytes, 2 of them the code.
+MAX_CLOSE_REASON_BYTES: Final = 123
+#: RFC 6455 section 7.4: the codes below 3000 an endpoint may put in a close frame
+#: (3000-4999 are for libraries and applications).
+SENDABLE_CLOSE_CODES: Final = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+)
 
 #: What a client should do after a close code: `"never"` reconnect (the server
 #: meant it, or the client is at fault), reconnect `"with_new_token"` only (its

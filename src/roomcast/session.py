@@ -64,6 +64,8 @@ class Rule(enum.Enum):
 _H, _I, _R = Rule.HANDLE, Rule.IGNORE, Rule.REFUSE
 
 #: Which requests each phase allows: the one table of the connection's protocol rules.
+#: A closing connection ignores everything; the connection also stops reading as soon
+#: as it starts closing, so the row states the rule for a frame already on its way.
 RULES: Final[Mapping[Phase, Mapping[type[Request], Rule]]] = {
     "awaiting_auth": {
         Auth: _H,

@@ -22,6 +22,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .config import check_non_negative
 from .exceptions import ConnectionClosed
 from .hub import Hub
 from .protocol import CLOSE_ABNORMAL, CloseCode
@@ -69,10 +70,10 @@ class ManualClock:
         """Move the clock forward, wake due sleepers and let every task settle.
 
         Raises:
-            ValueError: ``seconds`` is negative.
+            ValueError: ``seconds`` is negative or not a finite number (a clock
+                cannot go backwards, nor to nowhere).
         """
-        if seconds < 0:
-            raise ValueError("a clock cannot go backwards")
+        check_non_negative("seconds", seconds)
         await anyio.wait_all_tasks_blocked()
         self._now += seconds
         while self._sleepers and self._sleepers[0][0] <= self._now:

@@ -7,10 +7,11 @@ import urllib.parse
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .config import DEFAULT_CLOSE_TIMEOUT as DEFAULT_CLOSE_TIMEOUT
-from .protocol import CloseCode
+from .protocol import MAX_CLOSE_REASON_BYTES as MAX_CLOSE_REASON_BYTES
+from .protocol import SENDABLE_CLOSE_CODES, CloseCode
 
 __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
@@ -21,13 +22,6 @@ __all__ = [
     "Transport",
     "close_frame",
 ]
-
-#: RFC 6455 section 5.5: a close frame's payload is at most 125 bytes, 2 of them the code.
-MAX_CLOSE_REASON_BYTES: Final = 123
-# RFC 6455 section 7.4: codes below 3000 an endpoint may put in a close frame.
-_SENDABLE_CLOSE_CODES: Final = frozenset(
-    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
-)
 
 _intern = sys.intern
 
@@ -42,7 +36,7 @@ def close_frame(code: int, reason: str = "") -> tuple[int, str]:
         ValueError: ``code`` may not be sent in a close frame (1005, 1006,
             1015, anything below 1000 or from 5000 up).
     """
-    if not (code in _SENDABLE_CLOSE_CODES or 3000 <= code < 5000):
+    if not (code in SENDABLE_CLOSE_CODES or 3000 <= code < 5000):
         raise ValueError(f"close code {code} cannot be sent")
     return code, reason.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
 

@@ -289,9 +289,8 @@ class Handler:
                 response = await response
             if response is not None:
                 return response
-        admission = await self._hub.admit(
-            Handshake.from_request(request.path, request.headers.raw_items(), _client(connection))
-        )
+        # websockets sets connection.request before it calls process_request.
+        admission = await self._hub.admit(_handshake(connection))
         if not admission.accepted:
             return connection.respond(admission.status, admission.reason + "\n")
         self._admissions[connection] = admission

@@ -100,28 +100,6 @@ async def test_try_send_and_send_write_valid_frames_of_every_length_encoding() -
             assert [len(frame.encode()) for frame in frames] == EDGE_SIZES
 
 
-async def test_try_send_refuses_above_the_high_water_mark_and_send_waits() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted(max_queue=1) as (client, transport):
-            client.transport.pause_reading()
-            taken: list[str] = []
-            while transport.try_send(frame := f"{len(taken):06d}" + "y" * 16384):
-                taken.append(frame)
-                # The kernel's socket buffers hold a few MiB; past them, asyncio's must fill.
-                assert len(taken) < 2000
-            server = transport._request.transport
-            assert server is not None
-            assert server.get_write_buffer_size() > server.get_write_buffer_limits()[1]
-
-            rest = ["next", "last"]
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(transport.send, rest)
-                await anyio.sleep(0.05)
-                client.transport.resume_reading()
-                received = [await client.recv() for _ in range(len(taken) + len(rest))]
-            assert received == taken + rest
-
-
 async def test_a_compressed_connection_sends_through_aiohttp_only() -> None:
     with anyio.fail_after(TIMEOUT):
         # The client offers permessage-deflate, which this server accepts.

@@ -24,8 +24,6 @@ from roomcast import (
     Hub,
 )
 
-from .contract.transports import websockets_accepted as accepted
-
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 10
@@ -56,29 +54,6 @@ async def next_frame(client: ClientConnection, type_: str) -> dict[str, Any]:
             return frame
         if frame["type"] == "ping":
             await client.send(json.dumps({"action": "pong"}))
-
-
-# The transport alone
-
-
-async def test_try_send_refuses_above_the_high_water_mark_and_send_waits() -> None:
-    with anyio.fail_after(TIMEOUT):
-        async with accepted(max_queue=1) as (client, transport):
-            client.transport.pause_reading()
-            frame = "y" * 16384
-            taken = 0
-            while transport.try_send(frame):
-                taken += 1
-                # The kernel's socket buffers hold a few MiB; past them, asyncio's must fill.
-                assert taken < 2000
-            high = transport._connection.transport.get_write_buffer_limits()[1]
-            assert transport._connection.transport.get_write_buffer_size() > high
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(transport.send, [frame, "last"])
-                client.transport.resume_reading()
-                received = [await client.recv() for _ in range(taken + 2)]
-            assert received[-1] == "last"
 
 
 # Through a hub

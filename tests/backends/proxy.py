@@ -15,7 +15,8 @@ class Proxy:
     ``cut()`` resets every connection open now (later ones are forwarded);
     while ``refusing`` is set, new connections are closed at once; while
     ``stalled`` is set, bytes are read from both sides and dropped (a
-    black-holed link: nothing errors, nothing arrives).
+    black-holed link: nothing errors, nothing arrives). ``stall(port)``
+    black-holes the one link whose client side is that local port.
     """
 
     def __init__(self, target_port: int, tasks: TaskGroup) -> None:
@@ -26,13 +27,20 @@ class Proxy:
         self.accepted = 0
         self._tasks = tasks
         self._links: set[anyio.CancelScope] = set()
+        # Client-side ports of the links black-holed one by one.
+        self._stalled_ports: set[int] = set()
 
     def cut(self) -> None:
         for scope in list(self._links):
             scope.cancel()
 
+    def stall(self, port: int) -> None:
+        """Black-hole the link whose client connected from ``port`` (both ways)."""
+        self._stalled_ports.add(port)
+
     async def _serve(self, client: SocketStream) -> None:
         self.accepted += 1
+        port = client.extra(anyio.abc.SocketAttribute.remote_port)
         async with client:
             if self.refusing:
                 return
@@ -41,17 +49,17 @@ class Proxy:
                 try:
                     async with await anyio.connect_tcp("127.0.0.1", self.target_port) as server:
                         async with anyio.create_task_group() as pumps:
-                            pumps.start_soon(self._pump, client, server, pumps.cancel_scope)
-                            pumps.start_soon(self._pump, server, client, pumps.cancel_scope)
+                            for pair in ((client, server), (server, client)):
+                                pumps.start_soon(self._pump, *pair, port, pumps.cancel_scope)
                 finally:
                     self._links.discard(scope)
 
     async def _pump(
-        self, source: SocketStream, sink: SocketStream, link: anyio.CancelScope
+        self, source: SocketStream, sink: SocketStream, port: int, link: anyio.CancelScope
     ) -> None:
         try:
             async for chunk in source:
-                if not self.stalled:
+                if not self.stalled and port not in self._stalled_ports:
                     await sink.send(chunk)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["HISTORY", "PUBLISH"]
+__all__ = ["HISTORY", "PRESENCE", "PUBLISH"]
 
 #: KEYS: position, stream. ARGV: body, size, stream ttl (ms), position ttl (s),
 #: proposed epoch, channel, version. Appends, trims, publishes; returns {offset, epoch}.
@@ -55,4 +55,37 @@ if ARGV[3] ~= '' and ARGV[4] == epoch then
   end
 end
 return {top, epoch, entries}
+"""
+
+#: KEYS: presence hash (client id -> entry), lease sorted set (client id -> expiry,
+#: ms of Redis's clock). ARGV: ms an entry is held, key ttl (s), '1' to list every
+#: entry, then client id and entry pairs to hold (added, or held again). Removes
+#: every entry whose lease ran out, atomically, so that exactly one caller gets
+#: each. Returns {expired id and entry pairs, every id and entry pair or {}}.
+PRESENCE: Final = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+for i = 4, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[1]), ARGV[i])
+end
+if #ARGV >= 4 then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+local expired = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+  local entry = redis.call('HGET', KEYS[1], id)
+  redis.call('HDEL', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  if entry then
+    expired[#expired + 1] = id
+    expired[#expired + 1] = entry
+  end
+end
+local all = {}
+if ARGV[3] == '1' then
+  all = redis.call('HGETALL', KEYS[1])
+end
+return {expired, all}
 """

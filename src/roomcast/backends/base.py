@@ -10,7 +10,16 @@ from typing import Literal, NamedTuple
 from ..options import History
 from ..wire import StreamPosition
 
-__all__ = ["Backend", "ChannelKind", "Delivery", "HistoryResult", "PresenceEntry", "Publication"]
+__all__ = [
+    "Backend",
+    "BackendStatus",
+    "ChannelKind",
+    "Delivery",
+    "HistoryResult",
+    "PresenceEntry",
+    "Publication",
+    "Resync",
+]
 
 from ..config import DEFAULT_POSITION_TTL as DEFAULT_POSITION_TTL
 
@@ -80,6 +89,31 @@ class PresenceEntry:
     info: object = None
 
 
+@dataclass(frozen=True, slots=True)
+class BackendStatus:
+    """How a backend's link to its broker is doing now.
+
+    See [`Backend.status()`][roomcast.Backend.status].
+
+    Attributes:
+        connected: the backend can publish and receive now.
+        reconnects: times the broker connection was lost and made again since start.
+        last_error: the last broker failure, as a short message, or ``None``.
+        lag: seconds a probe publication took to come back through the broker's
+            pub/sub on its last check, or ``None`` when not measured.
+    """
+
+    connected: bool
+    reconnects: int = 0
+    last_error: str | None = None
+    lag: float | None = None
+
+
+#: What the hub registers with [`Backend.on_resync()`][roomcast.Backend.on_resync]:
+#: called, synchronously and from the hub's event loop, when the backend may have
+#: missed publications of channels it stayed subscribed to.
+Resync = Callable[[], None]
+
 #: Where a backend hands the publications of the channels this node subscribed to.
 #: ``kind`` is ``"room"``, ``"user"`` or ``"node"`` and ``key`` the room, user or node id.
 Delivery = Callable[[ChannelKind, str, Publication], None]
@@ -108,6 +142,25 @@ class Backend(ABC):
     @abstractmethod
     async def aclose(self) -> None:
         """Disconnect; publications are no longer delivered."""
+
+    def status(self) -> BackendStatus:
+        """How the link to the broker is doing now; a backend without a broker is connected."""
+        return BackendStatus(connected=True)
+
+    def on_resync(self, callback: Resync | None) -> None:
+        """Register the hub's `callback`, called after publications may have been missed.
+
+        A backend calls it (with `_resynced()`) when its broker connection was lost
+        and made again, since messages published meanwhile never reached this node;
+        the hub then checks the position of every history room it holds and fills
+        the gap or tells the members. The in-memory backend never loses one.
+        """
+        self._resync = callback
+
+    def _resynced(self) -> None:
+        callback: Resync | None = getattr(self, "_resync", None)
+        if callback is not None:
+            callback()
 
     @abstractmethod
     async def subscribe(self, kind: ChannelKind, key: str) -> None:

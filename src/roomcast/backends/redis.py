@@ -8,22 +8,22 @@ under trio fails to start with a [`BackendError`][roomcast.BackendError].
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
-import random
 import secrets
 import zlib
 from collections.abc import Awaitable, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from ..config import (
     DEFAULT_MAX_RECONNECT_DELAY,
+    DEFAULT_PRESENCE_LEASE,
+    DEFAULT_PROBE_INTERVAL,
+    DEFAULT_PROBE_TIMEOUT,
     DEFAULT_PUBLISH_TIMEOUT,
     DEFAULT_RECONNECT_DELAY,
     check_positive,
@@ -31,18 +31,13 @@ from ..config import (
 from ..exceptions import BackendError
 from ..options import History
 from ..wire import StreamPosition
-from ._redis_codec import (
-    VERSION,
-    MalformedMessage,
-    decode_body,
-    decode_message,
-    encode_body,
-    plain_message,
-)
-from ._redis_scripts import HISTORY, PUBLISH
+from ._redis_codec import VERSION, decode_body, encode_body, plain_message
+from ._redis_presence import Leases
+from ._redis_supervise import Reader, Shard, aggregate
 from .base import (
     DEFAULT_POSITION_TTL,
     Backend,
+    BackendStatus,
     ChannelKind,
     Delivery,
     HistoryResult,
@@ -56,36 +51,6 @@ logger = logging.getLogger("roomcast.backends.redis")
 
 
 _T = TypeVar("_T")
-# What a stopped or failed broker raises underneath redis-py, besides its own errors.
-_FAILURES: Final = (RedisError, OSError, TimeoutError)
-
-
-class _Shard:
-    """One Redis: a client for commands, one pub/sub connection, the channels it carries."""
-
-    __slots__ = (
-        "channels",
-        "client",
-        "connected",
-        "history",
-        "owned",
-        "publish",
-        "pubsub",
-        "waiting",
-    )
-
-    def __init__(self, client: Redis, owned: bool) -> None:
-        self.client = client
-        self.owned = owned
-        self.publish = client.register_script(PUBLISH)
-        self.history = client.register_script(HISTORY)
-        # Channel name -> (kind, key) of every channel this node receives from here.
-        self.channels: dict[bytes, tuple[ChannelKind, str]] = {}
-        self.pubsub: PubSub | None = None
-        # Subscriptions sent and not yet confirmed by Redis, by channel.
-        self.waiting: dict[bytes, list[anyio.Event]] = {}
-        # Set while the pub/sub connection is up and subscribed to every channel.
-        self.connected = anyio.Event()
 
 
 class RedisBackend(Backend):
@@ -119,6 +84,15 @@ class RedisBackend(Backend):
             ``max_reconnect_delay``, and each pause is drawn at random below it
             (full jitter).
         max_reconnect_delay: the longest pause between two attempts.
+        probe_interval: seconds between two probes of each pub/sub connection:
+            a message to the node's own channel, expected back within
+            ``probe_timeout``, or the connection is dropped and made again
+            (it was black-holed: open, but delivering nothing).
+        probe_timeout: seconds a probe may take to come back.
+        presence_lease: seconds within which the presence entries of a node
+            that died (without leaving its rooms) disappear, each with a
+            `presence.leave` event; live nodes hold theirs again every third
+            of it.
 
     Raises:
         ValueError: not exactly one of ``url``, ``client`` and ``shards``, an
@@ -137,6 +111,9 @@ class RedisBackend(Backend):
         publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
         reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
         max_reconnect_delay: float = DEFAULT_MAX_RECONNECT_DELAY,
+        probe_interval: float = DEFAULT_PROBE_INTERVAL,
+        probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
+        presence_lease: float = DEFAULT_PRESENCE_LEASE,
     ) -> None:
         if sum(given is not None for given in (url, client, shards)) != 1:
             raise ValueError("give exactly one of url, client and shards")
@@ -147,17 +124,23 @@ class RedisBackend(Backend):
         self.publish_timeout = check_positive("publish_timeout", publish_timeout)
         self.reconnect_delay = check_positive("reconnect_delay", reconnect_delay)
         self.max_reconnect_delay = check_positive("max_reconnect_delay", max_reconnect_delay)
-        # Names this backend's own channel, which nobody publishes to.
+        self.probe_interval = check_positive("probe_interval", probe_interval)
+        self.probe_timeout = check_positive("probe_timeout", probe_timeout)
+        self.presence_lease = check_positive("presence_lease", presence_lease)
+        # Names this backend's own channel, where only its probes go.
         self._probe = secrets.token_hex(4)
+        self._leases = Leases(
+            prefix, self.presence_lease, self._probe, self._shard, self._command, self._leave
+        )
         if client is not None:
             if not isinstance(client, Redis):
                 raise ValueError(f"client must be a redis.asyncio.Redis, got {client!r}")
-            self._shards = [_Shard(client, owned=False)]
+            self._shards = [Shard(client, owned=False)]
             return
         urls = [url] if url is not None else list(shards or ())
         if not urls:
             raise ValueError("shards must name at least one Redis URL")
-        self._shards = [_Shard(self._connect(u), owned=True) for u in urls]
+        self._shards = [Shard(self._connect(u), owned=True) for u in urls]
 
     def _connect(self, url: object) -> Redis:
         if not isinstance(url, str):
@@ -169,8 +152,8 @@ class RedisBackend(Backend):
         except (ValueError, RedisError) as exc:
             raise ValueError(f"not a Redis URL Redis accepts: {exc}") from None
 
-    _deliver: Delivery | None = None
-    _readers: list[asyncio.Task[None]] = []  # noqa: RUF012 - replaced, never mutated
+    _readers: list[Reader] = []  # noqa: RUF012 - replaced, never mutated
+    _tasks: list[asyncio.Task[None]] = []  # noqa: RUF012 - replaced, never mutated
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -191,14 +174,14 @@ class RedisBackend(Backend):
             ) from None
         for shard in self._shards:
             await self._command(shard.client.ping())
-        self._deliver = deliver
-        # The readers are this backend's own tasks, started here and cancelled and
-        # awaited by aclose(): the Backend seam hands start() no task group, and a
-        # task group entered here could not be left from aclose(), which the hub
-        # calls inside scopes of its own.
-        self._readers = [
-            asyncio.create_task(self._read(shard), name="roomcast redis pub/sub")
-            for shard in self._shards
+        self._readers = [self._reader(shard, deliver) for shard in self._shards]
+        # The readers and the presence leases are this backend's own tasks,
+        # started here and cancelled and awaited by aclose(): the Backend seam
+        # hands start() no task group, and a task group entered here could not
+        # be left from aclose(), which the hub calls inside scopes of its own.
+        self._tasks = [
+            *(asyncio.create_task(r.run(), name="roomcast redis pub/sub") for r in self._readers),
+            asyncio.create_task(self._leases.hold(), name="roomcast redis presence"),
         ]
         try:
             for shard in self._shards:
@@ -210,13 +193,14 @@ class RedisBackend(Backend):
 
     async def aclose(self) -> None:
         """Stop the readers and close the connections this backend opened."""
-        self._deliver = None
-        readers, self._readers = self._readers, []
-        for reader in readers:
-            reader.cancel()
+        for reader in self._readers:
+            reader.deliver = None
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
         with anyio.CancelScope(shield=True):
-            if readers:
-                await asyncio.wait(readers)
+            if tasks:
+                await asyncio.wait(tasks)
             for shard in self._shards:
                 shard.channels.clear()
                 if shard.owned:
@@ -224,7 +208,7 @@ class RedisBackend(Backend):
 
     # ------------------------------------------------------------------ channels
 
-    def _shard(self, key: str) -> _Shard:
+    def _shard(self, key: str) -> Shard:
         shards = self._shards
         if len(shards) == 1:
             return shards[0]
@@ -271,72 +255,27 @@ class RedisBackend(Backend):
             except BackendError:
                 logger.debug("unsubscribe failed; the reconnect will leave it out")
 
-    async def _read(self, shard: _Shard) -> None:
-        """Read one shard's pub/sub connection, reconnecting with backoff and full jitter."""
-        failures = 0
-        while True:
-            pubsub = shard.client.pubsub()
-            try:
-                # A channel of its own, so that the connection is in subscribed
-                # mode (and can be read) before the hub subscribes anything.
-                # The pub/sub object remembers them too: a reconnect redis-py
-                # makes by itself (its retries) subscribes them again.
-                channels = set(shard.channels)
-                await pubsub.subscribe(self._own_channel(), *channels)
-                shard.pubsub = pubsub
-                # Those that subscribe() registered while the first was on its way.
-                if missed := shard.channels.keys() - channels:
-                    await pubsub.subscribe(*missed)
-                shard.connected.set()
-                failures = 0
-                await self._receive(shard, pubsub)
-            except _FAILURES as exc:
-                failures += 1
-                logger.warning("Redis pub/sub connection lost (%s); reconnecting", exc)
-            except Exception:  # a bug must not stop delivery for good
-                failures += 1
-                logger.exception("Redis pub/sub reader failed; reconnecting")
-            finally:
-                shard.pubsub = None
-                if shard.connected.is_set():
-                    shard.connected = anyio.Event()
-                with anyio.CancelScope(shield=True):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-            ceiling = min(self.max_reconnect_delay, self.reconnect_delay * 2 ** min(failures, 30))
-            await anyio.sleep(random.uniform(0, ceiling))
+    def _reader(self, shard: Shard, deliver: Delivery) -> Reader:
+        reader = Reader(
+            shard,
+            f"{self.prefix}:probe:{self._probe}".encode(),
+            probe_interval=self.probe_interval,
+            probe_timeout=self.probe_timeout,
+            reconnect_delay=self.reconnect_delay,
+            max_reconnect_delay=self.max_reconnect_delay,
+            close_timeout=self.publish_timeout,
+            resynced=self._resynced,
+        )
+        reader.deliver = deliver
+        return reader
 
-    def _own_channel(self) -> bytes:
-        return f"{self.prefix}:probe:{self._probe}".encode()
+    def status(self) -> BackendStatus:
+        """The link to every Redis: connected only when every shard's pub/sub is up.
 
-    async def _receive(self, shard: _Shard, pubsub: PubSub) -> None:
-        channels = shard.channels
-        while True:
-            response = await pubsub.parse_response(block=True)
-            if not isinstance(response, list) or len(response) != 3:
-                continue
-            kind_of_reply, channel, data = response
-            if isinstance(channel, str):
-                channel = channel.encode()
-            if kind_of_reply not in (b"message", "message"):
-                # Subscription replies keep redis-py's own bookkeeping right.
-                await pubsub.handle_message(response)  # type: ignore[no-untyped-call]
-                if kind_of_reply in (b"subscribe", "subscribe"):
-                    for confirmed in shard.waiting.pop(channel, ()):
-                        confirmed.set()
-                continue
-            target = channels.get(channel)
-            deliver = self._deliver
-            if target is None or deliver is None:
-                continue  # unsubscribed meanwhile: nothing after unsubscribe()
-            kind, key = target
-            if isinstance(data, str):
-                data = data.encode()
-            try:
-                publication = decode_message(data, key if kind == "room" else None)
-            except MalformedMessage:
-                logger.warning("dropped a message this roomcast cannot read on %r", channel)
-                continue
-            deliver(kind, key, publication)
+        ``reconnects`` counts every shard's, ``last_error`` is the latest
+        failure of any, and ``lag`` the slowest shard's last probe.
+        """
+        return aggregate(self._shards)
 
     # ------------------------------------------------------------------ publishing
 
@@ -417,22 +356,13 @@ class RedisBackend(Backend):
 
     # ------------------------------------------------------------------ presence
 
-    def _presence_key(self, room: str) -> str:
-        return f"{self.prefix}:presence:{room}"
-
     async def presence_add(self, room: str, entry: PresenceEntry) -> None:
-        """Record ``entry`` in ``room``; the room's entries expire after ``position_ttl``.
+        """Record ``entry`` in ``room``, held by this node's lease.
 
         Raises:
             BackendError: Redis failed or did not answer in time.
         """
-        client = self._shard(room).client
-        key = self._presence_key(room)
-        value = json.dumps([entry.user_id, entry.info], separators=(",", ":"))
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.hset(key, entry.client_id, value)
-            pipe.expire(key, math.ceil(self.position_ttl))
-            await self._command(pipe.execute())
+        await self._leases.add(room, entry)
 
     async def presence_remove(self, room: str, client_id: str) -> None:
         """Forget ``client_id`` in ``room``.
@@ -440,22 +370,22 @@ class RedisBackend(Backend):
         Raises:
             BackendError: Redis failed or did not answer in time.
         """
-        await self._command(self._shard(room).client.hdel(self._presence_key(room), client_id))
+        await self._leases.remove(room, client_id)
 
     async def presence(self, room: str) -> list[PresenceEntry]:
-        """Every connection present in ``room``, on every node.
+        """Every connection present in ``room``, on every node, one entry per connection.
+
+        A user with two connections has two entries with the same ``user_id``.
+        Entries whose lease ran out are removed first, and their
+        `presence.leave` published.
 
         Raises:
             BackendError: Redis failed or did not answer in time.
         """
-        found: dict[Any, Any] = await self._command(
-            self._shard(room).client.hgetall(self._presence_key(room))
-        )
-        entries = []
-        for client_id, value in found.items():
-            user_id, info = json.loads(value)
-            entries.append(PresenceEntry(_text(client_id), user_id, info))
-        return entries
+        return await self._leases.entries(room)
+
+    async def _leave(self, room: str, publication: Publication) -> None:
+        await self.publish("room", room, publication, None)
 
 
 def _new_epoch() -> str:

@@ -158,6 +158,33 @@ async def test_try_send_writes_at_once_where_the_transport_can_and_declines_else
                 assert transport.try_send("frame") is False
 
 
+@pytest.mark.parametrize(
+    "kind", [kind.param() for kind in TRANSPORT_KINDS if kind.write_buffer], indirect=True
+)
+async def test_try_send_refuses_above_the_high_water_mark_and_send_waits(
+    kind: TransportKind,
+) -> None:
+    assert kind.write_buffer is not None
+    with anyio.fail_after(TIMEOUT):
+        async with kind.accepted(max_queue=1) as (client, transport):
+            client.transport.pause_reading()
+            taken: list[str] = []
+            while transport.try_send(frame := f"{len(taken):06d}" + "y" * 16384):
+                taken.append(frame)
+                # The kernel's socket buffers hold a few MiB; past them, asyncio's must fill.
+                assert len(taken) < 2000
+            size, high = kind.write_buffer(transport)
+            assert size > high
+
+            rest = ["next", "last"]
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(transport.send, rest)
+                await anyio.sleep(0.05)
+                client.transport.resume_reading()
+                received = [await client.recv() for _ in range(len(taken) + len(rest))]
+            assert received == taken + rest
+
+
 async def test_send_delivers_a_batch_in_order(kind: TransportKind) -> None:
     with anyio.fail_after(TIMEOUT):
         async with kind.accepted() as (client, transport):

@@ -154,6 +154,12 @@ async def starlette_accepted(
         yield accepted
 
 
+def _buffer_of(socket: Any) -> tuple[int, int]:
+    """An asyncio transport's write buffer: its size and its high-water mark."""
+    assert socket is not None
+    return socket.get_write_buffer_size(), socket.get_write_buffer_limits()[1]
+
+
 @dataclass(frozen=True)
 class TransportKind:
     """One adapter's transport on one server, and what it does where adapters may differ.
@@ -167,6 +173,8 @@ class TransportKind:
         peer_close: what ``receive`` reports when the peer closes with a code:
             ``"code"``, that code and reason; ``"lost"``, 1006 (the server does not say).
         vanished_code: the code ``receive`` reports when the peer's socket is reset.
+        write_buffer: for a transport that writes in place, the size and the
+            high-water mark of its server-side socket's write buffer.
     """
 
     name: str
@@ -176,6 +184,7 @@ class TransportKind:
     writes_in_place: bool
     peer_close: Literal["code", "lost"]
     vanished_code: int
+    write_buffer: Callable[[Any], tuple[int, int]] | None = None
 
     def param(self) -> Any:
         """This kind as a pytest parameter."""
@@ -191,6 +200,7 @@ TRANSPORT_KINDS: list[TransportKind] = [
         writes_in_place=True,
         peer_close="code",
         vanished_code=1006,
+        write_buffer=lambda transport: _buffer_of(transport._connection.transport),
     ),
     TransportKind(
         "aiohttp",
@@ -200,6 +210,7 @@ TRANSPORT_KINDS: list[TransportKind] = [
         writes_in_place=True,
         peer_close="code",
         vanished_code=1006,
+        write_buffer=lambda transport: _buffer_of(transport._request.transport),
     ),
     TransportKind(
         "starlette-uvicorn",
