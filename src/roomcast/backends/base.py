@@ -93,7 +93,7 @@ class PresenceEntry:
 class BackendStatus:
     """How a backend's link to its broker is doing now.
 
-    See [`Backend.status()`][roomcast.Backend.status].
+    See [`Backend.status()`][roomcast.backends.base.Backend.status].
 
     Attributes:
         connected: the backend can publish and receive now.
@@ -109,7 +109,7 @@ class BackendStatus:
     lag: float | None = None
 
 
-#: What the hub registers with [`Backend.on_resync()`][roomcast.Backend.on_resync]:
+#: What the hub registers with [`Backend.on_resync()`][roomcast.backends.base.Backend.on_resync]:
 #: called, synchronously and from the hub's event loop, when the backend may have
 #: missed publications of channels it stayed subscribed to.
 Resync = Callable[[], None]
