@@ -73,6 +73,26 @@ def test_fanout_prints_its_ratios(adapter: str, floor: str) -> None:
     assert re.search(rf"mem/conn {adapter} - {floor}, N=2: -?[\d.]+ KiB", out), out
 
 
-@pytest.mark.parametrize("script", ["bench/fanout.py", "bench/hub_fanout.py"])
+def test_cluster_prints_its_comparison() -> None:
+    # Needs the Redis the multi-node tests use (127.0.0.1:6379), as the benchmark does.
+    out = run(
+        *("-m", "bench.cluster", "--clients", "4", "--messages", "2", "--rounds", "1"),
+        *("--latency-seconds", "0.2", "--solo", "5", "--history", "50"),
+        *("--max-seconds", str(CHILD_SECONDS)),
+    )
+    assert "FAILED" not in out, out
+    for kind in ("roomcast", "socketio"):
+        assert re.search(rf"^  {kind} +[\d,]+ \[.*\] +0$", out, re.MULTILINE), out
+        for node in ("node A", "node B"):
+            assert re.search(rf"^  {kind} +{node} .* 0 +[\d.]+$", out, re.MULTILINE), out
+    assert re.search(r"^  roomcast-memory +the only node .* 0 +[\d.]+$", out, re.MULTILINE), out
+    assert re.search(r"deliveries per CPU-second: .* ratio [\d.]+x", out), out
+    assert re.search(r"p99 at 100/s: cross-node [\d.]+ ms, single node [\d.]+ ms", out), out
+    # Counted, not timed: a node without members in a room receives none of its messages.
+    assert "roomcast: node B, no member in 'solo', received 0 of its 5 messages" in out
+    assert re.search(r"history publishes \(Lua\) from one node process, .*/s", out), out
+
+
+@pytest.mark.parametrize("script", ["bench/fanout.py", "bench/hub_fanout.py", "bench/cluster.py"])
 def test_benchmarks_still_run_as_scripts(script: str) -> None:
     assert "usage:" in run(script, "--help")

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 from playwright.sync_api import Browser, Page, Request, Response, WebSocket, expect, sync_playwright
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -36,6 +37,8 @@ CHROMIUM_ARGS = [
 SERVER_TIMEOUT = 15
 #: Milliseconds any one expectation on a page may wait.
 PAGE_TIMEOUT = 10_000
+#: The Redis the cluster example uses here, as in tests/backends.
+REDIS_URL = os.environ.get("ROOMCAST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(scope="module")
@@ -56,21 +59,28 @@ def browser() -> Iterator[Browser]:
 
 
 @contextmanager
-def serving(example: str, *args: str) -> Iterator[str]:
-    """Run ``example`` on a free port; yield its URL; stop it with SIGTERM and check it."""
+def started(example: str, *args: str, lines: int = 1) -> Iterator[list[str]]:
+    """Run ``example``; yield the URLs its first ``lines`` lines end with; stop it, check it."""
     process = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / example), "--port", "0", *args],
+        [sys.executable, str(EXAMPLES / example), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], SERVER_TIMEOUT)
-        assert ready, f"{example} did not start within {SERVER_TIMEOUT} s"
-        url = process.stdout.readline().decode().split()[-1]
-        assert url.startswith("http://127.0.0.1:"), url
-        yield url
+        # Read the raw pipe: a buffered readline could take several lines at once.
+        fd = process.stdout.fileno()
+        text = b""
+        while text.count(b"\n") < lines:
+            ready, _, _ = select.select([fd], [], [], SERVER_TIMEOUT)
+            assert ready, f"{example} did not start within {SERVER_TIMEOUT} s"
+            chunk = os.read(fd, 4096)
+            assert chunk, f"{example} exited before it listened"
+            text += chunk
+        urls = [line.split()[-1] for line in text.decode().splitlines()[:lines]]
+        assert all(url.startswith("http://127.0.0.1:") for url in urls), urls
+        yield urls
         process.send_signal(signal.SIGTERM)
         _, errors = process.communicate(timeout=SERVER_TIMEOUT)
         assert process.returncode == 0, errors.decode()
@@ -78,6 +88,13 @@ def serving(example: str, *args: str) -> Iterator[str]:
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+@contextmanager
+def serving(example: str, *args: str) -> Iterator[str]:
+    """Run ``example`` on a free port; yield its URL; stop it with SIGTERM and check it."""
+    with started(example, "--port", "0", *args) as urls:
+        yield urls[0]
 
 
 class Watched:
@@ -160,6 +177,44 @@ def test_two_chat_pages_connect_and_see_each_others_messages(
         # Each page shows its own message too, without an echo from the server.
         expect(first.page.locator("#log")).to_contain_text("hello from the first page")
         assert icon_status(first.page) == 200
+    for watched in pages:
+        assert watched.failed == []
+
+
+@contextmanager
+def serving_cluster() -> Iterator[list[str]]:
+    """Run the two-node chat on free ports and this machine's Redis; yield each node's URL."""
+    prefix = f"test-browser-cluster-{os.getpid()}"
+    options = ("--ports", "0,0", "--redis", REDIS_URL, "--prefix", prefix)
+    try:
+        with started("chat_cluster.py", *options, lines=2) as urls:
+            yield urls
+    finally:
+        # What the nodes kept in Redis (positions live for a day).
+        with redis.Redis.from_url(REDIS_URL) as client:
+            for key in client.scan_iter(match=f"{prefix}:*"):
+                client.delete(key)
+
+
+def test_a_chat_page_on_each_node_of_the_cluster_sees_the_others_messages(
+    pages: list[Watched],
+) -> None:
+    first, second = pages
+    with serving_cluster() as urls:
+        for watched, url in zip(pages, urls, strict=True):
+            watched.page.goto(url)
+            expect(watched.page.locator("#status")).to_have_text("connected")
+            assert open_sockets(watched) == [url.replace("http", "ws", 1) + "ws"]
+        first.page.fill("#name", "ana")
+        first.page.fill("#text", "hello from node 1")
+        first.page.press("#text", "Enter")
+        expect(second.page.locator("#log")).to_contain_text("hello from node 1")
+        expect(second.page.locator("#log")).to_contain_text("ana")
+        second.page.fill("#name", "bo")
+        second.page.fill("#text", "hello back from node 2")
+        second.page.press("#text", "Enter")
+        expect(first.page.locator("#log")).to_contain_text("hello back from node 2")
+        expect(first.page.locator("#log")).to_contain_text("bo")
     for watched in pages:
         assert watched.failed == []
 

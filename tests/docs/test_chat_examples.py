@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
+import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WebSocketsClosed
 from websockets.typing import Subprotocol
@@ -20,6 +21,8 @@ from websockets.typing import Subprotocol
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TIMEOUT = 10
 V1 = [Subprotocol("roomcast.v1")]
+#: The Redis the cluster example uses here, as in tests/backends.
+REDIS_URL = os.environ.get("ROOMCAST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 pytestmark = pytest.mark.anyio
 
@@ -47,6 +50,24 @@ async def close_frame(client: ClientConnection) -> tuple[int, str] | None:
             await client.recv()
     except WebSocketsClosed as exc:
         return None if exc.rcvd is None else (int(exc.rcvd.code), exc.rcvd.reason)
+
+
+async def post_and_receive(
+    writer: ClientConnection, reader: ClientConnection, message: dict[str, Any]
+) -> dict[str, Any]:
+    """Post ``message`` in chat:general as ``writer``; return the event ``reader`` receives."""
+    publish = {
+        "action": "publish",
+        "room": "chat:general",
+        "type": "chat.message",
+        "payload": message,
+        "ref": 2,
+    }
+    await writer.send(json.dumps(publish))
+    assert (await next_frame(writer, "reply"))["ok"] is True
+    event = await next_frame(reader, "chat.message")
+    assert (event["room"], event["payload"]) == ("chat:general", message)
+    return event
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -103,18 +124,7 @@ async def test_chat_example_serves_its_page_relays_messages_and_stops_cleanly_on
                 subscribe = {"action": "subscribe", "rooms": ["chat:general"], "ref": 1}
                 await reader.send(json.dumps(subscribe))
                 assert (await next_frame(reader, "reply"))["ok"] is True
-                message = {"text": "hello", "name": "ana"}
-                publish = {
-                    "action": "publish",
-                    "room": "chat:general",
-                    "type": "chat.message",
-                    "payload": message,
-                    "ref": 2,
-                }
-                await writer.send(json.dumps(publish))
-                assert (await next_frame(writer, "reply"))["ok"] is True
-                event = await next_frame(reader, "chat.message")
-                assert (event["room"], event["payload"]) == ("chat:general", message)
+                await post_and_receive(writer, reader, {"text": "hello", "name": "ana"})
 
                 process.send_signal(stop)
                 assert await close_frame(reader) == (1001, "server shutting down")
@@ -187,4 +197,103 @@ async def test_a_uvicorn_example_without_a_websocket_library_refuses_to_start(
     assert result.returncode == 3, errors  # uvicorn's exit status for a failed startup
     assert "without WebSocket support" in errors
     assert "pip install 'uvicorn[standard]'" in errors
+    assert b"listening" not in result.stdout
+
+
+async def first_lines(process: anyio.abc.Process, count: int) -> list[str]:
+    """The first ``count`` lines the process prints."""
+    assert process.stdout is not None
+    text = b""
+    async for chunk in process.stdout:
+        text += chunk
+        if text.count(b"\n") >= count:
+            break
+    return text.decode().splitlines()[:count]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_the_chat_cluster_relays_a_message_from_one_node_to_the_other(
+    stop: signal.Signals,
+) -> None:
+    # Two nodes, one command, one Redis (the machine's, as the example's docstring says);
+    # a prefix of the test's own, so that nothing else on that Redis is in the way.
+    prefix = f"test-chat-cluster-{os.getpid()}-{stop.name}"
+    command = [sys.executable, str(EXAMPLES / "chat_cluster.py"), "--ports", "0,0"]
+    command += ["--redis", REDIS_URL]
+    try:
+        await relay_through_the_cluster(command, prefix, stop)
+    finally:
+        await anyio.to_thread.run_sync(forget, prefix)
+
+
+def forget(prefix: str) -> None:
+    """Delete what the example kept in Redis under ``prefix`` (positions live for a day)."""
+    with redis.Redis.from_url(REDIS_URL) as client:
+        for key in client.scan_iter(match=f"{prefix}:*"):
+            client.delete(key)
+
+
+async def relay_through_the_cluster(command: list[str], prefix: str, stop: signal.Signals) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with anyio.fail_after(TIMEOUT * 2):
+        async with await anyio.open_process(
+            [*command, "--prefix", prefix],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        ) as process:
+            lines = await first_lines(process, 2)
+            urls = [line.split()[-1] for line in lines]
+            assert [line.split()[:3] for line in lines] == [
+                ["chat", "node", "1"],
+                ["chat", "node", "2"],
+            ]
+            assert len(set(urls)) == 2
+            assert all(url.startswith("http://127.0.0.1:") for url in urls)
+            ws_urls = ["ws" + url.removeprefix("http").rstrip("/") + "/ws" for url in urls]
+            async with (
+                connect(ws_urls[0], subprotocols=V1) as on_first,
+                connect(ws_urls[1], subprotocols=V1) as on_second,
+            ):
+                for client in (on_first, on_second):
+                    await next_frame(client, "connection.ack")
+                    subscribe = {"action": "subscribe", "rooms": ["chat:general"], "ref": 1}
+                    await client.send(json.dumps(subscribe))
+                    assert (await next_frame(client, "reply"))["ok"] is True
+                # Each way: a message posted on one node reaches the other's member.
+                offsets = []
+                for sender, receiver, text in (
+                    (on_first, on_second, "from node 1"),
+                    (on_second, on_first, "from node 2"),
+                ):
+                    event = await post_and_receive(sender, receiver, {"text": text, "name": "ana"})
+                    offsets.append(event["offset"])
+                # One history, kept in Redis: one sequence of offsets across the nodes.
+                assert offsets[1] == offsets[0] + 1
+                process.send_signal(stop)
+                for client in (on_first, on_second):
+                    assert await close_frame(client) == (1001, "server shutting down")
+            assert await process.wait() == 0
+            assert process.stderr is not None
+            errors = b"".join([chunk async for chunk in process.stderr]).decode()
+            assert "Traceback" not in errors, errors
+
+
+async def test_the_chat_cluster_says_so_when_redis_cannot_be_reached() -> None:
+    with anyio.fail_after(TIMEOUT * 2):
+        result = await anyio.run_process(
+            [
+                sys.executable,
+                str(EXAMPLES / "chat_cluster.py"),
+                "--ports",
+                "0,0",
+                "--redis",
+                "redis://127.0.0.1:1/0",
+            ],
+            check=False,
+        )
+    errors = result.stderr.decode()
+    assert result.returncode == 1, errors
+    assert "cannot start the chat nodes" in errors
+    assert "Traceback" not in errors
     assert b"listening" not in result.stdout
