@@ -213,7 +213,7 @@ def restartable_hubs(url: str, prefix: str, count: int) -> AbstractAsyncContextM
     )
 
 
-async def test_redis_restarted_the_hubs_resync_and_keep_serving(
+async def test_redis_restarted_the_hubs_resync_tell_their_members_and_keep_serving(
     prefix: str, redis_server: RedisServer
 ) -> None:
     room = "team:t"
@@ -272,4 +272,11 @@ async def test_redis_restarted_the_hubs_resync_and_keep_serving(
         assert found.publications == ()
         await anyio.sleep(0.2)
         for member in members:
-            assert [f for f in member.drain() if f.get("type") == "seq.item"] == []
+            left = member.drain()
+            assert [f for f in left if f.get("type") == "seq.item"] == []
+            # Every member was told that what it had is gone (Redis lost the room).
+            resets = [f for f in left if f.get("type") == "room.reset"]
+            assert len(resets) == 1, "each member of a history room is told of the restart once"
+            assert resets[0]["room"] == room
+            assert resets[0]["payload"]["recovered"] is False
+            assert resets[0]["payload"]["epoch"] != old_position[1]
