@@ -88,7 +88,7 @@ if __name__ == "__main__":
         "--ports", type=port_list, default=[8001, 8002], help="one per node; 0 picks a free port"
     )
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--prefix", default="roomcast-chat")
+    parser.add_argument("--prefix", default="roomcast")
     args = parser.parse_args()
     # Ctrl-C before the servers run ends the program quietly too.
     with contextlib.suppress(KeyboardInterrupt):

@@ -7,9 +7,11 @@ Run it from a checkout of the repository, after ``pip install -e ".[redis]"``:
     python examples/redis_worker.py chat:general "the nightly build is green"
 
 Every client subscribed to ``chat:general`` on any node that uses
-``RedisBackend`` with the same Redis and prefix receives the message, with an
-offset where the room keeps history. ``--redis`` and ``--prefix`` pick another
-Redis or prefix.
+``RedisBackend`` with the same Redis and the same prefix receives the message, with
+an offset where the room keeps history: with ``examples/chat_cluster.py`` running
+(both default to the prefix ``roomcast``), it appears on both chat pages.
+``--redis`` and ``--prefix`` pick another Redis or prefix; a prefix that differs
+from the nodes' reaches nobody.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from roomcast import History, Hub, RoomOptions
+from roomcast import BackendError, History, Hub, RoomOptions
 from roomcast.backends.redis import RedisBackend
 
 # --8<-- [start:worker]
@@ -43,7 +45,12 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--prefix", default="roomcast")
     args = parser.parse_args()
-    message_id = asyncio.run(post(args.room, args.text, redis_url=args.redis, prefix=args.prefix))
+    try:
+        message_id = asyncio.run(
+            post(args.room, args.text, redis_url=args.redis, prefix=args.prefix)
+        )
+    except BackendError as exc:
+        raise SystemExit(f"cannot publish: {exc}") from None
     print(f"published {message_id} to {args.room}")
 
 

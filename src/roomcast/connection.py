@@ -6,7 +6,7 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import anyio
 from anyio.abc import TaskGroup
@@ -15,7 +15,7 @@ from ._reader import ReadLoopStop
 from .admission import Admission, Gatekeeper, LockedOut, refusal_reason
 from .auth import Authorizer, Principal
 from .clock import Clock
-from .exceptions import AuthenticationError, ConnectionClosed
+from .exceptions import AuthenticationError, BackendError, ConnectionClosed
 from .peer import Client, ClientId
 from .protocol import CLOSE_ABNORMAL, PONG_FRAME, PROTOCOL, CloseCode
 from .rooms import Rooms, room_error
@@ -41,6 +41,9 @@ from .wire import (
 __all__ = ["Connections"]
 
 logger = logging.getLogger("roomcast.connection")
+
+#: Milliseconds a client is told to wait before retrying a request the backend failed.
+_BACKEND_RETRY_MS: Final = 1000
 
 
 class Connections:
@@ -333,7 +336,20 @@ class Connections:
         """Carry out the session's verdict on one frame of an open connection."""
         match session.receive(data, self._clock.now()):
             case Handle(request):
-                await self._handlers[type(request)](client, request)
+                try:
+                    await self._handlers[type(request)](client, request)
+                except BackendError as exc:
+                    # The broker is down or slow: this request failed, the
+                    # connection did not (it may retry, and it is still served).
+                    logger.warning("%s from %s failed: %s", type(request).__name__, client.id, exc)
+                    client.deliver(
+                        encode_error(
+                            "internal",
+                            "the backend is unavailable; try again",
+                            ref=request.ref,
+                            retryAfterMs=_BACKEND_RETRY_MS,
+                        )
+                    )
             case Reply(frame, strike):
                 self._count_strike(strike)
                 client.deliver(frame)

@@ -14,6 +14,7 @@ import pytest
 import roomcast
 import roomcast.config
 from roomcast import (
+    BackendError,
     ConnectionClosed,
     DefaultAuthorizer,
     Handshake,
@@ -26,7 +27,7 @@ from roomcast import (
     RoomcastError,
     RoomOptions,
 )
-from roomcast.backends import BackendStatus, HistoryResult
+from roomcast.backends import BackendStatus, ChannelKind, HistoryResult, Publication
 from roomcast.backends.memory import MemoryBackend
 from roomcast.testing import ManualClock, MemoryTransport, TestClient, memory_transport_pair
 from roomcast.wire import StreamPosition
@@ -825,3 +826,44 @@ async def test_a_position_check_runs_on_the_hub_clock_and_finds_nothing_when_not
             assert backend.reads == reads + 2
             assert [frame for frame in client.drain() if frame["type"] != "ping"] == []
             assert hub.stats().gaps == 0
+
+
+class UnreachableBackend(MemoryBackend):
+    """A backend whose broker stopped answering after the hub started."""
+
+    down = False
+
+    async def publish(
+        self, kind: ChannelKind, key: str, publication: Publication, history: History | None
+    ) -> Publication:
+        if self.down:
+            raise BackendError("Redis failed: ConnectionError: connection refused")
+        return await super().publish(kind, key, publication, history)
+
+    async def subscribe(self, kind: ChannelKind, key: str) -> None:
+        if self.down:
+            raise BackendError("Redis did not answer within 5 s")
+        await super().subscribe(kind, key)
+
+
+async def test_a_request_the_backend_fails_is_answered_and_the_connection_stays_open(
+    clock: ManualClock,
+) -> None:
+    backend = UnreachableBackend()
+    authorizer = DefaultAuthorizer(publish=["chat"])
+    async with Hub(clock=clock, backend=backend, authorizer=authorizer) as hub:
+        async with TestClient(hub) as client:
+            await client.subscribe("chat:a")
+            backend.down = True
+            for reply in (
+                await client.publish("chat:a", "msg", "while down"),
+                await client.request({"action": "subscribe", "rooms": ["chat:b"]}),
+            ):
+                assert reply["ok"] is False
+                assert reply["error"]["code"] == "internal"
+                assert reply["error"]["retryAfterMs"] == 1000
+            backend.down = False
+            # Still connected and served: the same requests succeed once it is back.
+            assert (await client.publish("chat:a", "msg", "back"))["ok"] is True
+            await client.subscribe("chat:b")  # raises unless granted
+            assert hub.stats().clients == 1
