@@ -32,6 +32,7 @@ from ..exceptions import BackendError
 from ..options import History
 from ..wire import StreamPosition
 from ._redis_codec import VERSION, decode_body, encode_body, plain_message
+from ._redis_pipeline import Writer
 from ._redis_presence import Leases
 from ._redis_supervise import Reader, Shard, aggregate
 from .base import (
@@ -136,11 +137,13 @@ class RedisBackend(Backend):
             if not isinstance(client, Redis):
                 raise ValueError(f"client must be a redis.asyncio.Redis, got {client!r}")
             self._shards = [Shard(client, owned=False)]
-            return
-        urls = [url] if url is not None else list(shards or ())
-        if not urls:
-            raise ValueError("shards must name at least one Redis URL")
-        self._shards = [Shard(self._connect(u), owned=True) for u in urls]
+        else:
+            urls = [url] if url is not None else list(shards or ())
+            if not urls:
+                raise ValueError("shards must name at least one Redis URL")
+            self._shards = [Shard(self._connect(u), owned=True) for u in urls]
+        # Each shard's publishes, sent as one pipeline when several wait at once.
+        self._writers = {id(s): Writer(s.client, self.publish_timeout) for s in self._shards}
 
     def _connect(self, url: object) -> Redis:
         if not isinstance(url, str):
@@ -201,6 +204,8 @@ class RedisBackend(Backend):
         with anyio.CancelScope(shield=True):
             if tasks:
                 await asyncio.wait(tasks)
+            for writer in self._writers.values():
+                await writer.aclose()
             for shard in self._shards:
                 shard.channels.clear()
                 if shard.owned:
@@ -307,17 +312,16 @@ class RedisBackend(Backend):
                 ``publish_timeout``; the publication may have been sent.
         """
         shard = self._shard(key)
+        writer = self._writers[id(shard)]
         channel = self._channel(kind, key)
         body = encode_body(publication)
         if history is None or kind != "room" or publication.ephemeral:
-            await self._command(shard.client.publish(channel, plain_message(body)))
+            await self._command(writer.send("PUBLISH", channel, plain_message(body)))
             return publication
         stream_ms, position_s = self._ttls(history)
+        args = (body, history.size, stream_ms, position_s, _new_epoch(), channel, VERSION)
         offset, epoch = await self._command(
-            shard.publish(
-                keys=self._keys(key),
-                args=[body, history.size, stream_ms, position_s, _new_epoch(), channel, VERSION],
-            )
+            writer.send(2, *self._keys(key), *args, script=shard.publish)
         )
         return publication._replace(offset=int(offset), epoch=_text(epoch))
 
