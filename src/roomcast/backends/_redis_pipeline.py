@@ -20,7 +20,6 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from ..exceptions import BackendError
-from ._redis_supervise import FAILURES
 
 __all__ = ["QUEUE_SIZE", "Script", "Writer"]
 
@@ -108,7 +107,7 @@ class Writer:
                         await self._round_trip(live)
             except TimeoutError:
                 _fail(live, f"Redis did not answer within {self._timeout:g} s")
-            except FAILURES as exc:
+            except Exception as exc:  # the writer outlives any one round trip
                 _fail(live, f"Redis failed: {type(exc).__name__}: {exc}")
             except BaseException:
                 _fail(live, "the Redis backend is closed")
