@@ -12,7 +12,6 @@ wait for room, within their ``publish_timeout``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any, Final, Protocol
 
 import anyio
@@ -86,8 +85,8 @@ class Writer:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Bounded: a cancellation a timeout swallowed ends the loop instead.
+            await asyncio.wait([task], timeout=self._timeout)
         _fail(self._drain(QUEUE_SIZE), "the Redis backend is closed")
 
     def _drain(self, limit: int) -> list[_Command]:
@@ -97,7 +96,7 @@ class Writer:
         return batch
 
     async def _run(self) -> None:
-        while True:
+        while self._task is asyncio.current_task():
             first = await self._queue.get()
             batch = [first, *self._drain(BATCH_SIZE - 1)]
             live = [command for command in batch if not command.future.done()]

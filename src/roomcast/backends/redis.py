@@ -63,7 +63,9 @@ class RedisBackend(Backend):
     assigns the next offset, creates the epoch when missing, appends to the
     room's stream (trimmed to `History.size`, expiring after `History.ttl`) and
     publishes, atomically: offsets have no gaps and every node agrees on them.
-    The room's position outlives its messages by ``position_ttl``.
+    The room's position outlives its messages by ``position_ttl``. Publishes
+    made while one is on its way to the same Redis go out together, as one
+    pipeline, in the order they were made.
 
     Give exactly one of ``url``, ``client`` and ``shards``.
 
