@@ -40,10 +40,21 @@ class RoundTrips:
         monkeypatch.setattr(_redis_pipeline.Writer, "_pipeline", counted)
 
 
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
+    """The round trips of every writer of the test."""
+    return RoundTrips(monkeypatch)
+
+
 async def publish_all(
-    backend: RedisBackend, numbers: range, issued: list[int], results: dict[int, Publication]
-) -> None:
-    """Publish ``item(room, n)`` for each ``n`` at once, in order, to the rooms in turn."""
+    backend: RedisBackend, numbers: range
+) -> tuple[list[int], dict[int, Publication]]:
+    """Publish ``item(room, n)`` for each ``n`` at once, to the rooms in turn.
+
+    Returns the numbers in the order they were issued, and each one's result.
+    """
+    issued: list[int] = []
+    results: dict[int, Publication] = {}
 
     async def publish(n: int) -> None:
         room = ROOMS[n % len(ROOMS)]
@@ -54,6 +65,15 @@ async def publish_all(
         async with anyio.create_task_group() as tasks:
             for n in numbers:
                 tasks.start_soon(publish, n)
+    return issued, results
+
+
+def in_issue_order(issued: list[int], results: dict[int, Publication]) -> dict[str, list[int]]:
+    """Each room's offsets, in the order its publishes were issued."""
+    return {
+        room: [results[n].offset or 0 for n in issued if ROOMS[n % len(ROOMS)] == room]
+        for room in ROOMS
+    }
 
 
 async def stored(backend: RedisBackend, room: str, epoch: str) -> dict[int, str]:
@@ -64,19 +84,16 @@ async def stored(backend: RedisBackend, room: str, epoch: str) -> dict[int, str]
 
 
 async def test_concurrent_publishes_keep_per_room_order_and_each_gets_its_own_offset(
-    prefix: str, monkeypatch: pytest.MonkeyPatch
+    prefix: str, trips: RoundTrips
 ) -> None:
-    trips = RoundTrips(monkeypatch)
     backend = RedisBackend(REDIS_URL, prefix=prefix)
     async with started(backend):
-        issued: list[int] = []
-        results: dict[int, Publication] = {}
-        await publish_all(backend, range(50), issued, results)
+        issued, results = await publish_all(backend, range(50))
         assert sorted(issued) == list(range(50))
-        for room in ROOMS:
-            in_room = [n for n in issued if ROOMS[n % len(ROOMS)] == room]
+        for room, offsets in in_issue_order(issued, results).items():
             # Offsets follow the order the publishes were issued in, with no gap.
-            assert [results[n].offset for n in in_room] == list(range(1, len(in_room) + 1))
+            assert offsets == list(range(1, len(offsets) + 1))
+            in_room = [n for n in issued if ROOMS[n % len(ROOMS)] == room]
             (epoch,) = {results[n].epoch for n in in_room}
             assert epoch is not None
             # Each caller got the offset of its own message.
@@ -106,25 +123,20 @@ async def test_plain_and_history_publishes_share_the_pipeline_in_order(prefix: s
 
 
 async def test_a_bounded_queue_makes_publishers_wait_and_loses_nothing(
-    prefix: str, monkeypatch: pytest.MonkeyPatch
+    prefix: str, monkeypatch: pytest.MonkeyPatch, trips: RoundTrips
 ) -> None:
     monkeypatch.setattr(_redis_pipeline, "QUEUE_SIZE", 3)
-    trips = RoundTrips(monkeypatch)
     backend = RedisBackend(REDIS_URL, prefix=prefix)
     async with started(backend):
-        issued: list[int] = []
-        results: dict[int, Publication] = {}
-        await publish_all(backend, range(30), issued, results)
-        for room in ROOMS:
-            in_room = [n for n in issued if ROOMS[n % len(ROOMS)] == room]
-            assert [results[n].offset for n in in_room] == list(range(1, len(in_room) + 1))
+        issued, results = await publish_all(backend, range(30))
+        for offsets in in_issue_order(issued, results).values():
+            assert offsets == list(range(1, len(offsets) + 1))
     assert max(trips.sizes) <= 4  # at most the queue, plus the one taken first
 
 
 async def test_a_cut_link_fails_every_waiting_publish_within_publish_timeout(
-    prefix: str, monkeypatch: pytest.MonkeyPatch
+    prefix: str, trips: RoundTrips
 ) -> None:
-    trips = RoundTrips(monkeypatch)
     timeout = 1.0
     async with proxy_to(REDIS_PORT) as proxy:
         backend = RedisBackend(
@@ -176,21 +188,16 @@ async def test_a_flushed_script_is_loaded_again_inside_a_pipeline(prefix: str) -
         first = await backend.publish("room", "team:a", item("team:a", 0), HISTORY)
         with redis.Redis.from_url(REDIS_URL) as client:
             client.script_flush()
-        issued: list[int] = []
-        results: dict[int, Publication] = {}
-        await publish_all(backend, range(3, 30), issued, results)
-        for number, room in enumerate(ROOMS):
-            in_room = [n for n in issued if n % 3 == number]
-            start = 2 if room == "team:a" else 1
-            offsets = [results[n].offset for n in in_room]
-            assert offsets == list(range(start, len(in_room) + start))
+        issued, results = await publish_all(backend, range(3, 30))
+        for room, offsets in in_issue_order(issued, results).items():
+            start = 2 if room == "team:a" else 1  # team:a had one before the flush
+            assert offsets == list(range(start, len(offsets) + start))
         assert {results[n].epoch for n in issued if n % 3 == 0} == {first.epoch}
 
 
 async def test_a_cancelled_publisher_does_not_disturb_the_others(
-    prefix: str, monkeypatch: pytest.MonkeyPatch
+    prefix: str, trips: RoundTrips
 ) -> None:
-    trips = RoundTrips(monkeypatch)
     backend = RedisBackend(REDIS_URL, prefix=prefix)
     async with started(backend):
         results: dict[int, Publication] = {}
