@@ -6,12 +6,12 @@ in the order it was queued, then hands each caller its own reply. A publish
 that finds the writer idle goes out at once; publishes that queue while a
 round trip is in flight go out together in the next one (group commit: no
 timer, no added latency). The queue is bounded: when it is full, publishers
-wait for room, within their ``publish_timeout``.
+wait for room, within their ``publish_timeout``. Only the task that runs the
+writer is asyncio's (started by the backend); this module uses anyio alone.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Final, Protocol
 
 import anyio
@@ -36,81 +36,108 @@ class Script(Protocol):
 
 
 class _Command:
-    """One queued command (EVALSHA of ``script`` when given), and its caller's future."""
+    """One queued command (EVALSHA of ``script`` when given), and its outcome."""
 
-    __slots__ = ("args", "future", "script")
+    __slots__ = ("abandoned", "args", "done", "error", "reply", "script")
 
-    def __init__(
-        self, args: tuple[Any, ...], script: Script | None, future: asyncio.Future[Any]
-    ) -> None:
+    def __init__(self, args: tuple[Any, ...], script: Script | None) -> None:
         self.args = args
         self.script = script
-        self.future = future
+        self.done = anyio.Event()
+        self.reply: Any = None
+        self.error: BackendError | None = None
+        # Set when the caller stopped waiting (cancelled, or out of time).
+        self.abandoned = False
+
+    def settle(self, reply: Any = None, error: str | None = None) -> None:
+        if not self.done.is_set():
+            self.reply = reply
+            self.error = None if error is None else BackendError(error)
+            self.done.set()
 
 
 class Writer:
     """Sends one Redis's publishes, queued by concurrent callers, as pipelines, in order.
 
-    The writer task starts with the first command and is stopped by `aclose`.
-    A round trip that fails, or takes longer than ``timeout``, fails every
-    command in it with [`BackendError`][roomcast.BackendError]; a command Redis
-    refuses fails alone. A script Redis has forgotten (NOSCRIPT, after a
-    restart or SCRIPT FLUSH) is loaded again and its commands sent again, in
-    their order.
+    `run` is the writer task, started and cancelled by the backend. A round
+    trip that fails, or takes longer than ``timeout``, fails every command in
+    it with [`BackendError`][roomcast.BackendError]; a command Redis refuses
+    fails alone. A script Redis has forgotten (NOSCRIPT, after a restart or
+    SCRIPT FLUSH) is loaded again and its commands sent again, in their order.
     """
 
     def __init__(self, client: Redis, timeout: float) -> None:
         self._client = client
         self._timeout = timeout
-        self._queue: asyncio.Queue[_Command] = asyncio.Queue(QUEUE_SIZE)
-        self._task: asyncio.Task[None] | None = None
+        self._queue, self._queued = anyio.create_memory_object_stream[_Command](0)
+        self._queue.close()
+        self._queued.close()
+        self.running = False
+
+    def open(self) -> None:
+        """Make the queue; `send` is refused until this, and again after `close`."""
+        self._queue, self._queued = anyio.create_memory_object_stream[_Command](QUEUE_SIZE)
+        self.running = True
 
     async def send(self, *args: Any, script: Script | None = None) -> Any:
         """Queue one command and return its reply; with ``script``, EVALSHA it with ``args``.
 
         Raises:
-            BackendError: the command, or the round trip that carried it, failed.
+            BackendError: the command, or the round trip that carried it, failed,
+                or the writer is not running.
         """
-        task = self._task
-        if task is None or task.done():
-            self._task = asyncio.create_task(self._run(), name="roomcast redis writer")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        # A caller cancelled while its command waits cancels the future: the
-        # writer skips it, and a reply that comes for it anyway is dropped.
-        await self._queue.put(_Command(args, script, future))
-        return await future
+        if not self.running:
+            raise BackendError("the Redis backend is not started")
+        command = _Command(args, script)
+        await self._queue.send(command)
+        try:
+            await command.done.wait()
+        finally:
+            # Still queued: the writer skips it. On its way: its reply is dropped.
+            command.abandoned = True
+        if command.error is not None:
+            raise command.error
+        return command.reply
 
-    async def aclose(self) -> None:
-        """Stop the writer; every command still queued fails with BackendError."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            # Bounded: a cancellation a timeout swallowed ends the loop instead.
-            await asyncio.wait([task], timeout=self._timeout)
+    async def run(self) -> None:
+        """Send what is queued, one pipeline per round trip, until cancelled or stopped."""
+        live: list[_Command] = []
+        try:
+            while self.running:
+                batch = [await self._queued.receive()]
+                batch += self._drain(BATCH_SIZE - 1)
+                live = [command for command in batch if not command.abandoned]
+                try:
+                    if live:
+                        with anyio.fail_after(self._timeout):
+                            await self._round_trip(live)
+                except TimeoutError:
+                    _fail(live, f"Redis did not answer within {self._timeout:g} s")
+                except Exception as exc:  # the writer outlives any one round trip
+                    _fail(live, f"Redis failed: {type(exc).__name__}: {exc}")
+        finally:
+            self.running = False
+            _fail(live, "the Redis backend is closed")
+
+    def stop(self) -> None:
+        """End `run` at its next round, even if a timeout swallowed its cancellation."""
+        self.running = False
+
+    def close(self) -> None:
+        """Fail every command still queued, and close the queue (once `run` has ended)."""
+        self.running = False
         _fail(self._drain(QUEUE_SIZE), "the Redis backend is closed")
+        self._queue.close()
+        self._queued.close()
 
     def _drain(self, limit: int) -> list[_Command]:
         batch: list[_Command] = []
-        while len(batch) < limit and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        return batch
-
-    async def _run(self) -> None:
-        while self._task is asyncio.current_task():
-            first = await self._queue.get()
-            batch = [first, *self._drain(BATCH_SIZE - 1)]
-            live = [command for command in batch if not command.future.done()]
+        while len(batch) < limit:
             try:
-                if live:
-                    with anyio.fail_after(self._timeout):
-                        await self._round_trip(live)
-            except TimeoutError:
-                _fail(live, f"Redis did not answer within {self._timeout:g} s")
-            except Exception as exc:  # the writer outlives any one round trip
-                _fail(live, f"Redis failed: {type(exc).__name__}: {exc}")
-            except BaseException:
-                _fail(live, "the Redis backend is closed")
-                raise
+                batch.append(self._queued.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        return batch
 
     async def _round_trip(self, commands: list[_Command]) -> None:
         replies = await self._pipeline(commands)
@@ -126,12 +153,10 @@ class Writer:
             for index, reply in zip(forgotten, again, strict=True):
                 replies[index] = reply
         for command, reply in zip(commands, replies, strict=True):
-            if command.future.done():
-                continue
             if isinstance(reply, Exception):
-                _fail([command], f"Redis failed: {type(reply).__name__}: {reply}")
+                command.settle(error=f"Redis failed: {type(reply).__name__}: {reply}")
             else:
-                command.future.set_result(reply)
+                command.settle(reply)
 
     async def _pipeline(self, commands: list[_Command]) -> list[Any]:
         async with self._client.pipeline(transaction=False) as pipe:
@@ -145,5 +170,4 @@ class Writer:
 
 def _fail(commands: list[_Command], message: str) -> None:
     for command in commands:
-        if not command.future.done():
-            command.future.set_exception(BackendError(message))
+        command.settle(error=message)

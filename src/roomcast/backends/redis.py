@@ -145,7 +145,7 @@ class RedisBackend(Backend):
                 raise ValueError("shards must name at least one Redis URL")
             self._shards = [Shard(self._connect(u), owned=True) for u in urls]
         # Each shard's publishes, sent as one pipeline when several wait at once.
-        self._writers = {id(s): Writer(s.client, self.publish_timeout) for s in self._shards}
+        self._writers = [Writer(s.client, self.publish_timeout) for s in self._shards]
 
     def _connect(self, url: object) -> Redis:
         if not isinstance(url, str):
@@ -180,6 +180,8 @@ class RedisBackend(Backend):
         for shard in self._shards:
             await self._command(shard.client.ping())
         self._readers = [self._reader(shard, deliver) for shard in self._shards]
+        for writer in self._writers:
+            writer.open()
         # The readers and the presence leases are this backend's own tasks,
         # started here and cancelled and awaited by aclose(): the Backend seam
         # hands start() no task group, and a task group entered here could not
@@ -187,6 +189,7 @@ class RedisBackend(Backend):
         self._tasks = [
             *(asyncio.create_task(r.run(), name="roomcast redis pub/sub") for r in self._readers),
             asyncio.create_task(self._leases.hold(), name="roomcast redis presence"),
+            *(asyncio.create_task(w.run(), name="roomcast redis writer") for w in self._writers),
         ]
         try:
             for shard in self._shards:
@@ -200,14 +203,16 @@ class RedisBackend(Backend):
         """Stop the readers and close the connections this backend opened."""
         for reader in self._readers:
             reader.deliver = None
+        for writer in self._writers:
+            writer.stop()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         with anyio.CancelScope(shield=True):
             if tasks:
                 await asyncio.wait(tasks)
-            for writer in self._writers.values():
-                await writer.aclose()
+            for writer in self._writers:
+                writer.close()
             for shard in self._shards:
                 shard.channels.clear()
                 if shard.owned:
@@ -216,10 +221,11 @@ class RedisBackend(Backend):
     # ------------------------------------------------------------------ channels
 
     def _shard(self, key: str) -> Shard:
-        shards = self._shards
-        if len(shards) == 1:
-            return shards[0]
-        return shards[zlib.crc32(key.encode()) % len(shards)]
+        return self._shards[self._index(key)]
+
+    def _index(self, key: str) -> int:
+        count = len(self._shards)
+        return 0 if count == 1 else zlib.crc32(key.encode()) % count
 
     def _channel(self, kind: ChannelKind, key: str) -> bytes:
         return f"{self.prefix}:{kind}:{key}".encode()
@@ -313,8 +319,8 @@ class RedisBackend(Backend):
             BackendError: Redis failed or did not answer within
                 ``publish_timeout``; the publication may have been sent.
         """
-        shard = self._shard(key)
-        writer = self._writers[id(shard)]
+        index = self._index(key)
+        shard, writer = self._shards[index], self._writers[index]
         channel = self._channel(kind, key)
         body = encode_body(publication)
         if history is None or kind != "room" or publication.ephemeral:
