@@ -89,7 +89,10 @@ class Writer:
         if not self.running:
             raise BackendError("the Redis backend is not started")
         command = _Command(args, script)
-        await self._queue.send(command)
+        try:
+            await self._queue.send(command)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise BackendError("the Redis backend is closed") from None
         try:
             await command.done.wait()
         finally:
