@@ -325,6 +325,7 @@ INTERNAL = {
     "roomcast._requests",
     "roomcast.admission",
     "roomcast.backends._redis_codec",
+    "roomcast.backends._redis_pipeline",
     "roomcast.backends._redis_presence",
     "roomcast.backends._redis_scripts",
     "roomcast.backends._redis_supervise",

@@ -32,6 +32,7 @@ from ..exceptions import BackendError
 from ..options import History
 from ..wire import StreamPosition
 from ._redis_codec import VERSION, decode_body, encode_body, plain_message
+from ._redis_pipeline import Writer
 from ._redis_presence import Leases
 from ._redis_supervise import Reader, Shard, aggregate
 from .base import (
@@ -62,7 +63,9 @@ class RedisBackend(Backend):
     assigns the next offset, creates the epoch when missing, appends to the
     room's stream (trimmed to `History.size`, expiring after `History.ttl`) and
     publishes, atomically: offsets have no gaps and every node agrees on them.
-    The room's position outlives its messages by ``position_ttl``.
+    The room's position outlives its messages by ``position_ttl``. Publishes
+    made while one is on its way to the same Redis go out together, as one
+    pipeline, in the order they were made.
 
     Give exactly one of ``url``, ``client`` and ``shards``.
 
@@ -136,11 +139,13 @@ class RedisBackend(Backend):
             if not isinstance(client, Redis):
                 raise ValueError(f"client must be a redis.asyncio.Redis, got {client!r}")
             self._shards = [Shard(client, owned=False)]
-            return
-        urls = [url] if url is not None else list(shards or ())
-        if not urls:
-            raise ValueError("shards must name at least one Redis URL")
-        self._shards = [Shard(self._connect(u), owned=True) for u in urls]
+        else:
+            urls = [url] if url is not None else list(shards or ())
+            if not urls:
+                raise ValueError("shards must name at least one Redis URL")
+            self._shards = [Shard(self._connect(u), owned=True) for u in urls]
+        # Each shard's publishes, sent as one pipeline when several wait at once.
+        self._writers = [Writer(s.client, self.publish_timeout) for s in self._shards]
 
     def _connect(self, url: object) -> Redis:
         if not isinstance(url, str):
@@ -175,6 +180,8 @@ class RedisBackend(Backend):
         for shard in self._shards:
             await self._command(shard.client.ping())
         self._readers = [self._reader(shard, deliver) for shard in self._shards]
+        for writer in self._writers:
+            writer.open()
         # The readers and the presence leases are this backend's own tasks,
         # started here and cancelled and awaited by aclose(): the Backend seam
         # hands start() no task group, and a task group entered here could not
@@ -182,6 +189,7 @@ class RedisBackend(Backend):
         self._tasks = [
             *(asyncio.create_task(r.run(), name="roomcast redis pub/sub") for r in self._readers),
             asyncio.create_task(self._leases.hold(), name="roomcast redis presence"),
+            *(asyncio.create_task(w.run(), name="roomcast redis writer") for w in self._writers),
         ]
         try:
             for shard in self._shards:
@@ -195,12 +203,16 @@ class RedisBackend(Backend):
         """Stop the readers and close the connections this backend opened."""
         for reader in self._readers:
             reader.deliver = None
+        for writer in self._writers:
+            writer.stop()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         with anyio.CancelScope(shield=True):
             if tasks:
                 await asyncio.wait(tasks)
+            for writer in self._writers:
+                writer.close()
             for shard in self._shards:
                 shard.channels.clear()
                 if shard.owned:
@@ -209,10 +221,11 @@ class RedisBackend(Backend):
     # ------------------------------------------------------------------ channels
 
     def _shard(self, key: str) -> Shard:
-        shards = self._shards
-        if len(shards) == 1:
-            return shards[0]
-        return shards[zlib.crc32(key.encode()) % len(shards)]
+        return self._shards[self._index(key)]
+
+    def _index(self, key: str) -> int:
+        count = len(self._shards)
+        return 0 if count == 1 else zlib.crc32(key.encode()) % count
 
     def _channel(self, kind: ChannelKind, key: str) -> bytes:
         return f"{self.prefix}:{kind}:{key}".encode()
@@ -306,18 +319,17 @@ class RedisBackend(Backend):
             BackendError: Redis failed or did not answer within
                 ``publish_timeout``; the publication may have been sent.
         """
-        shard = self._shard(key)
+        index = self._index(key)
+        shard, writer = self._shards[index], self._writers[index]
         channel = self._channel(kind, key)
         body = encode_body(publication)
         if history is None or kind != "room" or publication.ephemeral:
-            await self._command(shard.client.publish(channel, plain_message(body)))
+            await self._command(writer.send("PUBLISH", channel, plain_message(body)))
             return publication
         stream_ms, position_s = self._ttls(history)
+        args = (body, history.size, stream_ms, position_s, _new_epoch(), channel, VERSION)
         offset, epoch = await self._command(
-            shard.publish(
-                keys=self._keys(key),
-                args=[body, history.size, stream_ms, position_s, _new_epoch(), channel, VERSION],
-            )
+            writer.send(2, *self._keys(key), *args, script=shard.publish)
         )
         return publication._replace(offset=int(offset), epoch=_text(epoch))
 
