@@ -21,10 +21,8 @@ from anyio.abc import TaskGroup
 from roomcast import (
     ConnectionClosed,
     DefaultAuthorizer,
-    Handshake,
     History,
     Hub,
-    Principal,
     Publication,
     RoomOptions,
 )
@@ -32,19 +30,13 @@ from roomcast.backends import ChannelKind, Delivery
 from roomcast.backends.redis import RedisBackend
 from roomcast.testing import TestClient
 
-from .conftest import REDIS_URL
+from .conftest import REDIS_URL, UserAuthenticator
+from .conftest import connect as connect_user
 
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 20
 NAMESPACES = {"team": RoomOptions(history=History(size=1000, ttl=600))}
-
-
-class UserAuthenticator:
-    """Takes the user id from the ``x-user`` header."""
-
-    async def authenticate(self, handshake: Handshake, token: str | None) -> Principal:
-        return Principal(handshake.header("x-user"))
 
 
 class CountingBackend(RedisBackend):
@@ -84,9 +76,7 @@ def backend_of(hub: Hub) -> CountingBackend:
 
 
 def connect(hub: Hub, user: str, tasks: TaskGroup) -> TestClient:
-    return TestClient(
-        hub, handshake=Handshake(headers=(("x-user", user),)), task_group=tasks, timeout=TIMEOUT
-    )
+    return connect_user(hub, user, tasks, TIMEOUT)
 
 
 async def events(client: TestClient, count: int) -> list[dict[str, Any]]:
