@@ -98,11 +98,16 @@ class YieldingBackend(MemoryBackend):
         await super().subscribe(kind, key)
 
     async def history(
-        self, room: str, since: StreamPosition | None, history: History
+        self,
+        room: str,
+        since: StreamPosition | None,
+        history: History,
+        *,
+        limit: int | None = None,
     ) -> HistoryResult:
         for _ in range(5):
             await anyio.lowlevel.checkpoint()
-        result = await super().history(room, since, history)
+        result = await super().history(room, since, history, limit=limit)
         for _ in range(5):
             await anyio.lowlevel.checkpoint()
         return result
