@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import pytest
@@ -74,7 +74,7 @@ async def publish(hub: Hub, room: str, count: int, start: int = 0) -> None:
         await hub.publish(room, "seq.item", n, user_id="u1")
 
 
-def events(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def events(frames: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [frame for frame in frames if frame.get("type") == "seq.item"]
 
 
