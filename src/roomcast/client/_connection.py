@@ -401,7 +401,7 @@ class Connection:
         error: Exception | None = None,
     ) -> None:
         previous = self._state
-        if previous == "closed" or (previous == state and state != "connecting"):
+        if previous == "closed" or previous == state:
             return
         self._state = state
         change = StateChange(state, previous, code, reason, delay, error)
