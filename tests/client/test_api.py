@@ -180,6 +180,7 @@ async def test_bad_arguments_raise_before_anything_is_sent() -> None:
             await conn.subscribe("team:t1", history=0)
         with pytest.raises(ValueError, match="limit"):
             await conn.history("team:t1", limit=10_001)
+
     async def provider() -> str:
         return "t"
 

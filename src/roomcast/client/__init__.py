@@ -18,7 +18,7 @@ See the [Python client guide](../howto/python-client.md).
 from ._backoff import DEFAULT_MAX_DELAY as DEFAULT_MAX_DELAY
 from ._backoff import DEFAULT_MIN_DELAY as DEFAULT_MIN_DELAY
 from ._backoff import Backoff as Backoff
-from ._connection import DEFAULT_MAX_QUEUE as DEFAULT_MAX_QUEUE
+from ._connection import DEFAULT_BUFFER_SIZE as DEFAULT_BUFFER_SIZE
 from ._connection import DEFAULT_OPEN_TIMEOUT as DEFAULT_OPEN_TIMEOUT
 from ._connection import DEFAULT_REQUEST_TIMEOUT as DEFAULT_REQUEST_TIMEOUT
 from ._connection import Connection as Connection
@@ -38,7 +38,7 @@ from ._events import StateChange as StateChange
 
 __all__ = [
     "DEFAULT_MAX_DELAY",
-    "DEFAULT_MAX_QUEUE",
+    "DEFAULT_BUFFER_SIZE",
     "DEFAULT_MIN_DELAY",
     "DEFAULT_OPEN_TIMEOUT",
     "DEFAULT_REQUEST_TIMEOUT",

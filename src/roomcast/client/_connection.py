@@ -54,7 +54,7 @@ from ._socket import WebSocket, open_websocket
 from ._stream import EventBuffer
 
 __all__ = [
-    "DEFAULT_MAX_QUEUE",
+    "DEFAULT_BUFFER_SIZE",
     "DEFAULT_OPEN_TIMEOUT",
     "DEFAULT_REQUEST_TIMEOUT",
     "Connection",
@@ -71,7 +71,7 @@ DEFAULT_REQUEST_TIMEOUT: Final = 10.0
 #: Seconds the WebSocket handshake and then `connection.ack` may each take.
 DEFAULT_OPEN_TIMEOUT: Final = 10.0
 #: Events each stream (a subscription, the connection) holds for the application.
-DEFAULT_MAX_QUEUE: Final = 1000
+DEFAULT_BUFFER_SIZE: Final = 1000
 #: The largest server frame the client reads, in bytes (a long history reply).
 DEFAULT_MAX_SERVER_FRAME: Final = 32 * 2**20
 #: The largest `history` a subscribe may ask for, and a history request's `limit`.
@@ -178,7 +178,7 @@ class Subscription:
         self.history = history
         self.position: StreamPosition | None = None
         self._connection = connection
-        self._buffer = EventBuffer(f"subscription {room}", connection.max_queue)
+        self._buffer = EventBuffer(f"subscription {room}", connection.buffer_size)
         self._active = False
 
     def __repr__(self) -> str:
@@ -224,7 +224,7 @@ class Connection:
     from the moment iteration starts, every event of every room. An event of a
     subscribed room goes to the subscription's stream too, unless the
     connection is being iterated and the subscription is not. Nothing is ever
-    dropped: each stream holds up to `max_queue` items, and when one is full
+    dropped: each stream holds up to `buffer_size` items, and when one is full
     the client stops reading from the server until the application takes an
     item (logged at WARNING).
 
@@ -233,7 +233,7 @@ class Connection:
         client_id: the server's id for the current (or last) connection.
         user_id: the authenticated user, or `None` (anonymous, or not yet).
         heartbeat: the server's heartbeat interval in seconds, from `connection.ack`.
-        max_queue: the size of each stream's buffer.
+        buffer_size: the size of each stream's buffer.
         request_timeout: seconds a request may wait for a connection and its reply.
     """
 
@@ -246,7 +246,7 @@ class Connection:
         backoff: Backoff | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         open_timeout: float = DEFAULT_OPEN_TIMEOUT,
-        max_queue: int = DEFAULT_MAX_QUEUE,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
         max_frame_size: int = MAX_MESSAGE_SIZE,
         headers: Mapping[str, str] | Sequence[tuple[str, str]] = (),
         origin: str | None = None,
@@ -262,15 +262,15 @@ class Connection:
                 raise ValueError(f"{name} must be a number of seconds")
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive finite number of seconds")
-        if type(max_queue) is not int or max_queue < 1:
-            raise ValueError("max_queue must be a positive integer")
+        if type(buffer_size) is not int or buffer_size < 1:
+            raise ValueError("buffer_size must be a positive integer")
         if type(max_frame_size) is not int or max_frame_size < 1:
             raise ValueError("max_frame_size must be a positive integer")
         self.url = url
         self.client_id: str | None = None
         self.user_id: str | None = None
         self.heartbeat = _ASSUMED_HEARTBEAT_MS / 1000
-        self.max_queue = max_queue
+        self.buffer_size = buffer_size
         self.request_timeout = float(request_timeout)
         self._open_timeout = float(open_timeout)
         self._max_frame_size = max_frame_size
@@ -288,7 +288,7 @@ class Connection:
         self._pending: dict[int, _Pending] = {}
         self._next_ref = 0
         self._ws: WebSocket | None = None
-        self._stream = EventBuffer("connection", max_queue)
+        self._stream = EventBuffer("connection", buffer_size)
         self._error: RoomcastError | None = None
         self._task_group: TaskGroup | None = None
         self._run_scope: anyio.CancelScope | None = None
@@ -1019,7 +1019,7 @@ def connect(
     backoff: Backoff | None = None,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     open_timeout: float = DEFAULT_OPEN_TIMEOUT,
-    max_queue: int = DEFAULT_MAX_QUEUE,
+    buffer_size: int = DEFAULT_BUFFER_SIZE,
     max_frame_size: int = MAX_MESSAGE_SIZE,
     headers: Mapping[str, str] | Sequence[tuple[str, str]] = (),
     origin: str | None = None,
@@ -1052,7 +1052,7 @@ def connect(
             reply before it fails with
             [`RequestTimeout`][roomcast.exceptions.RequestTimeout].
         open_timeout: seconds the handshake, and then `connection.ack`, may take.
-        max_queue: how many received items each stream holds for the application.
+        buffer_size: how many received items each stream holds for the application.
         max_frame_size: the largest frame the client sends, in bytes (the
             server's limit; 64 KiB by default).
         headers: extra HTTP headers for the handshake.
@@ -1069,7 +1069,7 @@ def connect(
         backoff=backoff,
         request_timeout=request_timeout,
         open_timeout=open_timeout,
-        max_queue=max_queue,
+        buffer_size=buffer_size,
         max_frame_size=max_frame_size,
         headers=headers,
         origin=origin,
