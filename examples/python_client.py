@@ -14,6 +14,7 @@ start the server meanwhile: the client reconnects on its own and catches up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import anyio
 
@@ -59,10 +60,8 @@ def main() -> None:
     parser.add_argument("--say", help="post this message once joined")
     parser.add_argument("--count", type=int, help="exit after this many messages")
     args = parser.parse_args()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: leave quietly
         anyio.run(follow, args.url, args.room, args.name, args.say, args.count)
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 import roomcast.client
+from adapters.contract.servers import KINDS, ServerKind
 from roomcast import (
     AuthenticationError,
     Hub,
@@ -21,7 +22,6 @@ from roomcast import (
 from roomcast.client import Event, HistoryPage, Member, PresenceChange, Received, Subscription
 from roomcast.wire import StreamPosition
 
-from adapters.contract.servers import KINDS, ServerKind
 from .conftest import TIMEOUT, fast_backoff, hub_kwargs, token
 
 pytestmark = pytest.mark.anyio

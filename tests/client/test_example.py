@@ -11,9 +11,8 @@ import anyio
 import pytest
 
 import roomcast.client
-from roomcast import Action, History, Principal, RoomOptions
-
 from adapters.contract.servers import KINDS
+from roomcast import Action, History, Principal, RoomOptions
 
 from .conftest import TIMEOUT
 

@@ -23,8 +23,8 @@ from anyio.abc import TaskGroup, TaskStatus
 import roomcast.client
 import roomcast.websockets
 from roomcast import Hub, MemoryBackend
-from roomcast.backends.redis import RedisBackend
 from roomcast.backends import Backend
+from roomcast.backends.redis import RedisBackend
 from roomcast.client import Event, PresenceChange, Received, Recovery, Subscription
 
 from .conftest import TIMEOUT, fast_backoff, hub_kwargs, token
@@ -158,7 +158,9 @@ async def test_after_a_restart_a_redis_history_room_gets_every_message_once_in_o
                 await node.stop()
     assert [event.payload["n"] for event in events] == list(range(MESSAGES))
     offsets = [event.offset for event in events]
-    assert offsets == list(range(offsets[0], offsets[0] + MESSAGES))
+    first = offsets[0]
+    assert first is not None
+    assert offsets == list(range(first, first + MESSAGES))
     assert len({event.id for event in events}) == MESSAGES
     assert len(notices) == 1
     assert notices[0].recovered is True

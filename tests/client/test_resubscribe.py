@@ -13,10 +13,9 @@ import anyio
 import pytest
 
 import roomcast.client
+from adapters.contract.servers import KINDS, Served, ServerKind
 from roomcast import CloseCode, Hub
 from roomcast.client import Event, PresenceChange, Received, Recovery, StateChange
-
-from adapters.contract.servers import KINDS, Served, ServerKind
 
 from .conftest import TIMEOUT, fast_backoff, hub_kwargs, token
 

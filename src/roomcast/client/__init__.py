@@ -1,7 +1,7 @@
 """The Python client of roomcast: connect, subscribe, iterate; reconnects on its own.
 
-Needs the `client` extra (`pip install "roomcast[client]"`, the `websockets`
-client) and runs on asyncio and on trio:
+Needs the `client` extra (it brings the `websockets` client) and runs on
+asyncio and on trio:
 
 ```python
 import roomcast.client
