@@ -14,14 +14,16 @@ import pytest
 from websockets.asyncio.server import ServerConnection
 
 import roomcast.client
-from adapters.contract.servers import KINDS
+from adapters.contract.servers import KINDS, ServerKind
 from roomcast import (
     AuthenticationError,
     CloseCode,
     ConnectionClosedError,
     ConnectionClosedOK,
+    HeartbeatPolicy,
 )
 from roomcast.client import Backoff, Recovery, StateChange
+from roomcast.client._connection import LIVENESS_MARGIN
 
 from .conftest import TIMEOUT, Peer, ack, fast_backoff, hub_kwargs, scripted, token
 
@@ -315,3 +317,21 @@ async def test_a_real_hub_closing_an_expired_fixed_token_closes_the_client() -> 
                 await conn.wait_state("closed")
             assert isinstance(conn.error, AuthenticationError)
             assert conn.error.close_code == CloseCode.TOKEN_EXPIRED
+
+
+@pytest.mark.parametrize("kind", [kind.param() for kind in KINDS])
+async def test_an_idle_client_stays_connected_whatever_pings_the_server_sends(
+    kind: ServerKind,
+) -> None:
+    # The websockets and aiohttp adapters ping with protocol pings, which never reach
+    # the client's reads: the client's own pings keep its liveness check fed.
+    policy = HeartbeatPolicy(interval=0.5, timeout=3, jitter=0)
+    async with kind.start(hub_kwargs(heartbeat=policy)) as served:
+        async with roomcast.client.connect(served.url, token=token("u1")) as conn:
+            await conn.wait_state("connected")
+            changes = states_of(conn)
+            assert conn.heartbeat == 0.5
+            client_id = conn.client_id
+            await anyio.sleep(2 * 0.5 + LIVENESS_MARGIN + 1)
+            assert conn.client_id == client_id
+            assert changes == []

@@ -81,6 +81,7 @@ LIVENESS_MARGIN: Final = 5.0
 #: The heartbeat assumed until `connection.ack` names the server's, in milliseconds.
 _ASSUMED_HEARTBEAT_MS: Final = 30_000
 _PONG: Final = '{"action":"pong"}'
+_PING: Final = '{"action":"ping"}'
 
 #: Each close code the server sends, and its reconnect advice.
 _ADVICE: Final[dict[int, Reconnect]] = {int(code): code.reconnect for code in CloseCode}
@@ -571,12 +572,23 @@ class Connection:
             return
 
     async def _read_loop(self, ws: WebSocket) -> None:
-        """Read until the socket closes (raises) or falls silent (returns)."""
+        """Read until the socket closes (raises) or falls silent (returns).
+
+        Servers whose transport has protocol pings (the `websockets` and aiohttp
+        adapters) never send `{"type":"ping"}`, and protocol pings never reach
+        `recv()`: after a heartbeat interval without a frame the client sends
+        its own `ping`, which the server answers with a `pong` frame. Nothing
+        received for two heartbeats plus a margin means the connection is lost.
+        """
+        limit = 2 * self.heartbeat + LIVENESS_MARGIN
         while True:
-            limit = 2 * self.heartbeat + LIVENESS_MARGIN
             data: str | bytes | None = None
-            with anyio.move_on_after(limit):
+            with anyio.move_on_after(self.heartbeat):
                 data = await ws.recv()
+            if data is None:
+                await ws.send(_PING)
+                with anyio.move_on_after(limit - self.heartbeat):
+                    data = await ws.recv()
             if data is None:
                 self._lost = f"no frame from the server in {limit:g} s"
                 logger.warning("roomcast client: %s; reconnecting", self._lost)
