@@ -6,12 +6,15 @@ when the test wants it; the last tests use a real hub.
 
 from __future__ import annotations
 
+import http
 import json
 import random
 
 import anyio
 import pytest
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 import roomcast.client
 from adapters.contract.servers import KINDS, ServerKind
@@ -335,3 +338,43 @@ async def test_an_idle_client_stays_connected_whatever_pings_the_server_sends(
             await anyio.sleep(2 * 0.5 + LIVENESS_MARGIN + 1)
             assert conn.client_id == client_id
             assert changes == []
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"), [(503, "retried"), (429, "retried"), (401, "closed"), (403, "closed")]
+)
+async def test_a_refused_handshake_follows_the_status(status: int, outcome: str) -> None:
+    # The first handshake is refused with ``status``; the next one would be accepted.
+    handshakes = 0
+
+    def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        nonlocal handshakes
+        handshakes += 1
+        if handshakes == 1:
+            return connection.respond(http.HTTPStatus(status), "refused\n")
+        return None
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ack(ws)
+        await ws.wait_closed()
+
+    async with serve(
+        handler,
+        "127.0.0.1",
+        0,
+        subprotocols=[Subprotocol("roomcast.v1")],
+        process_request=process_request,
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        conn = roomcast.client.connect(
+            f"ws://127.0.0.1:{port}/ws", token="fixed", backoff=fast_backoff()
+        )
+        async with conn:
+            with anyio.fail_after(TIMEOUT):
+                state = await conn.wait_state("connected", "closed")
+    assert state == ("connected" if outcome == "retried" else "closed")
+    if status == 401:
+        assert isinstance(conn.error, AuthenticationError)  # a fixed token: no new one
+    if status == 403:
+        assert isinstance(conn.error, ConnectionClosedError)
