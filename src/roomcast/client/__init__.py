@@ -23,7 +23,6 @@ from ._connection import DEFAULT_OPEN_TIMEOUT as DEFAULT_OPEN_TIMEOUT
 from ._connection import DEFAULT_REQUEST_TIMEOUT as DEFAULT_REQUEST_TIMEOUT
 from ._connection import Connection as Connection
 from ._connection import StateListener as StateListener
-from ._connection import Subscription as Subscription
 from ._connection import TokenProvider as TokenProvider
 from ._connection import connect as connect
 from ._events import Event as Event
@@ -35,6 +34,7 @@ from ._events import Received as Received
 from ._events import Recovery as Recovery
 from ._events import State as State
 from ._events import StateChange as StateChange
+from ._subscription import Subscription as Subscription
 
 __all__ = [
     "DEFAULT_MAX_DELAY",

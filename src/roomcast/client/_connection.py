@@ -19,13 +19,11 @@ from ..exceptions import (
     AuthenticationError,
     ConnectionClosed,
     LocalProtocolError,
-    PermissionDenied,
-    RateLimited,
     RequestTimeout,
     RoomcastError,
     ServerError,
 )
-from ..protocol import CLOSE_ABNORMAL, MAX_TOKEN_LENGTH, CloseCode, Reconnect
+from ..protocol import CLOSE_ABNORMAL, CloseCode, Reconnect
 from ..wire import (
     MAX_MESSAGE_SIZE,
     MAX_ROOMS_PER_REQUEST,
@@ -50,8 +48,10 @@ from ._events import (
     parse_presence_change,
     parse_reset,
 )
+from ._rules import check_count, check_token, reconnect_advice, server_error
 from ._socket import WebSocket, open_websocket
 from ._stream import EventBuffer
+from ._subscription import Subscription
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
@@ -74,8 +74,6 @@ DEFAULT_OPEN_TIMEOUT: Final = 10.0
 DEFAULT_BUFFER_SIZE: Final = 1000
 #: The largest server frame the client reads, in bytes (a long history reply).
 DEFAULT_MAX_SERVER_FRAME: Final = 32 * 2**20
-#: The largest `history` a subscribe may ask for, and a history request's `limit`.
-MAX_HISTORY: Final = 10_000
 #: Seconds of silence beyond two heartbeats after which the connection is lost.
 LIVENESS_MARGIN: Final = 5.0
 #: The heartbeat assumed until `connection.ack` names the server's, in milliseconds.
@@ -83,52 +81,10 @@ _ASSUMED_HEARTBEAT_MS: Final = 30_000
 _PONG: Final = '{"action":"pong"}'
 _PING: Final = '{"action":"ping"}'
 
-#: Each close code the server sends, and its reconnect advice.
-_ADVICE: Final[dict[int, Reconnect]] = {int(code): code.reconnect for code in CloseCode}
-
 #: An async callable that returns a token: called for every (re)connect and refresh.
 TokenProvider = Callable[[], Awaitable[str]]
 #: A state listener: called with each change, in the connection's task; must not block.
 StateListener = Callable[[StateChange], None]
-
-
-def server_error(error: Any) -> RoomcastError:
-    """The exception a failed reply's `error` object stands for."""
-    if not isinstance(error, dict):
-        return ServerError("malformed error", code="internal")
-    code = error.get("code")
-    if not isinstance(code, str):
-        code = "internal"
-    message = error.get("message")
-    if not isinstance(message, str):
-        message = code
-    retry_ms = error.get("retryAfterMs")
-    retry_after = retry_ms / 1000 if type(retry_ms) is int and retry_ms >= 0 else None
-    if code == "forbidden":
-        return PermissionDenied(message)
-    if code == "rate_limited":
-        return RateLimited(message, retry_after=retry_after or 0.0)
-    if code == "unauthorized":
-        return AuthenticationError(message)
-    return ServerError(message, code=code, retry_after=retry_after)
-
-
-def reconnect_advice(code: int) -> Reconnect:
-    """What to do after close code `code`: `CloseCode`'s advice; unknown codes retry."""
-    # 1005, 1006 and codes this client does not know: try again.
-    return _ADVICE.get(code, "after_delay")
-
-
-def _check_token(token: object, what: str) -> str:
-    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
-        raise ValueError(f"{what} must be a non-empty string of at most {MAX_TOKEN_LENGTH} chars")
-    return token
-
-
-def _check_count(name: str, value: object) -> int:
-    if type(value) is not int or not 1 <= value <= MAX_HISTORY:
-        raise ValueError(f"{name} must be an integer from 1 to {MAX_HISTORY}, got {value!r}")
-    return value
 
 
 class _Pending:
@@ -153,63 +109,6 @@ class _Ending:
     token: str | None = None
     advice: Reconnect | None = None  # set when the attempt itself decided
     error: RoomcastError | None = None
-
-
-class Subscription:
-    """A room this client is in, and the stream of what arrives for it.
-
-    Iterate it for the room's [`Event`][roomcast.client.Event]s, its
-    [`Recovery`][roomcast.client.Recovery] notices after reconnects, its
-    [`PresenceChange`][roomcast.client.PresenceChange]s and
-    [`Gap`][roomcast.client.Gap]s. Iteration ends after
-    [`unsubscribe`][roomcast.client.Subscription.unsubscribe] or when the
-    application closes the connection; it raises the error when the server
-    refused the room on a resubscribe, or when the connection closed for good
-    for another reason.
-
-    Attributes:
-        room: the room.
-        history: the `history` it was subscribed with, or `None`.
-        position: the latest position seen in the room (rooms with history),
-            sent as `since` when the client resubscribes.
-    """
-
-    def __init__(self, connection: Connection, room: str, history: int | None) -> None:
-        self.room = room
-        self.history = history
-        self.position: StreamPosition | None = None
-        self._connection = connection
-        self._buffer = EventBuffer(f"subscription {room}", connection.buffer_size)
-        self._active = False
-
-    def __repr__(self) -> str:
-        return f"<Subscription {self.room} position={self.position}>"
-
-    @property
-    def active(self) -> bool:
-        """Whether the room is subscribed (granted, and not left)."""
-        return self._active and not self._buffer.ended
-
-    def __aiter__(self) -> Subscription:
-        self._buffer.listening = True
-        return self
-
-    async def __anext__(self) -> Received:
-        return await self._buffer.get()
-
-    async def unsubscribe(self) -> None:
-        """Leave the room; iteration ends once what was received is read.
-
-        Events of the room that arrive after this call are discarded.
-        """
-        await self._connection._unsubscribe(self)
-
-    def _advance(self, offset: object, epoch: object) -> None:
-        if type(offset) is not int or not isinstance(epoch, str):
-            return
-        position = self.position
-        if position is None or position.epoch != epoch or offset > position.offset:
-            self.position = StreamPosition(offset, epoch)
 
 
 class Connection:
@@ -255,7 +154,7 @@ class Connection:
         if token is not None and token_provider is not None:
             raise ValueError("pass token or token_provider, not both")
         if token is not None:
-            _check_token(token, "token")
+            check_token(token, "token")
         if token_provider is not None and not callable(token_provider):
             raise TypeError("token_provider must be an async callable returning a token")
         for name, value in (("request_timeout", request_timeout), ("open_timeout", open_timeout)):
@@ -485,7 +384,7 @@ class Connection:
             return None
         try:
             token = await self._provider()
-            _check_token(token, "the token provider's token")
+            check_token(token, "the token provider's token")
         except Exception as exc:
             logger.warning("the token provider failed: %s", type(exc).__name__)
             return None
@@ -499,7 +398,7 @@ class Connection:
         if token is None and self._provider is not None:
             try:
                 token = await self._provider()
-                _check_token(token, "the token provider's token")
+                check_token(token, "the token provider's token")
             except Exception as exc:
                 ending.error = AuthenticationError(f"the token provider failed: {exc!r}")
                 ending.reason = "no token"
@@ -690,7 +589,7 @@ class Connection:
         assert self._provider is not None
         try:
             token = await self._provider()
-            _check_token(token, "the token provider's token")
+            check_token(token, "the token provider's token")
             await self._request("refresh", {"token": token})
         except RoomcastError as exc:
             logger.warning("roomcast client: refreshing the token failed: %s", exc)
@@ -852,7 +751,7 @@ class Connection:
         """
         validate_room(room)
         if history is not None:
-            _check_count("history", history)
+            check_count("history", history)
         if room in self._subs:
             raise ValueError(f"{room} is subscribed already")
         sub = Subscription(self, room, history)
@@ -986,7 +885,7 @@ class Connection:
         validate_room(room)
         fields: dict[str, Any] = {"room": room}
         if limit is not None:
-            fields["limit"] = _check_count("limit", limit)
+            fields["limit"] = check_count("limit", limit)
         if since is not None:
             if not isinstance(since, StreamPosition):
                 raise TypeError("since must be a StreamPosition")
