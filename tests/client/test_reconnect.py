@@ -378,3 +378,58 @@ async def test_a_refused_handshake_follows_the_status(status: int, outcome: str)
         assert isinstance(conn.error, AuthenticationError)  # a fixed token: no new one
     if status == 403:
         assert isinstance(conn.error, ConnectionClosedError)
+
+
+async def test_a_refused_refresh_then_4002_reconnects_with_the_next_token() -> None:
+    async def script(peer: Peer, ws: ServerConnection, n: int) -> None:
+        await peer.next_frame(ws)
+        await ack(ws)
+        if n == 0:
+            await ws.send('{"type":"token.expiring","payload":{"expiresInMs":100}}')
+            frame = await peer.next_frame(ws)
+            error = {"code": "unauthorized", "message": "invalid token"}
+            await ws.send(
+                json.dumps({"type": "reply", "ref": frame["ref"], "ok": False, "error": error})
+            )
+            await ws.close(CloseCode.TOKEN_EXPIRED, "token expired")
+        else:
+            await ws.wait_closed()
+
+    tokens = iter(["first", "refused", "third"])
+
+    async def provider() -> str:
+        return next(tokens)
+
+    async with scripted(script) as peer:
+        conn = roomcast.client.connect(peer.url, token_provider=provider, backoff=fast_backoff())
+        async with conn:
+            with anyio.fail_after(TIMEOUT):
+                while len(peer.received) < 2 or conn.state != "connected":
+                    await anyio.sleep(0.01)
+    assert peer.received[0][1] == {"action": "refresh", "ref": 1, "token": "refused"}
+    assert peer.received[1][0] == {"action": "auth", "token": "third"}
+
+
+async def test_a_token_refused_after_its_refresh_is_not_sent_again() -> None:
+    # "second" replaced "first" in band; the server then closes with 4002: a provider
+    # that still returns "second" has no new token to offer.
+    async def script(peer: Peer, ws: ServerConnection, n: int) -> None:
+        await peer.next_frame(ws)
+        await ack(ws)
+        await ws.send('{"type":"token.expiring","payload":{"expiresInMs":100}}')
+        frame = await peer.next_frame(ws)
+        await ws.send(json.dumps({"type": "reply", "ref": frame["ref"], "ok": True, "payload": {}}))
+        await ws.close(CloseCode.TOKEN_EXPIRED, "token expired")
+
+    tokens = iter(["first", "second", "second"])
+
+    async def provider() -> str:
+        return next(tokens)
+
+    async with scripted(script) as peer:
+        conn = roomcast.client.connect(peer.url, token_provider=provider, backoff=fast_backoff())
+        async with conn:
+            with anyio.fail_after(TIMEOUT):
+                await conn.wait_state("closed")
+    assert len(peer.received) == 1
+    assert isinstance(conn.error, AuthenticationError)

@@ -106,7 +106,6 @@ class _Ending:
     code: int = CLOSE_ABNORMAL
     reason: str = ""
     acked: bool = False
-    token: str | None = None
     advice: Reconnect | None = None  # set when the attempt itself decided
     error: RoomcastError | None = None
 
@@ -196,6 +195,8 @@ class Connection:
         self._closing = False
         self._refreshing = False
         self._lost: str | None = None
+        #: The token the server holds for this connection: sent in `auth` or `refresh`.
+        self._in_force: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -363,7 +364,7 @@ class Connection:
                 self._finish(error, ending.code, ending.reason)
                 return
             if advice == "with_new_token":
-                fresh = await self._new_token(ending.token)
+                fresh = await self._new_token(self._in_force)
                 if fresh is None:
                     refusal = AuthenticationError(
                         f"the server refused the credentials ({ending.code}"
@@ -403,7 +404,7 @@ class Connection:
                 ending.error = AuthenticationError(f"the token provider failed: {exc!r}")
                 ending.reason = "no token"
                 return ending
-        ending.token = token
+        self._in_force = token
         try:
             async with open_websocket(
                 self.url,
@@ -596,7 +597,7 @@ class Connection:
         except Exception as exc:
             logger.warning("roomcast client: the token provider failed: %s", type(exc).__name__)
         else:
-            self._token = None  # the next connect asks the provider again
+            self._in_force = token  # what a later refusal refers to
         finally:
             self._refreshing = False
 
