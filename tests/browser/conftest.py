@@ -167,7 +167,8 @@ class Server:
         self._thread.start()
         assert started.wait(SERVER_TIMEOUT), "the server did not start"
         assert not failure, failure
-        assert self._server is not None and self._server.started, "the server did not listen"
+        assert self._server is not None
+        assert self._server.started, "the server did not listen"
 
     def call(self, factory: Callable[[Hub], Coroutine[Any, Any, T]]) -> T:
         """Run ``factory(hub)`` on the server's loop; return its result."""
