@@ -148,6 +148,8 @@ EXPECTED_ALL: dict[str, set[str]] = {
     },
     "roomcast.wire": {
         "Auth",
+        "HistoryRequest",
+        "MAX_HISTORY_LIMIT",
         "decode",
         "DEFAULT_LIMITS",
         "dumps",
@@ -156,6 +158,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "encode_event",
         "encode_frame",
         "encode_gap",
+        "encode_history_reply",
         "encode_reply",
         "encode_room_reset",
         "MAX_DEPTH",
