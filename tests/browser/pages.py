@@ -44,7 +44,7 @@ SETUP = """async ({ user, tokens, options }) => {
   rc.on("error", (error) => seen.errors.push({ code: error.code, message: error.message,
                                                room: error.room, name: error.name }));
   window.follow = (room, subscribeOptions) => {
-    const sub = rc.subscribe(room, subscribeOptions);
+    const sub = window.rc.subscribe(room, subscribeOptions);
     const log = seen.rooms[room] = { events: [], recovered: [], ready: null, refused: null };
     sub.on("*", (event) => log.events.push(event));
     sub.onRecovery((notice) => log.recovered.push(notice));
