@@ -198,6 +198,7 @@ export class Roomcast {
     this._refreshing = false;
     this._ack = null;
     this._acked = false;       // whether this socket's connection.ack came
+    this._onOnline = null;     // the window's "online" listener, while not closed
   }
 
   /** "connecting", "connected", "disconnected" or "closed". */
@@ -217,6 +218,11 @@ export class Roomcast {
   /** Start connecting (from "disconnected" or "closed"); does nothing otherwise. */
   connect() {
     if (this._state === "connecting" || this._state === "connected") return;
+    if (!this._onOnline && typeof globalThis.addEventListener === "function") {
+      // Back online: try now rather than at the end of a long backoff delay.
+      this._onOnline = () => { if (this._state === "disconnected") this.connect(); };
+      globalThis.addEventListener("online", this._onOnline);
+    }
     if (this._reconnectTimer !== null) {
       clearTimeout(this._reconnectTimer);
       this._reconnectTimer = null;
@@ -333,6 +339,11 @@ export class Roomcast {
         token = await this._callProvider();
       } catch (error) {
         if (generation !== this._generation) return;
+        if (error.code === "unauthorized") {
+          // The provider says there is no token to be had (the user signed out).
+          this._terminate(1006, "no token", error);
+          return;
+        }
         this._emitError(error);
         this._lost(generation, 1006, "the token provider failed");
         return;
@@ -372,6 +383,7 @@ export class Roomcast {
     try {
       token = await this._token();
     } catch (error) {
+      if (error instanceof RoomcastError && error.code === "unauthorized") throw error;
       throw new RoomcastError("token_provider", `the token provider failed: ${error && error.message || error}`);
     }
     if (typeof token !== "string" || token.length === 0) {
@@ -482,6 +494,10 @@ export class Roomcast {
   /** Go to "closed": nothing reconnects, every request fails. */
   _terminate(code, reason, error, byClient = false) {
     this._generation++;
+    if (this._onOnline) {
+      globalThis.removeEventListener("online", this._onOnline);
+      this._onOnline = null;
+    }
     if (this._reconnectTimer !== null) {
       clearTimeout(this._reconnectTimer);
       this._reconnectTimer = null;
@@ -506,7 +522,11 @@ export class Roomcast {
   _sendFrame(frame) {
     const socket = this._socket;
     if (!socket || socket.readyState !== 1) return false;
-    socket.send(JSON.stringify(frame));
+    try {
+      socket.send(JSON.stringify(frame));
+    } catch {
+      return false; // closing meanwhile: its close event follows
+    }
     return true;
   }
 
