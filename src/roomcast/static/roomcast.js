@@ -199,6 +199,8 @@ export class Roomcast {
     this._ack = null;
     this._acked = false;       // whether this socket's connection.ack came
     this._onOnline = null;     // the window's "online" listener, while not closed
+    this._lastFrameAt = 0;     // when the socket last received a frame (Date.now())
+    this._silenceLimit = 0;    // how long it may stay silent before it counts as lost
   }
 
   /** "connecting", "connected", "disconnected" or "closed". */
@@ -392,16 +394,28 @@ export class Roomcast {
     return token;
   }
 
-  /** (Re)start the timer after which a silent connection counts as lost. */
+  /**
+   * Count a silent connection as lost after `ms` without a frame. One timer per
+   * connection, not one per frame: a frame only notes its time, and the timer, when
+   * it fires early, waits for the rest.
+   */
   _arm(generation, ms) {
+    this._silenceLimit = ms;
+    this._lastFrameAt = Date.now();
     if (this._livenessTimer !== null) clearTimeout(this._livenessTimer);
-    this._livenessTimer = setTimeout(() => {
+    const check = () => {
       this._livenessTimer = null;
       if (generation !== this._generation) return;
+      const left = this._lastFrameAt + this._silenceLimit - Date.now();
+      if (left > 0) {
+        this._livenessTimer = setTimeout(check, left);
+        return;
+      }
       const socket = this._socket;
-      this._lost(generation, 1006, `nothing received for ${Math.round(ms)} ms`);
+      this._lost(generation, 1006, `nothing received for ${Math.round(this._silenceLimit)} ms`);
       try { socket && socket.close(); } catch { /* already closing */ }
-    }, ms);
+    };
+    this._livenessTimer = setTimeout(check, ms);
   }
 
   _livenessMs() {
@@ -541,7 +555,7 @@ export class Roomcast {
   }
 
   _receive(generation, data) {
-    this._arm(generation, this._acked ? this._livenessMs() : this._options.connectTimeout);
+    this._lastFrameAt = Date.now();
     if (typeof data !== "string") {
       this._emitError(this._malformed("frame", "a binary frame"));
       return;
