@@ -204,7 +204,9 @@ class Server:
         assert not self._failure, self._failure
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API runs an event loop on the main
+# thread while it is open, and the other test folders start their own there.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         reason = f"no Chromium at {CHROMIUM}: install Debian's chromium package"
