@@ -274,14 +274,21 @@ EXPECTED_ALL: dict[str, set[str]] = {
     "roomcast.backends.redis": {"RedisBackend"},
     "roomcast.websockets": {
         "Handler",
+        "client_script",
         "handler",
         "RedactingLogger",
         "select_subprotocol",
         "serve",
         "WebSocketsTransport",
     },
-    "roomcast.starlette": {"endpoint", "lifespan", "StarletteTransport"},
-    "roomcast.aiohttp": {"AiohttpTransport", "RedactRequestErrors", "cleanup_ctx", "handler"},
+    "roomcast.starlette": {"client_script", "endpoint", "lifespan", "StarletteTransport"},
+    "roomcast.aiohttp": {
+        "AiohttpTransport",
+        "RedactRequestErrors",
+        "cleanup_ctx",
+        "client_script",
+        "handler",
+    },
 }
 
 #: Where each name ``roomcast`` re-exports is defined.
@@ -321,6 +328,7 @@ INTERNAL = {
     "roomcast._adapters",
     "roomcast._aiohttp_wire",
     "roomcast._asyncio",
+    "roomcast._client_script",
     "roomcast._frames",
     "roomcast._jwks",
     "roomcast._names",
