@@ -10,6 +10,10 @@ it in ``on_shutdown`` (before aiohttp waits for open handlers) and stops it on c
     app.router.add_get("/ws", roomcast.aiohttp.handler(hub))
     app.cleanup_ctx.append(roomcast.aiohttp.cleanup_ctx(hub))
 
+The browser client, ``roomcast.js``, is served by the route definition
+[`client_script()`][roomcast.aiohttp.client_script] returns, at the path the
+application chooses: ``app.add_routes([roomcast.aiohttp.client_script("/roomcast.js")])``.
+
 aiohttp runs on asyncio only, so this adapter and its private half,
 ``roomcast._aiohttp_wire`` (raw frame writes, the close-frame watch, socket
 reset), use asyncio directly. Needs aiohttp 3.11 or later (``BaseProtocol.writing_paused``
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
+from roomcast import _client_script
 from roomcast._adapters import Internal
 from roomcast.exceptions import ConnectionClosed
 from roomcast.protocol import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CloseCode
@@ -46,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 if TYPE_CHECKING:
     from roomcast.hub import Hub
 
-__all__ = ["AiohttpTransport", "RedactRequestErrors", "cleanup_ctx", "handler"]
+__all__ = ["AiohttpTransport", "RedactRequestErrors", "cleanup_ctx", "client_script", "handler"]
 
 logger = logging.getLogger("roomcast.aiohttp")
 
@@ -384,6 +389,28 @@ def cleanup_ctx(hub: Hub) -> Callable[[web.Application], AsyncIterator[None]]:
             await task  # raises what stopped the hub, if anything did
 
     return run_hub
+
+
+def client_script(path: str = _client_script.DEFAULT_PATH) -> web.RouteDef:
+    """Return a route definition that serves the browser client, ``roomcast.js``, at ``path``.
+
+    Add it with ``app.add_routes([...])``; pages then
+    ``import { Roomcast } from "/roomcast.js"``. GET and HEAD are answered. The
+    script is read from the package once, here; responses carry an ``ETag`` and
+    ``Cache-Control: no-cache``, and a request whose ``If-None-Match`` names the
+    ETag gets ``304``.
+
+    Raises:
+        ValueError: ``path`` is not an absolute URL path.
+        FileNotFoundError: the package was installed without its static files.
+    """
+    script = _client_script.load()
+
+    async def roomcast_js(request: web.Request) -> web.Response:
+        status, headers, body = script.answer(request.headers.get("If-None-Match"))
+        return web.Response(status=status, headers=headers, body=body if status == 200 else None)
+
+    return web.get(_client_script.validate_path(path), roomcast_js)
 
 
 class RedactRequestErrors(logging.Filter):

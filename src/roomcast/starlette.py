@@ -13,6 +13,11 @@ and leaves it at shutdown:
     app = FastAPI(lifespan=roomcast.starlette.lifespan(hub))
     app.add_api_websocket_route("/ws", roomcast.starlette.endpoint(hub))
 
+The browser client, ``roomcast.js``, is served by the route
+[`client_script()`][roomcast.starlette.client_script] returns, at the path the
+application chooses (``routes=[roomcast.starlette.client_script("/roomcast.js"), ...]``;
+FastAPI: ``app.router.routes.append(...)``).
+
 ASGI gives an application no say over the server's WebSocket settings, so configure the server too:
 a frame limit no larger than ``hub.max_message_size`` (uvicorn: ``--ws-max-size 65536``; hypercorn:
 ``websocket_max_message_size``) and permessage-deflate off (uvicorn: ``--ws-per-message-deflate
@@ -39,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import anyio.lowlevel
 
+from roomcast import _client_script
 from roomcast._adapters import Internal
 from roomcast._asyncio import on_asyncio, resume
 from roomcast.exceptions import ConnectionClosed
@@ -47,7 +53,9 @@ from roomcast.transport import DEFAULT_CLOSE_TIMEOUT, Handshake, close_frame
 from roomcast.wire import MAX_MESSAGE_SIZE
 
 try:
-    from starlette.responses import PlainTextResponse
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
     from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -60,7 +68,7 @@ if TYPE_CHECKING:
 
     from roomcast.hub import Hub
 
-__all__ = ["StarletteTransport", "endpoint", "lifespan"]
+__all__ = ["StarletteTransport", "client_script", "endpoint", "lifespan"]
 
 logger = logging.getLogger("roomcast.starlette")
 
@@ -348,6 +356,27 @@ def lifespan(hub: Hub) -> Callable[[object], AbstractAsyncContextManager[None]]:
             accept WebSocket connections.
     """
     return _Lifespan(hub)
+
+
+def client_script(path: str = _client_script.DEFAULT_PATH) -> Route:
+    """Return a route that serves the browser client, ``roomcast.js``, at ``path``.
+
+    Put it in the application's routes; pages then
+    ``import { Roomcast } from "/roomcast.js"``. The script is read from the
+    package once, here; responses carry an ``ETag`` and ``Cache-Control: no-cache``,
+    and a request whose ``If-None-Match`` names the ETag gets ``304``.
+
+    Raises:
+        ValueError: ``path`` is not an absolute URL path.
+        FileNotFoundError: the package was installed without its static files.
+    """
+    script = _client_script.load()
+
+    async def roomcast_js(request: Request) -> Response:
+        status, headers, body = script.answer(request.headers.get("if-none-match"))
+        return Response(body, status_code=status, headers=headers)
+
+    return Route(_client_script.validate_path(path), roomcast_js, methods=["GET"])
 
 
 def _handshake(websocket: WebSocket) -> Handshake:

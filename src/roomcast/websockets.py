@@ -42,6 +42,10 @@ connection is accepted:
 Without it the handshake is accepted and a refused connection is closed with
 the matching close code instead.
 
+The browser client, ``roomcast.js``, is served on the same port by the
+``process_request`` hook [`client_script()`][roomcast.websockets.client_script]
+returns: ``serve(hub, host, port, process_request=roomcast.websockets.client_script())``.
+
 The fast path writes frames the way ``websockets.broadcast()`` does, through
 attributes of the connection that are not part of the library's documented
 API; `_INTERNALS` lists them with the versions they were checked against.
@@ -55,6 +59,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal
 from weakref import WeakKeyDictionary
 
+from roomcast import _client_script
 from roomcast._adapters import Internal
 from roomcast._asyncio import when_resolved
 from roomcast.auth import SUBPROTOCOL_BEARER_PREFIX
@@ -88,6 +93,7 @@ __all__ = [
     "Handler",
     "RedactingLogger",
     "WebSocketsTransport",
+    "client_script",
     "handler",
     "select_subprotocol",
     "serve",
@@ -363,6 +369,45 @@ async def serve(
         hub_handler, host, port, process_request=hub_handler.process_request, **kwargs
     )
     return server
+
+
+def client_script(
+    path: str = _client_script.DEFAULT_PATH, process_request: _ProcessRequest | None = None
+) -> _ProcessRequest:
+    """Return a ``process_request`` hook serving the browser client, ``roomcast.js``, at ``path``.
+
+    Pass it as [`serve()`][roomcast.websockets.serve]'s ``process_request`` (or
+    [`handler()`][roomcast.websockets.handler]'s); pages then
+    ``import { Roomcast } from "/roomcast.js"``. A request for another path goes
+    to ``process_request``, your own hook, when given, and otherwise on to the
+    hub. The script is read from the package once, here; responses carry an
+    ``ETag`` and ``Cache-Control: no-cache``, and a request whose
+    ``If-None-Match`` names the ETag gets ``304``.
+
+    Raises:
+        ValueError: ``path`` is not an absolute URL path.
+        FileNotFoundError: the package was installed without its static files.
+    """
+    script = _client_script.load()
+    path = _client_script.validate_path(path)
+
+    def serve_roomcast_js(
+        connection: ServerConnection, request: Request
+    ) -> Awaitable[Response | None] | Response | None:
+        if request.path.partition("?")[0] != path:
+            return None if process_request is None else process_request(connection, request)
+        status, headers, body = script.answer(request.headers.get("If-None-Match"))
+        response = connection.respond(status, "")
+        del response.headers["Content-Type"]
+        del response.headers["Content-Length"]
+        for name, value in headers.items():
+            response.headers[name] = value
+        if status == 200:
+            response.headers["Content-Length"] = str(len(body))
+            response.body = body
+        return response
+
+    return serve_roomcast_js
 
 
 #: Request headers that carry credentials; ``Sec-WebSocket-Protocol`` only in its
