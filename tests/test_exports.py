@@ -66,9 +66,11 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "RateLimited",
         "RateLimiter",
         "RemoteProtocolError",
+        "RequestTimeout",
         "Room",
         "RoomcastError",
         "RoomOptions",
+        "ServerError",
         "SlowConsumerPolicy",
         "StreamPosition",
         "SystemClock",
@@ -238,7 +240,9 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "ProtocolError",
         "RateLimited",
         "RemoteProtocolError",
+        "RequestTimeout",
         "RoomcastError",
+        "ServerError",
     },
     "roomcast.limits": {
         "ConnectionLimits",
@@ -288,6 +292,28 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "cleanup_ctx",
         "client_script",
         "handler",
+    },
+    "roomcast.client": {
+        "Backoff",
+        "Connection",
+        "connect",
+        "DEFAULT_BUFFER_SIZE",
+        "DEFAULT_MAX_DELAY",
+        "DEFAULT_MIN_DELAY",
+        "DEFAULT_OPEN_TIMEOUT",
+        "DEFAULT_REQUEST_TIMEOUT",
+        "Event",
+        "Gap",
+        "HistoryPage",
+        "Member",
+        "PresenceChange",
+        "Received",
+        "Recovery",
+        "State",
+        "StateChange",
+        "StateListener",
+        "Subscription",
+        "TokenProvider",
     },
 }
 
@@ -340,6 +366,13 @@ INTERNAL = {
     "roomcast.backends._redis_presence",
     "roomcast.backends._redis_scripts",
     "roomcast.backends._redis_supervise",
+    "roomcast.client._backoff",
+    "roomcast.client._connection",
+    "roomcast.client._events",
+    "roomcast.client._rules",
+    "roomcast.client._socket",
+    "roomcast.client._stream",
+    "roomcast.client._subscription",
     "roomcast.connection",
     "roomcast.expiry",
     "roomcast.membership",
@@ -465,11 +498,14 @@ def test_values_without_a_comment_are_found() -> None:
     assert "_RESERVED_PREFIXES" not in documented["roomcast._names"]
 
 
-def test_roomcast_client_is_free_for_a_client_library() -> None:
-    # The server-side state of a connection lives in roomcast.peer; the name
-    # roomcast.client is kept for a Python client library.
-    with pytest.raises(ModuleNotFoundError):
-        importlib.import_module("roomcast.client")
+def test_roomcast_client_is_the_python_client() -> None:
+    # The server-side state of a connection lives in roomcast.peer; roomcast.client
+    # is the Python client library, which roomcast itself does not import.
+    client = importlib.import_module("roomcast.client")
+    assert callable(client.connect)
+    assert client.Connection.__module__ == "roomcast.client._connection"
+    assert "client" not in roomcast.__all__
+    assert not hasattr(roomcast, "connect")
 
 
 def test_every_module_is_public_or_internal() -> None:

@@ -3,7 +3,7 @@
 Adapters live in submodules imported on demand: ``roomcast.websockets``
 (extra ``websockets``), ``roomcast.starlette`` for Starlette and FastAPI (extra
 ``starlette``) and ``roomcast.aiohttp`` (extra ``aiohttp``); the test kit is
-``roomcast.testing``.
+``roomcast.testing``; the Python client is ``roomcast.client`` (extra ``client``).
 """
 
 from .admission import Admission as Admission
@@ -32,7 +32,9 @@ from .exceptions import PermissionDenied as PermissionDenied
 from .exceptions import ProtocolError as ProtocolError
 from .exceptions import RateLimited as RateLimited
 from .exceptions import RemoteProtocolError as RemoteProtocolError
+from .exceptions import RequestTimeout as RequestTimeout
 from .exceptions import RoomcastError as RoomcastError
+from .exceptions import ServerError as ServerError
 from .heartbeat import Heartbeat as Heartbeat
 from .heartbeat import HeartbeatPolicy as HeartbeatPolicy
 from .hub import Hub as Hub
@@ -98,9 +100,11 @@ __all__ = [
     "RateLimited",
     "RateLimiter",
     "RemoteProtocolError",
+    "RequestTimeout",
     "Room",
     "RoomOptions",
     "RoomcastError",
+    "ServerError",
     "SlowConsumerPolicy",
     "StreamPosition",
     "SystemClock",

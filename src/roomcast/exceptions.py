@@ -12,13 +12,17 @@ Every error roomcast raises through its public API derives from one root:
     ├── AuthenticationError           credentials missing, invalid or expired
     ├── PermissionDenied              the authorizer refused an action on a room (*)
     ├── RateLimited                   over a rate limit (``retry_after`` seconds) (*)
+    ├── ServerError                   the server failed a client's request (``code``)
+    ├── RequestTimeout                a client's request got no answer in time
+    │                                 (also a ``TimeoutError``)
     ├── BackendError                  the broker behind a backend failed
     └── HubNotRunning                 the hub was asked to send while not running
                                       (also a ``RuntimeError``)
 
-(*) roomcast itself does not raise these: it answers a refused or rate-limited
-request in-band (a `forbidden` or `rate_limited` reply). They are part of the tree
-so that applications (an authorizer, say) can use them.
+(*) The hub does not raise these: it answers a refused or rate-limited request
+in-band (a `forbidden` or `rate_limited` reply), and the Python client
+([`roomcast.client`][roomcast.client]) raises them from the request that got
+that reply. Applications (an authorizer, say) may use them too.
 
 Bad arguments to roomcast's own functions raise `ValueError` or
 `TypeError`, never one of these.
@@ -42,7 +46,9 @@ __all__ = [
     "ProtocolError",
     "RateLimited",
     "RemoteProtocolError",
+    "RequestTimeout",
     "RoomcastError",
+    "ServerError",
 ]
 
 #: Close codes that mean the connection ended normally (1005: closed without a code,
@@ -140,18 +146,21 @@ class AuthenticationError(RoomcastError):
 class PermissionDenied(RoomcastError):
     """The authorizer refused an action on a room.
 
-    roomcast itself does not raise it: the hub answers a refused ``subscribe``,
-    ``publish`` or ``presence`` request with a ``forbidden`` reply on the
-    connection. Applications may raise it from their own code around the hub.
+    The hub does not raise it: it answers a refused ``subscribe``, ``publish``,
+    ``presence`` or ``history`` request with a ``forbidden`` reply on the
+    connection, and the Python client ([`roomcast.client`][roomcast.client])
+    raises it from the request that got that reply. Applications may raise it
+    from their own code around the hub.
     """
 
 
 class RateLimited(RoomcastError):
     """A rate limit was exceeded.
 
-    roomcast itself does not raise it: the hub answers a request over a rate
-    limit with a ``rate_limited`` reply carrying ``retryAfterMs``.
-    Applications may raise it from their own code around the hub.
+    The hub does not raise it: it answers a request over a rate limit with a
+    ``rate_limited`` reply carrying ``retryAfterMs``, and the Python client
+    ([`roomcast.client`][roomcast.client]) raises it from the request that got
+    that reply. Applications may raise it from their own code around the hub.
 
     Attributes:
         retry_after: seconds until the request would be allowed.
@@ -160,6 +169,39 @@ class RateLimited(RoomcastError):
     def __init__(self, message: str = "rate limited", *, retry_after: float = 0.0):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ServerError(RoomcastError):
+    """The server answered a client's request with an error.
+
+    Raised by the Python client ([`roomcast.client`][roomcast.client]) for a
+    failed reply whose code has no class of its own (`forbidden` is
+    [`PermissionDenied`][roomcast.exceptions.PermissionDenied], `rate_limited`
+    [`RateLimited`][roomcast.exceptions.RateLimited], `unauthorized`
+    [`AuthenticationError`][roomcast.exceptions.AuthenticationError]).
+
+    Attributes:
+        code: the in-band error code: `bad_request`, `not_found`,
+            `limit_exceeded`, `internal`, or one this client does not know.
+        message: the server's explanation, for humans; never parse it.
+        retry_after: seconds after which trying again may succeed (the reply's
+            `retryAfterMs`), or `None` when the server gave none.
+    """
+
+    def __init__(self, message: str, *, code: str = "internal", retry_after: float | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+class RequestTimeout(RoomcastError, TimeoutError):
+    """A client's request got no answer in time.
+
+    Raised by the Python client ([`roomcast.client`][roomcast.client]) when a
+    request waited for a connection, and then for its reply, longer than the
+    client's `request_timeout`. It is also a `TimeoutError`.
+    """
 
 
 class BackendError(RoomcastError):
