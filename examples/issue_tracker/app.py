@@ -11,7 +11,7 @@ choose the address (``--port 0`` picks a free port and prints it). The data is k
 memory unless ``--db tracker.db`` names an SQLite file; the hub runs on the in-memory
 backend unless ``--redis redis://127.0.0.1:6379/0`` (and ``--redis-prefix``) puts it on
 Redis, where several processes share rooms and history outlives a restart.
-``--token-ttl 90`` shows a token refresh a minute after signing in. Ctrl-C or SIGTERM
+``--token-ttl 60`` shows a token refresh 48 seconds after signing in. Ctrl-C or SIGTERM
 closes every page with 1001 and exits with status 0.
 """
 
@@ -49,6 +49,7 @@ from .store import Store
 
 STATIC: Final = Path(__file__).resolve().parent / "static"
 DEFAULT_TOKEN_TTL: Final = 15 * 60
+MIN_TOKEN_TTL: Final = 10
 
 
 # --8<-- [start:app]
@@ -69,6 +70,9 @@ def create_app(
         authorizer=rules,
         backend=backend if backend is not None else MemoryBackend(),
         namespaces=events.NAMESPACES,
+        # Pages refresh their token when warned: at 80 % of its lifetime, at most a
+        # minute before it expires.
+        token_expiry_warning=min(60.0, token_ttl / 5),
         # Any site's pages may open a WebSocket to us, and no CORS check stops them:
         # only our own may. A deployed app lists its real https:// origins.
         allowed_origins=origins,
@@ -190,10 +194,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="another origin allowed to connect, e.g. http://192.168.1.5:8000 (repeatable)",
     )
     args = parser.parse_args(argv)
-    if args.token_ttl < 61:
-        # The hub sends token.expiring a minute before expiry: shorter tokens would be
-        # warned as soon as they are issued.
-        parser.error("--token-ttl must be at least 61 seconds")
+    if args.token_ttl < MIN_TOKEN_TTL:
+        parser.error(f"--token-ttl must be at least {MIN_TOKEN_TTL} seconds")
     return args
 
 
