@@ -443,13 +443,17 @@ class Store:
             ("t2", "New logo on the sign-in page", "in_progress", "high", "carol", "p3", "c2"),
             ("t2", "Icon set for issue priorities", "todo", "medium", "dana", "p3", "c2"),
         ]:  # fmt: skip
-            self.create_issue(
+            creator = "alice" if team == "t1" else "carol"
+            issue = self.create_issue(
                 team,
                 title,
-                "alice" if team == "t1" else "carol",
+                creator,
                 status=status,
                 priority=priority,
                 assignee=assignee,
                 project=project,
                 cycle=cycle,
             )
+            entry = {"actor": creator, "issueId": issue["id"], "key": issue["key"], "team": team}
+            entry.update(teamName=TEAMS[team]["name"], changes=[], status=status)
+            self.add_activity({**entry, "verb": "created", "at": issue["createdAt"]})

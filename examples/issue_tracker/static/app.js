@@ -150,18 +150,21 @@ const STATE_TEXT = {
   closed: "Offline",
 };
 
-function showConnection({ state: now, code, reason, delay }) {
+function showConnection({ state: now, code, reason }) {
   const node = $("#connection");
   node.dataset.state = now;
   let text = STATE_TEXT[now];
   if (now === "disconnected" || (now === "connecting" && node.dataset.lost)) {
+    // Why the connection ended, kept while it retries: each refused retry says 1006.
+    if (!node.dataset.lost) node.dataset.why = code ? ` (${code}${reason ? " " + reason : ""})` : "";
     node.dataset.lost = "1";
-    const why = code ? ` (${code}${reason ? " " + reason : ""})` : "";
-    text = `Reconnecting…${why}`;
-    if (now === "disconnected" && delay !== undefined) text += ` in ${Math.ceil(delay / 1000)} s`;
+    text = `Reconnecting…${node.dataset.why}`;
     node.dataset.state = "reconnecting";
   }
-  if (now === "connected") delete node.dataset.lost;
+  if (now === "connected") {
+    delete node.dataset.lost;
+    delete node.dataset.why;
+  }
   $("#status").textContent = text;
   document.body.classList.toggle("offline", now !== "connected");
 }
@@ -183,17 +186,35 @@ function connect() {
   rc.connect();
 }
 
+// Run `load` now, and again once reconnected if the connection dropped meanwhile.
+async function reliably(load) {
+  for (let attempt = 0; attempt < 5; attempt++) {
+    try {
+      return await load();
+    } catch (error) {
+      if (!rc || rc.state === "closed") throw error;
+      await new Promise((resolve) => {
+        if (rc.state === "connected") setTimeout(resolve, 500);
+        else {
+          const stop = rc.on("state", ({ state: now }) => { if (now === "connected") { stop(); resolve(); } });
+        }
+      });
+    }
+  }
+  return load();
+}
+
 // Subscribe to `room`, then load its state; on `recovered: false`, load it again.
 function follow(room, onEvent, load) {
   const sub = rc.subscribe(room);
   sub.on("*", onEvent);
   sub.onRecovery(({ recovered }) => {
     if (recovered) return;
-    load().then(() => {
+    reliably(load).then(() => {
       if (room.startsWith("team:")) banner("Reconnected: the board was reloaded, as missed updates could not be replayed.", "info");
     }).catch(() => {});
   });
-  sub.ready.then(load, (error) => toast(`Cannot follow ${room}: ${error.message}`, "error"));
+  sub.ready.then(() => reliably(load), (error) => toast(`Cannot follow ${room}: ${error.message}`, "error"));
   return sub;
 }
 
@@ -422,6 +443,7 @@ async function openIssue(id) {
   const panel = $("#issue-panel");
   panel.hidden = false;
   panel.dataset.issue = id;
+  delete panel.dataset.loaded;
   renderIssue();
   const sub = rc.subscribe(room);
   subs.issue = sub;
@@ -438,11 +460,12 @@ async function openIssue(id) {
     state.open.viewers = new Map();
     for (const member of members) state.open.viewers.set(member.userId, (state.open.viewers.get(member.userId) || 0) + 1);
     renderIssue();
+    panel.dataset.loaded = "true";
   };
-  sub.onRecovery(({ recovered }) => { if (!recovered) load().catch(() => {}); });
+  sub.onRecovery(({ recovered }) => { if (!recovered) reliably(load).catch(() => {}); });
   try {
     await sub.ready;
-    await load();
+    await reliably(load);
   } catch (error) {
     toast(`Cannot open this issue: ${error.message}`, "error");
     closeIssue();
@@ -673,6 +696,7 @@ function renderActivity(flash = null) {
         issue ? h("div", { class: "feed-title" }, issue.title) : null,
         h("div", { class: "muted" }, `${entry.teamName} · ${ago(entry.at)}`)));
   }));
+  if (!state.activity.length) $("#activity").append(h("li", { class: "empty" }, "Nothing has happened yet."));
 }
 
 function notificationText(note) {
