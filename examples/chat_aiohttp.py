@@ -33,9 +33,10 @@ async def page(request: web.Request) -> web.Response:
 
 
 def make_app(hub: Hub) -> web.Application:
-    """The page at ``/``, the hub at ``/ws``, and the hub's lifetime tied to the app's."""
+    """The page at ``/``, roomcast.js, the hub at ``/ws``; the hub's lifetime tied to the app's."""
     app = web.Application()
     app.router.add_get("/", page)
+    app.add_routes([roomcast.aiohttp.client_script("/roomcast.js")])
     app.router.add_get("/ws", roomcast.aiohttp.handler(hub))
     app.cleanup_ctx.append(roomcast.aiohttp.cleanup_ctx(hub))
     return app

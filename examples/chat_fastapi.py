@@ -30,9 +30,10 @@ PAGE = (Path(__file__).parent / "static" / "chat.html").read_text(encoding="utf-
 
 
 def create_app(hub: Hub) -> FastAPI:
-    """The page at ``/`` and the hub at ``/ws``; the hub runs while the app does."""
+    """The page at ``/``, roomcast.js and the hub at ``/ws``; the hub runs while the app does."""
     app = FastAPI(lifespan=roomcast.starlette.lifespan(hub))
     app.add_api_websocket_route("/ws", roomcast.starlette.endpoint(hub))
+    app.router.routes.append(roomcast.starlette.client_script("/roomcast.js"))
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:

@@ -32,7 +32,7 @@ PAGE = (Path(__file__).parent / "static" / "chat.html").read_text(encoding="utf-
 
 
 def create_app(hub: Hub) -> Starlette:
-    """The page at ``/`` and the hub at ``/ws``; the hub runs while the app does."""
+    """The page at ``/``, roomcast.js and the hub at ``/ws``; the hub runs while the app does."""
 
     async def page(request: Request) -> HTMLResponse:
         return HTMLResponse(PAGE)
@@ -40,6 +40,7 @@ def create_app(hub: Hub) -> Starlette:
     return Starlette(
         routes=[
             Route("/", page),
+            roomcast.starlette.client_script("/roomcast.js"),
             WebSocketRoute("/ws", roomcast.starlette.endpoint(hub)),
         ],
         lifespan=roomcast.starlette.lifespan(hub),

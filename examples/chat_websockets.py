@@ -33,7 +33,7 @@ def authorize(principal: Principal, action: Action, room: str) -> bool:
     return room.startswith("chat:")
 
 
-def process_request(connection: ServerConnection, request: Request) -> Response | None:
+def pages(connection: ServerConnection, request: Request) -> Response | None:
     """Serve the page at ``/``, let ``/ws`` through to the hub, and 404 the rest."""
     path = request.path.partition("?")[0]
     if path == "/ws":
@@ -44,6 +44,10 @@ def process_request(connection: ServerConnection, request: Request) -> Response 
         response.headers["Content-Type"] = "text/html; charset=utf-8"
         return response
     return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
+
+
+#: The browser client at /roomcast.js, then the pages: the server's process_request hook.
+process_request = roomcast.websockets.client_script("/roomcast.js", pages)
 
 
 async def main(host: str, port: int) -> None:

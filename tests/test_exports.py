@@ -148,6 +148,8 @@ EXPECTED_ALL: dict[str, set[str]] = {
     },
     "roomcast.wire": {
         "Auth",
+        "HistoryRequest",
+        "MAX_HISTORY_LIMIT",
         "decode",
         "DEFAULT_LIMITS",
         "dumps",
@@ -156,6 +158,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "encode_event",
         "encode_frame",
         "encode_gap",
+        "encode_history_reply",
         "encode_reply",
         "encode_room_reset",
         "MAX_DEPTH",
@@ -271,14 +274,21 @@ EXPECTED_ALL: dict[str, set[str]] = {
     "roomcast.backends.redis": {"RedisBackend"},
     "roomcast.websockets": {
         "Handler",
+        "client_script",
         "handler",
         "RedactingLogger",
         "select_subprotocol",
         "serve",
         "WebSocketsTransport",
     },
-    "roomcast.starlette": {"endpoint", "lifespan", "StarletteTransport"},
-    "roomcast.aiohttp": {"AiohttpTransport", "RedactRequestErrors", "cleanup_ctx", "handler"},
+    "roomcast.starlette": {"client_script", "endpoint", "lifespan", "StarletteTransport"},
+    "roomcast.aiohttp": {
+        "AiohttpTransport",
+        "RedactRequestErrors",
+        "cleanup_ctx",
+        "client_script",
+        "handler",
+    },
 }
 
 #: Where each name ``roomcast`` re-exports is defined.
@@ -318,6 +328,7 @@ INTERNAL = {
     "roomcast._adapters",
     "roomcast._aiohttp_wire",
     "roomcast._asyncio",
+    "roomcast._client_script",
     "roomcast._frames",
     "roomcast._jwks",
     "roomcast._names",

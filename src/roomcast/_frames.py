@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Sequence
 from typing import Any, Final
 
 from ._requests import Ref
@@ -84,6 +85,40 @@ def encode_reply(ref: Ref | None, payload: Any = None) -> str:
         LocalProtocolError: (a ``ValueError``) a field is not JSON-serializable.
     """
     return dumps({"type": "reply", "ref": ref, "ok": True, "payload": payload})
+
+
+def encode_history_reply(
+    ref: Ref | None,
+    room: str,
+    events: Sequence[str],
+    offset: int,
+    epoch: str,
+    recovered: bool | None = None,
+) -> str:
+    """Encode the successful reply to a ``history`` request around already-encoded events.
+
+    ``events`` are event frames as [`encode_event`][roomcast.wire.encode_event]
+    makes them, spliced in as they are: exactly what a member of the room
+    receives. ``recovered`` is left out when ``None`` (a request without ``since``).
+
+    Raises:
+        LocalProtocolError: (a ``ValueError``) a field is not JSON-serializable.
+    """
+    tail = "" if recovered is None else ',"recovered":' + ("true" if recovered else "false")
+    return (
+        '{"type":"reply","ref":'
+        + dumps(ref)
+        + ',"ok":true,"payload":{"room":'
+        + _quote_name(room)
+        + ',"publications":['
+        + ",".join(events)
+        + '],"offset":'
+        + str(int(offset))
+        + ',"epoch":'
+        + dumps(epoch)
+        + tail
+        + "}}"
+    )
 
 
 def encode_error(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # No __all__: roomcast.wire re-exports these, and its __all__ is the public list.
@@ -30,11 +30,17 @@ class Auth:
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """``subscribe``: join ``rooms``; with ``since``, replay what was missed."""
+    """``subscribe``: join ``rooms``.
+
+    With ``since``, a room replays what was missed after a position; with
+    ``history``, a room without a position replays its last ``N`` messages.
+    A room is in one of the two at most.
+    """
 
     rooms: tuple[str, ...]
     since: Mapping[str, StreamPosition]
     ref: Ref | None = None
+    history: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,21 @@ class Presence:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    """``history``: read the kept messages of ``room``.
+
+    Without ``since``, the last ``limit`` messages (every kept one when
+    ``limit`` is ``None``); with ``since``, at most ``limit`` messages after
+    that position, oldest first.
+    """
+
+    room: str
+    limit: int | None = None
+    since: StreamPosition | None = None
+    ref: Ref | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Refresh:
     """``refresh``: replace the connection's token."""
 
@@ -87,4 +108,6 @@ class Pong:
 
 
 #: Any client frame [`decode`][roomcast.wire.decode] returns.
-Request = Auth | Subscribe | Unsubscribe | Publish | Presence | Refresh | Ping | Pong
+Request = (
+    Auth | Subscribe | Unsubscribe | Publish | Presence | HistoryRequest | Refresh | Ping | Pong
+)

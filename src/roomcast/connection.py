@@ -18,12 +18,13 @@ from .clock import Clock
 from .exceptions import AuthenticationError, BackendError, ConnectionClosed
 from .peer import Client, ClientId
 from .protocol import CLOSE_ABNORMAL, PONG_FRAME, PROTOCOL, CloseCode
-from .rooms import Rooms, room_error
+from .rooms import Rooms, encode, room_error
 from .schedule import Schedule
 from .session import Authenticate, Close, Fail, Handle, Reply, Session, Strike
 from .settings import Settings
 from .transport import Handshake, Transport
 from .wire import (
+    HistoryRequest,
     Ping,
     Presence,
     Publish,
@@ -35,6 +36,7 @@ from .wire import (
     encode_ack,
     encode_error,
     encode_frame,
+    encode_history_reply,
     encode_reply,
 )
 
@@ -122,6 +124,7 @@ class Connections:
             Unsubscribe: self._unsubscribe,
             Publish: self._publish,
             Presence: self._presence,
+            HistoryRequest: self._history,
             Refresh: self._refresh,
             Ping: self._ping,
         }
@@ -379,7 +382,9 @@ class Connections:
             if not await self._authorizer.authorize(client.principal, "subscribe", name):
                 results[name] = room_error("forbidden", "not allowed to subscribe")
                 continue
-            results[name] = await self._rooms.join(client, name, request.since.get(name))
+            results[name] = await self._rooms.join(
+                client, name, request.since.get(name), request.history.get(name)
+            )
         client.deliver(encode_reply(request.ref, {"rooms": results}))
 
     async def _unsubscribe(self, client: Client, request: Unsubscribe) -> None:
@@ -426,6 +431,31 @@ class Connections:
             return
         members = await self._rooms.presence(request.room)
         client.deliver(encode_reply(request.ref, {"room": request.room, "members": members}))
+
+    async def _history(self, client: Client, request: HistoryRequest) -> None:
+        """A room's kept messages, for a connection that may subscribe to it (need not be in it)."""
+        if self._settings.room_options(request.room).history is None:
+            client.deliver(encode_error("not_found", "this room keeps no history", ref=request.ref))
+            return
+        if not await self._authorizer.authorize(client.principal, "subscribe", request.room):
+            client.deliver(
+                encode_error("forbidden", "not allowed to read this room", ref=request.ref)
+            )
+            return
+        found = await self._rooms.history(request.room, request.limit, request.since)
+        if found is None:  # not reached: a namespace's options do not change while running
+            client.deliver(encode_error("not_found", "this room keeps no history", ref=request.ref))
+            return
+        client.deliver(
+            encode_history_reply(
+                request.ref,
+                request.room,
+                [encode(publication) for publication in found.publications],
+                found.position.offset,
+                found.position.epoch,
+                None if request.since is None else found.recovered,
+            )
+        )
 
     async def _refresh(self, client: Client, request: Refresh) -> None:
         """Replace the connection's token: same subject only; rooms re-checked at once."""

@@ -188,12 +188,15 @@ class Rooms:
             result.update(offset=found.position.offset, epoch=found.position.epoch)
         return result
 
-    async def join(self, client: Client, name: str, since: StreamPosition | None) -> dict[str, Any]:
+    async def join(
+        self, client: Client, name: str, since: StreamPosition | None, last: int | None = None
+    ) -> dict[str, Any]:
         """Make ``client`` a member of room ``name``, replaying what it missed since ``since``.
 
-        Live frames published meanwhile are held and handed over after the
-        replay, so nothing is lost or repeated. Returns the room's entry of
-        the ``subscribe`` reply.
+        Without ``since``, ``last`` replays the room's last messages instead
+        (at most that many). Live frames published meanwhile are held and
+        handed over after the replay, so nothing is lost or repeated. Returns
+        the room's entry of the ``subscribe`` reply.
         """
         options = self._settings.room_options(name)
         room, held = self.membership.start_join(client, name, options)
@@ -203,12 +206,13 @@ class Rooms:
             replay: tuple[Publication, ...] = ()
             top: int | None = None
             if options.history is not None:
-                found = await self._backend.history(name, since, options.history)
+                limit = last if since is None else None
+                found = await self._backend.history(name, since, options.history, limit=limit)
                 top = found.position.offset
                 result.update(offset=top, epoch=found.position.epoch)
                 if since is not None:
                     result["recovered"] = found.recovered
-                    replay = found.publications
+                replay = found.publications
             if client.closing:
                 return room_error("internal", "connection closing")
             # No await from here on: replay, then what arrived meanwhile, then live.
@@ -245,6 +249,21 @@ class Rooms:
             await self._presence_event(name, "presence.leave", client)
         if name not in self.rooms:
             await self.sync_channel("room", name)
+
+    async def history(
+        self, name: str, limit: int | None, since: StreamPosition | None
+    ) -> HistoryResult | None:
+        """The kept messages of room ``name``; ``None`` when its namespace keeps no history.
+
+        Without ``since``, the last ``limit`` messages (every kept one without a
+        limit); with ``since``, at most ``limit`` messages after it.
+        """
+        history = self._settings.room_options(name).history
+        if history is None:
+            return None
+        if since is None and limit is None:
+            limit = history.size
+        return await self._backend.history(name, since, history, limit=limit)
 
     async def presence(self, name: str) -> list[dict[str, Any]]:
         """Who is in room ``name``, on every node."""

@@ -13,6 +13,7 @@ from .protocol import CloseCode
 from .ratelimit import RateLimiter
 from .wire import (
     Auth,
+    HistoryRequest,
     Ping,
     Pong,
     Presence,
@@ -75,6 +76,7 @@ RULES: Final[Mapping[Phase, Mapping[type[Request], Rule]]] = {
         Unsubscribe: _R,
         Publish: _R,
         Presence: _R,
+        HistoryRequest: _R,
         Refresh: _R,
     },
     "open": {
@@ -85,6 +87,7 @@ RULES: Final[Mapping[Phase, Mapping[type[Request], Rule]]] = {
         Unsubscribe: _H,
         Publish: _H,
         Presence: _H,
+        HistoryRequest: _H,
         Refresh: _H,
     },
     "closing": {
@@ -95,6 +98,7 @@ RULES: Final[Mapping[Phase, Mapping[type[Request], Rule]]] = {
         Unsubscribe: _I,
         Publish: _I,
         Presence: _I,
+        HistoryRequest: _I,
         Refresh: _I,
     },
 }

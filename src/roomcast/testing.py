@@ -412,12 +412,21 @@ class TestClient:
             self._backlog[:0] = skipped
 
     async def subscribe(
-        self, *rooms: str, since: Mapping[str, Mapping[str, Any]] | None = None
+        self,
+        *rooms: str,
+        since: Mapping[str, Mapping[str, Any]] | None = None,
+        history: Mapping[str, int] | None = None,
     ) -> dict[str, Any]:
-        """Subscribe and return the per-room results of the reply."""
+        """Subscribe and return the per-room results of the reply.
+
+        ``since`` maps rooms to the position to recover from; ``history`` maps
+        rooms without one to how many of their last messages to replay.
+        """
         frame: dict[str, Any] = {"action": "subscribe", "rooms": list(rooms)}
         if since:
             frame["since"] = {room: dict(position) for room, position in since.items()}
+        if history:
+            frame["history"] = dict(history)
         reply = await self.request(frame)
         if not reply.get("ok"):
             raise AssertionError(f"subscribe failed: {reply!r}")
@@ -437,6 +446,21 @@ class TestClient:
         frame = {"action": "publish", "room": room, "type": type, "payload": payload}
         if ephemeral:
             frame["ephemeral"] = True
+        return await self.request(frame)
+
+    async def history(
+        self,
+        room: str,
+        *,
+        limit: int | None = None,
+        since: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Send a ``history`` request and return its reply (failed ones included)."""
+        frame: dict[str, Any] = {"action": "history", "room": room}
+        if limit is not None:
+            frame["limit"] = limit
+        if since is not None:
+            frame["since"] = dict(since)
         return await self.request(frame)
 
     async def wait_closed(self) -> int:

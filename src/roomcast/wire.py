@@ -20,6 +20,7 @@ from ._frames import encode_error as encode_error
 from ._frames import encode_event as encode_event
 from ._frames import encode_frame as encode_frame
 from ._frames import encode_gap as encode_gap
+from ._frames import encode_history_reply as encode_history_reply
 from ._frames import encode_reply as encode_reply
 from ._frames import encode_room_reset as encode_room_reset
 from ._names import MAX_ROOM_NAME_LENGTH as MAX_ROOM_NAME_LENGTH
@@ -29,6 +30,7 @@ from ._names import namespace_of as namespace_of
 from ._names import validate_event_type as validate_event_type
 from ._names import validate_room as validate_room
 from ._requests import Auth as Auth
+from ._requests import HistoryRequest as HistoryRequest
 from ._requests import Ping as Ping
 from ._requests import Pong as Pong
 from ._requests import Presence as Presence
@@ -58,7 +60,9 @@ __all__ = [
     "PING_FRAME",
     "PONG_FRAME",
     "PROTOCOL",
+    "MAX_HISTORY_LIMIT",
     "Auth",
+    "HistoryRequest",
     "Ping",
     "Pong",
     "Presence",
@@ -77,6 +81,7 @@ __all__ = [
     "encode_event",
     "encode_frame",
     "encode_gap",
+    "encode_history_reply",
     "encode_reply",
     "encode_room_reset",
     "namespace_of",
@@ -92,6 +97,8 @@ MAX_DEPTH: Final = 32
 MAX_REF_LENGTH: Final = 64
 #: Most rooms in one ``subscribe`` or ``unsubscribe``.
 MAX_ROOMS_PER_REQUEST: Final = 100
+#: Most messages one ``history`` request or one room's ``history`` in ``subscribe`` asks for.
+MAX_HISTORY_LIMIT: Final = 10_000
 
 # Integers a JavaScript client can hold exactly (Number.MAX_SAFE_INTEGER).
 _MAX_SAFE_INTEGER: Final = 2**53 - 1
@@ -326,6 +333,29 @@ def _token_field(obj: dict[str, Any]) -> str:
     return value
 
 
+def _position(value: Any, shape: str, name: str = "'since'") -> StreamPosition:
+    """A ``{offset, epoch}`` object; ``shape`` is the message when it is not one."""
+    if not isinstance(value, dict) or set(value) != {"offset", "epoch"}:
+        raise _RejectError(shape)
+    offset, epoch = value["offset"], value["epoch"]
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise _RejectError(f"{name} offset must be an integer")
+    if not 0 <= offset <= _MAX_SAFE_INTEGER:
+        raise _RejectError(f"{name} offset out of range")
+    if not isinstance(epoch, str) or not 0 < len(epoch) <= 64:
+        raise _RejectError(f"{name} epoch must be a non-empty string of at most 64 characters")
+    return StreamPosition(offset, epoch)
+
+
+def _count(value: Any, name: str) -> int:
+    """A message count: an integer from 1 to `MAX_HISTORY_LIMIT` (``true`` is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _RejectError(f"{name} must be an integer")
+    if not 1 <= value <= MAX_HISTORY_LIMIT:
+        raise _RejectError(f"{name} must be between 1 and {MAX_HISTORY_LIMIT}")
+    return value
+
+
 def _parse_subscribe(obj: dict[str, Any], ref: Ref | None, limits: WireLimits) -> Subscribe:
     rooms = _rooms_field(obj, limits)
     since: dict[str, StreamPosition] = {}
@@ -336,21 +366,21 @@ def _parse_subscribe(obj: dict[str, Any], ref: Ref | None, limits: WireLimits) -
         for room, position in raw.items():
             if room not in rooms:
                 raise _RejectError("'since' names a room that is not in 'rooms'")
-            if not isinstance(position, dict) or set(position) != {"offset", "epoch"}:
-                raise _RejectError(
-                    "'since' entries must be objects with exactly 'offset' and 'epoch'"
-                )
-            offset, epoch = position["offset"], position["epoch"]
-            if isinstance(offset, bool) or not isinstance(offset, int):
-                raise _RejectError("'since' offset must be an integer")
-            if not 0 <= offset <= _MAX_SAFE_INTEGER:
-                raise _RejectError("'since' offset out of range")
-            if not isinstance(epoch, str) or not 0 < len(epoch) <= 64:
-                raise _RejectError(
-                    "'since' epoch must be a non-empty string of at most 64 characters"
-                )
-            since[room] = StreamPosition(offset, epoch)
-    return Subscribe(rooms, since, ref)
+            since[room] = _position(
+                position, "'since' entries must be objects with exactly 'offset' and 'epoch'"
+            )
+    history: dict[str, int] = {}
+    raw = obj.get("history")
+    if raw is not None:
+        if not isinstance(raw, dict):
+            raise _RejectError("'history' must be an object of room -> number of messages")
+        for room, count in raw.items():
+            if room not in rooms:
+                raise _RejectError("'history' names a room that is not in 'rooms'")
+            if room in since:
+                raise _RejectError("a room is in both 'since' and 'history'; give one")
+            history[room] = _count(count, "'history' values")
+    return Subscribe(rooms, since, ref, history)
 
 
 def _parse_unsubscribe(obj: dict[str, Any], ref: Ref | None, limits: WireLimits) -> Unsubscribe:
@@ -374,6 +404,17 @@ def _parse_presence(obj: dict[str, Any], ref: Ref | None, limits: WireLimits) ->
     return Presence(_room_field(obj), ref)
 
 
+def _parse_history(obj: dict[str, Any], ref: Ref | None, limits: WireLimits) -> HistoryRequest:
+    room = _room_field(obj)
+    limit = obj.get("limit")
+    if limit is not None:
+        limit = _count(limit, "'limit'")
+    since = obj.get("since")
+    if since is not None:
+        since = _position(since, "'since' must be an object with exactly 'offset' and 'epoch'")
+    return HistoryRequest(room, limit, since, ref)
+
+
 def _parse_auth(obj: dict[str, Any], ref: Ref | None, limits: WireLimits) -> Auth:
     return Auth(_token_field(obj), ref)
 
@@ -394,10 +435,11 @@ _BASE: Final = frozenset({"action", "ref"})
 _Parser = Callable[[dict[str, Any], Ref | None, WireLimits], Request]
 _PARSERS: Final[dict[str, tuple[frozenset[str], _Parser]]] = {
     "auth": (_BASE | {"token"}, _parse_auth),
-    "subscribe": (_BASE | {"rooms", "since"}, _parse_subscribe),
+    "subscribe": (_BASE | {"rooms", "since", "history"}, _parse_subscribe),
     "unsubscribe": (_BASE | {"rooms"}, _parse_unsubscribe),
     "publish": (_BASE | {"room", "type", "payload", "ephemeral"}, _parse_publish),
     "presence": (_BASE | {"room"}, _parse_presence),
+    "history": (_BASE | {"room", "limit", "since"}, _parse_history),
     "refresh": (_BASE | {"token"}, _parse_refresh),
     "ping": (_BASE, _parse_ping),
     "pong": (_BASE, _parse_pong),

@@ -39,11 +39,12 @@ ADAPTERS: dict[str, tuple[ModuleType, ...]] = {
 }
 #: Private names of the standard library an adapter may use.
 STDLIB_PRIVATE = frozenset({"_getframe"})
-#: (module, Transport class, mount function, lifetime helper) in the order each module reads.
+#: (module, Transport class, mount function, lifetime helper, browser client's route) in
+#: the order each module reads.
 SHAPES = [
-    (roomcast.websockets, "WebSocketsTransport", "handler", "serve"),
-    (roomcast.starlette, "StarletteTransport", "endpoint", "lifespan"),
-    (roomcast.aiohttp, "AiohttpTransport", "handler", "cleanup_ctx"),
+    (roomcast.websockets, "WebSocketsTransport", "handler", "serve", "client_script"),
+    (roomcast.starlette, "StarletteTransport", "endpoint", "lifespan", "client_script"),
+    (roomcast.aiohttp, "AiohttpTransport", "handler", "cleanup_ctx", "client_script"),
 ]
 
 
@@ -203,9 +204,9 @@ def test_the_adapters_page_names_every_listed_internal(internal: Internal) -> No
 # ----------------------------------------------------------------------------- shape
 
 
-@pytest.mark.parametrize(("module", "transport", "mount", "lifetime"), SHAPES)
+@pytest.mark.parametrize(("module", "transport", "mount", "lifetime", "script"), SHAPES)
 def test_each_adapter_reads_in_the_same_order(
-    module: ModuleType, transport: str, mount: str, lifetime: str
+    module: ModuleType, transport: str, mount: str, lifetime: str, script: str
 ) -> None:
     tree = ast.parse(Path(module.__file__ or "").read_text(encoding="utf-8"))
     order = [
@@ -223,7 +224,7 @@ def test_each_adapter_reads_in_the_same_order(
     first = min(node.lineno for node in tree.body if isinstance(node, ast.ClassDef))
     assert internals_at < first
     positions = [
-        order.index(name) for name in (transport, mount, lifetime, "_handshake", "_closed")
+        order.index(name) for name in (transport, mount, lifetime, script, "_handshake", "_closed")
     ]
     assert positions == sorted(positions), order
     public = [name for name in order if not name.startswith("_")]
@@ -241,6 +242,12 @@ def test_every_adapter_maps_its_framework_close_in_one_closed_of_the_same_signat
     assert len({repr(signature) for signature in signatures.values()}) == 1, signatures
     for module, *_ in SHAPES:
         assert len(inspect.signature(module._handshake).parameters) == 1
+
+
+def test_each_adapter_serves_the_browser_client_with_the_same_first_parameter() -> None:
+    for module, *_, script in SHAPES:
+        first = next(iter(inspect.signature(getattr(module, script)).parameters.values()))
+        assert (first.name, first.default) == ("path", "/roomcast.js"), module.__name__
 
 
 def test_only_the_asyncio_module_and_the_aiohttp_adapter_import_asyncio() -> None:

@@ -281,6 +281,75 @@ async def test_ephemeral_publications_take_no_offset(cluster: Cluster) -> None:
     assert (await node.backend.history("team:h10", None, HISTORY)).position.offset == 0
 
 
+# ----------------------------------------------------------------------------- last N, pages
+
+
+async def test_without_since_a_limit_reads_the_last_messages_oldest_first(
+    cluster: Cluster,
+) -> None:
+    node = await cluster.start()
+    epoch = await published(node, "team:n1", 10)
+    found = await node.backend.history("team:n1", None, HISTORY, limit=3)
+    assert found.recovered is True
+    assert [p.offset for p in found.publications] == [8, 9, 10]
+    assert [p.payload_json for p in found.publications] == ["7", "8", "9"]
+    assert all(p.room == "team:n1" and p.epoch == epoch for p in found.publications)
+    assert found.position == StreamPosition(10, epoch)
+
+
+async def test_a_limit_above_what_is_kept_reads_every_kept_message(cluster: Cluster) -> None:
+    node = await cluster.start()
+    small = History(size=4, ttl=600)
+    await published(node, "team:n2", 6, small)
+    found = await node.backend.history("team:n2", None, small, limit=50)
+    assert [p.offset for p in found.publications] == [3, 4, 5, 6]
+    empty = await node.backend.history("team:n3", None, small, limit=50)
+    assert (empty.recovered, empty.publications, empty.position.offset) == (True, (), 0)
+
+
+async def test_the_last_messages_leave_out_ephemeral_and_expired_ones(cluster: Cluster) -> None:
+    node = await cluster.start()
+    brief = History(size=10, ttl=0.2)
+    epoch = await published(node, "team:n4", 2, brief)
+    await cluster.wait(0.5)
+    await node.backend.publish("room", "team:n4", publication("team:n4", 7, ephemeral=True), brief)
+    gone = await node.backend.history("team:n4", None, brief, limit=5)
+    assert (gone.publications, gone.position) == ((), StreamPosition(2, epoch))
+    await node.backend.publish("room", "team:n4", publication("team:n4", 8), brief)
+    kept = await node.backend.history("team:n4", None, brief, limit=5)
+    assert [p.offset for p in kept.publications] == [3]
+
+
+async def test_with_since_a_limit_reads_a_page_and_the_next_page_follows_on(
+    cluster: Cluster,
+) -> None:
+    node = await cluster.start()
+    epoch = await published(node, "team:n5", 7)
+    pages: list[list[int]] = []
+    since = StreamPosition(1, epoch)
+    while True:
+        found = await node.backend.history("team:n5", since, HISTORY, limit=2)
+        assert found.recovered is True
+        assert found.position == StreamPosition(7, epoch)
+        if not found.publications:
+            break
+        pages.append([p.offset or 0 for p in found.publications])
+        since = StreamPosition(pages[-1][-1], epoch)
+    assert pages == [[2, 3], [4, 5], [6, 7]]
+
+
+async def test_a_page_after_a_pruned_position_is_not_recovered(cluster: Cluster) -> None:
+    node = await cluster.start()
+    small = History(size=3, ttl=600)
+    epoch = await published(node, "team:n6", 6, small)
+    pruned = await node.backend.history("team:n6", StreamPosition(1, epoch), small, limit=2)
+    assert (pruned.recovered, pruned.publications) == (False, ())
+    other = await node.backend.history("team:n6", StreamPosition(4, "another"), small, limit=2)
+    assert (other.recovered, other.publications) == (False, ())
+    kept = await node.backend.history("team:n6", StreamPosition(3, epoch), small, limit=2)
+    assert (kept.recovered, [p.offset for p in kept.publications]) == (True, [4, 5])
+
+
 # ----------------------------------------------------------------------------- presence
 
 

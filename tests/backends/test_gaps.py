@@ -130,10 +130,10 @@ async def test_live_publications_held_during_a_fill_follow_it_once_in_order(
         read = backend.history
 
         async def slow_history(
-            room: str, since: StreamPosition | None, history: History
+            room: str, since: StreamPosition | None, history: History, *, limit: int | None = None
         ) -> HistoryResult:
             await release.wait()
-            return await read(room, since, history)
+            return await read(room, since, history, limit=limit)
 
         await hub.publish(ROOM, "seq.item", 0)
         assert await offsets(client, 1) == [1]

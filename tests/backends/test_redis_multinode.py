@@ -272,3 +272,50 @@ async def test_disconnect_user_counts_none_when_the_user_is_only_on_other_nodes(
         assert hubs[0].disconnect_user("ana") == 0
         with anyio.fail_after(5):
             assert await there.wait_closed() == 1000
+
+
+@pytest.mark.parametrize("count", [1, 2])
+async def test_fresh_pages_joining_with_history_racing_publishes_lose_and_repeat_nothing(
+    prefix: str, count: int
+) -> None:
+    total, last = 200, 15
+    async with nodes(prefix, count) as hubs, anyio.create_task_group() as tasks:
+        published = 0
+        results: list[tuple[int, list[int], dict[str, Any]]] = []
+
+        async def publish(hub: Hub, share: int) -> None:
+            nonlocal published
+            for n in range(share):
+                await hub.publish("team:race", "seq.item", n)
+                published += 1
+
+        async def fresh_page(index: int, after: int) -> None:
+            while published < after:
+                await anyio.sleep(0.001)
+            async with connect(hubs[index % count], f"page{index}", tasks) as client:
+                seen = published
+                result = (await client.subscribe("team:race", history={"team:race": last}))[
+                    "team:race"
+                ]
+                offsets: list[int] = []
+                with anyio.fail_after(TIMEOUT):
+                    while not offsets or offsets[-1] < total:
+                        offsets.append((await client.receive_event("seq.item"))["offset"])
+                await anyio.sleep(0.1)  # nothing repeated after the last one
+                offsets += [f["offset"] for f in client.drain() if f.get("type") == "seq.item"]
+                results.append((seen, offsets, result))
+
+        async with anyio.create_task_group() as racing:
+            for index, after in enumerate((0, 3, 20, 60, 61, 110, 150, 190)):
+                racing.start_soon(fresh_page, index, after)
+            for hub in hubs:
+                racing.start_soon(publish, hub, total // count)
+        assert len(results) == 8
+        for seen, offsets, result in results:
+            assert offsets == list(range(offsets[0], total + 1)), "lost or repeated"
+            assert "recovered" not in result
+            assert result["offset"] >= seen
+            # The replay is the last `last` messages of history when it was read,
+            # which may be ahead of the reply's offset: the node had not yet
+            # delivered the newest, so they came live, after the reply.
+            assert offsets[0] >= max(1, result["offset"] - last + 1, seen - last + 1)

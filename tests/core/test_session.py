@@ -22,7 +22,7 @@ from roomcast.session import (
     Session,
     SessionLimits,
 )
-from roomcast.wire import Auth, Ping, Request, Subscribe, WireLimits
+from roomcast.wire import Auth, HistoryRequest, Ping, Request, Subscribe, WireLimits
 
 LIMITS = SessionLimits(
     wire=WireLimits(),
@@ -35,6 +35,7 @@ AUTH = '{"action":"auth","token":"t"}'
 PING = '{"action":"ping","ref":"p"}'
 PONG = '{"action":"pong"}'
 SUBSCRIBE = '{"action":"subscribe","rooms":["team:t1"],"ref":"s"}'
+HISTORY = '{"action":"history","room":"team:t1","limit":5,"ref":"h"}'
 GARBAGE = "{not json"
 
 
@@ -74,6 +75,22 @@ def test_pings_and_pongs_before_auth_are_ignored(frame: str) -> None:
 
 def test_any_other_request_before_auth_fails_authentication() -> None:
     assert Session(LIMITS).receive(SUBSCRIBE, 0.0) == Fail("authenticate before any other request")
+
+
+def test_a_history_request_before_auth_fails_authentication() -> None:
+    assert Session(LIMITS).receive(HISTORY, 0.0) == Fail("authenticate before any other request")
+
+
+def test_an_open_session_hands_history_requests_over_within_the_rate_limit() -> None:
+    session = opened()
+    for _ in range(3):
+        verdict = session.receive(HISTORY, 0.0)
+        assert isinstance(verdict, Handle)
+        assert verdict.request == HistoryRequest("team:t1", 5, None, "h")
+    verdict = session.receive(HISTORY, 0.0)
+    assert isinstance(verdict, Reply)
+    assert verdict.strike == "rate_limited"
+    assert json.loads(verdict.frame)["ref"] == "h"
 
 
 def test_a_malformed_frame_before_auth_fails_authentication() -> None:
@@ -144,7 +161,7 @@ def test_the_rate_limit_starts_when_the_session_opens() -> None:
 # ----------------------------------------------------------------------------- closing
 
 
-@pytest.mark.parametrize("frame", [AUTH, PING, PONG, SUBSCRIBE, GARBAGE])
+@pytest.mark.parametrize("frame", [AUTH, PING, PONG, SUBSCRIBE, HISTORY, GARBAGE])
 def test_a_closing_session_ignores_everything(frame: str) -> None:
     session = opened()
     session.close()
@@ -156,7 +173,7 @@ def test_a_closing_session_ignores_everything(frame: str) -> None:
 @given(
     frames=st.lists(
         st.one_of(
-            st.sampled_from([AUTH, PING, PONG, SUBSCRIBE, GARBAGE]),
+            st.sampled_from([AUTH, PING, PONG, SUBSCRIBE, HISTORY, GARBAGE]),
             st.text(max_size=40),
             st.binary(max_size=40),
         ),

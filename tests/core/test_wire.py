@@ -14,6 +14,7 @@ from roomcast.exceptions import LocalProtocolError, RemoteProtocolError
 from roomcast.wire import (
     DEFAULT_LIMITS,
     MAX_DEPTH,
+    MAX_HISTORY_LIMIT,
     MAX_MESSAGE_SIZE,
     MAX_REF_LENGTH,
     MAX_ROOM_NAME_LENGTH,
@@ -24,6 +25,7 @@ from roomcast.wire import (
     PONG_FRAME,
     PROTOCOL,
     Auth,
+    HistoryRequest,
     Ping,
     Pong,
     Presence,
@@ -47,7 +49,17 @@ from roomcast.wire import (
     validate_room,
 )
 
-REQUEST_TYPES = (Auth, Subscribe, Unsubscribe, Publish, Presence, Refresh, Ping, Pong)
+REQUEST_TYPES = (
+    Auth,
+    Subscribe,
+    Unsubscribe,
+    Publish,
+    Presence,
+    HistoryRequest,
+    Refresh,
+    Ping,
+    Pong,
+)
 MAX_SAFE_INTEGER = 2**53 - 1
 
 
@@ -85,6 +97,53 @@ def test_decode_subscribe_with_since() -> None:
     assert request == Subscribe(
         ("team:t1", "issue:i42"), {"team:t1": StreamPosition(12, "e1")}, None
     )
+
+
+def test_decode_subscribe_with_history() -> None:
+    request = decode(
+        frame(
+            action="subscribe",
+            rooms=["team:t1", "issue:i42", "user:u1"],
+            since={"issue:i42": {"offset": 3, "epoch": "e1"}},
+            history={"team:t1": 50},
+            ref=2,
+        )
+    )
+    assert request == Subscribe(
+        ("team:t1", "issue:i42", "user:u1"),
+        {"issue:i42": StreamPosition(3, "e1")},
+        2,
+        {"team:t1": 50},
+    )
+
+
+def test_decode_subscribe_with_null_history_has_none() -> None:
+    request = decode(frame(action="subscribe", rooms=["r"], history=None))
+    assert request == Subscribe(("r",), {}, None, {})
+
+
+def test_decode_history_last_n() -> None:
+    request = decode(frame(action="history", room="team:t1", limit=50, ref=2))
+    assert request == HistoryRequest("team:t1", 50, None, 2)
+
+
+def test_decode_history_after_a_position() -> None:
+    request = decode(
+        frame(
+            action="history",
+            room="team:t1",
+            limit=MAX_HISTORY_LIMIT,
+            since={"offset": 41, "epoch": "kq3v9x"},
+            ref="h",
+        )
+    )
+    assert request == HistoryRequest(
+        "team:t1", MAX_HISTORY_LIMIT, StreamPosition(41, "kq3v9x"), "h"
+    )
+
+
+def test_decode_history_without_limit_or_since() -> None:
+    assert decode(frame(action="history", room="r", limit=None, since=None)) == HistoryRequest("r")
 
 
 def test_decode_subscribe_drops_repeated_rooms_keeping_order() -> None:
@@ -207,6 +266,9 @@ def test_reject_unknown_action(action: Any) -> None:
         {"action": "ping", "extra": 1},
         {"action": "auth", "token": "t", "rooms": ["r"]},
         {"action": "publish", "room": "r", "type": "t", "Payload": 1},
+        {"action": "history", "room": "r", "rooms": ["r"]},
+        {"action": "history", "room": "r", "offset": 1},
+        {"action": "subscribe", "rooms": ["r"], "limit": 5},
     ],
 )
 def test_reject_unknown_field(fields: dict[str, Any]) -> None:
@@ -223,6 +285,8 @@ def test_reject_unknown_field(fields: dict[str, Any]) -> None:
         {"action": "publish", "room": "r"},
         {"action": "publish", "type": "t"},
         {"action": "presence"},
+        {"action": "history"},
+        {"action": "history", "limit": 5},
     ],
 )
 def test_reject_missing_required_field(fields: dict[str, Any]) -> None:
@@ -256,6 +320,31 @@ def test_reject_missing_required_field(fields: dict[str, Any]) -> None:
         {"action": "subscribe", "rooms": ["r"], "since": {"r": {"offset": 1, "epoch": 1}}},
         {"action": "subscribe", "rooms": ["r"], "since": {"r": {"offset": 1, "epoch": ""}}},
         {"action": "subscribe", "rooms": ["r"], "since": {"r": {"offset": 1, "epoch": "e" * 65}}},
+        {"action": "subscribe", "rooms": ["r"], "history": ["r"]},
+        {"action": "subscribe", "rooms": ["r"], "history": 50},
+        {"action": "subscribe", "rooms": ["r"], "history": {"r": "50"}},
+        {"action": "subscribe", "rooms": ["r"], "history": {"r": 50.0}},
+        {"action": "subscribe", "rooms": ["r"], "history": {"r": True}},
+        {"action": "subscribe", "rooms": ["r"], "history": {"r": None}},
+        {"action": "subscribe", "rooms": ["r"], "history": {"r": 0}},
+        {"action": "subscribe", "rooms": ["r"], "history": {"r": -1}},
+        {"action": "subscribe", "rooms": ["r"], "history": {"r": MAX_HISTORY_LIMIT + 1}},
+        {"action": "history", "room": ["r"]},
+        {"action": "history", "room": ""},
+        {"action": "history", "room": "r", "limit": 0},
+        {"action": "history", "room": "r", "limit": -5},
+        {"action": "history", "room": "r", "limit": MAX_HISTORY_LIMIT + 1},
+        {"action": "history", "room": "r", "limit": True},
+        {"action": "history", "room": "r", "limit": 1.0},
+        {"action": "history", "room": "r", "limit": "10"},
+        {"action": "history", "room": "r", "since": 5},
+        {"action": "history", "room": "r", "since": {"offset": 1}},
+        {"action": "history", "room": "r", "since": {"offset": 1, "epoch": "e", "x": 1}},
+        {"action": "history", "room": "r", "since": {"offset": False, "epoch": "e"}},
+        {"action": "history", "room": "r", "since": {"offset": -1, "epoch": "e"}},
+        {"action": "history", "room": "r", "since": {"offset": 1, "epoch": ""}},
+        {"action": "history", "room": "r", "since": {"offset": 1, "epoch": "e" * 65}},
+        {"action": "history", "room": "r", "since": {"r": {"offset": 1, "epoch": "e"}}},
         {"action": "unsubscribe", "rooms": "r"},
         {"action": "publish", "room": "r", "type": "t", "ephemeral": "yes"},
         {"action": "publish", "room": "r", "type": "t", "ephemeral": 1},
@@ -399,6 +488,46 @@ def test_reject_malformed_event_type(type_: str) -> None:
 def test_reject_since_for_a_room_not_in_rooms() -> None:
     since = {"other": {"offset": 1, "epoch": "e"}}
     rejected(frame(action="subscribe", rooms=["r"], since=since))
+
+
+def test_reject_history_for_a_room_not_in_rooms() -> None:
+    error = rejected(frame(action="subscribe", rooms=["r"], history={"other": 5}, ref=4))
+    assert error.message == "'history' names a room that is not in 'rooms'"
+    assert error.ref == 4
+
+
+def test_reject_a_room_in_both_since_and_history() -> None:
+    since = {"r": {"offset": 1, "epoch": "e"}}
+    error = rejected(frame(action="subscribe", rooms=["r"], since=since, history={"r": 5}))
+    assert "both 'since' and 'history'" in error.message
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"history": {"r": True}}, "'history' values must be an integer"),
+        ({"history": {"r": 0}}, f"'history' values must be between 1 and {MAX_HISTORY_LIMIT}"),
+        ({"history": [5]}, "'history' must be an object of room -> number of messages"),
+    ],
+)
+def test_subscribe_history_errors_name_the_problem(fields: dict[str, Any], message: str) -> None:
+    assert rejected(frame(action="subscribe", rooms=["r"], **fields)).message == message
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"limit": False}, "'limit' must be an integer"),
+        ({"limit": 10_001}, f"'limit' must be between 1 and {MAX_HISTORY_LIMIT}"),
+        ({"since": [1, "e"]}, "'since' must be an object with exactly 'offset' and 'epoch'"),
+        ({"since": {"offset": "1", "epoch": "e"}}, "'since' offset must be an integer"),
+        ({"rooms": ["r"]}, "unknown field 'rooms' for action 'history'"),
+    ],
+)
+def test_history_errors_name_the_problem(fields: dict[str, Any], message: str) -> None:
+    error = rejected(frame(action="history", room="r", ref="x", **fields))
+    assert error.message == message
+    assert error.ref == "x"
 
 
 # --------------------------------------------------------------------------- error refs
@@ -607,11 +736,12 @@ def test_local_protocol_error_is_a_value_error() -> None:
 any_text = st.text(st.one_of(st.characters(), st.characters(codec=None, categories=["Cs"])))
 field_names = st.sampled_from(
     ["action", "ref", "token", "rooms", "since", "room", "type", "payload", "ephemeral",
-     "offset", "epoch"]
+     "offset", "epoch", "history", "limit"]
 )  # fmt: skip
 actions = st.sampled_from(
-    ["auth", "subscribe", "unsubscribe", "publish", "presence", "refresh", "ping", "pong"]
-)
+    ["auth", "subscribe", "unsubscribe", "publish", "presence", "history", "refresh", "ping",
+     "pong"]
+)  # fmt: skip
 json_scalars = st.one_of(
     st.none(),
     st.booleans(),
@@ -690,6 +820,8 @@ positions = st.builds(
     StreamPosition, st.integers(0, MAX_SAFE_INTEGER), st.text(min_size=1, max_size=64)
 )
 
+counts = st.integers(1, MAX_HISTORY_LIMIT)
+
 
 @st.composite
 def valid_requests(draw: st.DrawFn) -> tuple[dict[str, Any], Request]:
@@ -713,7 +845,14 @@ def valid_requests(draw: st.DrawFn) -> tuple[dict[str, Any], Request]:
                 fields["since"] = {
                     room: {"offset": p.offset, "epoch": p.epoch} for room, p in since.items()
                 }
-            expected = Subscribe(unique, since, ref)
+            history = draw(
+                st.dictionaries(
+                    st.sampled_from(unique).filter(lambda room: room not in since), counts
+                )
+            )
+            if bool(history) or draw(st.booleans()):
+                fields["history"] = history
+            expected = Subscribe(unique, since, ref, history)
     elif action == "publish":
         room, type_, payload = draw(rooms), draw(event_types), draw(payloads)
         fields.update(room=room, type=type_)
@@ -727,6 +866,16 @@ def valid_requests(draw: st.DrawFn) -> tuple[dict[str, Any], Request]:
         room = draw(rooms)
         fields["room"] = room
         expected = Presence(room, ref)
+    elif action == "history":
+        room, limit, position = draw(rooms), draw(st.none() | counts), draw(st.none() | positions)
+        fields["room"] = room
+        if limit is not None or draw(st.booleans()):
+            fields["limit"] = limit
+        if position is not None:
+            fields["since"] = {"offset": position.offset, "epoch": position.epoch}
+        elif draw(st.booleans()):
+            fields["since"] = None
+        expected = HistoryRequest(room, limit, position, ref)
     elif action == "ping":
         expected = Ping(ref)
     else:
@@ -747,3 +896,38 @@ def test_valid_requests_round_trip(case: tuple[dict[str, Any], Request], ascii_:
 @given(payloads)
 def test_dumps_round_trips_through_json(value: Any) -> None:
     assert json.loads(dumps(value)) == value
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(rooms, min_size=1, max_size=8, unique=True),
+    st.dictionaries(rooms, st.integers(-(2**40), 2**40) | st.booleans() | st.none(), max_size=6),
+)
+def test_subscribe_history_is_accepted_exactly_when_valid(
+    names: list[str], history: dict[str, Any]
+) -> None:
+    """Every entry counts: a room of the request and a count in range, or the frame is refused."""
+    valid = all(
+        room in names
+        and isinstance(count, int)
+        and not isinstance(count, bool)
+        and 1 <= count <= MAX_HISTORY_LIMIT
+        for room, count in history.items()
+    )
+    data = frame(action="subscribe", rooms=names, history=history)
+    if valid:
+        request = decode(data)
+        assert isinstance(request, Subscribe)
+        assert request.history == history
+    else:
+        rejected(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-(2**60), 2**60) | st.booleans() | st.floats(allow_nan=False) | st.text())
+def test_history_limit_is_accepted_exactly_when_valid(limit: Any) -> None:
+    data = frame(action="history", room="team:t1", limit=limit)
+    if isinstance(limit, int) and not isinstance(limit, bool) and 1 <= limit <= MAX_HISTORY_LIMIT:
+        assert decode(data) == HistoryRequest("team:t1", limit)
+    else:
+        rejected(data)

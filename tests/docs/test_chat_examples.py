@@ -101,18 +101,22 @@ async def test_chat_example_serves_its_page_relays_messages_and_stops_cleanly_on
             http_url = line.decode().split()[-1]
             assert http_url.startswith("http://127.0.0.1:")
 
-            def fetch() -> tuple[int, str, str]:
-                with urllib.request.urlopen(http_url, timeout=TIMEOUT) as response:
+            def fetch(url: str) -> tuple[int, str, str]:
+                with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
                     return (
                         response.status,
                         response.headers["Content-Type"],
                         response.read().decode(),
                     )
 
-            status, content_type, body = await anyio.to_thread.run_sync(fetch)
+            status, content_type, body = await anyio.to_thread.run_sync(fetch, http_url)
             assert status == 200
             assert content_type == "text/html; charset=utf-8"
-            assert "new WebSocket(" in body
+            # The page's client is roomcast.js, which the example serves beside it.
+            assert 'import { Roomcast } from "/roomcast.js";' in body
+            script = await anyio.to_thread.run_sync(fetch, http_url + "roomcast.js")
+            assert script[:2] == (200, "text/javascript; charset=utf-8")
+            assert "export class Roomcast" in script[2]
 
             ws_url = "ws" + http_url.removeprefix("http").rstrip("/") + "/ws"
             async with (

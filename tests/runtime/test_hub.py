@@ -801,10 +801,15 @@ class ReadCountingBackend(MemoryBackend):
     reads = 0
 
     async def history(
-        self, room: str, since: StreamPosition | None, history: History
+        self,
+        room: str,
+        since: StreamPosition | None,
+        history: History,
+        *,
+        limit: int | None = None,
     ) -> HistoryResult:
         self.reads += 1
-        return await super().history(room, since, history)
+        return await super().history(room, since, history, limit=limit)
 
 
 async def test_a_position_check_runs_on_the_hub_clock_and_finds_nothing_when_nothing_was_lost(

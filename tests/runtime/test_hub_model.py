@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import sys
+from typing import Any
 
 import anyio
 import pytest
@@ -98,11 +99,16 @@ class YieldingBackend(MemoryBackend):
         await super().subscribe(kind, key)
 
     async def history(
-        self, room: str, since: StreamPosition | None, history: History
+        self,
+        room: str,
+        since: StreamPosition | None,
+        history: History,
+        *,
+        limit: int | None = None,
     ) -> HistoryResult:
         for _ in range(5):
             await anyio.lowlevel.checkpoint()
-        result = await super().history(room, since, history)
+        result = await super().history(room, since, history, limit=limit)
         for _ in range(5):
             await anyio.lowlevel.checkpoint()
         return result
@@ -152,6 +158,48 @@ async def test_recovery_racing_live_publishes_loses_and_repeats_nothing() -> Non
         for offsets in results:
             start = offsets[0]
             assert offsets == list(range(start, total + 1))
+
+
+@pytest.mark.anyio
+async def test_a_join_with_history_racing_live_publishes_loses_and_repeats_nothing() -> None:
+    total, last = 300, 20
+    options = RoomOptions(history=History(size=1000, ttl=600))
+    async with Hub(backend=YieldingBackend(), namespaces={"team": options}) as hub:
+        results: list[tuple[int, list[int], dict[str, Any]]] = []
+        done = anyio.Event()
+        published = 0
+
+        async def publisher() -> None:
+            nonlocal published
+            for n in range(1, total + 1):
+                await hub.publish("team:t1", "seq.item", n)
+                published = n
+            done.set()
+
+        async def fresh_page(after: int) -> None:
+            while published < after:
+                await anyio.lowlevel.checkpoint()
+            async with TestClient(hub) as client:
+                seen = published
+                result = await client.subscribe("team:t1", history={"team:t1": last})
+                await done.wait()
+                await client.request({"action": "ping"})
+                offsets = [f["offset"] for f in client.drain() if f.get("type") == "seq.item"]
+                results.append((seen, offsets, result["team:t1"]))
+
+        async with anyio.create_task_group() as tg:
+            for after in (0, 5, 50, 120, 200, 280):
+                tg.start_soon(fresh_page, after)
+            tg.start_soon(publisher)
+        assert len(results) == 6
+        for seen, offsets, result in results:
+            # From where the replay starts to the end, every offset once, in order.
+            assert offsets == list(range(offsets[0], total + 1)), offsets
+            # The replay holds the last `last` messages kept when history was read:
+            # it starts no later than `last` before the position in the reply.
+            assert offsets[0] == max(1, result["offset"] - last + 1)
+            assert result["offset"] >= seen
+            assert "recovered" not in result
 
 
 @pytest.mark.anyio

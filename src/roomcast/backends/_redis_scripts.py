@@ -34,8 +34,10 @@ return {offset, epoch}
 """
 
 #: KEYS: position, stream. ARGV: proposed epoch, position ttl (s), since offset
-#: ('' for none), since epoch. Returns {top offset, epoch, entries after since}:
-#: the entries only when the epochs match and something was missed.
+#: ('' for none), since epoch, limit ('' for none). Returns {top offset, epoch,
+#: entries}: with since, the entries after it (the first `limit`), only when the
+#: epochs match and something was missed; without since, the last `limit`
+#: entries, newest first (none without a limit).
 HISTORY: Final = """
 local position = redis.call('HMGET', KEYS[1], 'e', 's')
 local epoch = position[1]
@@ -48,11 +50,20 @@ if not epoch then
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local entries = {}
-if ARGV[3] ~= '' and ARGV[4] == epoch then
-  local since = tonumber(ARGV[3])
-  if since < top then
-    entries = redis.call('XRANGE', KEYS[2], string.format('%d-1', since), '+')
+if ARGV[3] ~= '' then
+  if ARGV[4] == epoch then
+    local since = tonumber(ARGV[3])
+    if since < top then
+      local start = string.format('%d-1', since)
+      if ARGV[5] ~= '' then
+        entries = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', ARGV[5])
+      else
+        entries = redis.call('XRANGE', KEYS[2], start, '+')
+      end
+    end
   end
+elseif ARGV[5] ~= '' and top > 0 then
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[5])
 end
 return {top, epoch, entries}
 """

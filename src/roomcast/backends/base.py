@@ -64,14 +64,15 @@ class Publication(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class HistoryResult:
-    """What a backend found when asked for the messages after a position.
+    """What a backend found when asked for a room's messages.
 
     Attributes:
-        recovered: ``True`` when ``publications`` are exactly every message
-            after the position asked for; ``False`` when that cannot be
-            guaranteed (pruned, expired, other epoch), in which case
-            ``publications`` is empty.
-        publications: the missed messages, oldest first.
+        recovered: ``True`` when ``publications`` are exactly the messages
+            after the position asked for (all of them, or the first ``limit``),
+            or the last messages when no position was given; ``False`` when
+            that cannot be guaranteed (pruned, expired, other epoch), in which
+            case ``publications`` is empty.
+        publications: the messages, oldest first.
         position: the room's latest position when the history was read.
     """
 
@@ -190,9 +191,24 @@ class Backend(ABC):
 
     @abstractmethod
     async def history(
-        self, room: str, since: StreamPosition | None, history: History
+        self,
+        room: str,
+        since: StreamPosition | None,
+        history: History,
+        *,
+        limit: int | None = None,
     ) -> HistoryResult:
-        """The messages of ``room`` after ``since`` (``None``: only the latest position).
+        """The messages of ``room`` after ``since``, or its last ``limit`` messages.
+
+        With ``since``, the messages after that position, oldest first: every
+        one of them, or the first ``limit``; ``recovered`` is ``False`` (and
+        there are none) when the message right after ``since`` is no longer
+        kept or the epoch is not the room's. Without ``since``, the room's last
+        ``limit`` messages still kept, oldest first (``recovered`` is ``True``),
+        or none at all when ``limit`` is ``None``: only the latest position.
+
+        Reading a room with no position yet gives it one (offset 0, a new
+        epoch), so that the reader learns the epoch its next messages carry.
 
         Raises:
             BackendError: the broker failed.

@@ -148,24 +148,33 @@ class MemoryBackend(Backend):
                 self._streams[room] = stream
 
     async def history(
-        self, room: str, since: StreamPosition | None, history: History
+        self,
+        room: str,
+        since: StreamPosition | None,
+        history: History,
+        *,
+        limit: int | None = None,
     ) -> HistoryResult:
-        """The messages after ``since``, all of them or none."""
+        """The messages after ``since`` (all, the first ``limit``, or none), or the last ones."""
         # Reading starts the stream when there is none, so the client learns the
         # epoch the next messages will carry.
         stream = self._stream(room, self._clock(), history)
         position = StreamPosition(stream.top, stream.epoch)
+        entries = stream.entries
         if since is None:
-            return HistoryResult(True, (), position)
+            if not limit:
+                return HistoryResult(True, (), position)
+            last = [p for _, p in islice(reversed(entries), limit)]
+            return HistoryResult(True, tuple(reversed(last)), position)
         if since.epoch != stream.epoch or since.offset > stream.top:
             return HistoryResult(False, (), position)
-        oldest = stream.top + 1 - len(stream.entries)
+        oldest = stream.top + 1 - len(entries)
         if since.offset + 1 < oldest:
             return HistoryResult(False, (), position)
-        missed = tuple(
-            p for _, p in stream.entries if p.offset is not None and p.offset > since.offset
-        )
-        return HistoryResult(True, missed, position)
+        # Offsets in the stream follow each other: the one after since is at this index.
+        start = since.offset + 1 - oldest
+        stop = None if limit is None else start + limit
+        return HistoryResult(True, tuple(p for _, p in islice(entries, start, stop)), position)
 
     async def presence_add(self, room: str, entry: PresenceEntry) -> None:
         """Record ``entry`` in ``room``."""

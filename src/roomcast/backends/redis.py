@@ -334,33 +334,42 @@ class RedisBackend(Backend):
         return publication._replace(offset=int(offset), epoch=_text(epoch))
 
     async def history(
-        self, room: str, since: StreamPosition | None, history: History
+        self,
+        room: str,
+        since: StreamPosition | None,
+        history: History,
+        *,
+        limit: int | None = None,
     ) -> HistoryResult:
-        """Exactly the messages after ``since``, or none and ``recovered: False``.
+        """The messages right after ``since`` (at most ``limit``), or none and ``recovered: False``.
+
+        Without ``since``, the room's last ``limit`` messages (none without a
+        limit). One script reads the position and the messages, atomically.
 
         Raises:
             BackendError: Redis failed or did not answer in time.
         """
         _, position_s = self._ttls(history)
-        args: list[Any] = [_new_epoch(), position_s, "", ""]
+        args: list[Any] = [_new_epoch(), position_s, "", "", "" if limit is None else limit]
         if since is not None:
-            args[2:] = [since.offset, since.epoch]
+            args[2:4] = [since.offset, since.epoch]
         top, epoch, entries = await self._command(
             self._shard(room).history(keys=self._keys(room), args=args)
         )
         position = StreamPosition(int(top), _text(epoch))
-        if since is None:
-            return HistoryResult(True, (), position)
-        missed = position.offset - since.offset
-        if since.epoch != position.epoch or missed < 0:
-            return HistoryResult(False, (), position)
         epoch = position.epoch
         publications = tuple(
             decode_body(_bytes(fields[1]), room, int(_text(entry_id).partition("-")[0]), epoch)
             for entry_id, fields in entries
         )
-        # Never partial: exactly the offsets since+1 .. top, or nothing at all.
-        if len(publications) != missed or (
+        if since is None:
+            return HistoryResult(True, publications[::-1], position)
+        missed = position.offset - since.offset
+        if since.epoch != position.epoch or missed < 0:
+            return HistoryResult(False, (), position)
+        expected = missed if limit is None else min(missed, limit)
+        # Never partial: exactly the offsets since+1 .. since+expected, or nothing at all.
+        if len(publications) != expected or (
             publications and publications[0].offset != since.offset + 1
         ):
             return HistoryResult(False, (), position)

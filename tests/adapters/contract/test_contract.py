@@ -21,7 +21,15 @@ from websockets.exceptions import ConnectionClosed as WebSocketsClosed
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
-from roomcast import ConnectionLimits, Handshake, Hub, Principal, RateLimit
+from roomcast import (
+    ConnectionLimits,
+    Handshake,
+    History,
+    Hub,
+    Principal,
+    RateLimit,
+    RoomOptions,
+)
 from roomcast.hub import HubStatistics
 
 from ..asgi import close_code
@@ -187,6 +195,128 @@ async def test_publish_reaches_exactly_the_room_members(kind: ServerKind) -> Non
                 )
             # The event was written to every member before publish returned.
             assert await frames_before_pong(outsider) == []
+
+
+HISTORY_ROOMS: dict[str, Any] = {
+    "namespaces": {"team": RoomOptions(history=History(size=5, ttl=600)), "chat": RoomOptions()}
+}
+
+
+async def frames_until_reply(client: ClientConnection, ref: Any) -> list[dict[str, Any]]:
+    """Every frame up to and including the reply to ``ref``."""
+    frames = []
+    while True:
+        frame = await receive(client)
+        frames.append(frame)
+        if frame["type"] == "reply" and frame["ref"] == ref:
+            return frames
+
+
+async def test_subscribe_with_history_replays_the_last_messages_before_the_reply(
+    kind: ServerKind,
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind, **HISTORY_ROOMS) as served, connected(served) as client:
+            await served.run(publisher("team:t1", "issue.created", list(range(7)), user_id="u9"))
+            await client.send(
+                json.dumps(
+                    {
+                        "action": "subscribe",
+                        "ref": 1,
+                        "rooms": ["team:t1", "chat:c1"],
+                        "history": {"team:t1": 3, "chat:c1": 3},
+                    }
+                )
+            )
+            *replayed, reply = await frames_until_reply(client, 1)
+            assert [(e["type"], e["offset"], e["payload"]) for e in replayed] == [
+                ("issue.created", 5, 4),
+                ("issue.created", 6, 5),
+                ("issue.created", 7, 6),
+            ]
+            epoch = replayed[0]["epoch"]
+            assert reply["payload"]["rooms"] == {
+                "team:t1": {"ok": True, "offset": 7, "epoch": epoch},
+                "chat:c1": {"ok": True},
+            }
+            await served.run(publisher("team:t1", "issue.created", [7]))
+            live = await next_frame(client, "issue.created")
+            assert (live["offset"], live["epoch"], live["payload"]) == (8, epoch, 7)
+
+
+async def test_history_request_returns_the_events_members_got_and_pages_forward(
+    kind: ServerKind,
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(kind, **HISTORY_ROOMS) as served,
+            connected(served) as member,
+            connected(served) as reader,
+        ):
+            await request(member, {"action": "subscribe", "rooms": ["team:t1"], "ref": 1})
+            await served.run(publisher("team:t1", "issue.created", list(range(4)), user_id="u9"))
+            received = [await next_frame(member, "issue.created") for _ in range(4)]
+            epoch = received[0]["epoch"]
+
+            last = await request(
+                reader, {"action": "history", "ref": "h1", "room": "team:t1", "limit": 2}
+            )
+            assert (last["ref"], last["ok"]) == ("h1", True)
+            assert last["payload"] == {
+                "room": "team:t1",
+                "publications": received[2:],
+                "offset": 4,
+                "epoch": epoch,
+            }
+            page = await request(
+                reader,
+                {
+                    "action": "history",
+                    "ref": "h2",
+                    "room": "team:t1",
+                    "limit": 2,
+                    "since": {"offset": 1, "epoch": epoch},
+                },
+            )
+            assert page["payload"] == {
+                "room": "team:t1",
+                "publications": received[1:3],
+                "offset": 4,
+                "epoch": epoch,
+                "recovered": True,
+            }
+            lost = await request(
+                reader,
+                {
+                    "action": "history",
+                    "ref": "h3",
+                    "room": "team:t1",
+                    "since": {"offset": 1, "epoch": "another"},
+                },
+            )
+            assert (lost["payload"]["recovered"], lost["payload"]["publications"]) == (False, [])
+            # The reader never joined: it receives nothing live.
+            assert await frames_before_pong(reader) == []
+            assert (await served.stats()).members == {"team:t1": 1}
+
+
+async def test_history_request_refusals_are_in_band_and_the_connection_stays(
+    kind: ServerKind,
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind, **HISTORY_ROOMS) as served, connected(served) as client:
+            refusals: list[tuple[dict[str, Any], str]] = [
+                ({"room": "chat:c1"}, "not_found"),
+                ({"room": "user:other"}, "not_found"),
+                ({"room": "team:t1", "limit": 0}, "bad_request"),
+                ({"room": "team:t1", "limit": True}, "bad_request"),
+                ({"room": "team:t1", "rooms": ["team:t1"]}, "bad_request"),
+            ]
+            for ref, (fields, code) in enumerate(refusals):
+                reply = await request(client, {"action": "history", "ref": ref, **fields})
+                assert (reply["ref"], reply["ok"], reply["error"]["code"]) == (ref, False, code)
+            ok = await request(client, {"action": "history", "ref": "ok", "room": "team:t1"})
+            assert ok["payload"]["publications"] == []
 
 
 async def test_send_to_user_reaches_every_connection_of_the_user(kind: ServerKind) -> None:

@@ -38,7 +38,7 @@ from websockets.exceptions import ConnectionClosed as WebSocketsClosed
 from websockets.exceptions import InvalidHandshake, InvalidMessage, InvalidStatus
 from websockets.typing import Subprotocol
 
-from roomcast import Handshake, Hub, Principal
+from roomcast import Handshake, History, Hub, Principal, RoomOptions
 from roomcast.auth import TokenSources
 from roomcast.hub import Admission, HubStatistics
 from roomcast.jwt import JWTAuthenticator
@@ -440,6 +440,39 @@ async def test_another_users_room_is_forbidden_and_the_connection_stays(kind: Se
             assert rooms["user:alice"]["ok"] is True
             assert (await served.stats()).members == {"user:alice": 1}
             assert await still_open(client)
+
+
+@pytest.mark.anyio
+async def test_another_users_history_is_forbidden_and_the_connection_stays(
+    kind: ServerKind,
+) -> None:
+    history = {"user": RoomOptions(history=History(size=10, ttl=600))}
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serving(kind, namespaces=history) as served,
+            open_client(served, additional_headers=bearer(token())) as client,
+        ):
+            await next_frame(client, "connection.ack")
+            await served.run(_publish_to("user:bob", "secret"))
+            refused = await request(
+                client, {"action": "history", "room": "user:bob", "limit": 5, "ref": 1}
+            )
+            assert (refused["ref"], refused["ok"], refused["error"]["code"]) == (
+                1,
+                False,
+                "forbidden",
+            )
+            assert "secret" not in json.dumps(refused)
+            own = await request(client, {"action": "history", "room": "user:alice", "ref": 2})
+            assert (own["ok"], own["payload"]["publications"]) == (True, [])
+            assert await still_open(client)
+
+
+def _publish_to(room: str, payload: Any) -> Callable[[Hub], Any]:
+    async def publish(hub: Hub) -> None:
+        await hub.publish(room, "note.created", payload)
+
+    return publish
 
 
 @pytest.mark.anyio
