@@ -143,7 +143,7 @@ def backend_for(redis_url: str | None, prefix: str) -> Backend:
     try:
         from roomcast.backends.redis import RedisBackend
     except ImportError:
-        raise SystemExit("--redis needs redis-py: pip install -e '.[redis]'") from None
+        raise SystemExit("--redis needs redis-py: install roomcast with its redis extra") from None
     return RedisBackend(redis_url, prefix=prefix)
 
 

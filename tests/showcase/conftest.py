@@ -13,7 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, Request, Response, WebSocket, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    Page,
+    Request,
+    Response,
+    ViewportSize,
+    WebSocket,
+    sync_playwright,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -31,7 +39,7 @@ ARTIFACTS = (
     Path(os.environ.get("ROOMCAST_ARTIFACTS") or Path(__file__).resolve().parents[2] / "artifacts")
     / "showcase"
 )
-VIEWPORT = {"width": 1440, "height": 860}
+VIEWPORT: ViewportSize = {"width": 1440, "height": 860}
 
 
 # Module scope: Playwright's sync API leaves its event loop running while it is

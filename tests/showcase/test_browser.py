@@ -298,3 +298,24 @@ def test_after_a_restart_in_memory_a_page_reloads_the_board_and_says_so(
         alice.page.click("#new-issue button")
         expect(bob.page.locator("#board")).to_contain_text("After the restart")
     assert bob.errors == []
+
+
+def test_going_offline_for_ten_seconds_catches_up_on_what_happened_meanwhile(
+    tracker: Server, pages: list[Watched]
+) -> None:
+    alice, bob = pages
+    sign_in(alice, tracker.url, "alice")
+    sign_in(bob, tracker.url, "bob")
+    board_loads = bob.requested("GET", "/api/v1/teams/t1/issues")
+    bob.page.click("#go-offline")
+    expect(bob.page.locator("#connection")).to_have_attribute("data-state", "closed")
+    alice.page.fill("#title", "Made while Bob was offline")
+    alice.page.click("#new-issue button")
+    expect(alice.page.locator("#board")).to_contain_text("Made while Bob was offline")
+    expect(bob.page.locator("#board")).not_to_contain_text("Made while Bob was offline")
+    expect(bob.page.locator("#board")).to_contain_text(
+        "Made while Bob was offline", timeout=PAGE_TIMEOUT + 5_000
+    )
+    expect(bob.page.locator("#connection")).to_have_attribute("data-state", "connected")
+    # From the room's history, not by reloading the board.
+    assert bob.requested("GET", "/api/v1/teams/t1/issues") == board_loads

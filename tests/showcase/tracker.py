@@ -1,5 +1,8 @@
 """The issue tracker run as its own process, and what its tests drive it with.
 
+The example is ``app.py`` and the modules it imports: ``api.py`` (the REST API),
+``auth.py`` (tokens and room rules), ``events.py`` (the domain module) and ``store.py``.
+
 ``running()`` starts ``examples/issue_tracker/app.py`` on a free port (async, for the
 API tests); ``serving()`` does the same for the browser tests (sync). ``publish_elsewhere``
 changes the data and publishes through the example's domain module from another

@@ -647,12 +647,16 @@ function renderBoard(flash = null) {
   }));
 }
 
+function day(iso) {
+  return new Date(`${iso}T12:00:00`).toLocaleDateString("en", { month: "short", day: "numeric" });
+}
+
 function renderSidebar() {
   const team = state.team;
   const cycle = state.workspace.cycles.find((c) => c.team === team);
   $("#cycle").replaceChildren(...(cycle ? [
     h("strong", {}, cycle.name),
-    h("span", { class: "muted" }, `${cycle.starts} → ${cycle.ends}`),
+    h("span", { class: "muted" }, `${day(cycle.starts)} – ${day(cycle.ends)}`),
     h("p", {}, cycle.goal),
   ] : [h("span", { class: "muted" }, "No cycle")]));
   const projects = state.workspace.projects.filter((p) => p.team === team);
