@@ -1,7 +1,7 @@
 """An issue tracker whose pages update live: the roomcast showcase app.
 
-Run it from a checkout of the repository, after ``pip install -e ".[examples]"`` (which
-brings uvicorn with a WebSocket implementation)::
+Run it from a checkout of the repository, after ``pip install -e ".[examples]"`` (or
+``pip install -e ".[starlette]" "uvicorn[standard]"``: uvicorn needs a WebSocket library)::
 
     python examples/issue_tracker/app.py
 
