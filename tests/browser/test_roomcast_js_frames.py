@@ -63,7 +63,12 @@ def fake_client(page: Page, server: Server, **options: Any) -> None:
     page.evaluate(FAKE_SOCKET)
     page.evaluate(
         """options => {
-          const token = async () => { seen.tokenCalls++; return "token-" + seen.tokenCalls; };
+          const token = async () => {
+            seen.tokenCalls++;
+            if (window.signedOut) throw new roomcast.RoomcastError("unauthorized", "signed out");
+            if (window.offline) throw new TypeError("Failed to fetch");
+            return "token-" + seen.tokenCalls;
+          };
           window.rc = new roomcast.Roomcast("/ws", { token, WebSocket: FakeSocket, ...options });
           rc.on("state", (change) => {
             seen.states.push(change.state);
@@ -344,3 +349,33 @@ def test_close_stops_everything(server: Server, page: Page) -> None:
         }"""
     )
     assert outcome == ["closed", "closed", 1000]
+
+
+def test_a_failing_token_provider_is_retried_and_one_that_refuses_closes(
+    server: Server, page: Page
+) -> None:
+    fake_client(page, server, minDelay=10, maxDelay=20)
+    connected(page)
+    page.evaluate("window.offline = true; last().end(1006)")
+    page.wait_for_function("seen.errors.filter((e) => e.code === 'token_provider').length >= 2")
+    assert page.evaluate("rc.state") in ("connecting", "disconnected")
+    assert page.evaluate("sockets.length") == 1  # no socket without a token
+    page.evaluate("window.offline = false")
+    page.wait_for_function("sockets.length === 2 && last().readyState === 1")
+    connected(page)
+    # The provider says the user signed out: no point in trying again.
+    page.evaluate("window.signedOut = true; last().end(1006)")
+    page.wait_for_function("rc.state === 'closed'")
+    assert page.evaluate("seen.changes.at(-1).error.code") == "unauthorized"
+    page.wait_for_timeout(200)
+    assert page.evaluate("sockets.length") == 2
+
+
+def test_going_back_online_reconnects_at_once(server: Server, page: Page) -> None:
+    fake_client(page, server, minDelay=10_000, maxDelay=20_000)
+    connected(page)
+    page.evaluate("Math.random = () => 0.99; last().end(1006)")
+    page.wait_for_function("rc.state === 'disconnected'")
+    assert page.evaluate("seen.changes.at(-1).delay") > 9_000
+    page.evaluate("window.dispatchEvent(new Event('online'))")
+    page.wait_for_function("sockets.length === 2", timeout=2_000)

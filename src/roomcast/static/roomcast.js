@@ -198,6 +198,9 @@ export class Roomcast {
     this._refreshing = false;
     this._ack = null;
     this._acked = false;       // whether this socket's connection.ack came
+    this._onOnline = null;     // the window's "online" listener, while not closed
+    this._lastFrameAt = 0;     // when the socket last received a frame (Date.now())
+    this._silenceLimit = 0;    // how long it may stay silent before it counts as lost
   }
 
   /** "connecting", "connected", "disconnected" or "closed". */
@@ -217,6 +220,11 @@ export class Roomcast {
   /** Start connecting (from "disconnected" or "closed"); does nothing otherwise. */
   connect() {
     if (this._state === "connecting" || this._state === "connected") return;
+    if (!this._onOnline && typeof globalThis.addEventListener === "function") {
+      // Back online: try now rather than at the end of a long backoff delay.
+      this._onOnline = () => { if (this._state === "disconnected") this.connect(); };
+      globalThis.addEventListener("online", this._onOnline);
+    }
     if (this._reconnectTimer !== null) {
       clearTimeout(this._reconnectTimer);
       this._reconnectTimer = null;
@@ -333,6 +341,11 @@ export class Roomcast {
         token = await this._callProvider();
       } catch (error) {
         if (generation !== this._generation) return;
+        if (error.code === "unauthorized") {
+          // The provider says there is no token to be had (the user signed out).
+          this._terminate(1006, "no token", error);
+          return;
+        }
         this._emitError(error);
         this._lost(generation, 1006, "the token provider failed");
         return;
@@ -372,6 +385,7 @@ export class Roomcast {
     try {
       token = await this._token();
     } catch (error) {
+      if (error instanceof RoomcastError && error.code === "unauthorized") throw error;
       throw new RoomcastError("token_provider", `the token provider failed: ${error && error.message || error}`);
     }
     if (typeof token !== "string" || token.length === 0) {
@@ -380,16 +394,28 @@ export class Roomcast {
     return token;
   }
 
-  /** (Re)start the timer after which a silent connection counts as lost. */
+  /**
+   * Count a silent connection as lost after `ms` without a frame. One timer per
+   * connection, not one per frame: a frame only notes its time, and the timer, when
+   * it fires early, waits for the rest.
+   */
   _arm(generation, ms) {
+    this._silenceLimit = ms;
+    this._lastFrameAt = Date.now();
     if (this._livenessTimer !== null) clearTimeout(this._livenessTimer);
-    this._livenessTimer = setTimeout(() => {
+    const check = () => {
       this._livenessTimer = null;
       if (generation !== this._generation) return;
+      const left = this._lastFrameAt + this._silenceLimit - Date.now();
+      if (left > 0) {
+        this._livenessTimer = setTimeout(check, left);
+        return;
+      }
       const socket = this._socket;
-      this._lost(generation, 1006, `nothing received for ${Math.round(ms)} ms`);
+      this._lost(generation, 1006, `nothing received for ${Math.round(this._silenceLimit)} ms`);
       try { socket && socket.close(); } catch { /* already closing */ }
-    }, ms);
+    };
+    this._livenessTimer = setTimeout(check, ms);
   }
 
   _livenessMs() {
@@ -482,6 +508,10 @@ export class Roomcast {
   /** Go to "closed": nothing reconnects, every request fails. */
   _terminate(code, reason, error, byClient = false) {
     this._generation++;
+    if (this._onOnline) {
+      globalThis.removeEventListener("online", this._onOnline);
+      this._onOnline = null;
+    }
     if (this._reconnectTimer !== null) {
       clearTimeout(this._reconnectTimer);
       this._reconnectTimer = null;
@@ -506,7 +536,11 @@ export class Roomcast {
   _sendFrame(frame) {
     const socket = this._socket;
     if (!socket || socket.readyState !== 1) return false;
-    socket.send(JSON.stringify(frame));
+    try {
+      socket.send(JSON.stringify(frame));
+    } catch {
+      return false; // closing meanwhile: its close event follows
+    }
     return true;
   }
 
@@ -521,7 +555,7 @@ export class Roomcast {
   }
 
   _receive(generation, data) {
-    this._arm(generation, this._acked ? this._livenessMs() : this._options.connectTimeout);
+    this._lastFrameAt = Date.now();
     if (typeof data !== "string") {
       this._emitError(this._malformed("frame", "a binary frame"));
       return;
