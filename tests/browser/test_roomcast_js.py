@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import http
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
 
-from roomcast import CloseCode, History, Hub, RoomOptions
+import roomcast.websockets
+from roomcast import CloseCode, HeartbeatPolicy, History, Hub, RoomOptions
 from roomcast.backends.redis import RedisBackend
 
-from .conftest import PAGE_TIMEOUT, REDIS_URL, SERVER_TIMEOUT, Server
+from .conftest import BLANK, PAGE_TIMEOUT, REDIS_URL, SERVER_TIMEOUT, Server
 from .pages import open_client, payloads, room_events, states, wait_connected
 
 
@@ -338,3 +343,70 @@ def test_the_token_is_refreshed_in_band_before_it_expires(page: Page) -> None:
         assert page.evaluate("rc.connection.expiresAt") > time.time() * 1000
     finally:
         server.stop()
+
+
+@contextmanager
+def websockets_server(heartbeat: HeartbeatPolicy) -> Iterator[str]:
+    """The blank page, roomcast.js and an anonymous hub on the ``websockets`` adapter.
+
+    That adapter's transport pings at the WebSocket level, which a page cannot see:
+    an idle page receives no frame from it at all.
+    """
+    ready = threading.Event()
+    stop: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+    urls: list[str] = []
+    failures: list[BaseException] = []
+
+    def pages(connection: ServerConnection, request: Request) -> Response | None:
+        if request.path == "/":
+            response = connection.respond(http.HTTPStatus.OK, BLANK)
+            del response.headers["Content-Type"]
+            response.headers["Content-Type"] = "text/html; charset=utf-8"
+            return response
+        return None
+
+    async def main() -> None:
+        stop.append((asyncio.get_running_loop(), asyncio.Event()))
+        async with Hub(heartbeat=heartbeat) as hub:
+            hook = roomcast.websockets.client_script("/roomcast.js", pages)
+            async with await roomcast.websockets.serve(
+                hub, "127.0.0.1", 0, process_request=hook
+            ) as server:
+                urls.append(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/")
+                ready.set()
+                await stop[0][1].wait()
+                await hub.aclose()
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            failures.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(SERVER_TIMEOUT)
+    assert not failures, failures
+    loop, stopping = stop[0]
+    try:
+        yield urls[0]
+    finally:
+        # asyncio.Event is not thread-safe: set it from its own loop.
+        loop.call_soon_threadsafe(stopping.set)
+        thread.join(SERVER_TIMEOUT)
+        assert not thread.is_alive()
+        assert not failures, failures
+
+
+def test_an_idle_page_stays_connected_to_a_server_that_pings_at_the_websocket_level(
+    page: Page,
+) -> None:
+    # Heartbeat every second: the page would count the server as dead after 2 x 1 s
+    # + 5 s of silence, unless it asks for a frame itself (a ping the server answers).
+    with websockets_server(HeartbeatPolicy(interval=1, timeout=3)) as url:
+        open_client(page, url, tokens="none")
+        wait_connected(page)
+        page.wait_for_timeout(9_000)
+        assert states(page) == ["connecting", "connected"]
+        assert page.evaluate("seen.errors") == []

@@ -181,6 +181,26 @@ def test_two_chat_pages_connect_and_see_each_others_messages(
         assert watched.failed == []
 
 
+def test_a_chat_page_opened_later_shows_the_rooms_last_messages(pages: list[Watched]) -> None:
+    first, second = pages
+    with serving("chat_starlette.py") as url:
+        first.page.goto(url)
+        expect(first.page.locator("#status")).to_have_text("connected")
+        first.page.fill("#name", "ana")
+        for text in ("one", "two"):
+            first.page.fill("#text", text)
+            first.page.press("#text", "Enter")
+        expect(first.page.locator("#log")).to_contain_text("two")
+        # Joined after they were sent: the room's history arrives with the join.
+        second.page.goto(url)
+        expect(second.page.locator("#status")).to_have_text("connected")
+        expect(second.page.locator("#log li")).to_have_text(
+            ["joined chat:general", "anaone", "anatwo"]
+        )
+    for watched in pages:
+        assert watched.failed == []
+
+
 @contextmanager
 def serving_cluster() -> Iterator[list[str]]:
     """Run the two-node chat on free ports and this machine's Redis; yield each node's URL."""

@@ -201,6 +201,7 @@ export class Roomcast {
     this._onOnline = null;     // the window's "online" listener, while not closed
     this._lastFrameAt = 0;     // when the socket last received a frame (Date.now())
     this._silenceLimit = 0;    // how long it may stay silent before it counts as lost
+    this._pingedAt = null;     // when the client pinged the silent server, if it has
   }
 
   /** "connecting", "connected", "disconnected" or "closed". */
@@ -395,27 +396,46 @@ export class Roomcast {
   }
 
   /**
-   * Count a silent connection as lost after `ms` without a frame. One timer per
-   * connection, not one per frame: a frame only notes its time, and the timer, when
-   * it fires early, waits for the rest.
+   * Count a silent connection as lost after `ms` without a frame; with `pingAfter`,
+   * first ask the server for a frame (a client `ping`, answered with `pong`) after that
+   * long a silence. Servers that ping at the WebSocket level, which a page cannot see,
+   * send no frame to an idle page otherwise. One timer per connection, not one per
+   * frame: a frame only notes its time, and the timer, when it fires early, waits for
+   * the rest.
    */
-  _arm(generation, ms) {
+  _arm(generation, ms, pingAfter = null) {
     this._silenceLimit = ms;
     this._lastFrameAt = Date.now();
+    this._pingedAt = null;
     if (this._livenessTimer !== null) clearTimeout(this._livenessTimer);
     const check = () => {
       this._livenessTimer = null;
       if (generation !== this._generation) return;
-      const left = this._lastFrameAt + this._silenceLimit - Date.now();
-      if (left > 0) {
-        this._livenessTimer = setTimeout(check, left);
+      const silent = Date.now() - this._lastFrameAt;
+      if (silent >= this._silenceLimit) {
+        const socket = this._socket;
+        this._lost(generation, 1006, `nothing received for ${Math.round(this._silenceLimit)} ms`);
+        try { socket && socket.close(); } catch { /* already closing */ }
         return;
       }
-      const socket = this._socket;
-      this._lost(generation, 1006, `nothing received for ${Math.round(this._silenceLimit)} ms`);
-      try { socket && socket.close(); } catch { /* already closing */ }
+      let next = this._silenceLimit - silent;
+      if (pingAfter !== null) {
+        if (this._pingedAt !== null && this._pingedAt < this._lastFrameAt) this._pingedAt = null;
+        if (this._pingedAt === null) {
+          if (silent >= pingAfter) {
+            this._pingedAt = Date.now();
+            this._sendFrame({ action: "ping" });
+            next = Math.min(next, pingAfter); // then, after the answer, count afresh
+          } else {
+            next = Math.min(next, pingAfter - silent);
+          }
+        } else {
+          next = Math.min(next, pingAfter);
+        }
+      }
+      this._livenessTimer = setTimeout(check, next);
     };
-    this._livenessTimer = setTimeout(check, ms);
+    this._livenessTimer = setTimeout(check, pingAfter === null ? ms : Math.min(ms, pingAfter));
   }
 
   _livenessMs() {
@@ -620,7 +640,7 @@ export class Roomcast {
       expiresAt: Number.isFinite(ack.expiresAt) ? ack.expiresAt : null,
     };
     this._attempt = 0;
-    this._arm(generation, this._livenessMs());
+    this._arm(generation, this._livenessMs(), this._ack.heartbeatMs);
     // Every room held, in one subscribe (per 100 rooms), before the state says connected.
     for (const room of this._rooms.keys()) this._toJoin.add(room);
     this._flushJoins();
