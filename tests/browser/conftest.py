@@ -204,7 +204,9 @@ class Server:
         assert not self._failure, self._failure
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps its event loop running while it is open,
+# and the async tests of the modules after this folder's cannot run beside it.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         reason = f"no Chromium at {CHROMIUM}: install Debian's chromium package"
