@@ -319,3 +319,27 @@ def test_going_offline_for_ten_seconds_catches_up_on_what_happened_meanwhile(
     expect(bob.page.locator("#connection")).to_have_attribute("data-state", "connected")
     # From the room's history, not by reloading the board.
     assert bob.requested("GET", "/api/v1/teams/t1/issues") == board_loads
+
+
+def test_a_card_dragged_to_another_column_moves_on_the_other_page(
+    tracker: Server, pages: list[Watched]
+) -> None:
+    alice, dana = pages
+    sign_in(alice, tracker.url, "alice")
+    sign_in(dana, tracker.url, "dana")
+    title = "Migrate webhooks to the new queue"
+    expect(dana.page.locator(".column[data-status=backlog]")).to_contain_text(title)
+    alice.page.locator(".card", has_text=title).drag_to(
+        alice.page.locator(".column[data-status=in_progress]")
+    )
+    expect(dana.page.locator(".column[data-status=in_progress]")).to_contain_text(title)
+    expect(dana.page.locator(".column[data-status=backlog]")).not_to_contain_text(title)
+    expect(dana.page.locator("#activity li").first).to_contain_text("moved PLA-5 to In progress")
+    # Dana is in two teams: the other board is one click away, and follows its own room.
+    dana.page.click("[data-team=t2]")
+    expect(dana.page.locator("#board-title")).to_have_text("Design")
+    expect(dana.page.locator("#board")).to_contain_text("New logo on the sign-in page")
+    expect(dana.page.locator("#board")).not_to_contain_text(title)
+    for watched in pages:
+        assert watched.failed == []
+        assert watched.errors == []
