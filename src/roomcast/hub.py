@@ -27,7 +27,7 @@ from .auth import (
     TokenSources,
     as_authorizer,
 )
-from .backends.base import Backend, BackendStatus
+from .backends.base import Backend, BackendStatus, HistoryResult
 from .backends.memory import MemoryBackend
 from .clock import Clock, SystemClock
 from .config import DEFAULT_AUTH_TIMEOUT as DEFAULT_AUTH_TIMEOUT
@@ -37,6 +37,7 @@ from .config import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_QUEUE,
     DEFAULT_POSITION_CHECK,
+    check_positive_int,
 )
 from .config import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
 from .config import DEFAULT_MAX_ROOMS_PER_CONNECTION as DEFAULT_MAX_ROOMS_PER_CONNECTION
@@ -50,7 +51,7 @@ from .rooms import NOBODY, Rooms
 from .schedule import Schedule
 from .settings import configure
 from .transport import Handshake, Transport, close_frame
-from .wire import dumps, validate_event_type, validate_room
+from .wire import StreamPosition, dumps, validate_event_type, validate_room
 
 __all__ = ["Admission", "Hub", "HubStatistics"]
 
@@ -381,6 +382,40 @@ class Hub:
             frozenset(exclude) if exclude else NOBODY,
             ephemeral,
         )
+
+    async def history(
+        self, room: str, *, limit: int | None = None, since: StreamPosition | None = None
+    ) -> HistoryResult:
+        """Read the messages ``room`` keeps, as a client's ``history`` request does.
+
+        Without ``since``, the room's last ``limit`` messages (every kept one
+        when ``limit`` is ``None``); with ``since``, at most ``limit`` messages
+        after that position, oldest first, and ``recovered`` says whether they
+        are exactly the ones that follow it (when ``False``, there are none).
+        Nothing is authorized here: the application decides who may read.
+
+        Args:
+            room: a room whose namespace keeps history.
+            limit: at most this many messages, an integer of at least 1.
+            since: the position to read after, as a client last saw it.
+
+        Returns:
+            The messages, oldest first, and the room's latest position.
+
+        Raises:
+            HubNotRunning: the hub is not started, or is shutting down.
+            ValueError: an invalid room name or ``limit``, or a room whose
+                namespace keeps no history.
+            BackendError: the backend could not be read.
+        """
+        check_running(self._state, "history")
+        validate_room(room)
+        if limit is not None:
+            check_positive_int("limit", limit)
+        found = await self._rooms.history(room, limit, since)
+        if found is None:
+            raise ValueError(f"the namespace of {room!r} keeps no history")
+        return found
 
     async def send_to_user(self, user_id: str, type: str, payload: Any = None) -> str:
         """Send an event to every connection of ``user_id``, on every node, once each.

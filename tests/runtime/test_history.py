@@ -11,6 +11,7 @@ from roomcast import (
     BackendError,
     History,
     Hub,
+    HubNotRunning,
     Principal,
     RateLimit,
     RoomOptions,
@@ -300,3 +301,42 @@ async def test_history_the_backend_fails_is_internal_with_retry_after() -> None:
         backend.down = False
         assert len((await client.history("team:t1", limit=5))["payload"]["publications"]) == 2
         assert hub.stats().clients == 1
+
+
+# ----------------------------------------------------------------------------- Hub.history
+
+
+async def test_hub_history_reads_the_last_messages_and_pages(hub: Hub) -> None:
+    await publish(hub, "team:t1", 4)
+    last = await hub.history("team:t1", limit=2)
+    assert [p.payload_json for p in last.publications] == ["2", "3"]
+    assert [p.offset for p in last.publications] == [3, 4]
+    assert (last.recovered, last.position.offset) == (True, 4)
+    every = await hub.history("team:t1")
+    assert [p.offset for p in every.publications] == [1, 2, 3, 4]
+    page = await hub.history("team:t1", limit=1, since=StreamPosition(2, last.position.epoch))
+    assert (page.recovered, [p.offset for p in page.publications]) == (True, [3])
+    lost = await hub.history("team:t1", since=StreamPosition(2, "another"))
+    assert (lost.recovered, lost.publications) == (False, ())
+
+
+@pytest.mark.parametrize(
+    ("room", "limit", "message"),
+    [
+        ("chat:c1", None, "keeps no history"),
+        ("team:t1", 0, "limit"),
+        ("team:t1", True, "limit"),
+        ("bad room", None, "room"),
+    ],
+)
+async def test_hub_history_refuses_what_it_cannot_read(
+    hub: Hub, room: str, limit: Any, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        await hub.history(room, limit=limit)
+
+
+async def test_hub_history_needs_a_running_hub() -> None:
+    hub = Hub(namespaces=NAMESPACES)
+    with pytest.raises(HubNotRunning):
+        await hub.history("team:t1")
