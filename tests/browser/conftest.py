@@ -204,8 +204,8 @@ class Server:
         assert not self._failure, self._failure
 
 
-# Module scope: Playwright's sync API keeps its event loop running while it is open,
-# and the async tests of the modules after this folder's cannot run beside it.
+# Per module, not per session: Playwright's sync API runs an event loop on the main
+# thread while it is open, and the other test folders start their own there.
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():

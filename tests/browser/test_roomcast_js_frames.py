@@ -379,3 +379,85 @@ def test_going_back_online_reconnects_at_once(server: Server, page: Page) -> Non
     assert page.evaluate("seen.changes.at(-1).delay") > 9_000
     page.evaluate("window.dispatchEvent(new Event('online'))")
     page.wait_for_function("sockets.length === 2", timeout=2_000)
+
+
+def test_subscriptions_to_one_room_share_it(server: Server, page: Page) -> None:
+    fake_client(page, server)
+    connected(page)
+    page.evaluate("window.first = follow('chat:a'); window.second = rc.subscribe('chat:a')")
+    page.wait_for_function("last().sent.length === 2")
+    subscribe = sent(page)[-1]
+    assert subscribe["rooms"] == ["chat:a"]
+    page.evaluate(
+        """ref => {
+          window.secondEvents = [];
+          second.on('*', (event) => secondEvents.push(event.id));
+          const rooms = { 'chat:a': { ok: true } };
+          last().say({ type: 'reply', ref, ok: true, payload: { rooms } });
+          last().say({ type: 'x.y', room: 'chat:a', id: 'm1', payload: 1 });
+        }""",
+        subscribe["ref"],
+    )
+    page.wait_for_function("second.state === 'subscribed'")
+    assert page.evaluate("secondEvents") == ["m1"]
+    assert page.evaluate("seen.rooms['chat:a'].events.map((e) => e.id)") == ["m1"]
+    # A third one joins at once, with the room's result; leaving one keeps the room.
+    assert page.evaluate("rc.subscribe('chat:a').ready") == {"ok": True}
+    page.evaluate("first.unsubscribe()")
+    assert len(sent(page)) == 2
+    page.evaluate("last().say({ type: 'x.y', room: 'chat:a', id: 'm2', payload: 2 })")
+    assert page.evaluate("secondEvents") == ["m1", "m2"]
+    assert page.evaluate("seen.rooms['chat:a'].events.length") == 1
+
+
+def test_the_last_subscription_leaving_unsubscribes_the_room(server: Server, page: Page) -> None:
+    fake_client(page, server)
+    connected(page)
+    page.evaluate("window.sub = follow('chat:a')")
+    page.wait_for_function("last().sent.length === 2")
+    left = page.evaluate(
+        """async () => {
+          const leaving = sub.unsubscribe().then(() => 'left');
+          const request = last().sent.at(-1);
+          last().say({ type: 'reply', ref: request.ref, ok: true,
+                       payload: { rooms: { 'chat:a': { ok: true } } } });
+          return [request.action, request.rooms, await leaving, sub.state];
+        }"""
+    )
+    assert left == ["unsubscribe", ["chat:a"], "left", "unsubscribed"]
+    # A late event of the room reaches no one.
+    page.evaluate("last().say({ type: 'x.y', room: 'chat:a', id: 'm1', payload: 1 })")
+    assert page.evaluate("seen.events") == []
+
+
+def test_a_gap_and_rooms_removed_by_a_refresh_are_told(server: Server, page: Page) -> None:
+    fake_client(page, server)
+    connected(page)
+    page.evaluate("follow('chat:a'); window.b = follow('chat:b')")
+    page.wait_for_function("last().sent.length === 2")
+    ref = sent(page)[-1]["ref"]
+    page.evaluate(
+        """ref => last().say({ type: 'reply', ref, ok: true, payload: { rooms: {
+          'chat:a': { ok: true, offset: 4, epoch: 'e' }, 'chat:b': { ok: true } } } })""",
+        ref,
+    )
+    page.evaluate("last().say({ type: 'gap', payload: { dropped: 3, rooms: ['chat:a'] } })")
+    assert page.evaluate("seen.rooms['chat:a'].recovered") == [
+        {"room": "chat:a", "recovered": False, "offset": 4, "epoch": "e"}
+    ]
+    page.evaluate("last().say({ type: 'token.expiring', payload: { expiresInMs: 1000 } })")
+    page.wait_for_function("last().sent.length === 3")
+    refresh = sent(page)[-1]
+    page.evaluate(
+        "ref => last().say({ type: 'reply', ref, ok: true, "
+        "payload: { expiresAt: null, removed: ['chat:b'] } })",
+        refresh["ref"],
+    )
+    page.wait_for_function("seen.errors.length === 1")
+    assert page.evaluate("seen.errors[0]") == {
+        "code": "forbidden",
+        "message": "the new token does not allow chat:b",
+    }
+    assert page.evaluate("b.state") == "unsubscribed"
+    page.evaluate("last().say({ type: 'x.y', room: 'chat:b', id: 'm1', payload: 1 })")
+    assert page.evaluate("seen.events") == []
