@@ -73,10 +73,21 @@ async def serving(kind: ServerKind, **hub_kwargs: Any) -> AsyncIterator[Served]:
 async def connected(
     served: Served, target: str = PATH, **kwargs: Any
 ) -> AsyncIterator[ClientConnection]:
-    """A client whose ``connection.ack`` has been read."""
-    async with open_client(served, target, **kwargs) as client:
-        await next_frame(client, "connection.ack")
-        yield client
+    """A client whose ``connection.ack`` has been read.
+
+    Its socket is closed on the way out even when the closing handshake is
+    cancelled (the test's deadline expired): websockets' ``close()`` then
+    leaves the transport open, and the socket would leak into whichever later
+    test the garbage collector runs in.
+    """
+    client: ClientConnection | None = None
+    try:
+        async with open_client(served, target, **kwargs) as client:
+            await next_frame(client, "connection.ack")
+            yield client
+    finally:
+        if client is not None:
+            client.transport.abort()  # a no-op once the connection is closed
 
 
 def open_client(served: Served, target: str = PATH, **kwargs: Any) -> connect:
@@ -124,6 +135,23 @@ class UserAuthenticator:
 
 
 # Connection
+
+
+async def test_connected_closes_its_socket_when_leaving_it_is_cancelled(
+    kind: ServerKind,
+) -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with serving(kind) as served:
+            with anyio.CancelScope() as scope:
+                async with connected(served) as client:
+                    # The close frame cannot arrive: leaving waits for it, and
+                    # the cancellation ends the wait, as a test's deadline would.
+                    client.transport.pause_reading()
+                    scope.cancel()
+            assert scope.cancelled_caught
+            with anyio.fail_after(1):
+                await client.wait_closed()
+            assert client.transport.get_extra_info("socket").fileno() == -1
 
 
 async def test_connect_negotiates_roomcast_v1_and_acks(kind: ServerKind) -> None:
