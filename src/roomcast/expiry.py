@@ -63,6 +63,9 @@ class ExpirySchedule(Generic[K]):
 
     Each scheduled token has two entries in a heap, ``"warn"`` at
     ``expires_at - warning`` and ``"expire"`` at ``expires_at + grace``;
+    a token scheduled with less than twice ``warning`` left is warned halfway
+    through what it has left instead, so that a client refreshing a short-lived
+    token on every warning is not warned again at once;
     entries of a token that was replaced or removed are skipped when they reach
     the top, so `schedule()` and `remove()` are O(log n).
     """
@@ -104,25 +107,31 @@ class ExpirySchedule(Generic[K]):
     def __contains__(self, key: object) -> bool:
         return key in self._tokens
 
-    def schedule(self, key: K, expires_at: float | None) -> None:
+    def schedule(self, key: K, expires_at: float | None, now: float | None = None) -> None:
         """Schedule the token of ``key`` expiring at ``expires_at``, replacing any earlier one.
 
         Deadlines already past are due at the next poll. ``None`` (a token
         that never expires) ends the schedule of ``key``, as `remove()` does.
+        With ``now``, the warning comes ``warning`` seconds before the expiry
+        or halfway from ``now`` to it, whichever is later.
 
         Raises:
-            ValueError: ``expires_at`` is not finite.
+            ValueError: ``expires_at`` or ``now`` is not finite.
         """
         if expires_at is None:
             self.remove(key)
             return
         check_finite("expires_at", expires_at)
+        warn_at = expires_at - self._warning
+        if now is not None:
+            check_finite("now", now)
+            warn_at = max(warn_at, now + (expires_at - now) / 2)
         self._seq += 1
         seq = self._seq
         replaced = key in self._tokens
         self._tokens[key] = _Token(expires_at, seq)
         heap = self._heap
-        heapq.heappush(heap, (expires_at - self._warning, seq, key, "warn"))
+        heapq.heappush(heap, (warn_at, seq, key, "warn"))
         heapq.heappush(heap, (expires_at + self._grace, seq, key, "expire"))
         if replaced:
             self._compact()

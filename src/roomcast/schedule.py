@@ -74,8 +74,9 @@ class Schedule:
         """
         expires_at = client.principal.expires_at
         # Token times are wall-clock; the schedule runs on the hub's clock.
-        at = None if expires_at is None else self._clock.now() + expires_at - time.time()
-        self._expiries.schedule(client.id, at)
+        now = self._clock.now()
+        at = None if expires_at is None else now + expires_at - time.time()
+        self._expiries.schedule(client.id, at, now)
         # A token that expires within the loop's current sleep must not wait
         # for its end: wake the loop to sleep until the new deadline instead.
         first = self._expiries.next_deadline()

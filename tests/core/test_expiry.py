@@ -174,3 +174,35 @@ def test_each_current_token_is_warned_then_expired_once_at_its_deadlines(
             seen.append((due.key, due.action))
     assert sorted(seen) == sorted((key, action) for key in current for action in ("warn", "expire"))
     assert len(schedule) == 0
+
+
+def test_a_short_token_is_warned_halfway_through_what_it_has_left() -> None:
+    schedule: ExpirySchedule[str] = ExpirySchedule(warning=60)
+    schedule.schedule("a", 130.0, now=100.0)
+    assert schedule.next_deadline() == 115.0
+    assert schedule.poll(114.9) == ()
+    assert schedule.poll(115.0) == (ExpiryDue("a", "warn", 15.0),)
+
+
+def test_refreshing_a_short_token_on_its_warning_is_not_warned_again_at_once() -> None:
+    # A 30 s token, 60 s warning: without the halfway rule every refresh is due a
+    # warning the moment it is scheduled, and a client refreshing on each warning loops.
+    schedule: ExpirySchedule[str] = ExpirySchedule(warning=60)
+    schedule.schedule("a", 30.0, now=0.0)
+    assert [due.action for due in schedule.poll(15.0)] == ["warn"]
+    schedule.schedule("a", 45.0, now=15.0)
+    assert schedule.poll(15.0) == ()
+    assert schedule.next_deadline() == 30.0
+
+
+def test_a_long_token_is_warned_the_full_warning_ahead_whatever_now() -> None:
+    schedule: ExpirySchedule[str] = ExpirySchedule(warning=60)
+    schedule.schedule("a", 1000.0, now=0.0)
+    assert schedule.next_deadline() == 940.0
+
+
+@pytest.mark.parametrize("now", [math.inf, -math.inf, math.nan])
+def test_an_infinite_now_is_refused(now: float) -> None:
+    schedule: ExpirySchedule[str] = ExpirySchedule(warning=60)
+    with pytest.raises(ValueError, match="now"):
+        schedule.schedule("a", 10.0, now=now)

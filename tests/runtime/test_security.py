@@ -184,6 +184,20 @@ async def test_expiring_token_is_warned_then_closed_4002() -> None:
         assert hub.stats().token_expirations == 1
 
 
+async def test_a_token_shorter_than_the_warning_is_warned_halfway_not_at_once() -> None:
+    clock = ManualClock()
+    tokens: Tokens = {SECRET_TOKEN: ("alice", 30.0, {})}
+    async with hub_with(tokens, clock=clock, token_expiry_warning=60, heartbeat=QUIET) as hub:
+        async with TestClient(hub, auth_token=SECRET_TOKEN) as client:
+            await clock.advance(10)
+            assert client.drain() == []
+            # Token lifetimes are wall-clock: leave slack for a slow machine.
+            await clock.advance(6)
+            warning = await client.receive()
+            assert warning["type"] == "token.expiring"
+            assert 10_000 < warning["payload"]["expiresInMs"] <= 15_000
+
+
 async def test_a_token_expiring_sooner_than_the_next_poll_is_warned_on_time() -> None:
     clock = ManualClock()
     tokens: Tokens = {SECRET_TOKEN: ("alice", 0.5, {})}
