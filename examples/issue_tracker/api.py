@@ -241,8 +241,9 @@ def routes(hub: Hub, store: Store, tokens: Tokens, authorizer: Authorizer) -> li
             raise HTTPException(403, "only its author may edit a comment")
         body = text(await read_json(request), "body", 4000)
         if body != comment["body"]:
+            before = comment["body"]
             comment = store.edit_comment(comment["id"], body)
-            await events.comment_updated(hub, issue, comment, actor=user)
+            await events.comment_updated(hub, store, issue, comment, before=before, actor=user)
         return JSONResponse(comment)
 
     async def delete_comment(request: Request) -> Response:

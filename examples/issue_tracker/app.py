@@ -13,12 +13,20 @@ backend unless ``--redis redis://127.0.0.1:6379/0`` (and ``--redis-prefix``) put
 Redis, where several processes share rooms and history outlives a restart.
 ``--token-ttl 60`` shows a token refresh 48 seconds after signing in. Ctrl-C or SIGTERM
 closes every page with 1001 and exits with status 0.
+
+Tokens are signed with a secret made at each start unless one is given: several nodes
+on one Redis (behind a load balancer) must share it, or each refuses the others' tokens.
+Set ``ROOMCAST_TRACKER_SECRET`` (at least 32 bytes, e.g. from
+``python -c "import secrets; print(secrets.token_urlsafe(48))"``) in each node's
+environment, or pass ``--secret``, which other users of the machine can read in the
+process list. The secret is never printed or logged.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import secrets
 import signal
 import socket
@@ -50,6 +58,10 @@ from .store import Store
 STATIC: Final = Path(__file__).resolve().parent / "static"
 DEFAULT_TOKEN_TTL: Final = 15 * 60
 MIN_TOKEN_TTL: Final = 10
+#: The environment variable that gives every node the same token secret.
+SECRET_VARIABLE: Final = "ROOMCAST_TRACKER_SECRET"
+#: HS256 secrets shorter than its hash are refused (RFC 7518, section 3.2).
+MIN_SECRET_BYTES: Final = 32
 
 
 # --8<-- [start:app]
@@ -155,9 +167,10 @@ def main(args: argparse.Namespace) -> None:
     port = listener.getsockname()[1]
     netloc = f"[{args.host}]:{port}" if ":" in args.host else f"{args.host}:{port}"
     app, hub = create_app(
-        # Made at each start and never shown: tokens from before a restart are refused,
-        # and pages sign in again through their token provider.
-        secret=secrets.token_bytes(32),
+        # Given, so that every node accepts every node's tokens; or made at each start
+        # and never shown: tokens from before a restart are then refused, and pages sign
+        # in again through their token provider.
+        secret=args.secret.encode() if args.secret else secrets.token_bytes(MIN_SECRET_BYTES),
         origins=[*own_origins(args.host, port), *args.origin],
         token_ttl=args.token_ttl,
         store=Store(args.db),
@@ -188,6 +201,14 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--token-ttl", type=int, default=DEFAULT_TOKEN_TTL, help="token lifetime in seconds"
     )
     parser.add_argument(
+        "--secret",
+        default=os.environ.get(SECRET_VARIABLE) or None,
+        help=(
+            f"the token signing secret shared by every node (default: ${SECRET_VARIABLE}, "
+            "else a random one made at each start)"
+        ),
+    )
+    parser.add_argument(
         "--origin",
         action="append",
         default=[],
@@ -196,6 +217,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.token_ttl < MIN_TOKEN_TTL:
         parser.error(f"--token-ttl must be at least {MIN_TOKEN_TTL} seconds")
+    # The message names the option and the rule, never the value.
+    if args.secret is not None and len(args.secret.encode()) < MIN_SECRET_BYTES:
+        parser.error(
+            f"the secret (--secret or ${SECRET_VARIABLE}) must be at least "
+            f"{MIN_SECRET_BYTES} bytes long"
+        )
     return args
 
 

@@ -52,9 +52,11 @@ def workspace_room() -> str:
 
 # --8<-- [start:issues]
 async def issue_created(hub: Hub, store: Store, issue: dict[str, Any], *, actor: str) -> None:
-    """A new issue: on its team's board, and in the workspace's feed."""
+    """A new issue: on its team's board, in the workspace's feed, and to its assignee."""
     await hub.publish(f"team:{issue['team']}", "issue.created", {"issue": issue}, user_id=actor)
     await activity(hub, store, actor, "created", issue)
+    if issue["assignee"] not in (None, actor):
+        await notify(hub, store, issue["assignee"], "assigned", issue, actor=actor)
 
 
 async def issue_updated(
@@ -115,15 +117,28 @@ async def comment_created(
 
 
 async def comment_updated(
-    hub: Hub, issue: dict[str, Any], comment: dict[str, Any], *, actor: str
+    hub: Hub,
+    store: Store,
+    issue: dict[str, Any],
+    comment: dict[str, Any],
+    *,
+    before: str,
+    actor: str,
 ) -> None:
-    """A comment was edited (by its author)."""
+    """A comment was edited (by its author): to those the edit mentions for the first time.
+
+    ``before`` is the comment's body before the edit: who it mentioned was told already.
+    """
     await hub.publish(
         (f"team:{issue['team']}", f"issue:{issue['id']}"),
         "comment.updated",
         {"comment": comment},
         user_id=actor,
     )
+    told = set(mentions(before, issue["team"]))
+    for user in mentions(comment["body"], issue["team"]):
+        if user != actor and user not in told:
+            await notify(hub, store, user, "mentioned", issue, actor=actor)
 
 
 async def comment_deleted(

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -164,12 +164,18 @@ class Tracker:
 
 
 @asynccontextmanager
-async def running(*args: str, capture_stderr: bool = False) -> AsyncIterator[Tracker]:
-    """Start the example on a free port; it is killed on the way out if it still runs."""
+async def running(
+    *args: str, capture_stderr: bool = False, env: Mapping[str, str] | None = None
+) -> AsyncIterator[Tracker]:
+    """Start the example on a free port; it is killed on the way out if it still runs.
+
+    ``env`` adds to the test's own environment.
+    """
     process = await anyio.open_process(
         [sys.executable, str(APP), "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE if capture_stderr else None,
+        env={**os.environ, **env} if env is not None else None,
     )
     try:
         assert process.stdout is not None
