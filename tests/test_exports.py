@@ -13,6 +13,7 @@ import ast
 import functools
 import importlib
 import inspect
+import types
 from pathlib import Path
 from types import ModuleType
 
@@ -404,6 +405,8 @@ def exported(module: str) -> list[str]:
 
 def is_code(value: object) -> bool:
     """A class or a function: documented by its docstring."""
+    if isinstance(value, types.GenericAlias):
+        return False  # Callable[...]: Python 3.10's inspect.isclass() takes it for a class
     return inspect.isclass(value) or inspect.isroutine(value)
 
 

@@ -26,6 +26,9 @@ class Internal:
             instance attribute, a property or a slot).
         checked: the framework versions it was checked against, oldest first.
         why: what the adapter uses it for, and what it does when it is missing.
+        since: for an internal the adapter can do without, the first framework
+            version that has it; older versions lack it and the adapter falls
+            back. ``None`` for one the adapter needs in every version it supports.
     """
 
     owner: str
@@ -33,6 +36,7 @@ class Internal:
     kind: Literal["callable", "attribute"]
     checked: tuple[str, ...]
     why: str
+    since: str | None = None
 
     @property
     def distribution(self) -> str:

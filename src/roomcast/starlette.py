@@ -24,10 +24,10 @@ a frame limit no larger than ``hub.max_message_size`` (uvicorn: ``--ws-max-size 
 false``). Whatever the server allows, [`StarletteTransport`][roomcast.starlette.StarletteTransport]
 closes the connection with 1009 on a message over ``hub.max_message_size`` bytes.
 
-Checked with Starlette 1.10.0 and 0.37.2, uvicorn 0.54.0 and 0.30.0, and hypercorn 0.18.0. The
-attributes of Starlette's ``WebSocket`` and of uvicorn that are outside their documented API,
-and that the adapter uses, are listed in `_INTERNALS`; the eager send on asyncio lives in
-`roomcast._asyncio`.
+Checked with Starlette 1.10.0, 1.7.0 (the newest on Python 3.10) and 0.37.2, uvicorn 0.54.0
+and 0.30.0, and hypercorn 0.18.0. The attributes of Starlette's ``WebSocket`` and of uvicorn
+that are outside their documented API, and that the adapter uses, are listed in `_INTERNALS`;
+the eager send on asyncio lives in `roomcast._asyncio`.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ _GONE = (WebSocketDisconnect, RuntimeError, OSError)
 _CONNECTED = WebSocketState.CONNECTED
 
 _WEBSOCKET = "starlette.websockets.WebSocket"
-_STARLETTE = ("0.37.2", "1.10.0")
+_STARLETTE = ("0.37.2", "1.7.0", "1.10.0")
 _UVICORN = ("0.30.0", "0.54.0")
 
 #: Every attribute outside Starlette's and uvicorn's documented API that this adapter uses.

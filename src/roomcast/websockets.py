@@ -1,7 +1,10 @@
 """Serve a roomcast hub with the ``websockets`` library's asyncio implementation.
 
-Checked with ``websockets`` 17.4: the fast path relies on connection
-attributes (listed in `_INTERNALS`) that appeared in 16.0 and 17.4.
+Checked with ``websockets`` 15.0, 15.0.1, 16.0, 16.1.1 and 17.4. The fast path, frames
+written in place, relies on connection attributes (listed in `_INTERNALS`);
+two of them are recent, ``send_in_progress`` (16.0) and ``set_connection_exc``
+(17.4). Where one is missing every frame goes through ``Connection.send()``
+instead: correct, one write per frame.
 
 What it mounts: a connection handler, [`handler(hub)`][roomcast.websockets.handler], whose
 ``process_request`` hook asks the hub to admit each handshake before it is accepted.
@@ -48,7 +51,8 @@ returns: ``serve(hub, host, port, process_request=roomcast.websockets.client_scr
 
 The fast path writes frames the way ``websockets.broadcast()`` does, through
 attributes of the connection that are not part of the library's documented
-API; `_INTERNALS` lists them with the versions they were checked against.
+API; `_INTERNALS` lists them with the versions they were checked against, and
+those the adapter can do without with the version that brought them.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ from roomcast.transport import MAX_CLOSE_REASON_BYTES, Handshake, close_frame
 from roomcast.wire import PROTOCOL
 
 try:
+    from websockets.asyncio.connection import Connection
     from websockets.asyncio.server import Server, ServerConnection
     from websockets.asyncio.server import serve as _serve
     from websockets.exceptions import ConnectionClosed as _WebSocketsClosed
@@ -78,7 +83,7 @@ try:
     from websockets.typing import Subprotocol
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "roomcast.websockets needs the websockets package: pip install 'websockets>=17.4' "
+        "roomcast.websockets needs the websockets package: pip install 'websockets>=15.0' "
         "(from a roomcast checkout: pip install -e '.[websockets]')"
     ) from exc
 
@@ -102,22 +107,37 @@ __all__ = [
 logger = logging.getLogger("roomcast.websockets")
 
 
-def _on_connection(name: str, kind: Literal["callable", "attribute"], why: str) -> Internal:
-    return Internal("websockets.asyncio.connection.Connection", name, kind, ("17.4",), why)
+_CHECKED: Final = ("15.0", "15.0.1", "16.0", "16.1.1", "17.4")
+
+
+def _on_connection(
+    name: str, kind: Literal["callable", "attribute"], why: str, since: str | None = None
+) -> Internal:
+    return Internal("websockets.asyncio.connection.Connection", name, kind, _CHECKED, why, since)
 
 
 #: Every attribute of a ``websockets`` connection outside the library's
 #: documented API that this adapter uses. All of them are what
-#: ``websockets.broadcast()`` itself uses to write without waiting.
+#: ``websockets.broadcast()`` itself uses to write without waiting. Those with
+#: a ``since`` are optional: without one, frames go through ``Connection.send()``.
 _INTERNALS: Final = (
     _on_connection("protocol", "attribute", "the sans-I/O state; frames written in place"),
     _on_connection("transport", "attribute", "the write buffer's size; abort on close"),
-    _on_connection("send_in_progress", "attribute", "a fragmented send: wait (since 16.0)"),
+    _on_connection(
+        "send_in_progress", "attribute", "a fragmented send: wait (else: send())", since="16.0"
+    ),
     _on_connection("paused", "attribute", "flow control: wait while paused"),
     _on_connection("send_data", "callable", "flush the frames written in place"),
-    _on_connection("set_connection_exc", "callable", "why a write failed (since 17.4)"),
+    _on_connection(
+        "set_connection_exc", "callable", "why a write failed (else: send())", since="17.4"
+    ),
     _on_connection("close_timeout", "attribute", "the hub's close_timeout for its closes"),
 )
+
+#: Whether this ``websockets`` records why an in-place write failed (17.4 and
+#: later); without it, no frame is written in place. ``send_in_progress`` (16.0),
+#: an instance attribute, is looked for on each connection at its handshake.
+_RECORDS_WRITE_ERRORS: Final = callable(getattr(Connection, "set_connection_exc", None))
 
 _ProcessRequest = Callable[
     [ServerConnection, Request], "Awaitable[Response | None] | Response | None"
@@ -135,13 +155,15 @@ class WebSocketsTransport:
             ``None`` keeps that one.
     """
 
-    __slots__ = ("_close_timeout", "_connection")
+    __slots__ = ("_close_timeout", "_connection", "_in_place")
 
     def __init__(self, connection: ServerConnection, *, close_timeout: float | None = None) -> None:
         if connection.request is None:  # handlers run only after the opening handshake
             raise ValueError("the connection has not completed its opening handshake")
         self._connection = connection
         self._close_timeout = close_timeout
+        # Frames are written in place only where every internal that takes is there.
+        self._in_place = _RECORDS_WRITE_ERRORS and hasattr(connection, "send_in_progress")
 
     @property
     def handshake(self) -> Handshake:
@@ -242,6 +264,8 @@ class WebSocketsTransport:
             if state is CLOSED:
                 raise _closed(connection.protocol.close_exc)
             return False  # closing: send() waits for the end and reports it
+        if not self._in_place:
+            return False  # an older websockets: Connection.send() does it all
         # Same gate as Connection.send(), which drains while the transport is
         # paused (past the high-water mark until it falls to the low one).
         transport = connection.transport
@@ -414,6 +438,8 @@ def client_script(
 #: ``roomcast.bearer.`` entries.
 _CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 _REDACTED = "[redacted]"
+#: What ``websockets`` logs, with the exception, for a handshake its parser refused.
+_HANDSHAKE_FAILED = "opening handshake failed"
 
 
 class RedactingLogger(_LoggerAdapter):
@@ -425,7 +451,10 @@ class RedactingLogger(_LoggerAdapter):
     ``roomcast.bearer.`` entries of ``Sec-WebSocket-Protocol`` and the payload
     of data frames are written as ``[redacted]``, and a DEBUG record's
     exception (which may quote a header) is reduced to its class name. Records
-    above DEBUG pass unchanged. [`serve`][roomcast.websockets.serve] uses it by
+    above DEBUG pass unchanged, but for ``opening handshake failed``, an ERROR
+    whose exception quotes a malformed header line before ``websockets`` 17.0:
+    its exception is reduced to its class name too.
+    [`serve`][roomcast.websockets.serve] uses it by
     default; give it to a server you configure yourself with
     ``serve(..., logger=RedactingLogger())``.
 
@@ -439,7 +468,7 @@ class RedactingLogger(_LoggerAdapter):
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         """Log, redacting what a DEBUG record of the library could reveal."""
-        if level <= logging.DEBUG and self.isEnabledFor(level):
+        if (level <= logging.DEBUG or msg == _HANDSHAKE_FAILED) and self.isEnabledFor(level):
             args = tuple(_redacted(msg, args))
             exc_info = kwargs.pop("exc_info", None)
             if exc_info:
@@ -506,6 +535,9 @@ def _redacted(msg: object, args: tuple[object, ...]) -> list[object]:
     if msg == "< %s %s %s" and len(args) == 3:  # the request line
         path, question, _ = str(args[1]).partition("?")
         return [args[0], path + (f"?{_REDACTED}" if question else ""), args[2]]
+    if msg == "< GET %s HTTP/1.1" and len(args) == 1:  # the request line before 17.0
+        path, question, _ = str(args[0]).partition("?")
+        return [path + (f"?{_REDACTED}" if question else "")]
     return [
         f"{arg.opcode.name} {_REDACTED} [{len(arg.data)} bytes]"
         if isinstance(arg, Frame) and arg.opcode in DATA_OPCODES

@@ -4,13 +4,16 @@
 the Starlette adapter's hypercorn-on-trio tests connect with this instead. It
 covers what those tests use: the opening handshake (with its refusals),
 ``send``, ``recv``, ``aclose``, ``subprotocol``, ``local_address``, ``response``
-and ``stream``.
+and ``stream``. Once open, a task reads in the background, as websockets' own
+clients do: pings and a server's close frame are answered while the test does
+not read.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import trio
@@ -32,7 +35,9 @@ class ClientConnection:
         self.protocol = protocol
         self.response: Response | None = None
         self._pending: list[str | bytes] = []
-        self._sending = trio.Lock()  # replies to pings may go out from recv()
+        self._sending = trio.Lock()  # replies to pings go out from the reading task
+        self._messages_in, self._messages = trio.open_memory_channel[str | bytes](math.inf)
+        self._read_all = trio.Event()
 
     @property
     def subprotocol(self) -> Subprotocol | None:
@@ -100,20 +105,32 @@ class ClientConnection:
             self.protocol.send_binary(message)
         await self._flush()
 
+    async def read_in_background(self) -> None:
+        """Read until the connection closes, queueing the messages for ``recv``."""
+        try:
+            for message in self._pending:
+                self._messages_in.send_nowait(message)
+            while not self._closed():
+                try:
+                    more = await self._read()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    more = False
+                for event in self.protocol.events_received():
+                    assert isinstance(event, Frame)
+                    if event.opcode in (Opcode.TEXT, Opcode.BINARY):
+                        self._messages_in.send_nowait(self._data(event))
+                if not more:
+                    self.protocol.receive_eof()  # idempotent
+                    break
+        finally:
+            self._messages_in.close()
+            self._read_all.set()
+
     async def recv(self) -> str | bytes:
-        while not self._pending:
-            if self._closed():
-                raise self.protocol.close_exc
-            more = await self._read()
-            for event in self.protocol.events_received():
-                assert isinstance(event, Frame)
-                if event.opcode in (Opcode.TEXT, Opcode.BINARY):
-                    self._pending.append(self._data(event))
-            if not more and not self._pending:
-                if not self._closed():
-                    self.protocol.receive_eof()
-                raise self.protocol.close_exc
-        return self._pending.pop(0)
+        try:
+            return await self._messages.receive()
+        except trio.EndOfChannel:
+            raise self.protocol.close_exc from None
 
     def _closed(self) -> bool:
         return self.protocol.state is State.CLOSED
@@ -121,12 +138,9 @@ class ClientConnection:
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         if self.protocol.state is State.OPEN:
             self.protocol.send_close(code, reason)
-            await self._flush()
-        try:
-            while self.protocol.state is not State.CLOSED and await self._read():
-                self.protocol.events_received()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._flush()
+        await self._read_all.wait()  # the reading task sees the server's answer
         await self.stream.aclose()
 
 
@@ -152,9 +166,15 @@ async def connect(
     client = ClientConnection(stream, protocol)
     try:
         await client.handshake(additional_headers)
-        yield client
-    finally:
+    except BaseException:
+        await stream.aclose()
+        raise
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.read_in_background)
         try:
-            await client.aclose()
-        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.aclose()
+            yield client
+        finally:
+            try:
+                await client.aclose()
+            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.aclose()

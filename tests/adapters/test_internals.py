@@ -1,7 +1,9 @@
 """What each adapter relies on beyond its framework's documented API, checked against it.
 
 Every adapter lists the framework internals it touches in its module-level
-``_INTERNALS``. For the installed framework, each must exist with its kind;
+``_INTERNALS``. For the installed framework, each must exist with its kind,
+but for one marked optional (``since``) in a version older than that, where
+the adapter falls back;
 the adapter's code may touch no private attribute the list leaves out, and
 the list names nothing the code no longer uses. The adapters' shape (the same
 helpers in the same order) and the one home of asyncio tricks are checked here
@@ -20,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from packaging.version import Version
 
 import roomcast
 import roomcast._aiohttp_wire
@@ -111,6 +114,18 @@ def problem(internal: Internal) -> str | None:
     return "is not an attribute"
 
 
+def verdict(internal: Internal, version: str, found: str | None) -> str | None:
+    """The failure for ``internal``, which is ``found`` (``None``: present) in ``version``."""
+    if found is None:
+        return None
+    if internal.since is not None and Version(version) < Version(internal.since):
+        return None  # optional, and older than the version that brought it: the adapter falls back
+    return (
+        f"{internal.owner}.{internal.name} ({internal.kind}) {found} in "
+        f"{internal.distribution} {version}; the adapter relies on it: {internal.why}"
+    )
+
+
 @pytest.mark.parametrize("internal", LISTED)
 def test_each_listed_internal_exists_in_the_installed_framework(internal: Internal) -> None:
     version = importlib.metadata.version(internal.distribution)
@@ -118,10 +133,39 @@ def test_each_listed_internal_exists_in_the_installed_framework(internal: Intern
         found = problem(internal)
     except (ImportError, AttributeError) as exc:
         found = f"cannot be found ({exc})"
-    assert found is None, (
-        f"{internal.owner}.{internal.name} ({internal.kind}) {found} in "
-        f"{internal.distribution} {version}; the adapter relies on it: {internal.why}"
-    )
+    failure = verdict(internal, version, found)
+    assert failure is None, failure
+
+
+def test_only_an_optional_internal_may_be_missing_and_only_before_its_version() -> None:
+    required = Internal("websockets.Connection", "gone", "callable", ("16.0",), "needed")
+    optional = Internal("websockets.Connection", "new", "callable", ("16.0",), "faster", "17.4")
+    assert verdict(required, "16.0", None) is None
+    assert verdict(required, "17.4", "is not a method") is not None
+    assert verdict(optional, "16.1.1", "is not a method") is None
+    assert verdict(optional, "17.4", "is not a method") is not None
+    assert verdict(optional, "18.0", "cannot be found (no attribute)") is not None
+
+
+def test_optional_internals_are_few_and_each_has_its_fallback() -> None:
+    optional = {
+        (adapter, internal.name): internal
+        for adapter in ADAPTERS
+        for internal in internals(adapter)
+        if internal.since is not None
+    }
+    # Deliberate: a new optional internal needs a fallback, a test of it and an entry here.
+    assert set(optional) == {
+        ("websockets", "send_in_progress"),
+        ("websockets", "set_connection_exc"),
+    }
+    for internal in optional.values():
+        assert "else:" in internal.why, internal
+
+
+def test_the_websockets_adapter_writes_in_place_exactly_where_its_internals_are() -> None:
+    version = Version(importlib.metadata.version("websockets"))
+    assert roomcast.websockets._RECORDS_WRITE_ERRORS is (version >= Version("17.4"))
 
 
 @pytest.mark.parametrize("internal", LISTED)

@@ -143,6 +143,27 @@ def test_redacting_logger_hides_data_frames_and_exception_details(
     ]
 
 
+def test_redacting_logger_hides_credentials_in_the_lines_of_websockets_16(
+    redacting: tuple[roomcast.websockets.RedactingLogger, Lines],
+) -> None:
+    # Before 17.0, websockets.server writes the request line with the path alone, and a
+    # header line its parser refuses in the traceback of an ERROR.
+    logger, lines = redacting
+    logger.debug("< GET %s HTTP/1.1", f"/ws?token={SECRET}")
+    logger.debug("< GET %s HTTP/1.1", "/ws")
+    try:
+        raise ValueError(f"invalid HTTP header line: Authorization: Bearer {SECRET}\r")
+    except ValueError:
+        logger.error("opening handshake failed", exc_info=True)
+    logger.error("connection handler failed")
+    assert lines.lines == [
+        "< GET /ws?[redacted] HTTP/1.1",
+        "< GET /ws HTTP/1.1",
+        "opening handshake failed [ValueError]",
+        "connection handler failed",
+    ]
+
+
 async def test_serve_logs_through_the_redacting_logger() -> None:
     async with Hub() as hub, await roomcast.websockets.serve(hub, "127.0.0.1", 0) as server:
         connection_logger = server.logger

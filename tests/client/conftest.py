@@ -8,6 +8,7 @@ frames a hub sends only in rare conditions.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt as pyjwt
+import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
@@ -26,6 +28,14 @@ from roomcast.jwt import JWTAuthenticator
 SECRET = "a-client-test-secret-of-at-least-32-bytes"
 #: Every wait of these tests is bounded by this many seconds.
 TIMEOUT = 15
+
+#: Whether the installed websockets has its trio client: 17.0 and later, on Python 3.11+.
+HAS_WEBSOCKETS_TRIO = importlib.util.find_spec("websockets.trio") is not None
+#: For the tests of the client on trio; where it cannot run, test_api checks the error instead.
+needs_websockets_trio = pytest.mark.skipif(
+    not HAS_WEBSOCKETS_TRIO,
+    reason="the client on trio needs websockets 17.0 (Python 3.11+), not installed here",
+)
 
 
 def token(user: str, ttl: float = 600) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,7 +23,14 @@ from roomcast import (
 from roomcast.client import Event, HistoryPage, Member, PresenceChange, Received, Subscription
 from roomcast.wire import StreamPosition
 
-from .conftest import TIMEOUT, fast_backoff, hub_kwargs, token
+from .conftest import (
+    HAS_WEBSOCKETS_TRIO,
+    TIMEOUT,
+    fast_backoff,
+    hub_kwargs,
+    needs_websockets_trio,
+    token,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -111,6 +119,7 @@ async def test_subscribe_publish_presence_history_unsubscribe(kind: ServerKind) 
         await the_flow(served.url, served_publish)
 
 
+@needs_websockets_trio
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_the_client_runs_on_trio(anyio_backend: str) -> None:
     async with TRIO_KIND.start(hub_kwargs()) as served:
@@ -119,6 +128,45 @@ async def test_the_client_runs_on_trio(anyio_backend: str) -> None:
             await served.run(lambda hub: publish(hub, room, count))
 
         await the_flow(served.url, served_publish)
+
+
+def without_websockets_trio(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``websockets.trio`` unimportable, as before websockets 17.0."""
+    for name in [name for name in sys.modules if name.startswith("websockets.trio")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "websockets.trio", None)
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_on_trio_without_websockets_trio_entering_names_the_version_needed(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    without_websockets_trio(monkeypatch)
+    conn = roomcast.client.connect("ws://127.0.0.1:9/ws", token=token("u1"))
+    with pytest.raises(ImportError, match=r"on trio needs websockets 17\.0 or later") as caught:
+        async with conn:
+            raise AssertionError("entered")  # pragma: no cover
+    assert "run the client on asyncio" in str(caught.value)
+    assert isinstance(caught.value.__cause__, ImportError)
+
+
+async def test_on_asyncio_without_websockets_trio_the_client_connects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    without_websockets_trio(monkeypatch)
+    async with KINDS[0].start(hub_kwargs()) as served:
+        async with roomcast.client.connect(served.url, token=token("u1")) as conn:
+            await conn.wait_state("connected")
+
+
+@pytest.mark.skipif(HAS_WEBSOCKETS_TRIO, reason="this websockets has its trio client")
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_on_trio_with_a_websockets_before_17_entering_names_the_version_needed(
+    anyio_backend: str,
+) -> None:
+    with pytest.raises(ImportError, match=r"on trio needs websockets 17\.0 or later"):
+        async with roomcast.client.connect("ws://127.0.0.1:9/ws", token=token("u1")):
+            raise AssertionError("entered")  # pragma: no cover
 
 
 async def test_room_less_events_go_to_the_connection_stream(kind: ServerKind) -> None:

@@ -17,7 +17,7 @@ from adapters.contract.servers import KINDS, Served, ServerKind
 from roomcast import CloseCode, Hub
 from roomcast.client import Event, PresenceChange, Received, Recovery, StateChange
 
-from .conftest import TIMEOUT, fast_backoff, hub_kwargs, token
+from .conftest import TIMEOUT, fast_backoff, hub_kwargs, needs_websockets_trio, token
 
 pytestmark = pytest.mark.anyio
 
@@ -85,6 +85,7 @@ async def test_a_closed_client_resubscribes_with_since_and_gets_what_it_missed(
         await catch_up(served)
 
 
+@needs_websockets_trio
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_the_trio_client_resubscribes_with_since(anyio_backend: str) -> None:
     async with TRIO_KIND.start(hub_kwargs()) as served:

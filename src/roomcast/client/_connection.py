@@ -49,7 +49,7 @@ from ._events import (
     parse_reset,
 )
 from ._rules import check_count, check_token, reconnect_advice, server_error
-from ._socket import WebSocket, open_websocket
+from ._socket import WebSocket, open_websocket, require_a_websocket_client
 from ._stream import EventBuffer
 from ._subscription import Subscription
 
@@ -203,6 +203,7 @@ class Connection:
     async def __aenter__(self) -> Connection:
         if self._task_group is not None:
             raise RuntimeError("a Connection can be entered once")
+        require_a_websocket_client()
         self._changed = anyio.Event()
         self._run_done = anyio.Event()
         self._task_group = anyio.create_task_group()
@@ -973,6 +974,9 @@ def connect(
     Raises:
         ValueError: a bad argument (both `token` and `token_provider`, a token
             out of the protocol's bounds, a timeout that is not positive).
+
+    Entering the connection under trio raises `ImportError` where `websockets`
+    has no trio client: before websockets 17.0, as on Python 3.10.
     """
     return Connection(
         url,

@@ -11,7 +11,7 @@ from websockets.typing import Data, Origin, Subprotocol
 
 from ..protocol import PROTOCOL
 
-__all__ = ["WebSocket", "on_trio", "open_websocket"]
+__all__ = ["WebSocket", "on_trio", "open_websocket", "require_a_websocket_client"]
 
 #: Seconds the closing handshake may take before the socket is dropped.
 CLOSE_TIMEOUT = 2.0
@@ -40,6 +40,33 @@ def on_trio() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+#: The first `websockets` with a trio client, `websockets.trio` (it needs Python 3.11).
+TRIO_CLIENT_SINCE = "17.0"
+
+
+def require_a_websocket_client() -> None:
+    """Check that `websockets` has a client for the calling task's event loop.
+
+    Its asyncio client is in every version the `client` extra admits; its trio
+    client only in 17.0 and later, which needs Python 3.11.
+
+    Raises:
+        ImportError: the task runs under trio and `websockets.trio` cannot be imported.
+    """
+    if not on_trio():
+        return
+    try:
+        import websockets.trio.client  # noqa: F401
+    except ImportError as exc:
+        installed = getattr(sys.modules.get("websockets"), "__version__", "unknown")
+        raise ImportError(
+            f"roomcast.client on trio needs websockets {TRIO_CLIENT_SINCE} or later "
+            f"(websockets.trio), which needs Python 3.11; websockets {installed} is installed "
+            f"on Python {sys.version_info.major}.{sys.version_info.minor}. "
+            f"Upgrade websockets, or run the client on asyncio"
+        ) from exc
 
 
 @asynccontextmanager

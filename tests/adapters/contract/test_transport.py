@@ -249,7 +249,7 @@ async def test_ping_calls_on_pong_when_the_pong_arrives(kind: TransportKind) -> 
 @pytest.mark.parametrize(
     ("module", "package", "requirement"),
     [
-        ("roomcast.websockets", "websockets", "websockets>=17.4"),
+        ("roomcast.websockets", "websockets", "websockets>=15.0"),
         ("roomcast.starlette", "starlette", "starlette>=0.37"),
         ("roomcast.aiohttp", "aiohttp", "aiohttp>=3.11"),
     ],

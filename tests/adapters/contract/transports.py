@@ -8,6 +8,8 @@ the test's own event loop: hypercorn on trio, every other on asyncio.
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from typing import Any, Generic, Literal, TypeVar
 import anyio
 import pytest
 from aiohttp import web
+from packaging.version import Version
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
@@ -74,13 +77,20 @@ class Handover(Generic[T]):
 
 @asynccontextmanager
 async def websockets_accepted(
-    path: str = "/", **client_kwargs: Any
+    path: str = "/", *, through_send: bool = False, **client_kwargs: Any
 ) -> AsyncIterator[tuple[ClientConnection, WebSocketsTransport]]:
-    """A ``websockets`` server's transport and its client."""
+    """A ``websockets`` server's transport and its client.
+
+    ``through_send``: the transport writes nothing in place, as it does with a
+    ``websockets`` older than 17.4; every frame goes through ``Connection.send()``.
+    """
     handover = Handover[WebSocketsTransport]()
 
     async def handle(connection: ServerConnection) -> None:
-        await handover.hand(WebSocketsTransport(connection))
+        transport = WebSocketsTransport(connection)
+        if through_send:
+            transport._in_place = False
+        await handover.hand(transport)
 
     async with (
         websockets_serve(handle, "127.0.0.1", 0, compression=None, max_size=MAX_SIZE) as server,
@@ -191,16 +201,34 @@ class TransportKind:
         return pytest.param(self, id=self.name)
 
 
+#: Whether the installed ``websockets`` has every internal the adapter's in-place writes
+#: need (17.4 and later; see roomcast.websockets._INTERNALS).
+WEBSOCKETS_WRITES_IN_PLACE = Version(importlib.metadata.version("websockets")) >= Version("17.4")
+
 TRANSPORT_KINDS: list[TransportKind] = [
     TransportKind(
         "websockets",
         websockets_accepted,
         "asyncio",
         pingable=True,
-        writes_in_place=True,
+        writes_in_place=WEBSOCKETS_WRITES_IN_PLACE,
         peer_close="code",
         vanished_code=1006,
-        write_buffer=lambda transport: _buffer_of(transport._connection.transport),
+        write_buffer=(
+            (lambda transport: _buffer_of(transport._connection.transport))
+            if WEBSOCKETS_WRITES_IN_PLACE
+            else None
+        ),
+    ),
+    # The same adapter where it cannot write in place: on every version, the fallback.
+    TransportKind(
+        "websockets-through-send",
+        functools.partial(websockets_accepted, through_send=True),
+        "asyncio",
+        pingable=True,
+        writes_in_place=False,
+        peer_close="code",
+        vanished_code=1006,
     ),
     TransportKind(
         "aiohttp",
