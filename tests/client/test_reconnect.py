@@ -29,7 +29,7 @@ from roomcast import (
     ServerError,
 )
 from roomcast.client import Backoff, Recovery, StateChange
-from roomcast.client._connection import LIVENESS_MARGIN
+from roomcast.client._session import LIVENESS_MARGIN
 
 from .conftest import TIMEOUT, Peer, ack, fast_backoff, hub_kwargs, scripted, token
 
@@ -511,6 +511,10 @@ async def test_a_token_refused_after_its_refresh_is_not_sent_again() -> None:
     assert isinstance(conn.error, AuthenticationError)
 
 
+def failing_listener(error: RoomcastError) -> None:
+    raise RuntimeError("a bug in the application's listener")
+
+
 async def test_server_error_frames_reach_the_error_listeners() -> None:
     async def script(peer: Peer, ws: ServerConnection, n: int) -> None:
         await ack(ws)
@@ -523,7 +527,7 @@ async def test_server_error_frames_reach_the_error_listeners() -> None:
     errors: list[RoomcastError] = []
     async with scripted(script) as peer:
         conn = roomcast.client.connect(peer.url)
-        conn.on_error(lambda error: 1 / 0)  # a failing listener does not stop the others
+        conn.on_error(failing_listener)  # a failing listener does not stop the others
         stop = conn.on_error(errors.append)
         async with conn:
             with anyio.fail_after(TIMEOUT):
