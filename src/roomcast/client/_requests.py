@@ -127,7 +127,11 @@ class Requests:
 
 
 async def send(ws: WebSocket, text: str) -> None:
-    """Send `text`; a closed socket raises roomcast's `ConnectionClosed`."""
+    """Send `text` on `ws`.
+
+    Raises:
+        ConnectionClosed: the socket is closed (roomcast's exception, with its code).
+    """
     try:
         await ws.send(text)
     except WebSocketClosed as exc:
