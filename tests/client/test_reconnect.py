@@ -541,3 +541,37 @@ async def test_server_error_frames_reach_the_error_listeners() -> None:
     assert isinstance(bad, ServerError)
     assert bad.code == "bad_request"
     assert bad.message == "invalid JSON"
+
+
+async def test_a_reader_held_by_an_unread_stream_past_the_liveness_limit_reconnects() -> None:
+    # heartbeatMs=100: the limit is 2 x 0.1 + 5 s. The application never reads its
+    # subscription; the connection stays open but nothing more can be read from it.
+    async def script(peer: Peer, ws: ServerConnection, n: int) -> None:
+        await ack(ws, heartbeat_ms=100)
+        frame = await peer.next_frame(ws)
+        result = {"ok": True, "offset": 0, "epoch": "e1"}
+        reply = {"type": "reply", "ref": frame["ref"], "ok": True,
+                 "payload": {"rooms": {"team:t1": result}}}  # fmt: skip
+        await ws.send(json.dumps(reply))
+        if n == 0:
+            for offset in range(1, 41):
+                event = {"type": "tick.sent", "room": "team:t1", "id": f"m{offset}",
+                         "payload": {"n": offset}, "timestamp": 1, "userId": None,
+                         "offset": offset, "epoch": "e1"}  # fmt: skip
+                await ws.send(json.dumps(event))
+        await ws.wait_closed()
+
+    async with scripted(script) as peer:
+        conn = roomcast.client.connect(peer.url, buffer_size=5, backoff=fast_backoff())
+        changes = states_of(conn)
+        async with conn:
+            sub = await conn.subscribe("team:t1")
+            with anyio.fail_after(TIMEOUT):
+                while len(peer.received) < 2 or conn.state != "connected":
+                    await anyio.sleep(0.05)
+            lost = next(change for change in changes if change.state == "disconnected")
+            assert "waited" in lost.reason
+            # It resubscribed from the last event it kept: nothing received was dropped.
+            since = peer.received[1][0]["since"]["team:t1"]
+            kept = [item for item in sub._buffer._items if not isinstance(item, Recovery)]
+            assert since["offset"] == len(kept) == 6
