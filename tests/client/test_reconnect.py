@@ -24,9 +24,12 @@ from roomcast import (
     ConnectionClosedError,
     ConnectionClosedOK,
     HeartbeatPolicy,
+    RateLimited,
+    RoomcastError,
+    ServerError,
 )
 from roomcast.client import Backoff, Recovery, StateChange
-from roomcast.client._connection import LIVENESS_MARGIN
+from roomcast.client._session import LIVENESS_MARGIN
 
 from .conftest import TIMEOUT, Peer, ack, fast_backoff, hub_kwargs, scripted, token
 
@@ -131,22 +134,95 @@ async def test_a_provider_that_returns_the_refused_token_closes_the_client() -> 
         assert isinstance(conn.error, AuthenticationError)
 
 
-async def test_a_provider_that_raises_closes_the_client() -> None:
+def script_closing_first(code: int | None) -> object:
+    """Connection 0 is acknowledged then closed with ``code`` (aborted if ``None``)."""
+
+    async def script(peer: Peer, ws: ServerConnection, n: int) -> None:
+        await peer.next_frame(ws)
+        await ack(ws)
+        if n > 0:
+            await ws.wait_closed()
+        elif code is None:
+            ws.transport.abort()  # no close frame: 1006
+        else:
+            await ws.close(code, "scripted")
+
+    return script
+
+
+@pytest.mark.parametrize("code", [1001, None, 1011, 4001, 4002, 1008])
+async def test_a_provider_that_fails_on_a_reconnect_is_asked_again_after_a_delay(
+    code: int | None,
+) -> None:
+    # The token service is often the server that restarts: its failure is a failed
+    # attempt, retried with backoff, after a lost connection and after a refusal alike.
+    answers: list[str | Exception] = ["t1", RuntimeError("down"), OSError("down"), "t2"]
+
+    async def provider() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async with scripted(script_closing_first(code)) as peer:  # type: ignore[arg-type]
+        backoff = RecordingBackoff(0.01, 0.05)
+        conn = roomcast.client.connect(peer.url, token_provider=provider, backoff=backoff)
+        changes = states_of(conn)
+        async with conn:
+            with anyio.fail_after(TIMEOUT):
+                while len(peer.received) < 2 or conn.state != "connected":
+                    await conn.wait_state("connected", "closed")
+                    assert conn.state != "closed", conn.error
+                    await anyio.sleep(0.01)
+    assert answers == []
+    assert [frames[0]["token"] for frames in peer.received] == ["t1", "t2"]
+    # Each failure widened the window: attempts 0, 1, then 2 for the one that connected.
+    assert backoff.attempts == [0, 1, 2]
+    assert "closed" not in [change.state for change in changes[:-1]]
+
+
+@pytest.mark.parametrize("code", [1001, None, 4001, 4002, 1008])
+async def test_a_provider_raising_authentication_error_closes_the_client(code: int | None) -> None:
+    # AuthenticationError from the provider means "signed out": no token will come.
+    signed_out = AuthenticationError("signed out")
     calls = 0
 
     async def provider() -> str:
         nonlocal calls
         calls += 1
         if calls > 1:
-            raise RuntimeError("token service down")
+            raise signed_out
         return "t1"
 
-    async with scripted(script_closing(4002)) as peer:  # type: ignore[arg-type]
-        async with roomcast.client.connect(peer.url, token_provider=provider) as conn:
+    async with scripted(script_closing_first(code)) as peer:  # type: ignore[arg-type]
+        conn = roomcast.client.connect(peer.url, token_provider=provider, backoff=fast_backoff())
+        async with conn:
             with anyio.fail_after(TIMEOUT):
                 await conn.wait_state("closed")
-        assert isinstance(conn.error, AuthenticationError)
+            await anyio.sleep(0.1)  # no attempt follows
+        assert conn.error is signed_out
         assert calls == 2
+        assert len(peer.received) == 1
+
+
+async def test_a_provider_that_fails_on_the_first_connection_is_asked_again() -> None:
+    answers: list[str | Exception] = [RuntimeError("down"), "t1"]
+
+    async def provider() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async with scripted(script_closing_first(1001)) as peer:  # type: ignore[arg-type]
+        conn = roomcast.client.connect(peer.url, token_provider=provider, backoff=fast_backoff())
+        changes = states_of(conn)
+        async with conn:
+            with anyio.fail_after(TIMEOUT):
+                assert await conn.wait_state("connected", "closed") == "connected"
+    assert peer.received[0][0] == {"action": "auth", "token": "t1"}
+    lost = next(change for change in changes if change.state == "disconnected")
+    assert "the token provider failed: RuntimeError" in lost.reason
 
 
 async def test_a_lost_connection_without_a_close_frame_reconnects() -> None:
@@ -433,3 +509,69 @@ async def test_a_token_refused_after_its_refresh_is_not_sent_again() -> None:
                 await conn.wait_state("closed")
     assert len(peer.received) == 1
     assert isinstance(conn.error, AuthenticationError)
+
+
+def failing_listener(error: RoomcastError) -> None:
+    raise RuntimeError("a bug in the application's listener")
+
+
+async def test_server_error_frames_reach_the_error_listeners() -> None:
+    async def script(peer: Peer, ws: ServerConnection, n: int) -> None:
+        await ack(ws)
+        error = {"code": "rate_limited", "message": "too many messages", "retryAfterMs": 1500}
+        await ws.send(json.dumps({"type": "error", "ref": None, "payload": error}))
+        bad = {"code": "bad_request", "message": "invalid JSON"}
+        await ws.send(json.dumps({"type": "error", "ref": None, "payload": bad}))
+        await ws.wait_closed()
+
+    errors: list[RoomcastError] = []
+    async with scripted(script) as peer:
+        conn = roomcast.client.connect(peer.url)
+        conn.on_error(failing_listener)  # a failing listener does not stop the others
+        stop = conn.on_error(errors.append)
+        async with conn:
+            with anyio.fail_after(TIMEOUT):
+                while len(errors) < 2:
+                    await anyio.sleep(0.01)
+            stop()
+            assert conn.state == "connected"
+    limited, bad = errors
+    assert isinstance(limited, RateLimited)
+    assert limited.retry_after == 1.5
+    assert isinstance(bad, ServerError)
+    assert bad.code == "bad_request"
+    assert bad.message == "invalid JSON"
+
+
+async def test_a_reader_held_by_an_unread_stream_past_the_liveness_limit_reconnects() -> None:
+    # heartbeatMs=100: the limit is 2 x 0.1 + 5 s. The application never reads its
+    # subscription; the connection stays open but nothing more can be read from it.
+    async def script(peer: Peer, ws: ServerConnection, n: int) -> None:
+        await ack(ws, heartbeat_ms=100)
+        frame = await peer.next_frame(ws)
+        result = {"ok": True, "offset": 0, "epoch": "e1"}
+        reply = {"type": "reply", "ref": frame["ref"], "ok": True,
+                 "payload": {"rooms": {"team:t1": result}}}  # fmt: skip
+        await ws.send(json.dumps(reply))
+        if n == 0:
+            for offset in range(1, 41):
+                event = {"type": "tick.sent", "room": "team:t1", "id": f"m{offset}",
+                         "payload": {"n": offset}, "timestamp": 1, "userId": None,
+                         "offset": offset, "epoch": "e1"}  # fmt: skip
+                await ws.send(json.dumps(event))
+        await ws.wait_closed()
+
+    async with scripted(script) as peer:
+        conn = roomcast.client.connect(peer.url, buffer_size=5, backoff=fast_backoff())
+        changes = states_of(conn)
+        async with conn:
+            sub = await conn.subscribe("team:t1")
+            with anyio.fail_after(TIMEOUT):
+                while len(peer.received) < 2 or conn.state != "connected":
+                    await anyio.sleep(0.05)
+            lost = next(change for change in changes if change.state == "disconnected")
+            assert "waited" in lost.reason
+            # It resubscribed from the last event it kept: nothing received was dropped.
+            since = peer.received[1][0]["since"]["team:t1"]
+            kept = [item for item in sub._buffer._items if not isinstance(item, Recovery)]
+            assert since["offset"] == len(kept) == 6

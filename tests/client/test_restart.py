@@ -1,29 +1,31 @@
 """A server restarted in the middle of a stream: the client reconnects and catches up.
 
-The server is the ``websockets`` adapter, stopped as a deployment stops it (the hub
-closes its clients with 1001) and started again on the same port. With the Redis
-backend a second node keeps publishing while the server is down, and the room's
-history outlives the restart: the client must receive every message exactly once,
-in order. With the memory backend the history dies with the server: the client is
-told ``recovered: false``.
+Behind every adapter kind of the contract suite. Each server is stopped as a
+deployment stops it (the hub closes its clients with 1001) and a new one is
+started; the client keeps one URL, a TCP relay on a fixed port that forwards to
+whichever server runs (and drops connections while none does), since a kind
+picks its own port. With the Redis backend a second node keeps publishing while
+the server is down, and the room's history outlives the restart: the client must
+receive every message exactly once, in order (the kinds whose hub runs on
+asyncio: ``RedisBackend`` is asyncio-only). With the memory backend the history
+dies with the server: the client is told ``recovered: false``.
 """
 
 from __future__ import annotations
 
 import secrets
-import socket
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import pytest
 import redis
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import SocketAttribute, SocketStream, TaskGroup, TaskStatus
 
 import roomcast.client
-import roomcast.websockets
-from roomcast import Hub, MemoryBackend
-from roomcast.backends import Backend
+from adapters.contract.servers import KINDS, Served, ServerKind
+from roomcast import Hub
 from roomcast.backends.redis import RedisBackend
 from roomcast.client import Event, PresenceChange, Received, Recovery, Subscription
 
@@ -34,11 +36,13 @@ pytestmark = pytest.mark.anyio
 REDIS_URL = "redis://127.0.0.1:6379/0"
 #: Messages published in the test; the server restarts after a third of them.
 MESSAGES = 300
+#: The kinds whose hub can use ``RedisBackend`` (asyncio only).
+ASYNCIO_KINDS = [kind for kind in KINDS if kind.hub_backend == "asyncio"]
 
 
 @pytest.fixture
 def anyio_backend() -> str:
-    return "asyncio"  # RedisBackend and the websockets server run on asyncio
+    return "asyncio"  # the relay, the publishing node and RedisBackend run on asyncio
 
 
 @pytest.fixture
@@ -51,53 +55,80 @@ def prefix() -> Iterator[str]:
             client.delete(*keys)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+class Relay:
+    """A TCP relay on 127.0.0.1 to the current server's port; drops connections while none."""
 
+    def __init__(self) -> None:
+        self.port = 0
+        self.target: int | None = None
 
-@asynccontextmanager
-async def server(hub: Hub, port: int) -> AsyncIterator[Hub]:
-    """``hub`` served on ``port`` until the block ends, then stopped as on SIGTERM."""
-    ws_server = await roomcast.websockets.serve(hub, "127.0.0.1", port, close_timeout=1.0)
-    async with hub:
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    async def serve(self, *, task_status: TaskStatus[None]) -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        self.port = listener.extra(SocketAttribute.local_port)
+        async with listener:
+            task_status.started()
+            await listener.serve(self._relay)
+
+    async def _relay(self, client: SocketStream) -> None:
+        async with client:
+            if self.target is None:
+                return
+            try:
+                upstream = await anyio.connect_tcp("127.0.0.1", self.target)
+            except OSError:
+                return
+            async with upstream, anyio.create_task_group() as pumps:
+                pumps.start_soon(self._pump, client, upstream, pumps)
+                pumps.start_soon(self._pump, upstream, client, pumps)
+
+    @staticmethod
+    async def _pump(source: SocketStream, sink: SocketStream, pumps: TaskGroup) -> None:
         try:
-            yield hub
+            async for chunk in source:
+                await sink.send(chunk)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
         finally:
-            await hub.aclose()  # clients get 1001
-            ws_server.close()
-            await ws_server.wait_closed()
+            pumps.cancel_scope.cancel()  # one side ended: end both
 
 
 class Restartable:
-    """A server on a fixed port that the test stops and starts again, from any task."""
+    """A server of one kind that the test stops and starts again, behind a relay."""
 
-    def __init__(self, tasks: TaskGroup, port: int, backend: Callable[[], Backend]) -> None:
+    def __init__(
+        self,
+        tasks: TaskGroup,
+        kind: ServerKind,
+        relay: Relay,
+        kwargs: Callable[[], Mapping[str, Any]],
+    ) -> None:
         self.tasks = tasks
-        self.port = port
-        self.backend = backend
-        self.hub: Hub | None = None
+        self.kind = kind
+        self.relay = relay
+        self.kwargs = kwargs
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
 
-    async def start(self) -> Hub:
+    async def start(self) -> Served:
         self._stop, self._stopped = anyio.Event(), anyio.Event()
-        hub = Hub(**hub_kwargs(backend=self.backend()))
-        await self.tasks.start(self._serve, hub)
-        self.hub = hub
-        return hub
+        served: Served = await self.tasks.start(self._serve)
+        self.relay.target = urlsplit(served.url).port
+        return served
 
-    async def _serve(self, hub: Hub, *, task_status: TaskStatus[None]) -> None:
+    async def _serve(self, *, task_status: TaskStatus[Served]) -> None:
         try:
-            async with server(hub, self.port):
-                task_status.started()
+            async with self.kind.start(self.kwargs()) as served:
+                task_status.started(served)
                 await self._stop.wait()
         finally:
             self._stopped.set()
 
     async def stop(self) -> None:
+        self.relay.target = None
         self._stop.set()
         await self._stopped.wait()
 
@@ -124,25 +155,26 @@ async def next_item(sub: Subscription) -> Received:
                 return item
 
 
+@pytest.mark.parametrize("kind", [kind.param() for kind in ASYNCIO_KINDS])
 async def test_after_a_restart_a_redis_history_room_gets_every_message_once_in_order(
-    prefix: str,
+    prefix: str, kind: ServerKind
 ) -> None:
-    port = free_port()
-    url = f"ws://127.0.0.1:{port}/ws"
     events: list[Event] = []
     notices: list[Recovery] = []
     states: list[str] = []
 
-    def backend() -> RedisBackend:
-        return RedisBackend(REDIS_URL, prefix=prefix)
+    def kwargs() -> Mapping[str, Any]:
+        return hub_kwargs(backend=RedisBackend(REDIS_URL, prefix=prefix))
 
-    with anyio.fail_after(TIMEOUT * 2):
+    relay = Relay()
+    with anyio.fail_after(TIMEOUT * 3):
         # The publishing node stays up throughout; only the client's server restarts.
-        async with Hub(**hub_kwargs(backend=backend())) as publisher:
+        async with Hub(**hub_kwargs(backend=RedisBackend(REDIS_URL, prefix=prefix))) as publisher:
             async with anyio.create_task_group() as servers:
-                node = Restartable(servers, port, backend)
+                await servers.start(relay.serve)
+                node = Restartable(servers, kind, relay, kwargs)
                 await node.start()
-                conn = roomcast.client.connect(url, token=token("u1"), backoff=fast_backoff())
+                conn = roomcast.client.connect(relay.url, token=token("u1"), backoff=fast_backoff())
                 conn.on_state_change(lambda change: states.append(change.state))
                 async with conn, anyio.create_task_group() as tasks:
                     sub = await conn.subscribe("team:t1", history=10)
@@ -152,10 +184,11 @@ async def test_after_a_restart_a_redis_history_room_gets_every_message_once_in_o
                         if number == MESSAGES // 3:
                             await node.stop()
                         elif number == MESSAGES // 2:
-                            # Down for the publishes in between; a new server, same port.
+                            # Down for the publishes in between; a new server.
                             await node.start()
                         await anyio.sleep(0.002)
                 await node.stop()
+                servers.cancel_scope.cancel()  # the relay
     assert [event.payload["n"] for event in events] == list(range(MESSAGES))
     offsets = [event.offset for event in events]
     first = offsets[0]
@@ -168,17 +201,28 @@ async def test_after_a_restart_a_redis_history_room_gets_every_message_once_in_o
     assert states[-1] == "closed"
 
 
-async def test_after_a_restart_on_the_memory_backend_the_client_is_told_recovered_false() -> None:
-    port = free_port()
-    url = f"ws://127.0.0.1:{port}/ws"
-    with anyio.fail_after(TIMEOUT * 2):
+async def publish(served: Served, number: int) -> None:
+    async def run(hub: Hub) -> None:
+        await hub.publish("team:t1", "tick.sent", {"n": number})
+
+    await served.run(run)
+
+
+@pytest.mark.parametrize("kind", [kind.param() for kind in KINDS])
+async def test_after_a_restart_on_the_memory_backend_the_client_is_told_recovered_false(
+    kind: ServerKind,
+) -> None:
+    relay = Relay()
+    with anyio.fail_after(TIMEOUT * 3):
         async with anyio.create_task_group() as servers:
-            node = Restartable(servers, port, MemoryBackend)
+            await servers.start(relay.serve)
+            node = Restartable(servers, kind, relay, hub_kwargs)
             first = await node.start()
-            async with roomcast.client.connect(url, token=token("u1"), backoff=fast_backoff()) as c:
-                sub = await c.subscribe("team:t1", history=10)
+            conn = roomcast.client.connect(relay.url, token=token("u1"), backoff=fast_backoff())
+            async with conn:
+                sub = await conn.subscribe("team:t1", history=10)
                 for number in range(5):
-                    await first.publish("team:t1", "tick.sent", {"n": number})
+                    await publish(first, number)
                 seen = [await next_item(sub) for _ in range(5)]
                 assert all(isinstance(item, Event) for item in seen)
                 old = sub.position
@@ -191,9 +235,10 @@ async def test_after_a_restart_on_the_memory_backend_the_client_is_told_recovere
                 assert notice.room == "team:t1"
                 assert notice.recovered is False
                 assert notice.epoch != old.epoch
-                await second.publish("team:t1", "tick.sent", {"n": 5})
+                await publish(second, 5)
                 after = await next_item(sub)
                 assert isinstance(after, Event)
                 assert after.payload == {"n": 5}
                 assert after.epoch == notice.epoch
             await node.stop()
+            servers.cancel_scope.cancel()  # the relay

@@ -22,7 +22,6 @@ from ._connection import DEFAULT_BUFFER_SIZE as DEFAULT_BUFFER_SIZE
 from ._connection import DEFAULT_OPEN_TIMEOUT as DEFAULT_OPEN_TIMEOUT
 from ._connection import DEFAULT_REQUEST_TIMEOUT as DEFAULT_REQUEST_TIMEOUT
 from ._connection import Connection as Connection
-from ._connection import StateListener as StateListener
 from ._connection import TokenProvider as TokenProvider
 from ._connection import connect as connect
 from ._events import Event as Event
@@ -34,6 +33,8 @@ from ._events import Received as Received
 from ._events import Recovery as Recovery
 from ._events import State as State
 from ._events import StateChange as StateChange
+from ._state import ErrorListener as ErrorListener
+from ._state import StateListener as StateListener
 from ._subscription import Subscription as Subscription
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
     "Backoff",
     "Connection",
+    "ErrorListener",
     "Event",
     "Gap",
     "HistoryPage",

@@ -7,6 +7,7 @@ table), and the arguments the client sends are checked before they leave.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Final
 
 from ..exceptions import (
@@ -18,7 +19,15 @@ from ..exceptions import (
 )
 from ..protocol import MAX_TOKEN_LENGTH, CloseCode, Reconnect
 
-__all__ = ["MAX_HISTORY", "check_count", "check_token", "reconnect_advice", "server_error"]
+__all__ = [
+    "MAX_HISTORY",
+    "check_count",
+    "check_seconds",
+    "check_size",
+    "check_token",
+    "reconnect_advice",
+    "server_error",
+]
 
 #: The largest `history` a subscribe may ask for, and a history request's `limit`.
 MAX_HISTORY: Final = 10_000
@@ -73,4 +82,28 @@ def check_count(name: str, value: object) -> int:
     """
     if type(value) is not int or not 1 <= value <= MAX_HISTORY:
         raise ValueError(f"{name} must be an integer from 1 to {MAX_HISTORY}, got {value!r}")
+    return value
+
+
+def check_seconds(name: str, value: object) -> float:
+    """Return `value` as a float if it is a positive, finite number of seconds.
+
+    Raises:
+        ValueError: it is not.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number of seconds")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite number of seconds")
+    return float(value)
+
+
+def check_size(name: str, value: object) -> int:
+    """Return `value` if it is a positive integer.
+
+    Raises:
+        ValueError: it is not.
+    """
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{name} must be a positive integer")
     return value

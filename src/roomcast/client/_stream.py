@@ -17,11 +17,12 @@ logger = logging.getLogger("roomcast.client")
 class EventBuffer:
     """A bounded FIFO of received items, read by the application, filled by the client.
 
-    Nothing put here is dropped. When the buffer is full, `put` waits until the
-    application takes an item: the client stops reading its socket, and the
-    server's slow-consumer policy applies if it lasts (a `4009` close, after
-    which the client reconnects and resubscribes with `since`). Each such stall
-    is logged at WARNING, once per stall.
+    The client never drops what it appends here. It appends only when the
+    buffer has room (`full` is false), or else first waits in
+    `wait_writable` until the application takes an item; the router decides
+    what to do when that wait lasts (see `_router`). A join with `history`
+    reserves room for its replay (`reserve`), so that a replay larger than
+    the buffer arrives whole while `subscribe()` waits for its reply.
 
     Attributes:
         name: what the buffer is for, as logs name it.
@@ -32,6 +33,7 @@ class EventBuffer:
         self.name = name
         self.listening = False
         self._size = size
+        self._reserved = 0
         self._items: deque[Received] = deque()
         self._readable: anyio.Event | None = None
         self._writable: anyio.Event | None = None
@@ -46,18 +48,34 @@ class EventBuffer:
         """Whether `end` was called (items may still wait to be read)."""
         return self._ended
 
-    async def put(self, item: Received) -> None:
-        """Append `item`, waiting while the buffer is full; an ended buffer discards it."""
-        if len(self._items) >= self._size and not self._ended:
-            logger.warning(
-                "%s: %d events wait to be read; reading from the server paused until "
-                "the application takes one",
-                self.name,
-                len(self._items),
-            )
-            while len(self._items) >= self._size and not self._ended:
-                self._writable = anyio.Event()
-                await self._writable.wait()
+    @property
+    def capacity(self) -> int:
+        """How many items it holds before `full`: its size plus what is reserved."""
+        return self._size + self._reserved
+
+    @property
+    def full(self) -> bool:
+        """Whether an append must wait for the application (never once ended)."""
+        return len(self._items) >= self.capacity and not self._ended
+
+    def reserve(self, count: int) -> None:
+        """Make room for `count` more items, until `release(count)`."""
+        self._reserved += count
+        if self._writable is not None:
+            self._writable.set()
+
+    def release(self, count: int) -> None:
+        """Give back room reserved by `reserve(count)`; what it holds is kept."""
+        self._reserved = max(0, self._reserved - count)
+
+    async def wait_writable(self) -> None:
+        """Wait until the buffer is not `full`."""
+        while self.full:
+            self._writable = anyio.Event()
+            await self._writable.wait()
+
+    def append(self, item: Received) -> None:
+        """Append `item`, even over capacity; an ended buffer discards it."""
         if self._ended:
             return
         self._items.append(item)

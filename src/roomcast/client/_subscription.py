@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..exceptions import ConnectionClosed
 from ..wire import StreamPosition
 from ._events import Received
 from ._stream import EventBuffer
@@ -61,7 +62,22 @@ class Subscription:
 
         Events of the room that arrive after this call are discarded.
         """
-        await self._connection._unsubscribe(self)
+        conn = self._connection
+        if conn._subs.get(self.room) is not self:
+            self._buffer.end()
+            return
+        del conn._subs[self.room]
+        was_active, self._active = self._active, False
+        self._buffer.end()
+        if not was_active or conn.state != "connected":
+            return  # the server forgets the room with the connection
+        conn._leaving.add(self.room)
+        try:
+            await conn._request("unsubscribe", {"rooms": [self.room]})
+        except ConnectionClosed:
+            pass
+        finally:
+            conn._leaving.discard(self.room)
 
     def _advance(self, offset: object, epoch: object) -> None:
         if type(offset) is not int or not isinstance(epoch, str):
