@@ -371,6 +371,27 @@ def test_a_failing_token_provider_is_retried_and_one_that_refuses_closes(
     assert page.evaluate("sockets.length") == 2
 
 
+@pytest.mark.parametrize("code", [4001, 4002, 1008])
+def test_a_provider_failing_after_a_refused_token_is_retried_and_signing_out_closes(
+    code: int, server: Server, page: Page
+) -> None:
+    fake_client(page, server, minDelay=10, maxDelay=20)
+    connected(page)
+    page.evaluate(f"window.offline = true; last().end({code}, 'refused')")
+    page.wait_for_function("seen.errors.filter((e) => e.code === 'token_provider').length >= 2")
+    assert page.evaluate("rc.state") in ("connecting", "disconnected")
+    assert page.evaluate("sockets.length") == 1  # no socket without a token
+    page.evaluate("window.offline = false")
+    page.wait_for_function("sockets.length === 2 && last().readyState === 1")
+    assert sent(page)[0]["action"] == "auth"
+    connected(page)
+    page.evaluate(f"window.signedOut = true; last().end({code}, 'refused')")
+    page.wait_for_function("rc.state === 'closed'")
+    assert page.evaluate("seen.changes.at(-1).error.code") == "unauthorized"
+    page.wait_for_timeout(200)
+    assert page.evaluate("sockets.length") == 2
+
+
 def test_going_back_online_reconnects_at_once(server: Server, page: Page) -> None:
     fake_client(page, server, minDelay=10_000, maxDelay=20_000)
     connected(page)

@@ -487,7 +487,15 @@ export class Roomcast {
       this._schedule(Math.max(0, delay - (Date.now() - started)));
     }, (error) => {
       if (waiting !== this._generation || this._state !== "disconnected") return;
-      this._terminate(code, reason, unauthorized(error.message));
+      if (error.code === "unauthorized") {
+        // The provider says there is no token to be had (the user signed out).
+        this._terminate(code, reason, error);
+        return;
+      }
+      // The provider failed (its backend is down too): try again after the delay,
+      // asking it again then.
+      this._emitError(error);
+      this._schedule(Math.max(0, delay - (Date.now() - started)));
     });
   }
 
