@@ -25,7 +25,9 @@ from roomcast.client import Event, Recovery, StateChange
 
 def show_state(change: StateChange) -> None:
     if change.state == "disconnected":
-        print(f"[connection lost ({change.code}); retrying in {change.delay:.1f} s]", flush=True)
+        # From "connecting": this attempt failed; from "connected": the connection was lost.
+        what = "could not connect" if change.previous == "connecting" else "connection lost"
+        print(f"[{what} ({change.code}); retrying in {change.delay:.1f} s]", flush=True)
     elif change.state == "connected" and change.previous != "connecting":
         print("[connected]", flush=True)
 
