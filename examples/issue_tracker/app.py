@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import secrets
 import signal
@@ -163,7 +164,17 @@ def main(args: argparse.Namespace) -> None:
     """Serve until Ctrl-C, then close every client with 1001 and exit."""
     # Bound before the hub exists: with --port 0 its origin is known only now.
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    listener = socket.create_server((args.host, args.port), family=family)
+    netloc = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
+    try:
+        listener = socket.create_server((args.host, args.port), family=family)
+    except OSError as exc:
+        # One line that says what to do, not a traceback: the usual cause is another
+        # tracker (or anything else) already listening there.
+        why = "is already in use" if exc.errno == errno.EADDRINUSE else f"failed: {exc.strerror}"
+        sys.exit(
+            f"issue tracker: cannot listen on {netloc}: the address {why};"
+            " choose another port with --port (e.g. --port 8001, or --port 0 for any free port)"
+        )
     port = listener.getsockname()[1]
     netloc = f"[{args.host}]:{port}" if ":" in args.host else f"{args.host}:{port}"
     app, hub = create_app(
