@@ -7,10 +7,12 @@ Run it from a checkout of the repository, after ``pip install -e ".[examples]"``
 
 then open http://127.0.0.1:8000/ in two browser windows and sign in as alice in one
 and bob in the other (carol is in another team, dana in both). ``--host`` and ``--port``
-choose the address (``--port 0`` picks a free port and prints it). The data is kept in
-memory unless ``--db tracker.db`` names an SQLite file; the hub runs on the in-memory
-backend unless ``--redis redis://127.0.0.1:6379/0`` (and ``--redis-prefix``) puts it on
-Redis, where several processes share rooms and history outlives a restart.
+choose the address (``--port 0`` picks a free port and prints it; a port already in use
+is one line that says so, and exit status 1). The data is kept in memory unless
+``--db tracker.db`` names an SQLite file (in memory, ids carry a tag of each start);
+the hub runs on the in-memory backend unless ``--redis redis://127.0.0.1:6379/0`` (and
+``--redis-prefix``) puts it on Redis, where several processes share rooms and history
+outlives a restart.
 ``--token-ttl 60`` shows a token refresh 48 seconds after signing in. Ctrl-C or SIGTERM
 closes every page with 1001 and exits with status 0.
 
