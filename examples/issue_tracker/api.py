@@ -87,6 +87,11 @@ def routes(hub: Hub, store: Store, tokens: Tokens, authorizer: Authorizer) -> li
         await check(principal, f"issue:{issue['id']}")
         return issue
 
+    def writable(issue: dict[str, Any]) -> None:
+        # An archived issue is read-only: it can be read, and deleted, not changed.
+        if issue["archived"]:
+            raise HTTPException(409, f"{issue['key']} is archived: it can no longer be changed")
+
     async def find_comment(
         request: Request, principal: Principal
     ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -192,6 +197,7 @@ def routes(hub: Hub, store: Store, tokens: Tokens, authorizer: Authorizer) -> li
     async def update_issue(request: Request) -> Response:
         principal, user = await caller(request)
         issue = await find_issue(request, principal)
+        writable(issue)
         fields = await issue_fields(await read_json(request), issue["team"])
         changes = [name for name, value in fields.items() if issue[name] != value]
         if changes:
@@ -226,6 +232,7 @@ def routes(hub: Hub, store: Store, tokens: Tokens, authorizer: Authorizer) -> li
     async def add_comment(request: Request) -> Response:
         principal, user = await caller(request)
         issue = await find_issue(request, principal)
+        writable(issue)
         body = text(await read_json(request), "body", 4000)
         try:
             comment = store.add_comment(issue["id"], user, body)
@@ -237,6 +244,7 @@ def routes(hub: Hub, store: Store, tokens: Tokens, authorizer: Authorizer) -> li
     async def edit_comment(request: Request) -> Response:
         principal, user = await caller(request)
         issue, comment = await find_comment(request, principal)
+        writable(issue)
         if comment["author"] != user:
             raise HTTPException(403, "only its author may edit a comment")
         body = text(await read_json(request), "body", 4000)
@@ -249,6 +257,7 @@ def routes(hub: Hub, store: Store, tokens: Tokens, authorizer: Authorizer) -> li
     async def delete_comment(request: Request) -> Response:
         principal, user = await caller(request)
         issue, comment = await find_comment(request, principal)
+        writable(issue)
         if comment["author"] != user and not is_admin(principal):
             raise HTTPException(403, "only its author or an admin may delete a comment")
         store.delete_comment(comment["id"])

@@ -7,10 +7,12 @@ Run it from a checkout of the repository, after ``pip install -e ".[examples]"``
 
 then open http://127.0.0.1:8000/ in two browser windows and sign in as alice in one
 and bob in the other (carol is in another team, dana in both). ``--host`` and ``--port``
-choose the address (``--port 0`` picks a free port and prints it). The data is kept in
-memory unless ``--db tracker.db`` names an SQLite file; the hub runs on the in-memory
-backend unless ``--redis redis://127.0.0.1:6379/0`` (and ``--redis-prefix``) puts it on
-Redis, where several processes share rooms and history outlives a restart.
+choose the address (``--port 0`` picks a free port and prints it; a port already in use
+is one line that says so, and exit status 1). The data is kept in memory unless
+``--db tracker.db`` names an SQLite file (in memory, ids carry a tag of each start);
+the hub runs on the in-memory backend unless ``--redis redis://127.0.0.1:6379/0`` (and
+``--redis-prefix``) puts it on Redis, where several processes share rooms and history
+outlives a restart.
 ``--token-ttl 60`` shows a token refresh 48 seconds after signing in. Ctrl-C or SIGTERM
 closes every page with 1001 and exits with status 0.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import secrets
 import signal
@@ -163,7 +166,17 @@ def main(args: argparse.Namespace) -> None:
     """Serve until Ctrl-C, then close every client with 1001 and exit."""
     # Bound before the hub exists: with --port 0 its origin is known only now.
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    listener = socket.create_server((args.host, args.port), family=family)
+    netloc = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
+    try:
+        listener = socket.create_server((args.host, args.port), family=family)
+    except OSError as exc:
+        # One line that says what to do, not a traceback: the usual cause is another
+        # tracker (or anything else) already listening there.
+        why = "is already in use" if exc.errno == errno.EADDRINUSE else f"failed: {exc.strerror}"
+        sys.exit(
+            f"issue tracker: cannot listen on {netloc}: the address {why};"
+            " choose another port with --port (e.g. --port 8001, or --port 0 for any free port)"
+        )
     port = listener.getsockname()[1]
     netloc = f"[{args.host}]:{port}" if ":" in args.host else f"{args.host}:{port}"
     app, hub = create_app(

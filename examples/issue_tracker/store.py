@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -154,6 +155,11 @@ class Store:
 
     def __init__(self, path: str = ":memory:", *, seed: bool = True) -> None:
         self.path = path
+        # Ids in a file are never reused. A store in memory starts again from 1 at each
+        # start, while pages still hold the ids of the one before: each start tags its
+        # ids (``i8-3fa9c1``), so that an old id never names a new issue, comment,
+        # feed entry or notification.
+        self._tag = "" if path != ":memory:" else f"-{secrets.token_hex(3)}"
         self._db = sqlite3.connect(path, isolation_level=None, timeout=10)
         self._db.row_factory = sqlite3.Row
         if path != ":memory:":
@@ -164,6 +170,9 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    def _id(self, kind: str, seq: int | None) -> str:
+        return f"{kind}{seq}{self._tag}"
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -282,7 +291,7 @@ class Store:
                     at,
                 ),
             )
-            issue_id = f"i{cursor.lastrowid}"
+            issue_id = self._id("i", cursor.lastrowid)
             db.execute("UPDATE issues SET id = ? WHERE seq = ?", (issue_id, cursor.lastrowid))
         issue = self.issue(issue_id)
         assert issue is not None
@@ -351,7 +360,7 @@ class Store:
                 " VALUES (?, ?, ?, ?, 1)",
                 (issue_id, author, body, now_ms()),
             )
-            comment_id = f"c{cursor.lastrowid}"
+            comment_id = self._id("c", cursor.lastrowid)
             db.execute("UPDATE comments SET id = ? WHERE seq = ?", (comment_id, cursor.lastrowid))
         comment = self.comment(comment_id)
         assert comment is not None
@@ -374,7 +383,7 @@ class Store:
     def add_activity(self, entry: dict[str, Any]) -> dict[str, Any]:
         with self._transaction() as db:
             cursor = db.execute("INSERT INTO activity (entry) VALUES ('')")
-            entry = {**entry, "id": f"a{cursor.lastrowid}"}
+            entry = {**entry, "id": self._id("a", cursor.lastrowid)}
             db.execute(
                 "UPDATE activity SET entry = ? WHERE seq = ?", (json.dumps(entry), cursor.lastrowid)
             )
@@ -391,7 +400,7 @@ class Store:
     def add_notification(self, user: str, entry: dict[str, Any]) -> dict[str, Any]:
         with self._transaction() as db:
             cursor = db.execute("INSERT INTO notifications (user, entry) VALUES (?, '')", (user,))
-            entry = {**entry, "id": f"n{cursor.lastrowid}"}
+            entry = {**entry, "id": self._id("n", cursor.lastrowid)}
             db.execute(
                 "UPDATE notifications SET entry = ? WHERE seq = ?",
                 (json.dumps(entry), cursor.lastrowid),

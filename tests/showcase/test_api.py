@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -11,7 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol
 
-from .tracker import REDIS_URL, TIMEOUT, Peer, publish_elsewhere, redis_prefix, running
+from .tracker import APP, REDIS_URL, TIMEOUT, Peer, publish_elsewhere, redis_prefix, running
 
 
 @pytest.fixture
@@ -483,3 +486,66 @@ async def test_on_redis_another_process_publishes_to_the_apps_clients(tmp_path: 
     assert event["userId"] == "dana"
     assert event["payload"]["issue"]["title"] == "Filed by a worker"
     assert isinstance(event["offset"], int)
+
+
+@pytest.mark.anyio
+async def test_an_archived_issue_is_read_only() -> None:
+    with anyio.fail_after(TIMEOUT):
+        async with running() as tracker:
+            alice = await tracker.login("alice")
+            issue_id = await tracker.create_issue(alice, title="Old news")
+            _, comment = await tracker.api(
+                "POST", f"/api/v1/issues/{issue_id}/comments", {"body": "before"}, alice
+            )
+            status, archived = await tracker.api(
+                "POST", f"/api/v1/issues/{issue_id}/archive", None, alice
+            )
+            assert (status, archived["archived"]) == (200, True)
+            async with tracker.connect(alice) as peer:
+                await peer.subscribe("team:t1", f"issue:{issue_id}")
+                refused = [
+                    await tracker.api(
+                        "PATCH", f"/api/v1/issues/{issue_id}", {"status": "done"}, alice
+                    ),
+                    await tracker.api(
+                        "POST", f"/api/v1/issues/{issue_id}/comments", {"body": "after"}, alice
+                    ),
+                    await tracker.api(
+                        "PATCH", f"/api/v1/comments/{comment['id']}", {"body": "edited"}, alice
+                    ),
+                    await tracker.api("DELETE", f"/api/v1/comments/{comment['id']}", None, alice),
+                ]
+                assert [status for status, _ in refused] == [409, 409, 409, 409]
+                assert all("is archived" in str(body) for _, body in refused)
+                # Nothing changed, so nothing was published.
+                assert [
+                    f["type"]
+                    for f in await peer.drain()
+                    if f["type"].startswith(("issue.", "comment."))
+                ] == []
+            status, issue = await tracker.api("GET", f"/api/v1/issues/{issue_id}", None, alice)
+            assert status == 200
+            assert (issue["status"], issue["version"]) == (archived["status"], archived["version"])
+            assert [c["body"] for c in issue["comments"]] == ["before"]
+            # Reading it and deleting it remain possible.
+            status, _ = await tracker.api("DELETE", f"/api/v1/issues/{issue_id}", None, alice)
+            assert status == 204
+
+
+def test_a_busy_port_is_one_clear_line_and_status_1() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, str(APP), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"127.0.0.1:{port}" in lines[0]
+    assert "already in use" in lines[0]
+    assert "--port" in lines[0]
+    assert "Traceback" not in done.stderr

@@ -25,7 +25,8 @@ export async function tokenProvider() {
   return (await signIn(state.user)).token;
 }
 
-export async function api(method, path, body) {
+// `quiet`: the caller tells the user itself when the server says no.
+export async function api(method, path, body, { quiet = false } = {}) {
   for (let attempt = 0; ; attempt++) {
     const response = await fetch(path, {
       method,
@@ -39,8 +40,8 @@ export async function api(method, path, body) {
     if (response.status === 204) return null;
     const data = await response.json();
     if (!response.ok) {
-      toast(data.error || `${method} ${path}: ${response.status}`, "error");
-      throw new Error(data.error);
+      if (!quiet) toast(data.error || `${method} ${path}: ${response.status}`, "error");
+      throw Object.assign(new Error(data.error), { status: response.status });
     }
     return data;
   }

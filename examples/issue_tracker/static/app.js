@@ -44,6 +44,7 @@ function signOut(message = "") {
   sessionStorage.removeItem(SESSION_KEY);
   Object.assign(state, { user: null, token: null, workspace: null, team: null, open: null });
   state.issues.clear();
+  state.titles.clear();
   $("#issue-panel").hidden = true;
   $("#app").hidden = true;
   $("#login").hidden = false;

@@ -5,7 +5,8 @@ import { live, PRIORITY_NAMES, PROJECT_STATES, state, STATUS_NAMES } from "./sta
 import { $, avatar, firstName, h, person, toast } from "./dom.js";
 import { api } from "./api.js";
 import { follow } from "./connection.js";
-import { closeIssue, openIssue } from "./issue.js";
+import { closeIssue, openIssue, refreshViewers, viewersUnknown } from "./issue.js";
+import { renderActivity } from "./feed.js";
 
 export function renderTeams() {
   $("#teams").replaceChildren(...state.workspace.teams.map((team) => h("li", {},
@@ -21,7 +22,7 @@ export function showTeam(teamId) {
   if (live.subs.team) live.subs.team.unsubscribe();
   state.team = teamId;
   state.issues.clear();
-  state.gone.clear();
+  state.gone = new Set();
   renderTeams();
   const team = state.workspace.teams.find((t) => t.id === teamId);
   $("#board-title").textContent = team.name;
@@ -34,17 +35,25 @@ export function showTeam(teamId) {
 
 async function loadBoard() {
   const team = state.team;
+  // A load replaces everything the page keeps for the board, the ids it was told are
+  // gone included: after a restart on the in-memory store those are from another
+  // store. Only what is archived or deleted while this request runs stays gone.
+  const gone = new Set();
+  state.gone = gone;
   const issues = await api("GET", `/api/v1/teams/${team}/issues`);
-  if (team !== state.team) return;
+  if (team !== state.team || gone !== state.gone) return;
   // What REST says is the truth as of now; events already applied with a higher
   // version (they raced the request) are kept.
   const fresh = new Map();
   for (const issue of issues) {
+    if (gone.has(issue.id)) continue;
     const known = state.issues.get(issue.id);
     fresh.set(issue.id, known && known.version > issue.version ? known : issue);
+    state.titles.set(issue.id, issue.title);
   }
   state.issues = fresh;
   renderBoard();
+  renderActivity();
   renderOnline();
 }
 
@@ -53,6 +62,7 @@ export function applyIssue(issue) {
   const known = state.issues.get(issue.id);
   if (known && known.version >= issue.version) return false;
   state.issues.set(issue.id, { ...issue, comments: known ? known.comments : 0 });
+  state.titles.set(issue.id, issue.title);
   return true;
 }
 
@@ -180,6 +190,20 @@ function renderSidebar() {
     h("span", { class: "muted" }, PROJECT_STATES[p.state]))));
 }
 
+// While the page is not connected, who is on the board is not known: the list says
+// so instead of showing who was there before; reconnected, it is asked again.
+export function presenceUnknown() {
+  const list = $("#online");
+  list.dataset.stale = "true";
+  list.replaceChildren(h("li", { class: "empty" }, "Not known while offline"));
+  viewersUnknown();
+}
+
+export function refreshPresence() {
+  renderOnline();
+  refreshViewers();
+}
+
 async function renderOnline() {
   if (!live.rc || !live.subs.team || live.rc.state !== "connected") return;
   const room = `team:${state.team}`;
@@ -191,6 +215,7 @@ async function renderOnline() {
   }
   if (room !== `team:${state.team}`) return;
   const users = [...new Set(members.map((m) => m.userId))];
+  delete $("#online").dataset.stale;
   $("#online").replaceChildren(...users.map((id) => h("li", { dataset: { user: id } },
     avatar(id, "small"), h("span", {}, id === state.user ? `${person(id).name} (you)` : person(id).name))));
 }

@@ -7,6 +7,7 @@ import { live, state } from "./state.js";
 import { $, banner, toast } from "./dom.js";
 import { tokenProvider } from "./api.js";
 import { loadActivity, loadNotifications, onFeedEvent, onUserEvent } from "./feed.js";
+import { presenceUnknown, refreshPresence } from "./board.js";
 
 const STATE_TEXT = {
   connecting: "Connecting…",
@@ -41,10 +42,24 @@ export function connect(ended) {
   live.rc.on("state", (change) => {
     const wasLost = Boolean($("#connection").dataset.lost);
     showConnection(change);
-    if (change.state === "connected" && wasLost) toast("Back online: catching up.");
+    if (change.state === "connected") {
+      refreshPresence();
+      if (wasLost) catchingUp();
+    } else if (change.state === "disconnected" || change.state === "closed") {
+      // Who is here is not known while the page is not connected: say so rather
+      // than show who was here before.
+      presenceUnknown();
+      settle(false);
+    }
     if (change.state === "closed" && change.error && change.error.code === "unauthorized") {
       ended("Your session ended: sign in again.");
     }
+  });
+  live.rc.on("recovered", ({ room, recovered }) => {
+    if (!catchUp) return;
+    if (!recovered) catchUp.lost = true;
+    catchUp.waiting.delete(room);
+    if (!catchUp.waiting.size) settle(true);
   });
   live.rc.on("error", (error) => console.warn("roomcast:", error.code, error.message));
   // Each room's subscription handles its own recovery notice (see follow()).
@@ -53,13 +68,37 @@ export function connect(ended) {
   live.rc.connect();
 }
 
+// After a reconnect, one message: "caught up" once every room that had a position
+// was recovered, or none here if one could not be (follow() reloads it and the banner
+// says so).
+let catchUp = null;
+
+function catchingUp() {
+  settle(false);
+  const waiting = new Set(Object.values(live.subs).filter((sub) => sub && sub.position).map((sub) => sub.room));
+  catchUp = { waiting, lost: false, timer: setTimeout(() => settle(false), 5000) };
+  if (!waiting.size) settle(true);
+}
+
+function settle(done) {
+  const ended = catchUp;
+  if (!ended) return;
+  catchUp = null;
+  clearTimeout(ended.timer);
+  if (done && !ended.lost) {
+    banner("");
+    toast("Back online: caught up on what was missed.");
+  }
+}
+
 // Run `load` now, and again once reconnected if the connection dropped meanwhile.
 export async function reliably(load) {
   for (let attempt = 0; attempt < 5; attempt++) {
     try {
       return await load();
     } catch (error) {
-      if (!live.rc || live.rc.state === "closed") throw error;
+      // An answer from the server (such as 404) is final; a failed request is retried.
+      if (!live.rc || live.rc.state === "closed" || (error.status && error.status < 500)) throw error;
       await new Promise((resolve) => {
         if (live.rc.state === "connected") setTimeout(resolve, 500);
         else {

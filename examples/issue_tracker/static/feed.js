@@ -47,12 +47,14 @@ function activityText(entry) {
 
 export function renderActivity(flash = null) {
   $("#activity").replaceChildren(...state.activity.slice().reverse().map((entry) => {
-    const issue = state.issues.get(entry.issueId);
+    // The feed names issues by key (members of other teams read it too); the title
+    // is the one the page knows from its own team's board, whenever it knows it.
+    const title = state.titles.get(entry.issueId);
     return h("li", { class: entry.id === flash ? "flash" : "", dataset: { entry: entry.id } },
       avatar(entry.actor, "small"),
       h("div", {},
         h("div", {}, h("strong", {}, firstName(entry.actor)), " ", activityText(entry)),
-        issue ? h("div", { class: "feed-title" }, issue.title) : null,
+        title ? h("div", { class: "feed-title" }, title) : null,
         h("div", { class: "muted" }, `${entry.teamName} · ${ago(entry.at)}`)));
   }));
   if (!state.activity.length) $("#activity").append(h("li", { class: "empty" }, "Nothing has happened yet."));

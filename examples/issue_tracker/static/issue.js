@@ -71,7 +71,7 @@ export async function openIssue(id) {
   live.subs.issue = sub;
   sub.on("*", onIssueEvent);
   const load = async () => {
-    const [issue, members] = await Promise.all([api("GET", `/api/v1/issues/${id}`), live.rc.presence(room)]);
+    const [issue, members] = await Promise.all([api("GET", `/api/v1/issues/${id}`, undefined, { quiet: true }), live.rc.presence(room)]);
     if (!state.open || state.open.issue.id !== id) return;
     const { comments, ...fields } = issue;
     if (!state.open.issue || state.open.issue.version <= fields.version) state.open.issue = fields;
@@ -84,7 +84,16 @@ export async function openIssue(id) {
     renderIssue();
     panel.dataset.loaded = "true";
   };
-  sub.onRecovery(({ recovered }) => { if (!recovered) reliably(load).catch(() => {}); });
+  sub.onRecovery(({ recovered }) => {
+    if (recovered) return;
+    reliably(load).catch((error) => {
+      // Gone with a restart of an in-memory server: its id names nothing any more.
+      if (error.status === 404 && state.open && state.open.issue.id === id) {
+        toast(`${state.open.issue.key} is no longer there: the server restarted without its data.`);
+        closeIssue();
+      }
+    });
+  });
   try {
     await sub.ready;
     await reliably(load);
@@ -123,10 +132,18 @@ export function renderIssue() {
   options($("#issue-assignee"), [["", "Unassigned"], ...team.members.map((id) => [id, person(id).name])], issue.assignee);
   const projects = state.workspace.projects.filter((p) => p.team === issue.team);
   options($("#issue-project"), [["", "No project"], ...projects.map((p) => [p.id, p.name])], issue.project);
+  // An archived issue is read-only (the API refuses changes to it): its fields are
+  // shown, not offered, and it takes no comments.
+  const readOnly = Boolean(issue.archived);
+  $("#issue-panel").dataset.archived = String(readOnly);
+  for (const id of ["#issue-status", "#issue-priority", "#issue-assignee", "#issue-project"]) $(id).disabled = readOnly;
   const archived = $("#issue-archived");
-  archived.hidden = !issue.archived;
-  archived.textContent = issue.archived ? "This issue is archived: it is no longer on the board." : "";
-  $("#archive-issue").hidden = issue.archived;
+  archived.hidden = !readOnly;
+  archived.replaceChildren(...(readOnly ? [h("strong", {}, "Archived"),
+    " · read-only: it is no longer on the board, and can no longer be changed or commented on."] : []));
+  $("#archive-issue").hidden = readOnly;
+  $("#new-comment").hidden = readOnly;
+  if (readOnly) $("#comment-body").blur();
   renderComments();
   renderViewers();
 }
@@ -135,7 +152,7 @@ export function renderComments(flash = null) {
   const open = state.open;
   if (!open) return;
   $("#comments").replaceChildren(...[...open.comments.values()].map((c) => {
-    const own = c.author === state.user;
+    const own = c.author === state.user && !open.issue.archived;
     const body = h("div", { class: "comment-body" }, c.body);
     const item = h("li", { class: c.id === flash ? "comment flash" : "comment", dataset: { comment: c.id } },
       avatar(c.author),
@@ -164,6 +181,31 @@ function editComment(item, comment) {
     h("button", { type: "button", class: "ghost", onclick: () => renderComments() }, "Cancel")));
   item.querySelector(".comment-body").replaceWith(form);
   area.focus();
+}
+
+// Who else views the open issue: unknown while offline, asked again once reconnected.
+export function viewersUnknown() {
+  if (!state.open) return;
+  state.open.viewers = new Map();
+  for (const timer of state.open.typing.values()) clearTimeout(timer);
+  state.open.typing.clear();
+  renderViewers();
+  renderTyping();
+}
+
+export async function refreshViewers() {
+  const open = state.open;
+  if (!open || !live.rc || live.rc.state !== "connected") return;
+  let members;
+  try {
+    members = await live.rc.presence(`issue:${open.issue.id}`);
+  } catch {
+    return;
+  }
+  if (state.open !== open) return;
+  open.viewers = new Map();
+  for (const member of members) open.viewers.set(member.userId, (open.viewers.get(member.userId) || 0) + 1);
+  renderViewers();
 }
 
 function renderViewers() {

@@ -19,6 +19,7 @@ export const state = {
   team: null,           // the team whose board is shown
   issues: new Map(),    // id -> issue (with `comments`: the count)
   gone: new Set(),      // ids of issues archived or deleted: later events do not revive them
+  titles: new Map(),    // id -> title of every issue of the user's teams the page has seen
   activity: [],         // newest last
   notifications: [],    // newest last
   unread: 0,
