@@ -28,7 +28,7 @@ def show_state(change: StateChange) -> None:
         # From "connecting": this attempt failed; from "connected": the connection was lost.
         what = "could not connect" if change.previous == "connecting" else "connection lost"
         print(f"[{what} ({change.code}); retrying in {change.delay:.1f} s]", flush=True)
-    elif change.state == "connected" and change.previous != "connecting":
+    elif change.state == "connected":
         print("[connected]", flush=True)
 
 
@@ -45,7 +45,7 @@ async def follow(url: str, room: str, name: str, say: str | None, count: int | N
         seen = 0
         async for item in sub:
             if isinstance(item, Recovery) and not item.recovered:
-                print(f"[{item.room}: messages were lost while away; reload]", flush=True)
+                print(f"[{item.room}: some messages were missed while away]", flush=True)
             elif isinstance(item, Event) and item.type == "chat.message":
                 print(f"{item.payload['name']}: {item.payload['text']}", flush=True)
                 seen += 1

@@ -158,7 +158,10 @@ def backend_for(redis_url: str | None, prefix: str) -> Backend:
     try:
         from roomcast.backends.redis import RedisBackend
     except ImportError:
-        raise SystemExit("--redis needs redis-py: install roomcast with its redis extra") from None
+        raise SystemExit(
+            "--redis needs redis-py: install roomcast with its examples extra,"
+            " as the issue tracker tutorial does"
+        ) from None
     return RedisBackend(redis_url, prefix=prefix)
 
 
@@ -175,7 +178,7 @@ def main(args: argparse.Namespace) -> None:
         why = "is already in use" if exc.errno == errno.EADDRINUSE else f"failed: {exc.strerror}"
         sys.exit(
             f"issue tracker: cannot listen on {netloc}: the address {why};"
-            " choose another port with --port (e.g. --port 8001, or --port 0 for any free port)"
+            " choose another port with --port (e.g. --port 8010, or --port 0 for any free port)"
         )
     port = listener.getsockname()[1]
     netloc = f"[{args.host}]:{port}" if ":" in args.host else f"{args.host}:{port}"

@@ -291,6 +291,51 @@ def test_a_reconnect_resubscribes_every_room_in_one_frame_from_its_position(
     }
 
 
+def test_a_room_refused_on_resubscribe_ends_its_subscription_once(
+    server: Server, page: Page
+) -> None:
+    fake_client(page, server, minDelay=10, maxDelay=20)
+    connected(page)
+    page.evaluate(
+        """() => {
+          window.ends = [];
+          window.subs = {};
+          for (const room of ['issue:i1', 'chat:a']) {
+            subs[room] = follow(room);
+            subs[room].onEnd((error) => ends.push([room, error && error.code]));
+          }
+        }"""
+    )
+    page.wait_for_function("last().sent.length === 2")
+    ref = sent(page)[-1]["ref"]
+    page.evaluate(
+        """ref => last().say({ type: 'reply', ref, ok: true, payload: { rooms: {
+            'issue:i1': { ok: true }, 'chat:a': { ok: true } } } })""",
+        ref,
+    )
+    page.wait_for_function("seen.rooms['issue:i1'].ready !== null")
+    # Access to issue:i1 was lost while away: the resubscribe refuses it.
+    page.evaluate("last().end(1011, 'oops')")
+    page.wait_for_function("sockets.length === 2 && sockets[1].readyState === 1")
+    connected(page)
+    again = sent(page)[-1]
+    page.evaluate(
+        """ref => last().say({ type: 'reply', ref, ok: true, payload: { rooms: {
+            'issue:i1': { ok: false, error: { code: 'forbidden', message: 'no' } },
+            'chat:a': { ok: true } } } })""",
+        again["ref"],
+    )
+    page.wait_for_function("ends.length === 1")
+    assert page.evaluate("ends") == [["issue:i1", "forbidden"]]
+    page.evaluate("rc.subscribe('chat:a')")  # a second subscription to the room
+    # Leaving ends chat:a's first subscription with null, once.
+    page.evaluate("subs['chat:a'].unsubscribe(); subs['chat:a'].unsubscribe()")
+    page.wait_for_function("ends.length === 2")
+    page.wait_for_timeout(100)
+    assert page.evaluate("ends") == [["issue:i1", "forbidden"], ["chat:a", None]]
+    assert page.evaluate("pageErrors") == []
+
+
 def test_backoff_is_full_jitter_under_a_doubling_ceiling_reset_by_an_ack(
     server: Server, page: Page
 ) -> None:

@@ -59,7 +59,7 @@ async def test_python_client_example_catches_up_posts_and_follows() -> None:
                             )
                     await process.wait()
             # Its own "hello" is not echoed back: the sender is left out.
-            assert output.decode().splitlines() == ["bo: earlier", "bo: live"]
+            assert output.decode().splitlines() == ["[connected]", "bo: earlier", "bo: live"]
             assert process.returncode == 0
             with anyio.fail_after(TIMEOUT):
                 posted = await anext(sub)

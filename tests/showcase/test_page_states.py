@@ -175,3 +175,28 @@ def test_the_activity_feed_shows_the_titles_of_the_boards_issues_from_the_first_
     platform = alice.page.locator("#activity li", has_text="Platform")
     expect(platform).to_have_count(7)
     expect(platform.locator(".feed-title")).to_have_count(7)
+
+
+def test_an_issue_open_across_a_restart_in_memory_closes_with_a_word(
+    pages: list[Watched], artifacts: Path
+) -> None:
+    _, bob = pages
+    with serving() as server:
+        sign_in(bob, server.url, "bob")
+        open_issue(bob, "Show who else is viewing an issue")
+        expect(bob.page.locator("#issue-panel")).to_be_visible()
+        bob.page.evaluate(RECORD_TOASTS)
+
+        server.stop()
+        expect(bob.page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+        server.start()
+        expect(bob.page.locator("#connection")).to_have_attribute(
+            "data-state", "connected", timeout=RECONNECT_MS
+        )
+        # The store started again without that issue: its room is refused on the
+        # resubscribe, and the panel closes instead of offering edits that would fail.
+        expect(bob.page.locator("#issue-panel")).to_be_hidden(timeout=RECONNECT_MS)
+        toasts = bob.page.evaluate("() => window.toasts")
+        assert [text for text in toasts if "no longer available" in text], toasts
+        bob.page.screenshot(path=str(artifacts / "after-restart-memory-issue-closed.png"))
+    assert bob.errors == []

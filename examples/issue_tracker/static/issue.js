@@ -84,6 +84,13 @@ export async function openIssue(id) {
     renderIssue();
     panel.dataset.loaded = "true";
   };
+  // Refused when resubscribing after a reconnect: the issue is gone (an in-memory
+  // server restarted without it) or this user may no longer see it.
+  sub.onEnd((error) => {
+    if (!error || !state.open || state.open.issue.id !== id) return;
+    toast(`${state.open.issue.key} is no longer available: ${error.message}.`);
+    closeIssue();
+  });
   sub.onRecovery(({ recovered }) => {
     if (recovered) return;
     reliably(load).catch((error) => {

@@ -157,6 +157,12 @@ export declare class Subscription {
   on<P = unknown>(type: string, listener: (event: RoomcastEvent<P>) => void): () => void;
   /** Call listener when the room is recovered after a reconnect, or reset; returns a function to stop. */
   onRecovery(listener: (notice: RecoveryNotice) => void): () => void;
+  /**
+   * Call listener once when the subscription ends: with the server's error when it refused
+   * the room (also on a resubscribe after a reconnect), with null after unsubscribe();
+   * returns a function to stop.
+   */
+  onEnd(listener: (error: RoomcastError | null) => void): () => void;
   /** Leave the room (the server is told when no other subscription holds it). */
   unsubscribe(): Promise<void>;
 }

@@ -125,6 +125,13 @@ export class Subscription {
   /** Call `listener(notice)` when the room is recovered after a reconnect, or reset. */
   onRecovery(listener) { return this._listeners.on("recovered", listener); }
 
+  /**
+   * Call `listener(error)` once when the subscription ends: with the server's error
+   * when it refused the room (also on a resubscribe after a reconnect, when access
+   * was lost meanwhile), with null after `unsubscribe()`.
+   */
+  onEnd(listener) { return this._listeners.on("end", listener); }
+
   /** Leave the room (the server is told when no other subscription holds it). */
   unsubscribe() { return this._client._unsubscribe(this); }
 
@@ -142,9 +149,11 @@ export class Subscription {
 
   /** @internal */
   _end(error) {
+    if (this._state === "unsubscribed") return;
     this._state = "unsubscribed";
     if (error) this._reject(error);
     else this._reject(new RoomcastError("unsubscribed", `unsubscribed from ${this.room}`));
+    this._listeners.emit("end", error || null);
   }
 }
 
