@@ -93,6 +93,30 @@ def test_cluster_prints_its_comparison() -> None:
     assert re.search(r"history publishes \(Lua\) from one node process, .*/s", out), out
 
 
-@pytest.mark.parametrize("script", ["bench/fanout.py", "bench/hub_fanout.py", "bench/cluster.py"])
+@pytest.mark.parametrize(
+    ("adapter", "floor"),
+    [("websockets", "websockets-keepalive"), ("aiohttp", "aiohttp-heartbeat")],
+)
+def test_heartbeat_prints_its_ratio(adapter: str, floor: str) -> None:
+    out = run(
+        *("-m", "bench.heartbeat", "--adapter", adapter, "--connections", "4"),
+        *("--heartbeat", "0.5,2", "--window", "1", "--pairs", "1"),
+        *("--max-seconds", str(CHILD_SECONDS)),
+    )
+    ours = f"roomcast-{adapter}"
+    assert re.search(r"open-files limit raised to [\d,]+ \(resource.setrlimit\)", out), out
+    assert re.search(rf"\[1/1\] {ours} [\d.]+%, {floor} [\d.]+% of one core", out), out
+    for kind in (ours, floor):
+        # Every client pinged and still connected: the soak soaked.
+        pinged = rf"^{kind}: [1-9][\d,]* protocol pings .* 4 open, 0 closed"
+        assert re.search(pinged, out, re.MULTILINE), out
+    assert f"{ours}: heartbeat timeouts 0" in out
+    assert re.search(rf"ratio {ours} / {floor}: [\d.]+ \(median of 1 pairs", out), out
+
+
+@pytest.mark.parametrize(
+    "script",
+    ["bench/fanout.py", "bench/hub_fanout.py", "bench/cluster.py", "bench/heartbeat.py"],
+)
 def test_benchmarks_still_run_as_scripts(script: str) -> None:
     assert "usage:" in run(script, "--help")

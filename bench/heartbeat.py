@@ -1,0 +1,330 @@
+"""Idle connections with heartbeats: the server's CPU against its framework's own keepalive.
+
+N idle clients on 127.0.0.1 hold connections to two servers side by side: roomcast on one
+adapter, with a short [`HeartbeatPolicy`][roomcast.HeartbeatPolicy], and the bare framework
+sending its own keepalive pings at the same interval (``websockets``' ``ping_interval``,
+aiohttp's ``heartbeat``): the floor. Both servers share one CPU, their clients (the lean
+clients of ``bench/fanout.py``, which answer every ping) the others. Once every
+connection has been pinged, each window of ``--window`` seconds reads both servers' CPU
+time (user + sys, ``time.process_time()`` in the server) over the same wall time: one
+pair. It prints each server's share of one core and the median over the pairs of their
+ratio. Run ``python -m bench.heartbeat --help``. The open-files limit is raised to its
+hard limit (``resource.setrlimit``), here and in every child process. This is a
+benchmark, not a test: it asserts nothing about timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from importlib.metadata import version
+from typing import Any
+
+if not __package__:
+    # Run as a script (python bench/heartbeat.py, or as a server child): make bench importable.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench._child import lift_open_files_limit
+from bench._fanout_procs import Child, ChildError, Clients
+
+#: roomcast's server kind and its floor's, by adapter.
+KINDS = {
+    "websockets": ("roomcast-websockets", "websockets-keepalive"),
+    "aiohttp": ("roomcast-aiohttp", "aiohttp-heartbeat"),
+}
+#: Target: roomcast's share of one core at 10,000 connections and 5 s heartbeats.
+TARGET_CORE = 0.10
+#: Seconds a server may take to count every client after they connected.
+SETTLE_TIMEOUT = 120.0
+
+
+# ---------------------------------------------------------------------- server process
+
+
+async def start_floor(kind: str, args: argparse.Namespace, stack: Any) -> Any:
+    """The bare framework with its own keepalive pings every ``interval`` seconds."""
+    from bench._fanout_server import PATH, PROTOCOL, Floor, Server, start_aiohttp
+
+    floor = Floor()
+    interval, timeout = args.heartbeat
+    server = Server()
+    server.stats = floor.stats
+    if kind == "websockets-keepalive":
+        from websockets.asyncio.server import serve
+        from websockets.exceptions import ConnectionClosed
+        from websockets.typing import Subprotocol
+
+        async def handler(connection: Any) -> None:
+            floor.clients += 1
+            try:
+                await connection.send(floor.ACK)
+                async for message in connection:
+                    answer = floor.reply(message)
+                    if answer is not None:
+                        floor.conns.add(connection)
+                        await connection.send(answer)
+            except ConnectionClosed:
+                pass
+            finally:
+                floor.conns.discard(connection)
+                floor.clients -= 1
+
+        ws_server = await serve(
+            handler,
+            "127.0.0.1",
+            0,
+            subprotocols=[Subprotocol(PROTOCOL)],
+            compression=None,
+            ping_interval=interval,
+            ping_timeout=timeout - interval,
+            backlog=4096,
+        )
+        stack.push_async_callback(ws_server.wait_closed)
+        stack.callback(ws_server.close)
+        server.port = ws_server.sockets[0].getsockname()[1]
+        return server
+
+    from aiohttp import WSMsgType, web
+
+    async def aiohttp_handler(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(
+            protocols=(PROTOCOL,), compress=False, heartbeat=interval, autoping=True
+        )
+        await ws.prepare(request)
+        floor.clients += 1
+        try:
+            await ws.send_str(floor.ACK)
+            async for message in ws:
+                if message.type is WSMsgType.TEXT:
+                    answer = floor.reply(message.data)
+                    if answer is not None:
+                        floor.conns.add(ws)
+                        await ws.send_str(answer)
+        finally:
+            floor.conns.discard(ws)
+            floor.clients -= 1
+        return ws
+
+    app = web.Application()
+    app.router.add_get(PATH, aiohttp_handler)
+    server.port = await start_aiohttp(app, stack)
+    return server
+
+
+async def serve(args: argparse.Namespace) -> None:
+    from contextlib import AsyncExitStack
+
+    from bench import _fanout_server
+
+    async with AsyncExitStack() as stack:
+        if args.serve.startswith("roomcast-"):
+            server = await _fanout_server.STARTERS[args.serve](args, stack)
+        else:
+            server = await start_floor(args.serve, args, stack)
+        args.kind = args.serve
+        await _fanout_server.control(server, args)
+
+
+# ---------------------------------------------------------------------- driver
+
+
+def settle(server: Child, total: int) -> dict[str, Any]:
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while True:
+        stats = server.call({"cmd": "stats"})
+        if stats["clients"] == total and stats["subscribed"] == total:
+            return stats
+        if time.monotonic() > deadline:
+            raise ChildError(f"{server.name}: {total} subscribed clients not reached: {stats}")
+        time.sleep(0.05)
+
+
+def pings(clients: Clients) -> tuple[int, int, int]:
+    """Protocol pings the clients answered, connections open, connections closed by the server."""
+    status = clients.status()
+    return (
+        sum(s["protocol_pings"] for s in status),
+        sum(s["open"] for s in status),
+        sum(s["closed_by_server"] for s in status),
+    )
+
+
+def placement() -> tuple[set[int] | None, set[int] | None, str]:
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None, None, "CPU affinity not available: processes not pinned"
+    if len(cpus) < 2:
+        return None, None, f"only CPU {cpus} available: processes not pinned"
+    server, clients = {cpus[0]}, set(cpus[1:])
+    try:
+        os.sched_setaffinity(0, clients)
+    except OSError as exc:
+        return None, None, f"sched_setaffinity failed ({exc}): processes not pinned"
+    return server, clients, f"both servers on CPU {cpus[0]}, clients + driver on {cpus[1:]}"
+
+
+def run(args: argparse.Namespace) -> None:
+    n = args.connections
+    interval, timeout = args.heartbeat
+    server_cpus, client_cpus, note = placement()
+    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    print(f"roomcast heartbeat soak, {now}")
+    print(
+        f"Python {platform.python_version()}, websockets {version('websockets')}, "
+        f"aiohttp {version('aiohttp')}, roomcast {version('roomcast')}; "
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs; {note}"
+    )
+    print(
+        f"{n:,} idle connections per server, heartbeat every {interval:g} s "
+        f"(timeout {timeout:g} s); {args.pairs} windows of {args.window:g} s; "
+        f"open-files limit raised to {open_files_limit():,} (resource.setrlimit)",
+        flush=True,
+    )
+    ours, floor = KINDS[args.adapter]
+    children: list[Child] = []
+    fleets: list[Clients] = []
+    try:
+        servers: dict[str, Child] = {}
+        clients: dict[str, Clients] = {}
+        for kind in (ours, floor):
+            argv = ["heartbeat.py", "--serve", kind, "--max-seconds", str(args.max_seconds)]
+            argv += ["--heartbeat", f"{interval},{timeout}"]
+            if args.profile and kind == ours:
+                argv += ["--profile", args.profile]
+            servers[kind] = server = Child(kind, argv, server_cpus)
+            children.append(server)
+            port = int(server.read(timeout=60)["port"])
+            clients[kind] = fleet = Clients(args.client_procs, client_cpus, args.max_seconds)
+            fleets.append(fleet)
+            began = time.perf_counter()
+            answers = fleet.connect(port, n)
+            failed = sum(answer["failed"] for answer in answers)
+            if failed:
+                raise ChildError(f"{kind}: {failed} connections failed")
+            settle(server, n)
+            print(f"  {kind}: {n:,} connected in {time.perf_counter() - began:.1f} s", flush=True)
+        # Every connection pinged at least once before the first window (with jitter,
+        # roomcast's first ping comes up to a quarter of an interval late).
+        time.sleep(interval * 1.5)
+        before = {kind: pings(clients[kind]) for kind in servers}
+        counted_from = time.perf_counter()
+        if args.profile:
+            servers[ours].call({"cmd": "profile", "on": True})
+        pairs: list[tuple[float, float]] = []
+        for index in range(args.pairs):
+            first = {kind: server.call({"cmd": "stats"})["cpu"] for kind, server in servers.items()}
+            if args.profile:  # stats pauses the profiler
+                servers[ours].call({"cmd": "profile", "on": True})
+            wall0 = time.perf_counter()
+            time.sleep(args.window)
+            last = {kind: server.call({"cmd": "stats"})["cpu"] for kind, server in servers.items()}
+            wall = time.perf_counter() - wall0
+            share = {kind: (last[kind] - first[kind]) / wall for kind in servers}
+            pairs.append((share[ours], share[floor]))
+            ratio = share[ours] / share[floor] if share[floor] else float("inf")
+            print(
+                f"  [{index + 1}/{args.pairs}] {ours} {share[ours]:.1%}, "
+                f"{floor} {share[floor]:.1%} of one core: ratio {ratio:.2f}",
+                flush=True,
+            )
+        after = {kind: pings(clients[kind]) for kind in servers}
+        counted = time.perf_counter() - counted_from
+        stats = servers[ours].call({"cmd": "stats"})
+    finally:
+        for fleet in fleets:
+            fleet.stop()
+        for child in children:
+            child.stop()
+    print()
+    for kind in (ours, floor):
+        answered = after[kind][0] - before[kind][0]
+        print(
+            f"{kind}: {answered:,} protocol pings answered in {counted:.0f} s "
+            f"({answered / counted:,.0f}/s, expected about {n / interval:,.0f}/s); "
+            f"{after[kind][1]:,} open, {after[kind][2]} closed by the server"
+        )
+    print(f"{ours}: heartbeat timeouts {stats['heartbeat_timeouts']}")
+    if args.profile:
+        from bench._fanout_server import print_profile
+
+        print(f"\n{ours}'s profile over the windows (--profile {args.profile}):")
+        print_profile(args.profile)
+    median_ours = statistics.median(pair[0] for pair in pairs)
+    median_floor = statistics.median(pair[1] for pair in pairs)
+    ratios = [a / b for a, b in pairs if b]
+    print(f"server CPU, median of {len(pairs)} windows, % of one core:")
+    print(f"  {ours:<22} {median_ours:.1%}  (target <= {TARGET_CORE:.0%} at 10,000 and 5 s)")
+    print(f"  {floor:<22} {median_floor:.1%}")
+    if ratios:
+        print(
+            f"  ratio {ours} / {floor}: {statistics.median(ratios):.2f} "
+            f"(median of {len(ratios)} pairs, [{min(ratios):.2f}-{max(ratios):.2f}])"
+        )
+
+
+def open_files_limit() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def heartbeat_policy(text: str) -> tuple[float, float]:
+    interval, timeout = (float(part) for part in text.split(","))
+    return interval, timeout
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="heartbeat soak: idle connections, server CPU against the framework's own"
+    )
+    parser.add_argument("--adapter", choices=sorted(KINDS), default="websockets")
+    parser.add_argument("--connections", type=int, default=10_000, help="per server")
+    parser.add_argument(
+        "--heartbeat",
+        type=heartbeat_policy,
+        default=(5.0, 15.0),
+        help="interval,timeout in seconds (default 5,15)",
+    )
+    parser.add_argument("--window", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--pairs", type=int, default=9, help="measurement windows")
+    parser.add_argument("--client-procs", type=int, default=1, help="per server")
+    parser.add_argument(
+        "--max-seconds", type=float, default=900.0, help="every child exits after this long"
+    )
+    parser.add_argument(
+        "--profile",
+        default=None,
+        metavar="PATH",
+        help="profile roomcast's server over the windows (cProfile, written to PATH, printed)",
+    )
+    parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)  # a server child
+    args = parser.parse_args(argv)
+    if args.connections < 1 or args.pairs < 1 or args.window <= 0:
+        parser.error("--connections, --pairs and --window must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    lift_open_files_limit()
+    if args.serve is not None:
+        asyncio.run(serve(args))
+        return
+    needed = args.connections + 100
+    if open_files_limit() < needed:
+        sys.exit(f"RLIMIT_NOFILE hard limit {open_files_limit()} is below {needed}")
+    started = time.perf_counter()
+    run(args)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
