@@ -18,14 +18,13 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any, TypeVar
 
 import jwt
 import pytest
 import redis
 import uvicorn
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse
@@ -36,17 +35,10 @@ from roomcast import DefaultAuthorizer, History, Hub, RoomOptions
 from roomcast.backends import Backend
 from roomcast.jwt import JWTAuthenticator
 
+from .chromium import launch_chromium
+
 T = TypeVar("T")
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 #: Seconds for the server to start or stop, or for a call into its loop.
 SERVER_TIMEOUT = 15
 #: Milliseconds any one wait on a page may take.
@@ -204,23 +196,9 @@ class Server:
         assert not self._failure, self._failure
 
 
-# Per module, not per session: Playwright's sync API runs an event loop on the main
-# thread while it is open, and the other test folders start their own there.
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        reason = f"no Chromium at {CHROMIUM}: install Debian's chromium package"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI installs it in .ci/run)")
-        pytest.skip(reason)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    yield from launch_chromium()
 
 
 @pytest.fixture

@@ -21,18 +21,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from playwright.sync_api import Browser, Page, Request, Response, WebSocket, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Request, Response, WebSocket, expect
+
+from browser.chromium import launch_chromium
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 #: Seconds for a server to start or stop.
 SERVER_TIMEOUT = 15
 #: Milliseconds any one expectation on a page may wait.
@@ -43,19 +36,7 @@ REDIS_URL = os.environ.get("ROOMCAST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        reason = f"no Chromium at {CHROMIUM}: install Debian's chromium package"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI installs it in .ci/run)")
-        pytest.skip(reason)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    yield from launch_chromium()
 
 
 @contextmanager

@@ -20,18 +20,10 @@ from playwright.sync_api import (
     Response,
     ViewportSize,
     WebSocket,
-    sync_playwright,
 )
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from browser.chromium import launch_chromium
+
 #: Milliseconds any one expectation on a page may wait.
 PAGE_TIMEOUT = 10_000
 #: Where the screenshots go: ``ROOMCAST_ARTIFACTS`` or ``artifacts/`` (ignored by git).
@@ -42,23 +34,9 @@ ARTIFACTS = (
 VIEWPORT: ViewportSize = {"width": 1440, "height": 860}
 
 
-# Module scope: Playwright's sync API leaves its event loop running while it is
-# open, which the async tests of other modules cannot share.
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        reason = f"no Chromium at {CHROMIUM}: install Debian's chromium package"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI installs it in .ci/run)")
-        pytest.skip(reason)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    yield from launch_chromium()
 
 
 class Watched:
