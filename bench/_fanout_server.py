@@ -112,6 +112,43 @@ class Floor:
     def stats(self) -> dict[str, Any]:
         return {"clients": self.clients, "subscribed": len(self.conns)}
 
+    async def serve_websockets(self, connection: Any) -> None:
+        """One `websockets` connection: the ack, then a reply to each subscribe, until it ends."""
+        from websockets.exceptions import ConnectionClosed
+
+        self.clients += 1
+        try:
+            await connection.send(self.ACK)
+            async for message in connection:
+                answer = self.reply(message)
+                if answer is not None:
+                    self.conns.add(connection)
+                    await connection.send(answer)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.conns.discard(connection)
+            self.clients -= 1
+
+    async def serve_aiohttp(self, ws: Any) -> None:
+        """The same for a prepared aiohttp ``WebSocketResponse``."""
+        from aiohttp import WSMsgType
+
+        self.clients += 1
+        try:
+            await ws.send_str(self.ACK)
+            async for message in ws:
+                if message.type is WSMsgType.TEXT:
+                    answer = self.reply(message.data)
+                    if answer is not None:
+                        self.conns.add(ws)
+                        await ws.send_str(answer)
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            self.conns.discard(ws)
+            self.clients -= 1
+
 
 # ---------------------------------------------------------------------- servers
 
@@ -185,28 +222,12 @@ async def start_roomcast_websockets(args: argparse.Namespace, stack: Any) -> Ser
 
 async def start_websockets_broadcast(args: argparse.Namespace, stack: Any) -> Server:
     from websockets.asyncio.server import broadcast, serve
-    from websockets.exceptions import ConnectionClosed
     from websockets.typing import Subprotocol
 
     floor = Floor()
 
-    async def handler(connection: Any) -> None:
-        floor.clients += 1
-        try:
-            await connection.send(floor.ACK)
-            async for message in connection:
-                answer = floor.reply(message)
-                if answer is not None:
-                    floor.conns.add(connection)
-                    await connection.send(answer)
-        except ConnectionClosed:
-            pass
-        finally:
-            floor.conns.discard(connection)
-            floor.clients -= 1
-
     ws_server = await serve(
-        handler,
+        floor.serve_websockets,
         "127.0.0.1",
         0,
         subprotocols=[Subprotocol(PROTOCOL)],
@@ -352,27 +373,14 @@ async def start_roomcast_aiohttp(args: argparse.Namespace, stack: Any) -> Server
 
 
 async def start_naive_aiohttp(args: argparse.Namespace, stack: Any) -> Server:
-    from aiohttp import WSMsgType, web
+    from aiohttp import web
 
     floor = Floor()
 
     async def handler(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(protocols=(PROTOCOL,), compress=False)
         await ws.prepare(request)
-        floor.clients += 1
-        try:
-            await ws.send_str(floor.ACK)
-            async for message in ws:
-                if message.type is WSMsgType.TEXT:
-                    answer = floor.reply(message.data)
-                    if answer is not None:
-                        floor.conns.add(ws)
-                        await ws.send_str(answer)
-        except (ConnectionError, RuntimeError):
-            pass
-        finally:
-            floor.conns.discard(ws)
-            floor.clients -= 1
+        await floor.serve_aiohttp(ws)
         return ws
 
     app = web.Application()

@@ -58,26 +58,10 @@ async def start_floor(kind: str, args: argparse.Namespace, stack: Any) -> Any:
     server.stats = floor.stats
     if kind == "websockets-keepalive":
         from websockets.asyncio.server import serve
-        from websockets.exceptions import ConnectionClosed
         from websockets.typing import Subprotocol
 
-        async def handler(connection: Any) -> None:
-            floor.clients += 1
-            try:
-                await connection.send(floor.ACK)
-                async for message in connection:
-                    answer = floor.reply(message)
-                    if answer is not None:
-                        floor.conns.add(connection)
-                        await connection.send(answer)
-            except ConnectionClosed:
-                pass
-            finally:
-                floor.conns.discard(connection)
-                floor.clients -= 1
-
         ws_server = await serve(
-            handler,
+            floor.serve_websockets,
             "127.0.0.1",
             0,
             subprotocols=[Subprotocol(PROTOCOL)],
@@ -91,25 +75,14 @@ async def start_floor(kind: str, args: argparse.Namespace, stack: Any) -> Any:
         server.port = ws_server.sockets[0].getsockname()[1]
         return server
 
-    from aiohttp import WSMsgType, web
+    from aiohttp import web
 
     async def aiohttp_handler(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(
             protocols=(PROTOCOL,), compress=False, heartbeat=interval, autoping=True
         )
         await ws.prepare(request)
-        floor.clients += 1
-        try:
-            await ws.send_str(floor.ACK)
-            async for message in ws:
-                if message.type is WSMsgType.TEXT:
-                    answer = floor.reply(message.data)
-                    if answer is not None:
-                        floor.conns.add(ws)
-                        await ws.send_str(answer)
-        finally:
-            floor.conns.discard(ws)
-            floor.clients -= 1
+        await floor.serve_aiohttp(ws)
         return ws
 
     app = web.Application()
