@@ -410,3 +410,18 @@ def test_an_idle_page_stays_connected_to_a_server_that_pings_at_the_websocket_le
         page.wait_for_timeout(9_000)
         assert states(page) == ["connecting", "connected"]
         assert page.evaluate("seen.errors") == []
+
+
+def test_an_idle_page_stays_connected_when_its_clock_is_coarse(page: Page) -> None:
+    # Browsers that reduce timer precision give the same Date.now() for a ping and its
+    # pong: the answer must still count, or the page stops pinging and, after 2 x 1 s
+    # + 5 s of silence, drops a healthy connection.
+    page.add_init_script(
+        "const realNow = Date.now; Date.now = () => realNow() - (realNow() % 500);"
+    )
+    with websockets_server(HeartbeatPolicy(interval=1, timeout=3)) as url:
+        open_client(page, url, tokens="none")
+        wait_connected(page)
+        page.wait_for_timeout(9_000)
+        assert states(page) == ["connecting", "connected"]
+        assert page.evaluate("seen.errors") == []

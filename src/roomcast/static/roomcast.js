@@ -210,7 +210,8 @@ export class Roomcast {
     this._onOnline = null;     // the window's "online" listener, while not closed
     this._lastFrameAt = 0;     // when the socket last received a frame (Date.now())
     this._silenceLimit = 0;    // how long it may stay silent before it counts as lost
-    this._pingedAt = null;     // when the client pinged the silent server, if it has
+    this._frames = 0;          // how many frames the socket has received
+    this._pingedAfter = null;  // the frame count when the client pinged the silent server, if it has
   }
 
   /** "connecting", "connected", "disconnected" or "closed". */
@@ -415,7 +416,7 @@ export class Roomcast {
   _arm(generation, ms, pingAfter = null) {
     this._silenceLimit = ms;
     this._lastFrameAt = Date.now();
-    this._pingedAt = null;
+    this._pingedAfter = null;
     if (this._livenessTimer !== null) clearTimeout(this._livenessTimer);
     const check = () => {
       this._livenessTimer = null;
@@ -429,10 +430,12 @@ export class Roomcast {
       }
       let next = this._silenceLimit - silent;
       if (pingAfter !== null) {
-        if (this._pingedAt !== null && this._pingedAt < this._lastFrameAt) this._pingedAt = null;
-        if (this._pingedAt === null) {
+        // Any frame since the ping answers it. Counted, not timed: a clock of reduced
+        // precision gives a ping and its pong the same reading.
+        if (this._pingedAfter !== null && this._frames > this._pingedAfter) this._pingedAfter = null;
+        if (this._pingedAfter === null) {
           if (silent >= pingAfter) {
-            this._pingedAt = Date.now();
+            this._pingedAfter = this._frames;
             this._sendFrame({ action: "ping" });
             next = Math.min(next, pingAfter); // then, after the answer, count afresh
           } else {
@@ -593,6 +596,7 @@ export class Roomcast {
 
   _receive(generation, data) {
     this._lastFrameAt = Date.now();
+    this._frames++;
     if (typeof data !== "string") {
       this._emitError(this._malformed("frame", "a binary frame"));
       return;
