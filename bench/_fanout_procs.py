@@ -26,10 +26,17 @@ class Child:
     also exit by themselves when their stdin closes or after ``--max-seconds``.
     """
 
-    def __init__(self, name: str, argv: list[str], cpus: set[int] | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        cpus: set[int] | None,
+        executable: str | None = None,
+    ) -> None:
+        """Start ``executable *argv`` (the running Python by default) in the bench folder."""
         self.name = name
         self.process = subprocess.Popen(
-            [sys.executable, *argv],
+            [executable or sys.executable, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
