@@ -137,8 +137,10 @@ class Clients:
         shares = split(total, len(self.children))
         return self.all([{"cmd": "close", "total": share} for share in shares], 60)
 
-    def arm(self, m: int, timeout: float) -> None:
-        self.all([{"cmd": "expect", "m": m, "timeout": timeout}] * len(self.children), 30)
+    def arm(self, m: int, timeout: float, stall: float = 0.0) -> None:
+        """Count the next ``m`` events; with ``stall``, stop reading for that many seconds."""
+        command = {"cmd": "expect", "m": m, "timeout": timeout, "stall": stall}
+        self.all([command] * len(self.children), 30)
 
     def results(self, timeout: float) -> list[dict[str, Any]]:
         return [child.read(timeout) for child in self.children]

@@ -11,7 +11,7 @@ line per command from stdout (the first line, ``{"ready": ...}``, gives the port
 Commands run on the server's event loop:
 
 - ``{"cmd": "stats", "gc": bool}``: own CPU seconds (``cpu``: user+sys, and ``user``,
-  ``sys`` apart), RSS, clients.
+  ``sys`` apart), RSS, asyncio tasks, clients.
 - ``{"cmd": "publish", "n": M, "pad": K, "burst": bool}``: publish M events of a
   ~(K+40)-byte payload to room ``bench`` in a loop, yielding to the loop once per
   message (paced, the default) or, with ``burst``, back to back without yielding
@@ -521,7 +521,8 @@ async def control(server: Server, args: argparse.Namespace) -> None:
                 profiler.disable()
             if command.get("gc"):
                 gc.collect()
-            write_line({**cpu_times(), "rss": rss_bytes(), **server.stats()})
+            tasks = len(asyncio.all_tasks())
+            write_line({**cpu_times(), "rss": rss_bytes(), "tasks": tasks, **server.stats()})
         elif name == "publish":
             pad = "x" * int(command.get("pad", 60))
             n = int(command["n"])
@@ -536,8 +537,12 @@ async def control(server: Server, args: argparse.Namespace) -> None:
                 await server.publish(n, pad)
             t1 = time.time()
             after = cpu_times()
+            tasks0 = len(asyncio.all_tasks())
             write_line(
                 {
+                    # Tasks when the publish loop returns: with a writer task per client
+                    # that had to queue, more than the connections' own.
+                    "tasks": tasks0,
                     "t0": t0,
                     "t1": t1,
                     "cpu0": before["cpu"],

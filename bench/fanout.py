@@ -118,6 +118,7 @@ class Sample:
     mode: str = "paced"
     user_us: float = 0.0  # server user CPU per delivery
     sys_us: float = 0.0  # server system CPU per delivery
+    tasks: int = 0  # most asyncio tasks in the server when a publish loop returned
 
 
 @dataclass
@@ -138,6 +139,7 @@ class Burst:
     mode: str = "paced"
     server_user: float = 0.0  # seconds of user CPU, same window as server_cpu
     server_sys: float = 0.0  # seconds of system CPU, same window
+    tasks: int = 0  # the server's asyncio tasks when its publish loop returned (0: node)
 
     @property
     def cpu_us(self) -> float:
@@ -235,10 +237,11 @@ def measure(
     messages: int,
     mode: str = "paced",
     pad: int = PAD,
+    stall: float = 0.0,
 ) -> Burst:
     deliveries = connections * messages
-    timeout = 60.0 + deliveries / 2_000  # generous: even at 2,000 deliveries/s
-    clients.arm(messages, timeout)
+    timeout = 60.0 + stall + deliveries / 2_000  # generous: even at 2,000 deliveries/s
+    clients.arm(messages, timeout, stall)
     command = {"cmd": "publish", "n": messages, "pad": pad, "burst": mode == "burst"}
     published = server.call(command, timeout)
     results = clients.results(timeout + 10)
@@ -262,6 +265,7 @@ def measure(
         mode=mode,
         server_user=after.get("user", 0.0) - published.get("user0", 0.0),
         server_sys=after.get("sys", 0.0) - published.get("sys0", 0.0),
+        tasks=int(published.get("tasks", 0)),
     )
 
 
@@ -293,6 +297,7 @@ def summarize(kind: str, bursts: Sequence[Burst]) -> Sample:
         mode=bursts[0].mode,
         user_us=sum(b.server_user for b in bursts) / (connections * messages) * 1e6,
         sys_us=sum(b.server_sys for b in bursts) / (connections * messages) * 1e6,
+        tasks=max(b.tasks for b in bursts),
     )
 
 
@@ -346,7 +351,7 @@ def run_group(kinds: Sequence[str], args: argparse.Namespace, where: Placement) 
                 for index, burst in enumerate(rounds_of(messages, args.rounds)):
                     order = turns[:: 1 if index % 2 == 0 else -1]
                     for outcome, (server, _port, clients) in order:
-                        sample = measure(server, clients, n, burst, mode, args.pad)
+                        sample = measure(server, clients, n, burst, mode, args.pad, args.stall)
                         outcome.bursts.setdefault(n, []).append(sample)
                 for kind, outcome in zip(kinds, outcomes, strict=True):
                     mine = [b for b in outcome.bursts[n] if b.mode == mode]
@@ -384,11 +389,12 @@ def print_table(
     print("  usr, sys: its user and system parts (getrusage), median")
     print("  dlv/s: deliveries per wall second, first publish to last receive")
     print("  latency: receive time - send time in the payload (time.time(), same machine)")
+    print("  tasks: most asyncio tasks in the server as a publish loop returned (node: 0)")
     header = (
         f"{'server':<22}{'mode':<7}{'clients':>8}{'msgs':>6}  {'cpu us/dlv':<22}"
         f"{'usr':>7}{'sys':>7}{'dlv/s':>10}"
         f"{'p50 ms':>9}{'p99 ms':>9}{'lost':>6}{'srv busy':>10}{'cli busy':>10}"
-        f"{'cli us/dlv':>11}{'lag ms':>9}"
+        f"{'cli us/dlv':>11}{'lag ms':>9}{'tasks':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -417,6 +423,7 @@ def print_table(
                     f"{med(s.client_busy for s in samples):>10.0%}"
                     f"{med(s.client_us for s in samples):>11.2f}"
                     f"{med(s.lag_ms for s in samples):>9.1f}"
+                    f"{max(s.tasks for s in samples):>7}"
                 )
     print()
     print("Server memory per idle connection (RSS with N subscribed clients - RSS with none) / N,")
@@ -643,7 +650,7 @@ def run_profile(kind: str, args: argparse.Namespace, where: Placement) -> None:
     try:
         clients = Clients(args.client_procs, where.clients, args.max_seconds)
         connect(server, clients, port, n)
-        burst = measure(server, clients, n, messages, args.publish[0], args.pad)
+        burst = measure(server, clients, n, messages, args.publish[0], args.pad, args.stall)
         sample = summarize(kind, [burst])
     finally:
         if clients is not None:
@@ -734,6 +741,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--burst", action="store_true", help="publish in bursts: the same as --publish burst"
     )
     parser.add_argument(
+        "--stall",
+        type=float,
+        default=0.0,
+        help="seconds the clients stop reading at the start of each burst, so that the"
+        " server writes into full socket buffers (default 0)",
+    )
+    parser.add_argument(
         "--pad",
         type=int,
         default=PAD,
@@ -802,8 +816,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.publish = ["burst"]
     if not args.publish or any(mode not in MODES for mode in args.publish):
         parser.error(f"--publish takes a comma list among {', '.join(MODES)}")
-    if args.pad < 0:
-        parser.error("--pad must be 0 or more")
+    if args.pad < 0 or args.stall < 0:
+        parser.error("--pad and --stall must be 0 or more")
     if args.connections is None:
         args.connections = [10_000] if args.heartbeat else [500] if args.quick else [1_000, 5_000]
     if args.quick and args.heartbeat:
@@ -890,7 +904,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"servers: {', '.join(args.servers)}; clients {args.connections}; "
             f"repeat={args.repeat}{' (quick)' if args.quick else ''}; "
             f"rounds={args.rounds}; publish {', '.join(args.publish)}; "
-            f"payload ~{args.pad + 40} bytes; hub heartbeat "
+            + (f"clients stall {args.stall:g} s per burst; " if args.stall else "")
+            + f"payload ~{args.pad + 40} bytes; hub heartbeat "
             + (
                 "quiet (3600 s)"
                 if args.hub_heartbeat is None
