@@ -250,7 +250,9 @@ async def start_websockets_broadcast(args: argparse.Namespace, stack: Any) -> Se
         0,
         subprotocols=[Subprotocol(PROTOCOL)],
         compression=None,
-        ping_interval=None,
+        # Off unless asked for (--keepalive): the floor of a hub with a heartbeat.
+        ping_interval=args.keepalive,
+        ping_timeout=None if args.keepalive is None else 2 * args.keepalive,
         backlog=BACKLOG,
     )
     stack.push_async_callback(ws_server.wait_closed)
@@ -623,6 +625,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=lambda text: tuple(float(part) for part in text.split(",")),
         default=None,
         help="hub heartbeat 'interval,timeout' in seconds (default: quiet, 3600,7200)",
+    )
+    parser.add_argument(
+        "--keepalive",
+        type=float,
+        default=None,
+        help="websockets-broadcast: websockets' own ping_interval (default: off)",
     )
     parser.add_argument("--uvicorn-ws", default="websockets-sansio")
     parser.add_argument("--profile", default=None, help="write cProfile stats of publishes here")

@@ -324,6 +324,8 @@ def run_group(kinds: Sequence[str], args: argparse.Namespace, where: Placement) 
             extra: list[str] = []
             if args.hub_heartbeat is not None and kind.startswith("roomcast-"):
                 extra = ["--heartbeat", ",".join(f"{x:g}" for x in args.hub_heartbeat)]
+            if args.floor_keepalive is not None and kind == "websockets-broadcast":
+                extra = ["--keepalive", f"{args.floor_keepalive:g}"]
             server, port = start_server(kind, args, where, extra)
             clients = Clients(args.client_procs, where.clients, args.max_seconds)
             running.append((server, port, clients))
@@ -777,6 +779,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         " (default: quiet, 3600,7200; the hub's own default is 30,60); floors never ping",
     )
     parser.add_argument(
+        "--floor-keepalive",
+        type=float,
+        default=None,
+        help="websockets-broadcast pings with websockets' own keepalive every this many"
+        " seconds (ping_interval; default: off), the floor of --hub-heartbeat",
+    )
+    parser.add_argument(
         "--heartbeat-seconds", type=float, default=30.0, help="length of the --heartbeat soak"
     )
     parser.add_argument(
@@ -910,6 +919,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "quiet (3600 s)"
                 if args.hub_heartbeat is None
                 else ",".join(f"{x:g}" for x in args.hub_heartbeat) + " s"
+            )
+            + (
+                ""
+                if args.floor_keepalive is None
+                else f"; websockets-broadcast keepalive {args.floor_keepalive:g} s"
             ),
             flush=True,
         )
