@@ -243,6 +243,9 @@ async def start_websockets_broadcast(args: argparse.Namespace, stack: Any) -> Se
     from websockets.typing import Subprotocol
 
     floor = Floor()
+    # Off unless asked for (--keepalive): the floor of a hub with a heartbeat. Other
+    # drivers that start this server with their own arguments may not have the option.
+    keepalive: float | None = getattr(args, "keepalive", None)
 
     ws_server = await serve(
         floor.serve_websockets,
@@ -250,9 +253,8 @@ async def start_websockets_broadcast(args: argparse.Namespace, stack: Any) -> Se
         0,
         subprotocols=[Subprotocol(PROTOCOL)],
         compression=None,
-        # Off unless asked for (--keepalive): the floor of a hub with a heartbeat.
-        ping_interval=args.keepalive,
-        ping_timeout=None if args.keepalive is None else 2 * args.keepalive,
+        ping_interval=keepalive,
+        ping_timeout=None if keepalive is None else 2 * keepalive,
         backlog=BACKLOG,
     )
     stack.push_async_callback(ws_server.wait_closed)
