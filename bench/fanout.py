@@ -758,7 +758,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 500 clients, ~30,000 deliveries per measurement (under a minute)",
+        help="smoke run: 500 clients, ~30,000 deliveries per measurement (a few minutes)",
     )
     parser.add_argument(
         "--heartbeat",
