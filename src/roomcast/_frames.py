@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import functools
 import gc
+import itertools
 import json
 import logging
 import math
 import re
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -69,7 +71,13 @@ _FLOAT_RANGE: Final = (1e-4, 1e16)
 _MAX_PLAIN_DEPTH: Final = 255
 
 _is_float: Final = float.__instancecheck__
+_is_dict: Final = dict.__instancecheck__
 _referents: Final = gc.get_referents
+_chain: Final = itertools.chain.from_iterable
+#: Whether ``gc.get_referents`` gives every value of every ``dict``. From 3.13, a dict
+#: that shares an object's inline values (``vars(obj)``) gives none: the object visits
+#: them. There, dicts are read with ``dict.values()``, lists and tuples still in C.
+_REFERENTS_HOLD_DICT_VALUES: Final = sys.version_info < (3, 13)
 
 
 def _plain_floats(level: Sequence[Any]) -> bool:
@@ -84,20 +92,30 @@ def _plain_floats(level: Sequence[Any]) -> bool:
     )
 
 
+def _items(level: Sequence[Any]) -> list[Any]:
+    """The items of every container of ``level``, dict values read with ``dict.values()``."""
+    return [
+        *_referents(*itertools.filterfalse(_is_dict, level)),
+        *_chain(map(dict.values, filter(_is_dict, level))),
+    ]
+
+
 def _plain(value: Any) -> bool:
     """Whether orjson writes ``value`` exactly as the standard library would.
 
     Walks the value one nesting level at a time, in C: ``gc.get_referents`` gives
-    the items of every ``dict`` (its values; its keys too unless all are ``str``,
-    and orjson refuses any other key), ``list`` and ``tuple`` of a level, and
-    nothing for the scalars. Every object is of one of `_PLAIN_TYPES` (exactly,
-    not a subclass: enums, ``str`` and ``int`` subclasses go to the standard
-    library), and every float is finite and within `_FLOAT_RANGE` or zero.
+    the items of every ``list`` and ``tuple`` of a level, and the values of every
+    ``dict`` (and its keys unless all are ``str``; orjson refuses any other key;
+    from Python 3.13, `_items` reads dicts), and nothing for the scalars. Every
+    object is of one of `_PLAIN_TYPES` (exactly, not a subclass: enums, ``str``
+    and ``int`` subclasses go to the standard library), and every float is finite
+    and within `_FLOAT_RANGE` or zero.
     """
     kind = type(value)
     if kind not in _NESTED_TYPES:
         return kind in _PLAIN_TYPES and (kind is not float or _plain_floats((value,)))
-    level = _referents(value)
+    complete = _REFERENTS_HOLD_DICT_VALUES
+    level = _referents(value) if complete or kind is not dict else list(value.values())
     for _ in range(_MAX_PLAIN_DEPTH):
         if not level:
             return True
@@ -106,7 +124,7 @@ def _plain(value: Any) -> bool:
             return False
         if float in kinds and not _plain_floats(level):
             return False
-        level = _referents(*level)
+        level = _referents(*level) if complete or dict not in kinds else _items(level)
     return False
 
 

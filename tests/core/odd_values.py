@@ -15,7 +15,7 @@ from typing import Any
 try:
     import orjson
 except ImportError:  # pragma: no cover - the speedups extra is part of dev
-    orjson = None
+    orjson = None  # type: ignore[assignment]
 
 
 class Label(str):

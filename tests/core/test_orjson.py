@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
 import sys
 import types
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -30,8 +32,12 @@ from .odd_values import (
     Pair,
     Ratio,
     Record,
-    orjson,
 )
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - the speedups extra is part of dev
+    orjson = None  # type: ignore[assignment]
 
 needs_orjson = pytest.mark.skipif(
     _frames._orjson_dumps is None, reason="orjson is not installed (the speedups extra)"
@@ -46,15 +52,30 @@ def outcome(value: Any) -> tuple[str, str]:
         return ("LocalProtocolError", str(exc))
 
 
-def both(value: Any) -> tuple[tuple[str, str], tuple[str, str]]:
-    """``outcome(value)`` with orjson, then with the standard library only."""
-    fast = outcome(value)
-    saved = _frames._orjson_dumps
-    _frames._orjson_dumps = None
+@contextmanager
+def frames_with(**attributes: Any) -> Iterator[None]:
+    """Within the block, roomcast._frames has these attributes (its switches)."""
+    saved = {name: getattr(_frames, name) for name in attributes}
+    for name, value in attributes.items():
+        setattr(_frames, name, value)
     try:
-        return fast, outcome(value)
+        yield
     finally:
-        _frames._orjson_dumps = saved
+        for name, value in saved.items():
+            setattr(_frames, name, value)
+
+
+def both(value: Any) -> tuple[tuple[str, str], tuple[str, str]]:
+    """``outcome(value)`` with orjson, then with the standard library only.
+
+    orjson's outcome is checked first to be the same whether its check reads
+    dicts through ``gc.get_referents`` or with ``dict.values()`` (from Python 3.13).
+    """
+    fast = outcome(value)
+    with frames_with(_REFERENTS_HOLD_DICT_VALUES=False):
+        assert outcome(value) == fast
+    with frames_with(_orjson_dumps=None):
+        return fast, outcome(value)
 
 
 class Spy:
@@ -88,6 +109,31 @@ def test_an_odd_value_gives_the_same_text_or_error_on_both_paths(value: Any) -> 
 def test_an_odd_key_gives_the_same_text_or_error_on_both_paths(key: Any) -> None:
     fast, stdlib = both({"a": 1, key: [2]})
     assert fast == stdlib
+
+
+class Thing:
+    """An object whose ``vars()`` may share its inline values (Python 3.13)."""
+
+    def __init__(self, value: Any) -> None:
+        self.name = "thing"
+        self.value = value
+
+
+@pytest.mark.parametrize("value", [math.nan, Level.LOW, uuid.UUID(int=1), 1e-5, "ok", 0.5])
+def test_the_vars_of_a_live_object_give_the_same_text_or_error_on_both_paths(value: Any) -> None:
+    thing = Thing(value)  # alive while encoded: its vars() share its values
+    fast, stdlib = both({"thing": vars(thing), "things": [vars(thing)]})
+    assert fast == stdlib
+    fast, stdlib = both(vars(thing))
+    assert fast == stdlib
+
+
+def test_gc_gives_dict_values_wherever_the_check_relies_on_it() -> None:
+    thing = Thing(marker := object())
+    if _frames._REFERENTS_HOLD_DICT_VALUES:
+        assert marker in gc.get_referents(vars(thing))
+    with frames_with(_REFERENTS_HOLD_DICT_VALUES=False):
+        assert not _frames._plain({"a": [vars(thing)]})  # the object() seen, by dict.values()
 
 
 def test_dumps_raises_the_standard_librarys_error_message() -> None:
@@ -266,12 +312,10 @@ plain = st.recursive(
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plain)
 def test_orjson_writes_every_plain_value_as_the_standard_library_does(value: Any) -> None:
-    spy = Spy(orjson.dumps)  # type: ignore[union-attr]
-    saved = _frames._orjson_dumps
-    _frames._orjson_dumps = spy
-    try:
-        text = dumps(value)
-    finally:
-        _frames._orjson_dumps = saved
-    assert spy.calls == 1
-    assert text == json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    assert orjson is not None
+    expected = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    for complete in (True, False):
+        spy = Spy(orjson.dumps)
+        with frames_with(_orjson_dumps=spy, _REFERENTS_HOLD_DICT_VALUES=complete):
+            assert dumps(value) == expected
+        assert spy.calls == 1
