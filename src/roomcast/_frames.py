@@ -71,7 +71,6 @@ _FLOAT_RANGE: Final = (1e-4, 1e16)
 _MAX_PLAIN_DEPTH: Final = 255
 
 _is_float: Final = float.__instancecheck__
-_is_dict: Final = dict.__instancecheck__
 _referents: Final = gc.get_referents
 _chain: Final = itertools.chain.from_iterable
 #: Whether ``gc.get_referents`` gives every value of every ``dict``. From 3.13, a dict
@@ -92,12 +91,18 @@ def _plain_floats(level: Sequence[Any]) -> bool:
     )
 
 
-def _items(level: Sequence[Any]) -> list[Any]:
+def _items(level: Sequence[Any], kinds: set[type]) -> list[Any]:
     """The items of every container of ``level``, dict values read with ``dict.values()``."""
-    return [
-        *_referents(*itertools.filterfalse(_is_dict, level)),
-        *_chain(map(dict.values, filter(_is_dict, level))),
-    ]
+    if len(kinds) == 1:  # dicts only: a list of records, say
+        return list(_chain(map(dict.values, level)))
+    items: list[Any] = []
+    for item in level:
+        kind = type(item)
+        if kind is dict:
+            items += item.values()
+        elif kind is list or kind is tuple:
+            items += item
+    return items
 
 
 def _plain(value: Any) -> bool:
@@ -124,7 +129,7 @@ def _plain(value: Any) -> bool:
             return False
         if float in kinds and not _plain_floats(level):
             return False
-        level = _referents(*level) if complete or dict not in kinds else _items(level)
+        level = _referents(*level) if complete or dict not in kinds else _items(level, kinds)
     return False
 
 
