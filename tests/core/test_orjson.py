@@ -99,12 +99,14 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
     return spy
 
 
+@needs_orjson
 @pytest.mark.parametrize("value", ODD_SCALARS, ids=repr)
 def test_an_odd_value_gives_the_same_text_or_error_on_both_paths(value: Any) -> None:
     fast, stdlib = both({"v": [value]})
     assert fast == stdlib
 
 
+@needs_orjson
 @pytest.mark.parametrize("key", ODD_KEYS, ids=repr)
 def test_an_odd_key_gives_the_same_text_or_error_on_both_paths(key: Any) -> None:
     fast, stdlib = both({"a": 1, key: [2]})
@@ -119,6 +121,7 @@ class Thing:
         self.value = value
 
 
+@needs_orjson
 @pytest.mark.parametrize("value", [math.nan, Level.LOW, uuid.UUID(int=1), 1e-5, "ok", 0.5])
 def test_the_vars_of_a_live_object_give_the_same_text_or_error_on_both_paths(value: Any) -> None:
     thing = Thing(value)  # alive while encoded: its vars() share its values
@@ -136,6 +139,7 @@ def test_gc_gives_dict_values_wherever_the_check_relies_on_it() -> None:
         assert not _frames._plain({"a": [vars(thing)]})  # the object() seen, by dict.values()
 
 
+@needs_orjson
 def test_dumps_raises_the_standard_librarys_error_message() -> None:
     fast, stdlib = both({"id": uuid.UUID(int=7)})
     assert (
