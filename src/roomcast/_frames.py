@@ -5,8 +5,8 @@ standard library otherwise, and both give the same text for the same value, or t
 same error. orjson alone would not: it writes NaN and the infinities as ``null``,
 serializes UUIDs, enums and its own ``Fragment`` that the standard library refuses,
 refuses integers beyond 64 bits and keys that are not ``str`` that the standard
-library accepts, and may spell some floats another way (``1e-5`` for ``1e-05``). So a
-value goes to orjson only when a cheap check (`_plain`) finds nothing in it but
+library accepts, and may spell some floats another way (``1e-5`` for ``1e-05``). So
+orjson's text is used only when a cheap check (`_plain`) finds nothing in the value but
 ``dict``, ``list``, ``tuple``, ``str``, ``int``, ``bool``, ``None`` and floats that
 both write alike; anything else, and anything orjson refuses, is encoded by the
 standard library, which gives the result (or the error) roomcast always gave.
@@ -67,7 +67,8 @@ _NESTED_TYPES: Final = frozenset({dict, list, tuple})
 #: not including, 1e16, Python's ``repr`` switches to an exponent (``1e-05``,
 #: ``1e+16``) where orjson's may differ (``1e-5`` or ``0.00001``; ``1e16`` before 3.11.7).
 _FLOAT_RANGE: Final = (1e-4, 1e16)
-#: orjson nests at most 255 levels deep (and a cycle never ends): deeper is not plain.
+#: orjson refuses nesting deeper than 255 levels, cycles included, before the walk
+#: runs; the walk stops there too.
 _MAX_PLAIN_DEPTH: Final = 255
 
 _is_float: Final = float.__instancecheck__
@@ -76,7 +77,8 @@ _chain: Final = itertools.chain.from_iterable
 #: Whether ``gc.get_referents`` gives every value of every ``dict``. From 3.13, a dict
 #: that shares an object's inline values (``vars(obj)``) gives none: the object visits
 #: them. There, dicts are read with ``dict.values()``, lists and tuples still in C.
-_REFERENTS_HOLD_DICT_VALUES: Final = sys.version_info < (3, 13)
+#: (Tests switch it, to run both walks.)
+_REFERENTS_HOLD_DICT_VALUES = sys.version_info < (3, 13)
 
 
 def _plain_floats(level: Sequence[Any]) -> bool:
@@ -106,7 +108,10 @@ def _items(level: Sequence[Any], kinds: set[type]) -> list[Any]:
 
 
 def _plain(value: Any) -> bool:
-    """Whether orjson writes ``value`` exactly as the standard library would.
+    """Whether orjson wrote ``value`` exactly as the standard library would.
+
+    Runs only after orjson wrote ``value``: so it holds no cycle, is at most 255
+    levels deep, and the walk visits no more objects than orjson did.
 
     Walks the value one nesting level at a time, in C: ``gc.get_referents`` gives
     the items of every ``list`` and ``tuple`` of a level, and the values of every
@@ -138,9 +143,9 @@ def _refuse(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-#: orjson's ``dumps`` and its options when orjson is installed and writes like the
-#: standard library (`_orjson_matches`); ``None`` otherwise. Tests set it to ``None``
-#: to run the standard library's path.
+#: orjson's ``dumps`` when orjson is installed and writes like the standard library
+#: (`_orjson_matches`); ``None`` otherwise. Tests set it to ``None`` to run the
+#: standard library's path.
 _orjson_dumps: Callable[..., bytes] | None = None
 #: Subclasses, datetimes and dataclasses go to `_refuse` rather than being written:
 #: `_plain` keeps them away already; this keeps orjson from ever guessing.
@@ -199,11 +204,16 @@ def dumps(value: Any) -> str:
         LocalProtocolError: (a ``ValueError``) ``value`` is not JSON-serializable.
     """
     fast = _orjson_dumps
-    if fast is not None and _plain(value):
+    if fast is not None:
+        # orjson first: it refuses a cycle at once (the walk would not end), and
+        # bounds the walk's work by its own.
         try:
-            return fast(value, _refuse, _ORJSON_OPTIONS).decode()
+            data = fast(value, _refuse, _ORJSON_OPTIONS)
         except TypeError:
             pass  # orjson.JSONEncodeError: a lone surrogate, a huge integer, a key not a str
+        else:
+            if _plain(value):
+                return data.decode()
     return _dumps_stdlib(value)
 
 

@@ -11,6 +11,7 @@ import types
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -79,24 +80,32 @@ def both(value: Any) -> tuple[tuple[str, str], tuple[str, str]]:
 
 
 class Spy:
-    """Counts the calls of orjson's ``dumps`` made by roomcast's."""
+    """Counts the calls of a function roomcast's ``dumps`` calls, and makes them."""
 
-    def __init__(self, dumps: Callable[..., bytes]) -> None:
-        self.dumps = dumps
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
         self.calls = 0
 
-    def __call__(self, *args: Any) -> bytes:
+    def __call__(self, *args: Any) -> Any:
         self.calls += 1
-        return self.dumps(*args)
+        return self.function(*args)
+
+
+@dataclass
+class Spies:
+    orjson: Spy
+    stdlib: Spy
 
 
 @pytest.fixture
-def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
+def spies(monkeypatch: pytest.MonkeyPatch) -> Spies:
+    """orjson's ``dumps`` and the standard library's path, counted."""
     if _frames._orjson_dumps is None:
         pytest.skip("orjson is not installed (the speedups extra)")
-    spy = Spy(_frames._orjson_dumps)
-    monkeypatch.setattr(_frames, "_orjson_dumps", spy)
-    return spy
+    spies = Spies(Spy(_frames._orjson_dumps), Spy(_frames._dumps_stdlib))
+    monkeypatch.setattr(_frames, "_orjson_dumps", spies.orjson)
+    monkeypatch.setattr(_frames, "_dumps_stdlib", spies.stdlib)
+    return spies
 
 
 @needs_orjson
@@ -164,9 +173,9 @@ def test_dumps_raises_the_standard_librarys_error_message() -> None:
         2**64 - 1,
     ],
 )
-def test_orjson_writes_plain_values(spy: Spy, value: Any) -> None:
+def test_orjson_writes_plain_values(spies: Spies, value: Any) -> None:
     text = dumps(value)
-    assert spy.calls == 1
+    assert (spies.orjson.calls, spies.stdlib.calls) == (1, 0)
     assert text == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -174,6 +183,7 @@ def test_orjson_writes_plain_values(spy: Spy, value: Any) -> None:
     "value",
     [
         math.nan,
+        [1.0, math.nan],
         1e-5,
         1e16,
         Level.LOW,
@@ -184,9 +194,23 @@ def test_orjson_writes_plain_values(spy: Spy, value: Any) -> None:
     ],
     ids=repr,
 )
-def test_values_orjson_would_write_otherwise_never_reach_it(spy: Spy, value: Any) -> None:
+def test_values_orjson_would_write_otherwise_are_written_by_the_standard_library(
+    spies: Spies, value: Any
+) -> None:
     outcome({"v": [value]})
-    assert spy.calls == 0
+    assert spies.stdlib.calls == 1
+
+
+@needs_orjson
+def test_a_cycle_never_reaches_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """orjson refuses it first: walked level by level, a branching cycle would grow forever."""
+    walk = Spy(lambda value: False)
+    monkeypatch.setattr(_frames, "_plain", walk)
+    node: dict[str, Any] = {"name": "root"}
+    node["children"] = [node, {"parent": node}]
+    with pytest.raises(LocalProtocolError, match="Circular reference detected"):
+        dumps({"tree": node})
+    assert walk.calls == 0
 
 
 @needs_orjson
@@ -319,7 +343,11 @@ def test_orjson_writes_every_plain_value_as_the_standard_library_does(value: Any
     assert orjson is not None
     expected = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     for complete in (True, False):
-        spy = Spy(orjson.dumps)
-        with frames_with(_orjson_dumps=spy, _REFERENTS_HOLD_DICT_VALUES=complete):
+        spies = Spies(Spy(orjson.dumps), Spy(_frames._dumps_stdlib))
+        with frames_with(
+            _orjson_dumps=spies.orjson,
+            _dumps_stdlib=spies.stdlib,
+            _REFERENTS_HOLD_DICT_VALUES=complete,
+        ):
             assert dumps(value) == expected
-        assert spy.calls == 1
+        assert (spies.orjson.calls, spies.stdlib.calls) == (1, 0)
