@@ -151,9 +151,26 @@ def test_heartbeat_prints_its_ratio(adapter: str, floor: str) -> None:
     assert re.search(rf"ratio {ours} / {floor}: [\d.]+ \(median of 1 pairs", out), out
 
 
+def test_encode_prints_its_ratios() -> None:
+    out = run("-m", "bench.encode", "--pairs", "1", "--rounds", "2")
+    # Both paths wrote the same text for every value (the benchmark checks), and each
+    # value has its ratio line, for dumps and for hub.publish.
+    for value in ("reply frame", "small", "medium", "large"):
+        assert re.search(rf"^{value} +\d+ .* [\d.]+ \[.*\] \(1 pairs\)$", out, re.MULTILINE), out
+    for value in ("small", "medium", "large"):
+        line = rf"^hub.publish, {value} +\d+ .* [\d.]+ \[.*\] \(1 pairs\)$"
+        assert re.search(line, out, re.MULTILINE), out
+
+
 @pytest.mark.parametrize(
     "script",
-    ["bench/fanout.py", "bench/hub_fanout.py", "bench/cluster.py", "bench/heartbeat.py"],
+    [
+        "bench/fanout.py",
+        "bench/hub_fanout.py",
+        "bench/cluster.py",
+        "bench/heartbeat.py",
+        "bench/encode.py",
+    ],
 )
 def test_benchmarks_still_run_as_scripts(script: str) -> None:
     assert "usage:" in run(script, "--help")
