@@ -177,10 +177,10 @@ class Client:
         self._send_scope: anyio.CancelScope | None = None
         self._writing = False
         self._wakeup: anyio.Event | None = None
-        # Whether the transport sends protocol pings, and writes them without waiting
-        # (checked once: the checks are slow).
-        self._ping_in_place = isinstance(transport, TryPingTransport)
-        self.pingable = self._ping_in_place or isinstance(transport, PingableTransport)
+        # Checked once: a protocol check is slow. A TryPingTransport is a PingableTransport
+        # with try_ping, which a plain look-up finds faster than a second protocol check.
+        self.pingable = isinstance(transport, PingableTransport)
+        self._ping_in_place = self.pingable and callable(getattr(transport, "try_ping", None))
 
     @property
     def user_id(self) -> str | None:
@@ -285,7 +285,8 @@ class Client:
         [`TryPingTransport`][roomcast.transport.TryPingTransport] that can take it now, the
         ping is written in place, and no task is started; otherwise the writer sends it,
         after what is queued. A transport found closed closes the client (1006), as a
-        failed write does.
+        failed write does; any other error of the transport's is logged and closes the
+        client (1011), as in the writer, and never reaches the caller.
         """
         if self.close_code is not None or not self.pingable:
             return
@@ -296,6 +297,12 @@ class Client:
                     return
             except ConnectionClosed:
                 self.close(CLOSE_ABNORMAL, "", flush=False)
+                return
+            except Exception:
+                # Called from the hub's heartbeat loop: a transport's bug must end
+                # this connection, never the loop.
+                logger.exception("ping of connection %s failed", self.id)
+                self.close(CloseCode.INTERNAL_ERROR, "internal error", flush=False)
                 return
         self._ping = on_pong
         self.direct = False

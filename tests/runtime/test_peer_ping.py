@@ -175,6 +175,24 @@ async def test_a_closed_transport_closes_the_client_1006_as_a_failed_write_does(
         assert transport.sent == []
 
 
+class BuggyPingTransport(PingTransport):
+    """A transport whose ``try_ping`` has a bug."""
+
+    def try_ping(self, on_pong: OnPong) -> bool:
+        raise RuntimeError("bug")
+
+
+async def test_a_transport_bug_in_try_ping_closes_the_client_1011_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = make_client(BuggyPingTransport())
+    async with anyio.create_task_group() as tg:
+        client.attach(tg, tg.cancel_scope)
+        client.request_ping(lambda: None)  # does not raise
+        assert (client.close_code, client.close_reason) == (1011, "internal error")
+    assert "ping of connection n.c failed" in caplog.text
+
+
 async def test_a_closing_client_is_not_pinged() -> None:
     transport = PingTransport()
     client = make_client(transport)
