@@ -205,6 +205,8 @@ def run(args: argparse.Namespace) -> None:
         if args.profile:
             servers[ours].call({"cmd": "profile", "on": True})
         pairs: list[tuple[float, float]] = []
+        # The same pairs per open connection: a server that closed connections is cheaper.
+        per_connection: list[float] = []
         for index in range(args.pairs):
             first = {kind: server.call({"cmd": "stats"})["cpu"] for kind, server in servers.items()}
             if args.profile:  # stats pauses the profiler
@@ -216,9 +218,13 @@ def run(args: argparse.Namespace) -> None:
             share = {kind: (last[kind] - first[kind]) / wall for kind in servers}
             pairs.append((share[ours], share[floor]))
             ratio = share[ours] / share[floor] if share[floor] else float("inf")
+            still = {kind: pings(clients[kind])[1] for kind in servers}
+            if share[floor] and still[ours]:
+                per_connection.append(ratio * still[floor] / still[ours])
             print(
                 f"  [{index + 1}/{args.pairs}] {ours} {share[ours]:.1%}, "
-                f"{floor} {share[floor]:.1%} of one core: ratio {ratio:.2f}",
+                f"{floor} {share[floor]:.1%} of one core: ratio {ratio:.2f} "
+                f"({still[ours]:,} and {still[floor]:,} open)",
                 flush=True,
             )
         after = {kind: pings(clients[kind]) for kind in servers}
@@ -256,6 +262,11 @@ def run(args: argparse.Namespace) -> None:
         print(
             f"  ratio {ours} / {floor}: {statistics.median(ratios):.2f} "
             f"(median of {len(ratios)} pairs, [{min(ratios):.2f}-{max(ratios):.2f}])"
+        )
+    if per_connection:
+        print(
+            f"  the same per open connection: {statistics.median(per_connection):.2f} "
+            f"([{min(per_connection):.2f}-{max(per_connection):.2f}])"
         )
 
 
