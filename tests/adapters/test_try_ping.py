@@ -55,7 +55,11 @@ def no_pong() -> None:
 def pending(transport: Any) -> int:
     """Pings the transport's connection waits a pong for."""
     if isinstance(transport, WebSocketsTransport):
-        return len(transport._connection.pending_pings)
+        connection = transport._connection
+        pings = getattr(connection, "pending_pings", None)
+        if pings is None:  # called pong_waiters before websockets 16.0
+            pings = connection.pong_waiters
+        return len(pings)
     assert isinstance(transport, AiohttpTransport)
     return len(transport._pings)
 
