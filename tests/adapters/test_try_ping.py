@@ -56,9 +56,9 @@ def pending(transport: Any) -> int:
     """Pings the transport's connection waits a pong for."""
     if isinstance(transport, WebSocketsTransport):
         connection = transport._connection
-        pings = getattr(connection, "pending_pings", None)
+        pings: dict[bytes, Any] | None = getattr(connection, "pending_pings", None)
         if pings is None:  # called pong_waiters before websockets 16.0
-            pings = connection.pong_waiters
+            pings = getattr(connection, "pong_waiters")  # noqa: B009 - absent from 17.4's types
         return len(pings)
     assert isinstance(transport, AiohttpTransport)
     return len(transport._pings)
