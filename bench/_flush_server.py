@@ -21,9 +21,12 @@ import json
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import _fanout_server as fanout
+if TYPE_CHECKING:
+    from bench import _fanout_server as fanout
+else:  # run as a script from bench/, as _fanout_server.py is
+    import _fanout_server as fanout
 
 #: The send time a payload carries while a paced publish is due (None: now).
 _due: float | None = None

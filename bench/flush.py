@@ -225,8 +225,8 @@ def bursts(args: argparse.Namespace, cpus: tuple[Any, Any], tool: str | None) ->
                 )
         if tool is not None:
             for server in servers:
-                calls, outcome = counted_burst(server, args, tool)
-                server.syscalls = calls / (args.messages * args.connections)
+                count, outcome = counted_burst(server, args, tool)
+                server.syscalls = count / (args.messages * args.connections)
                 server.lost += outcome.lost
     finally:
         for server in servers:

@@ -126,7 +126,7 @@ def test_text_frame_is_the_frame_websockets_serializes_for_a_server(size: int) -
     assert text_frame(text) == expected
 
 
-@given(st.text(st.characters(exclude_categories=("Cs",))))
+@given(st.text(st.characters(codec="utf-8")))
 def test_text_frame_parses_back_to_its_text(text: str) -> None:
     buffer = bytearray(text_frame(text))
 
@@ -141,7 +141,7 @@ def test_text_frame_parses_back_to_its_text(text: str) -> None:
     with pytest.raises(StopIteration) as done:
         next(parser)
     frame: Frame = done.value.value
-    assert (frame.opcode, frame.fin, frame.data.decode()) == (Opcode.TEXT, True, text)
+    assert (frame.opcode, frame.fin, bytes(frame.data).decode()) == (Opcode.TEXT, True, text)
     assert not buffer
 
 
@@ -277,7 +277,9 @@ async def test_frames_held_for_a_connection_that_closes_first_are_dropped(accept
             if isinstance(transport, AiohttpTransport):
                 while client.protocol.state is OPEN:  # until the client reads the close frame
                     await anyio.sleep(0.01)
-                transport._request.transport.abort()  # nobody reads the client's answer
+                socket = transport._request.transport
+                assert socket is not None
+                socket.abort()  # nobody reads the client's answer
             with pytest.raises(WebSocketsClosed) as excinfo:
                 await client.recv()  # the close frame comes first: no message
             assert excinfo.value.rcvd is not None
@@ -297,7 +299,7 @@ async def test_a_failed_write_of_held_frames_ends_that_connection_only(accepted:
             def broken(data: bytes) -> None:
                 raise RuntimeError("the socket is gone")
 
-            socket.write = broken
+            socket.write = broken  # type: ignore[method-assign]
             assert one.try_send("lost")
             assert two.try_send("kept")
             assert await second.recv() == "kept"
