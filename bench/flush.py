@@ -326,6 +326,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--paced-seconds", type=float, default=15.0)
     parser.add_argument("--paced-delay", type=float, default=50.0, help="roomcast's, ms")
     parser.add_argument("--no-paced", action="store_true", help="bursts only")
+    parser.add_argument("--no-bursts", action="store_true", help="the paced run only")
     parser.add_argument("--client-procs", type=int, default=0, help="default: CPUs - 1, max 4")
     parser.add_argument("--max-seconds", type=float, default=1800.0)
     args = parser.parse_args(argv)
@@ -349,7 +350,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{os.cpu_count()} CPUs; {note}; {args.client_procs} client process(es) per server"
     )
     cpus = (server_cpus, client_cpus)
-    bursts(args, cpus, tool)
+    if not args.no_bursts:
+        bursts(args, cpus, tool)
     if not args.no_paced:
         paced(args, cpus)
     print(f"\ntotal {time.perf_counter() - began:.0f} s")
