@@ -3,10 +3,11 @@
 Two parts, each server in its own process pinned to one CPU, its clients (the lean
 clients of ``fanout.py``) on the others, all on 127.0.0.1:
 
-- **Bursts**: ``--messages`` events published back to back (yielding to the loop
-  after each) to ``--connections`` subscribers, by ``websockets.broadcast()`` and by
-  roomcast's ``websockets`` adapter at each ``--delays`` flush delay, the servers
-  taking turns burst after burst (``--rounds``). Server CPU per delivery, latency
+- **Bursts**: ``--messages`` events published one after the other, with a yield to
+  the event loop after each (``fanout.py``'s paced mode), to ``--connections``
+  subscribers, by ``websockets.broadcast()`` and by roomcast's ``websockets`` adapter
+  at each ``--delays`` flush delay, the servers taking turns burst after burst
+  (``--rounds``). Server CPU per delivery, latency
   (p50/p99), the ratio to ``broadcast()`` (median of the rounds' pairs) and the
   server's system calls per delivery (one more burst each, counted by ``perf stat``
   on the kernel's ``sys_enter_sendto/sendmsg/write/writev`` tracepoints, or by
@@ -235,7 +236,8 @@ def bursts(args: argparse.Namespace, cpus: tuple[Any, Any], tool: str | None) ->
     floor = servers[0]
     print()
     print(
-        f"Bursts: {args.messages} messages back to back to {args.connections:,} subscribers, "
+        f"Bursts: {args.messages} messages, a yield after each, to {args.connections:,} "
+        f"subscribers, "
         f"{args.rounds} rounds; server CPU us per delivery, median [min-max]; latency over every "
         f"round; ratio: each round against broadcast()'s, median; syscalls: socket writes "
         f"per delivery ({tool or 'not counted'}, one more burst)"
