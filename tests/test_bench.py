@@ -162,6 +162,24 @@ def test_encode_prints_its_ratios() -> None:
         assert re.search(line, out, re.MULTILINE), out
 
 
+def test_flush_prints_its_ratios() -> None:
+    out = run(
+        *("-m", "bench.flush", "--connections", "2", "--messages", "2", "--rounds", "1"),
+        *("--delays", "0,5", "--paced-connections", "2", "--paced-seconds", "0.2"),
+        *("--client-procs", "1", "--max-seconds", str(CHILD_SECONDS)),
+    )
+    for label in ("websockets.broadcast()", "roomcast 0 ms", "roomcast 5 ms"):
+        # Nothing lost in the bursts; system calls counted or marked n/a.
+        row = rf"^{re.escape(label)} +[\d.]+ \[.*\] +[\d.]+ +[\d.]+ +0 +([\d.]+|n/a) "
+        assert re.search(row, out, re.MULTILINE), out
+    for delay in ("0", "5"):
+        line = rf"burst of 2 to 2, flush_delay {delay} ms: [\d.]+x websockets.broadcast\(\)"
+        assert re.search(line, out), out
+    assert re.search(r"syscalls per delivery \(broadcast\(\): ([\d.]+|n/a)\)", out), out
+    for label in ("roomcast 50 ms", "websockets.broadcast\\(\\)"):
+        assert re.search(rf"paced 20/s to 2: {label}: publish lag p99 [\d.]+ ms, lost 0", out), out
+
+
 @pytest.mark.parametrize(
     "script",
     [
@@ -170,6 +188,7 @@ def test_encode_prints_its_ratios() -> None:
         "bench/cluster.py",
         "bench/heartbeat.py",
         "bench/encode.py",
+        "bench/flush.py",
     ],
 )
 def test_benchmarks_still_run_as_scripts(script: str) -> None:

@@ -3,9 +3,10 @@
 aiohttp runs on asyncio only, so this module (like ``roomcast.aiohttp``) uses
 asyncio directly. Each piece bypasses aiohttp for a reason of its own:
 
-- `text_frame` builds a server text frame (RFC 6455 section 5.2) that
-  [`AiohttpTransport`][roomcast.aiohttp.AiohttpTransport] writes straight to the
-  asyncio transport, without waiting, where aiohttp's ``send_str`` must be awaited.
+- `text_frame` (from ``roomcast._writes``) builds a server text frame (RFC 6455
+  section 5.2) that [`AiohttpTransport`][roomcast.aiohttp.AiohttpTransport] writes
+  straight to the asyncio transport, without waiting, where aiohttp's ``send_str``
+  must be awaited.
 - `drained` waits for aiohttp's write buffer to drain without sharing
   aiohttp's one drain future between waiters.
 - `CloseFrameWatch` sits between the socket and aiohttp's protocol and notices
@@ -30,13 +31,10 @@ from typing import Final
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
+from roomcast._writes import text_frame
+
 __all__ = ["CloseFrameWatch", "drained", "negotiating", "reset", "text_frame"]
 
-# RFC 6455 section 5.2: FIN + text opcode, then a 7-bit length, or 126 and a 16-bit
-# one, or 127 and a 64-bit one. Section 5.1: a server never masks its frames.
-_PACK_LENGTH_7 = struct.Struct("!BB").pack
-_PACK_LENGTH_16 = struct.Struct("!BBH").pack
-_PACK_LENGTH_64 = struct.Struct("!BBQ").pack
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
 
 
@@ -161,16 +159,6 @@ async def drained(request: web.BaseRequest) -> None:
 def _retrieve(future: asyncio.Future[None]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-def text_frame(frame: str) -> bytes:
-    payload = frame.encode()
-    length = len(payload)
-    if length < 126:
-        return _PACK_LENGTH_7(0x81, length) + payload
-    if length < 65536:
-        return _PACK_LENGTH_16(0x81, 126, length) + payload
-    return _PACK_LENGTH_64(0x81, 127, length) + payload
 
 
 def negotiating(request: web.Request, subprotocol: str | None) -> web.Request:

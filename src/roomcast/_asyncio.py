@@ -31,6 +31,11 @@ plain anyio (or is never reached) under trio:
   ``websockets`` answers ``ping()`` with an asyncio future; a done callback runs
   ``on_pong`` without a task waiting for each ping. ``websockets.asyncio`` runs
   on asyncio only, so there is nothing to degrade under trio.
+- **Writes at the end of a loop iteration** (`Batch`, `batch_for`; used through
+  ``roomcast._writes.HeldFrames`` by the ``websockets`` and aiohttp transports).
+  A connection's frames are held and written together by one ``loop.call_soon``
+  (or ``loop.call_later(flush_delay)``) callback for every connection of the loop.
+  Both frameworks run on asyncio only: nothing to degrade under trio.
 
 The aiohttp adapter (``roomcast.aiohttp`` and ``roomcast._aiohttp_wire``) uses
 asyncio directly and openly: aiohttp runs on asyncio only.
@@ -43,12 +48,16 @@ import logging
 import sys
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, Protocol
+from weakref import WeakKeyDictionary
 
 import anyio
 
 __all__ = [
+    "Batch",
+    "Holder",
     "NativeTask",
+    "batch_for",
     "cancel_native",
     "current_native_task",
     "on_asyncio",
@@ -56,6 +65,8 @@ __all__ = [
     "uncancel_native",
     "when_resolved",
 ]
+
+_logger = logging.getLogger("roomcast.asyncio")
 
 #: The task a read loop runs in, when it can be stopped natively.
 NativeTask = asyncio.Task[Any]
@@ -154,3 +165,83 @@ def when_resolved(
     # websockets types ping() as returning an Awaitable; it is the connection's own Future.
     future: asyncio.Future[object] = waiter  # type: ignore[assignment]
     future.add_done_callback(resolved)
+
+
+# ----------------------------------------------------------------------------- batched writes
+
+
+class Holder(Protocol):
+    """A connection that holds frames until its batch flushes (``roomcast._writes.HeldFrames``)."""
+
+    def _flush_held(self) -> None: ...
+
+
+class Batch:
+    """The connections of one event loop with frames held, and when they are written.
+
+    Attributes:
+        delay: seconds from the first frame held to the flush (0: the end of
+            the current loop iteration).
+        text: the text of the last frame built for a connection of the batch (by
+            ``roomcast._writes``), kept until the flush so that its identity stays its own.
+        data: that frame.
+    """
+
+    __slots__ = ("_dirty", "_handle", "_loop", "data", "delay", "text")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self._loop = loop
+        self.delay = delay
+        self._dirty: list[Holder] = []
+        self._handle: asyncio.Handle | None = None
+        self.text: str | None = None
+        self.data = b""
+
+    def add(self, holder: Holder) -> None:
+        """Flush ``holder``, which just held its first frame, with the rest of the batch."""
+        self._dirty.append(holder)
+        if self._handle is None:
+            if self.delay:
+                self._handle = self._loop.call_later(self.delay, self.flush)
+            else:
+                self._handle = self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what every connection of the batch holds, one write each.
+
+        Runs as the loop's callback; one connection's failure is logged and the
+        others are still written.
+        """
+        self._handle = None
+        # Released: a big frame is not kept for the life of the loop.
+        self.text = None
+        self.data = b""
+        dirty, self._dirty = self._dirty, []
+        for holder in dirty:
+            try:
+                holder._flush_held()
+            except Exception:  # one connection's failure must not keep the others' frames
+                _logger.exception("writing held frames failed")
+
+
+#: Each running loop's batches, by flush delay; an entry goes with its loop.
+_BATCHES: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, Batch]] = WeakKeyDictionary()
+
+
+def batch_for(delay: float) -> Batch:
+    """The running loop's batch for ``delay`` seconds, made on first use.
+
+    Raises:
+        RuntimeError: no event loop is running.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        batches = _BATCHES.get(loop)
+        if batches is None:
+            batches = _BATCHES[loop] = {}
+    except TypeError:  # a loop that takes no weak reference: a batch of its own
+        return Batch(loop, delay)
+    batch = batches.get(delay)
+    if batch is None:
+        batch = batches[delay] = Batch(loop, delay)
+    return batch

@@ -16,9 +16,11 @@ application chooses: ``app.add_routes([roomcast.aiohttp.client_script("/roomcast
 
 aiohttp runs on asyncio only, so this adapter and its private half,
 ``roomcast._aiohttp_wire`` (raw frame writes, the close-frame watch, socket
-reset), use asyncio directly. Needs aiohttp 3.11 or later (``BaseProtocol.writing_paused``
-appeared in 3.11); checked with 3.11.18 and 3.14.5. The aiohttp attributes outside its
-documented API that the adapter uses are listed in `_INTERNALS`.
+reset), use asyncio directly, as does ``roomcast._writes`` (frames built once per
+publication, a connection's frames written together). Needs aiohttp 3.11 or later
+(``BaseProtocol.writing_paused`` appeared in 3.11); checked with 3.11.18 and 3.14.5.
+The aiohttp attributes outside its documented API that the adapter uses are listed in
+`_INTERNALS`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import anyio
 
 from roomcast import _client_script
 from roomcast._adapters import Internal
+from roomcast._writes import HeldFrames
+from roomcast.config import DEFAULT_FLUSH_DELAY
 from roomcast.exceptions import ConnectionClosed
 from roomcast.protocol import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CloseCode
 from roomcast.transport import Handshake, close_frame
@@ -85,20 +89,42 @@ _INTERNALS: Final = (
 )
 
 
-class AiohttpTransport:
+class AiohttpTransport(HeldFrames):
     """A `TryPingTransport` over a prepared ``WebSocketResponse``.
 
     [`handler()`][roomcast.aiohttp.handler] builds the response as this class expects:
     ``autoping=False``, so that pongs reach [`receive()`][roomcast.aiohttp.AiohttpTransport.receive]
     (which answers pings itself), and ``compress=False``, so that
     [`try_send()`][roomcast.aiohttp.AiohttpTransport.try_send] can write without waiting.
+
+    Frames [`try_send()`][roomcast.aiohttp.AiohttpTransport.try_send] takes are built
+    by roomcast (once per publication, however many members) and held until the end of
+    the event loop iteration, or ``flush_delay`` seconds, then written to the socket
+    together; closing, pings and pongs go through aiohttp.
+
+    Args:
+        request: the request the response was prepared for.
+        ws: the prepared response.
+        flush_delay: seconds frames may be held to be written together (0: until
+            the end of the current event loop iteration); the hub passes its own.
+
+    Raises:
+        ValueError: ``ws`` is not prepared, or ``flush_delay`` is negative, not
+            finite or over a second.
     """
 
     __slots__ = ("_next_ping", "_pings", "_request", "_sent", "_watch", "_ws")
 
-    def __init__(self, request: web.BaseRequest, ws: web.WebSocketResponse) -> None:
+    def __init__(
+        self,
+        request: web.BaseRequest,
+        ws: web.WebSocketResponse,
+        *,
+        flush_delay: float = DEFAULT_FLUSH_DELAY,
+    ) -> None:
         if not ws.prepared:
             raise ValueError("prepare the WebSocketResponse before wrapping it")
+        self._start_holding(flush_delay)
         self._request = request
         self._ws = ws
         self._pings: dict[bytes, Callable[[], object]] = {}
@@ -150,19 +176,31 @@ class AiohttpTransport:
                 raise self._ended()
 
     def try_send(self, frame: str) -> bool:
-        """Write ``frame`` now if the write buffer is at or below its high-water mark.
+        """Take ``frame`` if the write buffer is at or below its high-water mark.
+
+        A frame taken is written with the connection's other frames of the same
+        event loop iteration (or ``flush_delay``), in one write; frames held past
+        the high-water mark are written at once.
 
         Raises:
             ConnectionClosed: the connection is closed.
         """
         transport = self._open_transport()
+        high = transport.get_write_buffer_limits()[1]
         if (
             self._ws.compress
             or self._request.protocol.writing_paused
-            or transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
+            or transport.get_write_buffer_size() > high
         ):
             return False
-        transport.write(text_frame(frame))
+        try:
+            self._hold(frame)
+        except UnicodeEncodeError as exc:  # a lone surrogate: as a failed write
+            reset(transport)
+            raise _closed(None) from exc
+        if self._held_size > high:
+            # A burst holds no more than the buffer may: it goes on to the buffer now.
+            self._flush_held()
         return True
 
     async def send(self, frames: list[str]) -> None:
@@ -176,12 +214,31 @@ class AiohttpTransport:
                 for frame in frames:
                     await self._ws.send_str(frame)
                 return
-            # Waits until the transport resumes writing (below its low-water mark).
-            await drained(self._request)
+            if self._request.protocol.writing_paused:
+                # Waits until the transport resumes writing (below its low-water mark).
+                await drained(self._request)
         except (ConnectionError, RuntimeError) as exc:
             raise self._ended() from exc
-        # One write, so one system call, for every waiting frame.
-        self._open_transport().writelines([text_frame(frame) for frame in frames])
+        transport = self._open_transport()
+        # One write, so one system call, for what is held (taken first) and every waiting frame.
+        data = b"".join(map(text_frame, frames))
+        held = self._take_held()
+        transport.write(data if held is None else held + data)
+
+    def _flush_held(self) -> None:
+        """Write what is held in one write; drop it if the connection is no longer open."""
+        data = self._take_held()
+        if data is None:
+            return
+        transport = self._request.transport
+        if self._ws.closed or transport is None or transport.is_closing():
+            return  # closed or closing meanwhile: dropped, as a send in flight is
+        try:
+            transport.write(data)
+        except Exception:
+            # The connection's end, which its reader reports.
+            logger.debug("writing held frames failed", exc_info=True)
+            reset(transport)
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start the closing handshake and wait for it to end; closing twice does nothing.
@@ -206,6 +263,8 @@ class AiohttpTransport:
         if ws.closed:
             return
         code, reason = close_frame(code, reason)
+        # The frames taken before the close go before its frame.
+        self._flush_held()
         self._sent = (code, reason)
         watch = self._watch
         closed = False
@@ -364,7 +423,7 @@ def handler(hub: Hub) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         # comes after, so the watch sees the stream from a frame boundary.
         CloseFrameWatch.install(request)
         await ws.prepare(negotiating(request, subprotocol))
-        await hub.serve(AiohttpTransport(request, ws), admission)
+        await hub.serve(AiohttpTransport(request, ws, flush_delay=hub.flush_delay), admission)
         return ws
 
     return serve_connection

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_BURST",
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_DRAIN_TIMEOUT",
+    "DEFAULT_FLUSH_DELAY",
     "DEFAULT_HEARTBEAT_INTERVAL",
     "DEFAULT_HEARTBEAT_JITTER",
     "DEFAULT_HEARTBEAT_TIMEOUT",
@@ -43,7 +44,9 @@ __all__ = [
     "DEFAULT_RATE",
     "DEFAULT_STRIKES",
     "DEFAULT_TOKEN_EXPIRY_WARNING",
+    "MAX_FLUSH_DELAY",
     "check_finite",
+    "check_flush_delay",
     "check_fraction",
     "check_non_negative",
     "check_positive",
@@ -68,6 +71,11 @@ DEFAULT_BAD_REQUEST_LIMIT: Final = 10
 DEFAULT_CLOSE_TIMEOUT: Final = 30.0
 #: Seconds between two checks of each history room's position against the backend.
 DEFAULT_POSITION_CHECK: Final = 15.0
+#: Seconds the `websockets` and aiohttp adapters may hold frames to write them together
+#: (0: until the end of the current event loop iteration).
+DEFAULT_FLUSH_DELAY: Final = 0.0
+#: The longest `flush_delay` accepted, in seconds.
+MAX_FLUSH_DELAY: Final = 1.0
 
 # -- one client's outbound queue ---------------------------------------------------------
 
@@ -189,6 +197,19 @@ def check_fraction(name: str, value: object) -> float:
     number = check_finite(name, value)
     if not 0 <= number < 1:
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return number
+
+
+def check_flush_delay(value: object, name: str = "flush_delay") -> float:
+    """Return `value` as a float if it is a finite number in `[0, MAX_FLUSH_DELAY]`.
+
+    Raises:
+        ValueError: `value` is not a finite number, is below 0 or above `MAX_FLUSH_DELAY`
+            (a frame held that long is a stalled connection, not a batch).
+    """
+    number = check_non_negative(name, value)
+    if number > MAX_FLUSH_DELAY:
+        raise ValueError(f"{name} must be at most {MAX_FLUSH_DELAY} seconds, got {value!r}")
     return number
 
 

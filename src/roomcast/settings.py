@@ -6,7 +6,7 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .config import check_non_negative, check_positive, check_positive_int
+from .config import check_flush_delay, check_non_negative, check_positive, check_positive_int
 from .heartbeat import HeartbeatPolicy
 from .options import RateLimit, RoomOptions, SlowConsumerPolicy
 from .peer import QueueLimits
@@ -37,6 +37,7 @@ class Settings:
         token_expiry_grace: seconds after expiry before the close with 4002.
         session: the request-rate and bad-request budgets every session starts from.
         position_check: seconds between two checks of each history room's position.
+        flush_delay: seconds the asyncio adapters may hold frames to write them together.
     """
 
     namespaces: Mapping[str, RoomOptions]
@@ -51,6 +52,7 @@ class Settings:
     token_expiry_grace: float
     session: SessionLimits
     position_check: float
+    flush_delay: float
 
     def room_options(self, room: str) -> RoomOptions:
         """The options that apply to ``room`` (by its namespace)."""
@@ -75,12 +77,14 @@ def configure(
     token_expiry_warning: float,
     token_expiry_grace: float,
     position_check: float,
+    flush_delay: float,
 ) -> Settings:
     """Check a hub's keyword arguments and build its settings.
 
     Raises:
         ValueError: a limit is not positive, a time is not a positive finite
-            number of seconds (``token_expiry_grace``: not negative), the
+            number of seconds (``token_expiry_grace``: not negative;
+            ``flush_delay``: from 0 to 1), the
             slow-consumer policy is unknown, or a namespace is malformed. The
             message names the argument.
         TypeError: a namespace's options are not [`RoomOptions`][roomcast.RoomOptions].
@@ -98,6 +102,7 @@ def configure(
     warning = check_positive("token_expiry_warning", token_expiry_warning)
     grace = check_non_negative("token_expiry_grace", token_expiry_grace)
     check = check_positive("position_check", position_check)
+    delay = check_flush_delay(flush_delay)
     if slow_consumer not in ("disconnect", "drop_oldest"):
         raise ValueError(
             f"slow_consumer must be 'disconnect' or 'drop_oldest', got {slow_consumer!r}"
@@ -132,4 +137,5 @@ def configure(
             bad_requests=RateLimiter(bad_request_limit, _BAD_REQUEST_PERIOD, bad_request_limit),
         ),
         position_check=check,
+        flush_delay=delay,
     )

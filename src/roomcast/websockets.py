@@ -5,7 +5,9 @@ written in place, relies on connection attributes (listed in `_INTERNALS`);
 three of them are recent, ``send_in_progress`` and ``pending_pings`` (16.0) and
 ``set_connection_exc`` (17.4). Where one is missing every frame goes through ``Connection.send()``
 instead, and every heartbeat ping through ``Connection.ping()``: correct, one
-write per frame.
+write per frame. On the fast path a publication's frame is
+built once for every member and a connection's frames leave together, in one write
+per event loop iteration (or per ``flush_delay``; see ``roomcast._writes``).
 
 What it mounts: a connection handler, [`handler(hub)`][roomcast.websockets.handler], whose
 ``process_request`` hook asks the hub to admit each handshake before it is accepted.
@@ -68,7 +70,9 @@ from weakref import WeakKeyDictionary
 from roomcast import _client_script
 from roomcast._adapters import Internal
 from roomcast._asyncio import when_resolved
+from roomcast._writes import HeldFrames, text_frame
 from roomcast.auth import SUBPROTOCOL_BEARER_PREFIX
+from roomcast.config import DEFAULT_FLUSH_DELAY
 from roomcast.exceptions import ConnectionClosed
 from roomcast.protocol import CLOSE_ABNORMAL, CloseCode
 from roomcast.transport import MAX_CLOSE_REASON_BYTES, Handshake, close_frame
@@ -124,7 +128,7 @@ def _on_connection(
 #: a ``since`` are optional: without one, frames go through ``Connection.send()``.
 _INTERNALS: Final = (
     _on_connection("protocol", "attribute", "the sans-I/O state; frames written in place"),
-    _on_connection("transport", "attribute", "the write buffer's size; abort on close"),
+    _on_connection("transport", "attribute", "frames written to it; its buffer; abort on close"),
     _on_connection(
         "send_in_progress", "attribute", "a fragmented send: wait (else: send())", since="16.0"
     ),
@@ -138,6 +142,20 @@ _INTERNALS: Final = (
     _on_connection(
         "pending_pings", "attribute", "a ping written in place (else: ping())", since="16.0"
     ),
+    Internal(
+        "websockets.protocol.Protocol",
+        "extensions",
+        "attribute",
+        _CHECKED,
+        "frames built by roomcast only where none is negotiated",
+    ),
+    Internal(
+        "websockets.protocol.Protocol",
+        "writes",
+        "attribute",
+        _CHECKED,
+        "frames built by roomcast only while nothing of the library's waits",
+    ),
 )
 
 #: Whether this ``websockets`` records why an in-place write failed (17.4 and
@@ -150,8 +168,16 @@ _ProcessRequest = Callable[
 ]
 
 
-class WebSocketsTransport:
+class WebSocketsTransport(HeldFrames):
     """A [`TryPingTransport`][roomcast.transport.TryPingTransport] over a ``ServerConnection``.
+
+    Frames taken by [`try_send`][roomcast.websockets.WebSocketsTransport.try_send]
+    are built into WebSocket frames by roomcast (once per publication, however many
+    members) and held until the end of the event loop iteration, or ``flush_delay``
+    seconds, then written to the socket together. Where the connection's state does
+    not allow it (permessage-deflate negotiated, a fragmented message being sent,
+    anything of the library's own waiting to be written), frames go through the
+    library's own send instead; closing, pings and pongs always do.
 
     Args:
         connection: the connection, past its opening handshake.
@@ -159,17 +185,33 @@ class WebSocketsTransport:
             keeps the connection for the peer to read the close frame and
             answer it, in place of the connection's own ``close_timeout``;
             ``None`` keeps that one.
+        flush_delay: seconds frames may be held to be written together (0: until
+            the end of the current event loop iteration); the hub passes its own.
+
+    Raises:
+        ValueError: the connection has not completed its opening handshake, or
+            ``flush_delay`` is negative, not finite or over a second.
     """
 
-    __slots__ = ("_close_timeout", "_connection", "_in_place")
+    __slots__ = ("_close_timeout", "_connection", "_in_place", "_raw")
 
-    def __init__(self, connection: ServerConnection, *, close_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        connection: ServerConnection,
+        *,
+        close_timeout: float | None = None,
+        flush_delay: float = DEFAULT_FLUSH_DELAY,
+    ) -> None:
         if connection.request is None:  # handlers run only after the opening handshake
             raise ValueError("the connection has not completed its opening handshake")
+        self._start_holding(flush_delay)
         self._connection = connection
         self._close_timeout = close_timeout
         # Frames are written in place only where every internal that takes is there.
         self._in_place = _RECORDS_WRITE_ERRORS and hasattr(connection, "send_in_progress")
+        # And framed by roomcast only without extensions: permessage-deflate (RFC 7692)
+        # compresses each frame inside the protocol, with its own context.
+        self._raw = self._in_place and not connection.protocol.extensions
 
     @property
     def handshake(self) -> Handshake:
@@ -192,14 +234,46 @@ class WebSocketsTransport:
             raise _closed(exc) from exc
 
     def try_send(self, frame: str) -> bool:
-        """Write ``frame`` now if the write buffer is below its high-water mark.
+        """Take ``frame`` if the write buffer is at or below its high-water mark.
+
+        A frame taken is written with the connection's other frames of the same
+        event loop iteration (or ``flush_delay``), in one write; frames held past
+        the high-water mark are written at once.
 
         Raises:
             ConnectionClosed: the connection is closed.
         """
-        if not self._can_write_now():
+        # _can_write_now(), inlined: this runs once per member of every fan-out.
+        connection = self._connection
+        protocol = connection.protocol
+        state = protocol.state
+        if state is not OPEN:
+            if state is CLOSED:
+                raise _closed(protocol.close_exc)
+            return False  # closing: send() waits for the end and reports it
+        if not self._in_place:
+            return False  # an older websockets: Connection.send() does it all
+        transport = connection.transport
+        high = transport.get_write_buffer_limits()[1]
+        if (
+            connection.send_in_progress is not None
+            or connection.paused
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > high
+        ):
             return False
-        self._write([frame])
+        if self._raw and not protocol.writes:
+            try:
+                self._hold(frame)
+            except UnicodeEncodeError as exc:  # a lone surrogate: as a failed write
+                connection.set_connection_exc(exc)
+                transport.abort()
+                raise _closed(None) from exc
+            if self._held_size > high:
+                # A burst holds no more than the buffer may: it goes on to the buffer now.
+                self._flush_held()
+        else:
+            self._write([frame])
         return True
 
     async def send(self, frames: list[str]) -> None:
@@ -214,6 +288,8 @@ class WebSocketsTransport:
                 # The rest go out in one write, so in one system call.
                 self._write(frames[index:])
                 return
+            # What is held was taken before these frames: it goes first.
+            self._flush_held()
             try:
                 await connection.send(frame)
             except _WebSocketsClosed as exc:
@@ -235,6 +311,8 @@ class WebSocketsTransport:
         connection = self._connection
         if connection.protocol.state is OPEN:
             code, reason = close_frame(code, reason)
+            # The frames taken before the close go before its frame.
+            self._flush_held()
             if self._close_timeout is not None:
                 # Read when the close frame is queued: the deadline for the peer's answer.
                 connection.close_timeout = self._close_timeout
@@ -321,16 +399,41 @@ class WebSocketsTransport:
         )
 
     def _write(self, frames: list[str]) -> None:
+        """Write what is held and ``frames`` now, in one write where roomcast frames them."""
         connection = self._connection
+        protocol = connection.protocol
         try:
-            for frame in frames:
-                connection.protocol.send_text(frame.encode())
-            connection.send_data()
+            if self._raw and not protocol.writes:
+                held = self._take_held()
+                data = b"".join(map(text_frame, frames))
+                connection.transport.write(data if held is None else held + data)
+            else:
+                # The library frames them (an extension, or bytes of its own waiting).
+                self._flush_held()
+                for frame in frames:
+                    protocol.send_text(frame.encode())
+                connection.send_data()
         except Exception as exc:
             # As broadcast() does, a failed write is the connection's end.
             connection.set_connection_exc(exc)
             connection.transport.abort()
             raise _closed(None) from exc
+
+    def _flush_held(self) -> None:
+        """Write what is held in one write; drop it if the connection is no longer open."""
+        data = self._take_held()
+        if data is None:
+            return
+        connection = self._connection
+        transport = connection.transport
+        if connection.protocol.state is not OPEN or transport.is_closing():
+            return  # closed or closing meanwhile: dropped, as a send in flight is
+        try:
+            transport.write(data)
+        except Exception as exc:
+            # As a failed in-place write: the connection's end, which its reader reports.
+            connection.set_connection_exc(exc)
+            transport.abort()
 
 
 class Handler:
@@ -377,8 +480,11 @@ class Handler:
         coroutine frame stays alive for each idle connection.
         """
         admission = self._admissions.pop(connection, None)
-        transport = WebSocketsTransport(connection, close_timeout=self._hub.close_timeout)
-        return self._hub.serve(transport, admission)
+        hub = self._hub
+        transport = WebSocketsTransport(
+            connection, close_timeout=hub.close_timeout, flush_delay=hub.flush_delay
+        )
+        return hub.serve(transport, admission)
 
 
 def handler(hub: Hub, process_request: _ProcessRequest | None = None) -> Handler:

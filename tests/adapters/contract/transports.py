@@ -117,7 +117,7 @@ async def aiohttp_running(app: web.Application) -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def aiohttp_accepted(
-    path: str = "/ws", *, compress: bool = False, **client_kwargs: Any
+    path: str = "/ws", *, compress: bool = False, flush_delay: float = 0.0, **client_kwargs: Any
 ) -> AsyncIterator[tuple[ClientConnection, AiohttpTransport]]:
     """An aiohttp ``WebSocketResponse``'s transport and its client."""
     handover = Handover[AiohttpTransport]()
@@ -127,7 +127,7 @@ async def aiohttp_accepted(
             max_msg_size=MAX_SIZE + 1, compress=compress, autoping=False
         )
         await ws.prepare(request)
-        transport = AiohttpTransport(request, ws)
+        transport = AiohttpTransport(request, ws, flush_delay=flush_delay)
         await handover.hand(transport)
         await transport.close(1001)
         return ws
@@ -164,10 +164,13 @@ async def starlette_accepted(
         yield accepted
 
 
-def _buffer_of(socket: Any) -> tuple[int, int]:
-    """An asyncio transport's write buffer: its size and its high-water mark."""
+def _buffer_of(socket: Any, held: int = 0) -> tuple[int, int]:
+    """An asyncio transport's write buffer, with ``held`` bytes not yet written to it.
+
+    Its size (with what the roomcast transport holds for it) and its high-water mark.
+    """
     assert socket is not None
-    return socket.get_write_buffer_size(), socket.get_write_buffer_limits()[1]
+    return socket.get_write_buffer_size() + held, socket.get_write_buffer_limits()[1]
 
 
 @dataclass(frozen=True)
@@ -183,8 +186,9 @@ class TransportKind:
         peer_close: what ``receive`` reports when the peer closes with a code:
             ``"code"``, that code and reason; ``"lost"``, 1006 (the server does not say).
         vanished_code: the code ``receive`` reports when the peer's socket is reset.
-        write_buffer: for a transport that writes in place, the size and the
-            high-water mark of its server-side socket's write buffer.
+        write_buffer: for a transport that writes in place, the size (with the
+            frames it holds to write together) and the high-water mark of its
+            server-side socket's write buffer.
     """
 
     name: str
@@ -215,7 +219,7 @@ TRANSPORT_KINDS: list[TransportKind] = [
         peer_close="code",
         vanished_code=1006,
         write_buffer=(
-            (lambda transport: _buffer_of(transport._connection.transport))
+            (lambda transport: _buffer_of(transport._connection.transport, transport._held_size))
             if WEBSOCKETS_WRITES_IN_PLACE
             else None
         ),
@@ -238,7 +242,9 @@ TRANSPORT_KINDS: list[TransportKind] = [
         writes_in_place=True,
         peer_close="code",
         vanished_code=1006,
-        write_buffer=lambda transport: _buffer_of(transport._request.transport),
+        write_buffer=lambda transport: _buffer_of(
+            transport._request.transport, transport._held_size
+        ),
     ),
     TransportKind(
         "starlette-uvicorn",
