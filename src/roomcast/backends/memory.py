@@ -99,6 +99,17 @@ class MemoryBackend(Backend):
         self, kind: ChannelKind, key: str, publication: Publication, history: History | None
     ) -> Publication:
         """Store (when the room keeps history) and deliver ``publication``, in one step."""
+        return self.publish_now(kind, key, publication, history)
+
+    def publish_now(
+        self, kind: ChannelKind, key: str, publication: Publication, history: History | None
+    ) -> Publication:
+        """[`publish()`][roomcast.backends.memory.MemoryBackend.publish] without a coroutine.
+
+        The hub calls this directly, which saves a coroutine per publish, when
+        ``publish`` is not overridden: a subclass that overrides ``publish``
+        is always called through it.
+        """
         if history is not None and kind == "room" and not publication.ephemeral:
             publication = self._append(key, publication, history)
         deliver = self._deliver
