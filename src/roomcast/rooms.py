@@ -366,7 +366,10 @@ class Rooms:
         message_id = f"{self._node}-{self._sequence:x}"
         timestamp = int(time.time() * 1000)
         backend_publish = self._backend_publish_now
+        local_rooms = self.rooms
         for room in rooms:
+            local = local_rooms.get(room)  # its options, without parsing the name again
+            options = local.options if local is not None else self._settings.room_options(room)
             # Publication(...) without its __new__, a Python function; offset, epoch
             # and client: none yet.
             publication = _new_tuple(
@@ -385,7 +388,7 @@ class Rooms:
                     None,
                 ),
             )
-            backend_publish("room", room, publication, self._history(room))
+            backend_publish("room", room, publication, options.history)
         return message_id
 
     async def send_to_user(self, user_id: str, type_: str, payload_json: str) -> str:
@@ -464,17 +467,21 @@ class Rooms:
             self.dropped += 1
 
     def _fan_out(self, room: Room[Client], publication: Publication) -> None:
-        offset = publication.offset
+        name, type_, message_id, payload_json, timestamp, user_id, _, exclude, offset, epoch, _ = (
+            publication
+        )
         # The one check of a room's order: anything but the next offset of the
         # same epoch (a gap, a repeat, a new epoch, a fill under way) goes aside.
-        if offset is not None and (offset != room.next_offset or publication.epoch != room.epoch):
-            verdict = room.out_of_line(offset, publication.epoch, publication)
+        if offset is not None and (offset != room.next_offset or epoch != room.epoch):
+            verdict = room.out_of_line(offset, epoch, publication)
             if verdict == "gap":
                 self._start_fill(room)
             if verdict != "deliver":
                 return
-        frame = encode(publication)
-        exclude = publication.exclude
+        # The frame, once (as `encode()` makes it).
+        frame = splice_event(
+            type_, name, message_id, payload_json, timestamp, user_id, offset, epoch
+        )
         # A snapshot, kept until the members change: a member closing mid-loop
         # leaves the room at once.
         members = room.recipients
@@ -488,16 +495,17 @@ class Rooms:
         if room.joining is not None:
             for client_id, held in room.joining.items():
                 if client_id not in exclude:
-                    held.append((publication.offset, frame))
+                    held.append((offset, frame))
         if offset is not None:  # in line, or the first: the room is now at this one
-            if publication.epoch == room.epoch:
+            if epoch == room.epoch:
                 room.offset = offset
                 room.next_offset = offset + 1
             else:
-                room.advance(offset, publication.epoch)
+                room.advance(offset, epoch)
         self.published += 1
         self.messages_out += len(members) - dropped
-        self.dropped += dropped
+        if dropped:
+            self.dropped += dropped
 
     # ------------------------------------------------------------------ gaps
 
