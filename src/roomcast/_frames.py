@@ -209,14 +209,22 @@ def splice_event(
     epoch: str | None,
 ) -> str:
     """`encode_event()` with positional arguments: the fan-out's once-per-publish call."""
-    head = (
+    # One f-string each way: a single string is built.
+    if offset is None:
+        return (
+            f'{{"type":{_quote_name(type_)}'
+            f',"room":{"null" if room is None else _quote_name(room)}'
+            f',"id":{_json_string(message_id)}'
+            f',"payload":{payload_json}'
+            f',"timestamp":{timestamp}'
+            f',"userId":{"null" if user_id is None else _json_string(user_id)}}}'
+        )
+    return (
         f'{{"type":{_quote_name(type_)}'
         f',"room":{"null" if room is None else _quote_name(room)}'
         f',"id":{_json_string(message_id)}'
         f',"payload":{payload_json}'
         f',"timestamp":{timestamp}'
         f',"userId":{"null" if user_id is None else _json_string(user_id)}'
+        f',"offset":{offset},"epoch":{dumps(epoch)}}}'
     )
-    if offset is None:
-        return head + "}"
-    return f'{head},"offset":{offset},"epoch":{dumps(epoch)}}}'
