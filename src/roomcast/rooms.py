@@ -14,7 +14,7 @@ from anyio.abc import TaskGroup
 from ._frames import splice_event
 from ._names import USER_DISCONNECT
 from .backends.base import Backend, ChannelKind, HistoryResult, PresenceEntry, Publication
-from .backends.memory import MemoryBackend
+from .backends.memory import _backend_publish_now, _publishes_in_place, _receives_everything
 from .clock import Clock
 from .membership import Membership, Room
 from .options import History
@@ -49,30 +49,6 @@ def encode(publication: Publication) -> str:
 _new_tuple: Final = tuple.__new__
 
 _PublishNow = Callable[[tuple[str, ...], str, str, str | None, frozenset[str], bool], str]
-_BackendPublishNow = Callable[[ChannelKind, str, Publication, History | None], Publication]
-
-
-def _synchronous_publish(backend: Backend) -> _BackendPublishNow | None:
-    """The backend's synchronous publish, when it has one nobody overrode."""
-    if isinstance(backend, MemoryBackend) and type(backend).publish is MemoryBackend.publish:
-        return backend.publish_now
-    return None
-
-
-def _subscribes_to_everything(backend: Backend) -> bool:
-    """Whether ``backend`` hands this node every publication, subscribed or not."""
-    kind = type(backend)
-    return (
-        isinstance(backend, MemoryBackend)
-        and kind.subscribe is MemoryBackend.subscribe
-        and kind.unsubscribe is MemoryBackend.unsubscribe
-    )
-
-
-def _not_synchronous(
-    kind: ChannelKind, key: str, publication: Publication, history: History | None
-) -> Publication:
-    raise RuntimeError("the backend does not publish synchronously")
 
 
 class _ChannelLock:
@@ -128,12 +104,12 @@ class Rooms:
         # A MemoryBackend delivers every publication to its one node: subscribing
         # does nothing there, and a set of this node's channels would only cost
         # memory per room (unless a subclass overrides subscribing).
-        self._tracks_channels = not _subscribes_to_everything(backend)
+        self._tracks_channels = not _receives_everything(backend)
         self._task_group: TaskGroup | None = None
         # A MemoryBackend publishes synchronously: `publish()` then calls it without a
         # coroutine, unless a subclass overrides its publish() (then always honoured).
-        synchronous = _synchronous_publish(backend)
-        self._backend_publish_now: _BackendPublishNow = synchronous or _not_synchronous
+        synchronous = _publishes_in_place(backend)
+        self._backend_publish_now = synchronous or _backend_publish_now
         #: `publish()` without a coroutine, where the backend allows it; else ``None``.
         self.publish_now: _PublishNow | None = None if synchronous is None else self._publish_now
         self.published = 0
@@ -356,40 +332,25 @@ class Rooms:
         self,
         rooms: tuple[str, ...],
         type_: str,
-        payload_json: str,
-        user_id: str | None,
+        payload: str,
+        user: str | None,
         exclude: frozenset[str],
         ephemeral: bool,
     ) -> str:
-        """`publish()` on a backend that publishes synchronously: no coroutine at all."""
+        """`publish()` on a backend that publishes in place: no coroutine at all."""
         self._sequence += 1
-        message_id = f"{self._node}-{self._sequence:x}"
-        timestamp = int(time.time() * 1000)
+        mid = f"{self._node}-{self._sequence:x}"
+        ts = int(time.time() * 1000)
         backend_publish = self._backend_publish_now
         local_rooms = self.rooms
         for room in rooms:
             local = local_rooms.get(room)  # its options, without parsing the name again
             options = local.options if local is not None else self._settings.room_options(room)
-            # Publication(...) without its __new__, a Python function; offset, epoch
-            # and client: none yet.
-            publication = _new_tuple(
-                Publication,
-                (
-                    room,
-                    type_,
-                    message_id,
-                    payload_json,
-                    timestamp,
-                    user_id,
-                    ephemeral,
-                    exclude,
-                    None,
-                    None,
-                    None,
-                ),
-            )
-            backend_publish("room", room, publication, options.history)
-        return message_id
+            # Publication(...) without its __new__, a Python function (offset, epoch
+            # and client: none yet).
+            fields = (room, type_, mid, payload, ts, user, ephemeral, exclude, None, None, None)
+            backend_publish("room", room, _new_tuple(Publication, fields), options.history)
+        return mid
 
     async def send_to_user(self, user_id: str, type_: str, payload_json: str) -> str:
         """Send a message to every connection of ``user_id`` on every node; return its id."""
