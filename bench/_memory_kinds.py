@@ -39,7 +39,7 @@ def _type_name(obj: object) -> str:
 
 def _label(obj: object) -> str:
     if isinstance(obj, types.CoroutineType):
-        return f"coroutine {obj.cr_code.co_qualname}"
+        return f"coroutine {obj.__qualname__}"
     return _type_name(obj)
 
 
