@@ -11,8 +11,10 @@ Control channel: JSON lines on stdin, one JSON line answered on stdout per comma
 - ``{"cmd": "connect", "port": P, "total": N}``: open and subscribe clients until N
   are subscribed; answers once all are (or the timeout passes).
 - ``{"cmd": "close", "total": N}``: close clients until N remain.
-- ``{"cmd": "expect", "m": M, "timeout": T}``: count ``bench.event`` frames from now
-  on; answers when every client has M of them, or after T seconds.
+- ``{"cmd": "expect", "m": M, "timeout": T, "stall": S}``: count ``bench.event`` frames
+  from now on; answers when every client has M of them, or after T seconds. With
+  ``stall``, every client stops reading for S seconds first, so that what the server
+  writes piles up in the socket buffers, then in the server's own.
 - ``{"cmd": "status"}``: open, closed-by-server and ping counts.
 - ``{"cmd": "quit"}``.
 
@@ -240,7 +242,21 @@ async def close(fleet: Fleet, total: int) -> dict[str, Any]:
     return {"open": sum(1 for client in fleet.clients if client.open)}
 
 
-async def expect(fleet: Fleet, m: int, timeout: float) -> dict[str, Any]:
+def pause_reading(clients: list[BenchClient], seconds: float) -> None:
+    """Stop reading on every client's socket for ``seconds``."""
+    paused = [c.transport for c in clients if c.transport is not None and c.transport.is_reading()]
+    for transport in paused:
+        transport.pause_reading()
+
+    def resume() -> None:
+        for transport in paused:
+            if not transport.is_closing():
+                transport.resume_reading()
+
+    asyncio.get_running_loop().call_later(seconds, resume)
+
+
+async def expect(fleet: Fleet, m: int, timeout: float, stall: float = 0.0) -> dict[str, Any]:
     clients = [client for client in fleet.clients if client.open]
     for client in clients:
         client.count = 0
@@ -250,6 +266,8 @@ async def expect(fleet: Fleet, m: int, timeout: float) -> dict[str, Any]:
     fleet.expected_total = m * len(clients)
     fleet.all_received = asyncio.Event()
     cpu0 = time.process_time()
+    if stall > 0:
+        pause_reading(clients, stall)
     write_line({"armed": True})
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(fleet.all_received.wait(), timeout)
@@ -305,7 +323,9 @@ async def main(args: argparse.Namespace) -> None:
         elif name == "close":
             write_line(await close(fleet, int(command["total"])))
         elif name == "expect":
-            write_line(await expect(fleet, int(command["m"]), float(command.get("timeout", 60))))
+            timeout = float(command.get("timeout", 60))
+            stall = float(command.get("stall", 0.0))
+            write_line(await expect(fleet, int(command["m"]), timeout, stall))
         elif name == "status":
             write_line(
                 {

@@ -26,10 +26,17 @@ class Child:
     also exit by themselves when their stdin closes or after ``--max-seconds``.
     """
 
-    def __init__(self, name: str, argv: list[str], cpus: set[int] | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        cpus: set[int] | None,
+        executable: str | None = None,
+    ) -> None:
+        """Start ``executable *argv`` (the running Python by default) in the bench folder."""
         self.name = name
         self.process = subprocess.Popen(
-            [sys.executable, *argv],
+            [executable or sys.executable, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -130,8 +137,10 @@ class Clients:
         shares = split(total, len(self.children))
         return self.all([{"cmd": "close", "total": share} for share in shares], 60)
 
-    def arm(self, m: int, timeout: float) -> None:
-        self.all([{"cmd": "expect", "m": m, "timeout": timeout}] * len(self.children), 30)
+    def arm(self, m: int, timeout: float, stall: float = 0.0) -> None:
+        """Count the next ``m`` events; with ``stall``, stop reading for that many seconds."""
+        command = {"cmd": "expect", "m": m, "timeout": timeout, "stall": stall}
+        self.all([command] * len(self.children), 30)
 
     def results(self, timeout: float) -> list[dict[str, Any]]:
         return [child.read(timeout) for child in self.children]

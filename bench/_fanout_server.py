@@ -10,9 +10,12 @@ Control channel: JSON lines. The driver writes commands to stdin and reads one J
 line per command from stdout (the first line, ``{"ready": ...}``, gives the port).
 Commands run on the server's event loop:
 
-- ``{"cmd": "stats", "gc": bool}``: own CPU seconds (user+sys), RSS, clients.
-- ``{"cmd": "publish", "n": M, "pad": K}``: publish M events of a ~(K+40)-byte
-  payload to room ``bench`` in a loop, yielding to the loop once per message.
+- ``{"cmd": "stats", "gc": bool}``: own CPU seconds (``cpu``: user+sys, and ``user``,
+  ``sys`` apart), RSS, asyncio tasks, clients.
+- ``{"cmd": "publish", "n": M, "pad": K, "burst": bool}``: publish M events of a
+  ~(K+40)-byte payload to room ``bench`` in a loop, yielding to the loop once per
+  message (paced, the default) or, with ``burst``, back to back without yielding
+  until the last one is handed over.
 - ``{"cmd": "quit"}``: exit at once (``os._exit``), after writing the profile.
 
 The process exits by itself when stdin closes or after ``--max-seconds``.
@@ -27,13 +30,14 @@ import gc
 import json
 import os
 import pstats
+import resource
 import socket
 import sys
 import threading
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 ROOM = "bench"
 EVENT_TYPE = "bench.event"
@@ -48,6 +52,7 @@ KINDS = (
     "naive-starlette",
     "roomcast-aiohttp",
     "naive-aiohttp",
+    "picows",
 )
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -55,6 +60,12 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 def rss_bytes() -> int:
     with open("/proc/self/statm", "rb") as statm:
         return int(statm.read().split()[1]) * PAGE_SIZE
+
+
+def cpu_times() -> dict[str, float]:
+    """Own CPU seconds: ``cpu`` (user+sys, ``time.process_time()``), ``user`` and ``sys``."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu": time.process_time(), "user": usage.ru_utime, "sys": usage.ru_stime}
 
 
 def write_line(message: dict[str, Any]) -> None:
@@ -153,11 +164,17 @@ class Floor:
 # ---------------------------------------------------------------------- servers
 
 
+class Publish(Protocol):
+    """Publish ``n`` events padded with ``pad``: paced (a yield per message) or in a burst."""
+
+    def __call__(self, n: int, pad: str, burst: bool = False) -> Awaitable[None]: ...
+
+
 class Server:
     """What the control loop needs from a running server."""
 
     port: int
-    publish: Callable[[int, str], Awaitable[None]]
+    publish: Publish | Callable[[int, str], Awaitable[None]]
     stats: Callable[[], dict[str, Any]]
 
 
@@ -188,11 +205,12 @@ def make_hub(heartbeat: tuple[float, float] | None) -> Any:
     return Hub(**options)
 
 
-def hub_publisher(hub: Any) -> Callable[[int, str], Awaitable[None]]:
-    async def publish(n: int, pad: str) -> None:
+def hub_publisher(hub: Any) -> Publish:
+    async def publish(n: int, pad: str, burst: bool = False) -> None:
         for seq in range(n):
             await hub.publish(ROOM, EVENT_TYPE, payload(seq, pad))
-            await asyncio.sleep(0)
+            if not burst:
+                await asyncio.sleep(0)
 
     return publish
 
@@ -225,6 +243,9 @@ async def start_websockets_broadcast(args: argparse.Namespace, stack: Any) -> Se
     from websockets.typing import Subprotocol
 
     floor = Floor()
+    # Off unless asked for (--keepalive): the floor of a hub with a heartbeat. Other
+    # drivers that start this server with their own arguments may not have the option.
+    keepalive: float | None = getattr(args, "keepalive", None)
 
     ws_server = await serve(
         floor.serve_websockets,
@@ -232,16 +253,18 @@ async def start_websockets_broadcast(args: argparse.Namespace, stack: Any) -> Se
         0,
         subprotocols=[Subprotocol(PROTOCOL)],
         compression=None,
-        ping_interval=None,
+        ping_interval=keepalive,
+        ping_timeout=None if keepalive is None else 2 * keepalive,
         backlog=BACKLOG,
     )
     stack.push_async_callback(ws_server.wait_closed)
     stack.callback(ws_server.close)
 
-    async def publish(n: int, pad: str) -> None:
+    async def publish(n: int, pad: str, burst: bool = False) -> None:
         for seq in range(n):
             broadcast(floor.conns, floor.frame(seq, pad))
-            await asyncio.sleep(0)
+            if not burst:
+                await asyncio.sleep(0)
 
     server = Server()
     server.port = ws_server.sockets[0].getsockname()[1]
@@ -327,7 +350,7 @@ async def start_naive_starlette(args: argparse.Namespace, stack: Any) -> Server:
 
     app = Starlette(routes=[WebSocketRoute(PATH, endpoint)])
 
-    async def publish(n: int, pad: str) -> None:
+    async def publish(n: int, pad: str, burst: bool = False) -> None:
         for seq in range(n):
             frame = floor.frame(seq, pad)
             for ws in list(floor.conns):
@@ -335,7 +358,8 @@ async def start_naive_starlette(args: argparse.Namespace, stack: Any) -> Server:
                     await ws.send_text(frame)
                 except (WebSocketDisconnect, RuntimeError, OSError):
                     floor.conns.discard(ws)
-            await asyncio.sleep(0)
+            if not burst:
+                await asyncio.sleep(0)
 
     server = Server()
     server.port = await start_uvicorn(app, args, stack)
@@ -386,7 +410,7 @@ async def start_naive_aiohttp(args: argparse.Namespace, stack: Any) -> Server:
     app = web.Application()
     app.router.add_get(PATH, handler)
 
-    async def publish(n: int, pad: str) -> None:
+    async def publish(n: int, pad: str, burst: bool = False) -> None:
         for seq in range(n):
             frame = floor.frame(seq, pad)
             for ws in list(floor.conns):
@@ -394,10 +418,57 @@ async def start_naive_aiohttp(args: argparse.Namespace, stack: Any) -> Server:
                     await ws.send_str(frame)
                 except (ConnectionError, RuntimeError):
                     floor.conns.discard(ws)
-            await asyncio.sleep(0)
+            if not burst:
+                await asyncio.sleep(0)
 
     server = Server()
     server.port = await start_aiohttp(app, stack)
+    server.publish = publish
+    server.stats = floor.stats
+    return server
+
+
+async def start_picows(args: argparse.Namespace, stack: Any) -> Server:
+    """picows (Cython, on asyncio): a reference server, the frame encoded once per message."""
+    from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_create_server
+
+    floor = Floor()
+    ack = floor.ACK.encode()
+
+    class Listener(WSListener):
+        def on_ws_connected(self, transport: WSTransport) -> None:
+            floor.clients += 1
+            transport.send(WSMsgType.TEXT, ack)
+
+        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+            if frame.msg_type == WSMsgType.TEXT:
+                answer = floor.reply(frame.get_payload_as_utf8_text())
+                if answer is not None:
+                    floor.conns.add(transport)
+                    transport.send(WSMsgType.TEXT, answer.encode())
+            elif frame.msg_type == WSMsgType.CLOSE:
+                transport.send_close(frame.get_close_code())
+                transport.disconnect()
+
+        def on_ws_disconnected(self, transport: WSTransport) -> None:
+            floor.conns.discard(transport)
+            floor.clients -= 1
+
+    ws_server = await ws_create_server(lambda _request: Listener(), "127.0.0.1", 0, backlog=BACKLOG)
+    stack.push_async_callback(ws_server.wait_closed)
+    stack.callback(ws_server.close)
+
+    async def publish(n: int, pad: str, burst: bool = False) -> None:
+        text = WSMsgType.TEXT
+        for seq in range(n):
+            data = floor.frame(seq, pad).encode()
+            for transport in floor.conns:
+                transport.send(text, data)
+            if not burst:
+                await asyncio.sleep(0)
+
+    server = Server()
+    server.port = ws_server.sockets[0].getsockname()[1]
     server.publish = publish
     server.stats = floor.stats
     return server
@@ -410,6 +481,7 @@ STARTERS = {
     "naive-starlette": start_naive_starlette,
     "roomcast-aiohttp": start_roomcast_aiohttp,
     "naive-aiohttp": start_naive_aiohttp,
+    "picows": start_picows,
 }
 
 
@@ -453,16 +525,36 @@ async def control(server: Server, args: argparse.Namespace) -> None:
                 profiler.disable()
             if command.get("gc"):
                 gc.collect()
-            write_line({"cpu": time.process_time(), "rss": rss_bytes(), **server.stats()})
+            tasks = len(asyncio.all_tasks())
+            write_line({**cpu_times(), "rss": rss_bytes(), "tasks": tasks, **server.stats()})
         elif name == "publish":
             pad = "x" * int(command.get("pad", 60))
             n = int(command["n"])
+            burst = bool(command.get("burst"))
             if profiler is not None:
                 profiler.enable()
-            t0, cpu0 = time.time(), time.process_time()
-            await server.publish(n, pad)
-            t1, cpu1 = time.time(), time.process_time()
-            write_line({"t0": t0, "t1": t1, "cpu0": cpu0, "cpu1": cpu1})
+            before = cpu_times()
+            t0 = time.time()
+            if burst:
+                await server.publish(n, pad, burst=True)  # type: ignore[call-arg]
+            else:
+                await server.publish(n, pad)
+            t1 = time.time()
+            after = cpu_times()
+            tasks0 = len(asyncio.all_tasks())
+            write_line(
+                {
+                    # Tasks when the publish loop returns: with a writer task per client
+                    # that had to queue, more than the connections' own.
+                    "tasks": tasks0,
+                    "t0": t0,
+                    "t1": t1,
+                    "cpu0": before["cpu"],
+                    "cpu1": after["cpu"],
+                    "user0": before["user"],
+                    "sys0": before["sys"],
+                }
+            )
         elif name == "profile":
             if profiler is not None:
                 if command.get("on"):
@@ -535,6 +627,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=lambda text: tuple(float(part) for part in text.split(",")),
         default=None,
         help="hub heartbeat 'interval,timeout' in seconds (default: quiet, 3600,7200)",
+    )
+    parser.add_argument(
+        "--keepalive",
+        type=float,
+        default=None,
+        help="websockets-broadcast: websockets' own ping_interval (default: off)",
     )
     parser.add_argument("--uvicorn-ws", default="websockets-sansio")
     parser.add_argument("--profile", default=None, help="write cProfile stats of publishes here")

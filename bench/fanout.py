@@ -14,6 +14,7 @@ import base64
 import datetime
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -36,6 +37,8 @@ ALL_SERVERS = (
     "naive-starlette",
     "roomcast-aiohttp",
     "naive-aiohttp",
+    "node-ws",
+    "picows",
 )
 #: (roomcast adapter, its floor, CPU-per-delivery ratio target)
 PAIRS = (
@@ -43,6 +46,16 @@ PAIRS = (
     ("roomcast-starlette", "naive-starlette", 1.10),
     ("roomcast-aiohttp", "naive-aiohttp", 1.10),
 )
+#: The fastest peers: servers that run side by side with roomcast-websockets and its
+#: floor, interleaved with them, so that the headline ratio is printed against each.
+REFERENCES = ("node-ws", "picows")
+#: The headline: roomcast's adapter, and what its CPU per delivery is divided by.
+HEADLINE = ("roomcast-websockets", ("websockets-broadcast", *REFERENCES))
+#: Where node's ``ws`` server lives, and what installs its one dependency.
+NODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node")
+NODE_INSTALL = "npm ci --prefix bench/node"
+#: Publish modes: a yield to the event loop after each message, or none until the last.
+MODES = ("paced", "burst")
 #: Extra memory per idle connection a roomcast adapter may use over its floor (KiB).
 MEMORY_TARGET_KIB = 3.0
 #: Clients connected, sent a few events and closed before the idle baseline RSS.
@@ -102,6 +115,10 @@ class Sample:
     client_busy: float  # client CPU / (wall x client processes)
     client_us: float  # client CPU per delivery
     lag_ms: float  # last receive after the server's publish loop ended
+    mode: str = "paced"
+    user_us: float = 0.0  # server user CPU per delivery
+    sys_us: float = 0.0  # server system CPU per delivery
+    tasks: int = 0  # most asyncio tasks in the server when a publish loop returned
 
 
 @dataclass
@@ -119,10 +136,22 @@ class Burst:
     client_procs: int
     lag: float  # seconds from the end of the publish loop to the last receive
     latencies: array[float]
+    mode: str = "paced"
+    server_user: float = 0.0  # seconds of user CPU, same window as server_cpu
+    server_sys: float = 0.0  # seconds of system CPU, same window
+    tasks: int = 0  # the server's asyncio tasks when its publish loop returned (0: node)
 
     @property
     def cpu_us(self) -> float:
         return self.server_cpu / (self.connections * self.messages) * 1e6
+
+    @property
+    def user_us(self) -> float:
+        return self.server_user / (self.connections * self.messages) * 1e6
+
+    @property
+    def sys_us(self) -> float:
+        return self.server_sys / (self.connections * self.messages) * 1e6
 
 
 @dataclass
@@ -135,13 +164,29 @@ class Outcome:
     connect_seconds: float = 0.0
 
 
+def node_missing() -> str | None:
+    """Why node's ``ws`` server cannot start here, or ``None`` when it can."""
+    if shutil.which("node") is None:
+        return "node-ws needs node (v18 or later) on the PATH"
+    if not os.path.isfile(os.path.join(NODE_DIR, "node_modules", "ws", "package.json")):
+        return f"node-ws needs its dependency installed: {NODE_INSTALL}"
+    return None
+
+
 def start_server(
     kind: str, args: argparse.Namespace, where: Placement, extra: Sequence[str] = ()
 ) -> tuple[Child, int]:
-    argv = ["_fanout_server.py", kind, "--max-seconds", str(args.max_seconds), *extra]
-    if args.uvicorn_ws:
-        argv += ["--uvicorn-ws", args.uvicorn_ws]
-    server = Child(kind, argv, where.server)
+    if kind == "node-ws":
+        missing = node_missing()
+        if missing is not None:
+            raise ChildError(missing)
+        argv = ["--expose-gc", "node/fanout_server.js", "--max-seconds", str(args.max_seconds)]
+        server = Child(kind, argv, where.server, executable=shutil.which("node"))
+    else:
+        argv = ["_fanout_server.py", kind, "--max-seconds", str(args.max_seconds), *extra]
+        if args.uvicorn_ws:
+            argv += ["--uvicorn-ws", args.uvicorn_ws]
+        server = Child(kind, argv, where.server)
     ready = server.read(timeout=60)
     return server, int(ready["port"])
 
@@ -185,11 +230,20 @@ def percentile(values: array[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def measure(server: Child, clients: Clients, connections: int, messages: int) -> Burst:
+def measure(
+    server: Child,
+    clients: Clients,
+    connections: int,
+    messages: int,
+    mode: str = "paced",
+    pad: int = PAD,
+    stall: float = 0.0,
+) -> Burst:
     deliveries = connections * messages
-    timeout = 60.0 + deliveries / 2_000  # generous: even at 2,000 deliveries/s
-    clients.arm(messages, timeout)
-    published = server.call({"cmd": "publish", "n": messages, "pad": PAD}, timeout)
+    timeout = 60.0 + stall + deliveries / 2_000  # generous: even at 2,000 deliveries/s
+    clients.arm(messages, timeout, stall)
+    command = {"cmd": "publish", "n": messages, "pad": pad, "burst": mode == "burst"}
+    published = server.call(command, timeout)
     results = clients.results(timeout + 10)
     after = server.call({"cmd": "stats"})
     last_rx = max(r["last_rx"] for r in results) or time.time()
@@ -208,6 +262,10 @@ def measure(server: Child, clients: Clients, connections: int, messages: int) ->
         client_procs=len(clients.children),
         lag=last_rx - published["t1"],
         latencies=latencies,
+        mode=mode,
+        server_user=after.get("user", 0.0) - published.get("user0", 0.0),
+        server_sys=after.get("sys", 0.0) - published.get("sys0", 0.0),
+        tasks=int(published.get("tasks", 0)),
     )
 
 
@@ -236,6 +294,10 @@ def summarize(kind: str, bursts: Sequence[Burst]) -> Sample:
         client_busy=client_cpu / (wall * bursts[0].client_procs),
         client_us=client_cpu / max(received, 1) * 1e6,
         lag_ms=statistics.median(b.lag for b in bursts) * 1e3,
+        mode=bursts[0].mode,
+        user_us=sum(b.server_user for b in bursts) / (connections * messages) * 1e6,
+        sys_us=sum(b.server_sys for b in bursts) / (connections * messages) * 1e6,
+        tasks=max(b.tasks for b in bursts),
     )
 
 
@@ -259,7 +321,12 @@ def run_group(kinds: Sequence[str], args: argparse.Namespace, where: Placement) 
     running: list[tuple[Child, int, Clients]] = []
     try:
         for kind in kinds:
-            server, port = start_server(kind, args, where)
+            extra: list[str] = []
+            if args.hub_heartbeat is not None and kind.startswith("roomcast-"):
+                extra = ["--heartbeat", ",".join(f"{x:g}" for x in args.hub_heartbeat)]
+            if args.floor_keepalive is not None and kind == "websockets-broadcast":
+                extra = ["--keepalive", f"{args.floor_keepalive:g}"]
+            server, port = start_server(kind, args, where, extra)
             clients = Clients(args.client_procs, where.clients, args.max_seconds)
             running.append((server, port, clients))
         for outcome, (server, port, clients) in zip(outcomes, running, strict=True):
@@ -282,11 +349,15 @@ def run_group(kinds: Sequence[str], args: argparse.Namespace, where: Placement) 
             for server, _port, clients in running:
                 shrink(server, clients, n)
             messages = args.messages or default_messages(n, args.quick)
-            for index, burst in enumerate(rounds_of(messages, args.rounds)):
-                for outcome, (server, _port, clients) in turns[:: 1 if index % 2 == 0 else -1]:
-                    outcome.bursts.setdefault(n, []).append(measure(server, clients, n, burst))
-            for kind, outcome in zip(kinds, outcomes, strict=True):
-                outcome.samples.append(summarize(kind, outcome.bursts[n]))
+            for mode in args.publish:
+                for index, burst in enumerate(rounds_of(messages, args.rounds)):
+                    order = turns[:: 1 if index % 2 == 0 else -1]
+                    for outcome, (server, _port, clients) in order:
+                        sample = measure(server, clients, n, burst, mode, args.pad, args.stall)
+                        outcome.bursts.setdefault(n, []).append(sample)
+                for kind, outcome in zip(kinds, outcomes, strict=True):
+                    mine = [b for b in outcome.bursts[n] if b.mode == mode]
+                    outcome.samples.append(summarize(kind, mine))
     finally:
         for server, _port, clients in running:
             clients.stop()
@@ -309,38 +380,53 @@ def done(outcomes: list[Outcome | None]) -> list[Outcome]:
 
 
 def print_table(
-    servers: list[str], sizes: list[int], outcomes: dict[str, list[Outcome | None]]
+    servers: list[str],
+    sizes: list[int],
+    outcomes: dict[str, list[Outcome | None]],
+    modes: Sequence[str] = ("paced",),
 ) -> None:
     print()
     print("Fan-out over loopback WebSockets, one room, medians of the repetitions [min-max]")
-    print("  cpu us/dlv: server CPU (user+sys, its own process) / (messages x clients)")
+    print("  cpu us/dlv: server CPU (user+sys, its own process) / (messages x clients);")
+    print("  usr, sys: its user and system parts (getrusage), median")
     print("  dlv/s: deliveries per wall second, first publish to last receive")
     print("  latency: receive time - send time in the payload (time.time(), same machine)")
+    print("  tasks: most asyncio tasks in the server as a publish loop returned (node: 0)")
     header = (
-        f"{'server':<22}{'clients':>8}{'msgs':>6}  {'cpu us/dlv':<22}{'dlv/s':>10}"
+        f"{'server':<22}{'mode':<7}{'clients':>8}{'msgs':>6}  {'cpu us/dlv':<22}"
+        f"{'usr':>7}{'sys':>7}{'dlv/s':>10}"
         f"{'p50 ms':>9}{'p99 ms':>9}{'lost':>6}{'srv busy':>10}{'cli busy':>10}"
-        f"{'cli us/dlv':>11}{'lag ms':>9}"
+        f"{'cli us/dlv':>11}{'lag ms':>9}{'tasks':>7}"
     )
     print(header)
     print("-" * len(header))
     for n in sorted(sizes, reverse=True):
-        for kind in servers:
-            samples = [s for o in done(outcomes[kind]) for s in o.samples if s.connections == n]
-            if not samples:
-                continue
-            med = statistics.median
-            print(
-                f"{kind:<22}{n:>8}{samples[0].messages:>6}  "
-                f"{spread([s.cpu_us for s in samples]):<22}"
-                f"{med(s.rate for s in samples):>10,.0f}"
-                f"{med(s.p50_ms for s in samples):>9.1f}"
-                f"{med(s.p99_ms for s in samples):>9.1f}"
-                f"{sum(s.lost for s in samples):>6}"
-                f"{med(s.server_busy for s in samples):>10.0%}"
-                f"{med(s.client_busy for s in samples):>10.0%}"
-                f"{med(s.client_us for s in samples):>11.2f}"
-                f"{med(s.lag_ms for s in samples):>9.1f}"
-            )
+        for mode in modes:
+            for kind in servers:
+                samples = [
+                    s
+                    for o in done(outcomes[kind])
+                    for s in o.samples
+                    if s.connections == n and s.mode == mode
+                ]
+                if not samples:
+                    continue
+                med = statistics.median
+                print(
+                    f"{kind:<22}{mode:<7}{n:>8}{samples[0].messages:>6}  "
+                    f"{spread([s.cpu_us for s in samples]):<22}"
+                    f"{med(s.user_us for s in samples):>7.2f}"
+                    f"{med(s.sys_us for s in samples):>7.2f}"
+                    f"{med(s.rate for s in samples):>10,.0f}"
+                    f"{med(s.p50_ms for s in samples):>9.1f}"
+                    f"{med(s.p99_ms for s in samples):>9.1f}"
+                    f"{sum(s.lost for s in samples):>6}"
+                    f"{med(s.server_busy for s in samples):>10.0%}"
+                    f"{med(s.client_busy for s in samples):>10.0%}"
+                    f"{med(s.client_us for s in samples):>11.2f}"
+                    f"{med(s.lag_ms for s in samples):>9.1f}"
+                    f"{max(s.tasks for s in samples):>7}"
+                )
     print()
     print("Server memory per idle connection (RSS with N subscribed clients - RSS with none) / N,")
     print("after a warm-up; KiB per connection, median [min-max]")
@@ -358,8 +444,31 @@ def print_table(
         print(f"{kind:<22}{cells}{base:>14.1f}")
 
 
+def paired_ratios(
+    mine: Sequence[Outcome | None],
+    theirs: Sequence[Outcome | None],
+    n: int,
+    mode: str,
+    part: Callable[[Burst], float] = lambda burst: burst.cpu_us,
+) -> list[float]:
+    """``part`` of each burst of ``mine`` over that of ``theirs``'s burst of the same round."""
+    ratios = []
+    for a_run, b_run in zip(mine, theirs, strict=True):
+        if a_run is None or b_run is None:
+            continue
+        a_bursts = [b for b in a_run.bursts.get(n, ()) if b.mode == mode]
+        b_bursts = [b for b in b_run.bursts.get(n, ()) if b.mode == mode]
+        for a, b in zip(a_bursts, b_bursts, strict=True):
+            if part(b) > 0:
+                ratios.append(part(a) / part(b))
+    return ratios
+
+
 def print_ratios(
-    servers: list[str], sizes: list[int], outcomes: dict[str, list[Outcome | None]]
+    servers: list[str],
+    sizes: list[int],
+    outcomes: dict[str, list[Outcome | None]],
+    modes: Sequence[str] = ("paced",),
 ) -> None:
     pairs = [p for p in PAIRS if p[0] in servers and p[1] in servers]
     if not pairs:
@@ -376,17 +485,15 @@ def print_ratios(
         if not paired:
             continue
         for n in sorted(sizes, reverse=True):
-            ratios = [
-                a.cpu_us / b.cpu_us
-                for mine, theirs in paired
-                for a, b in zip(mine.bursts.get(n, ()), theirs.bursts.get(n, ()), strict=True)
-            ]
-            if ratios:
-                verdict = "ok" if statistics.median(ratios) <= target else "OVER TARGET"
-                print(
-                    f"  cpu/dlv  {adapter} / {floor}, N={n:,}: {spread(ratios)}"
-                    f" ({len(ratios)} pairs)  (target <= {target:.2f}) {verdict}"
-                )
+            for mode in modes:
+                ratios = paired_ratios(outcomes[adapter], outcomes[floor], n, mode)
+                if ratios:
+                    verdict = "ok" if statistics.median(ratios) <= target else "OVER TARGET"
+                    label = "" if mode == "paced" else f" {mode}"
+                    print(
+                        f"  cpu/dlv  {adapter} / {floor}, N={n:,}{label}: {spread(ratios)}"
+                        f" ({len(ratios)} pairs)  (target <= {target:.2f}) {verdict}"
+                    )
         for n in sorted(sizes):
             diffs = [(mine.memory[n] - theirs.memory[n]) / 1024 for mine, theirs in paired]
             verdict = "ok" if statistics.median(diffs) <= MEMORY_TARGET_KIB else "OVER TARGET"
@@ -394,6 +501,51 @@ def print_ratios(
                 f"  mem/conn {adapter} - {floor}, N={n:,}: {spread(diffs, 1)} KiB"
                 f"  (target <= +{MEMORY_TARGET_KIB:.0f} KiB) {verdict}"
             )
+
+
+def print_headline(
+    servers: list[str],
+    sizes: list[int],
+    outcomes: dict[str, list[Outcome | None]],
+    modes: Sequence[str] = ("paced",),
+) -> None:
+    """roomcast-websockets against websockets.broadcast() and the fastest peers.
+
+    Every pair is two bursts of the same round, run next to each other in the
+    interleaved order; ``usr`` and ``sys`` are the same pairs' user and system CPU.
+    """
+    adapter, others = HEADLINE
+    base = others[0]
+    present = [other for other in others if other in servers]
+    if adapter not in servers and not (base in servers and len(present) > 1):
+        return
+    print()
+    print("Headline: CPU per delivery against websockets.broadcast() and the fastest peers,")
+    print("median [min-max] of bursts paired within each round (cpu = usr + sys)")
+    rows: list[tuple[str, str]] = []
+    if adapter in servers:
+        rows += [(adapter, other) for other in present]
+    if base in servers:
+        rows += [(peer, base) for peer in present if peer != base]
+    parts: tuple[tuple[str, Callable[[Burst], float]], ...] = (
+        ("usr", lambda burst: burst.user_us),
+        ("sys", lambda burst: burst.sys_us),
+    )
+    for n in sorted(sizes, reverse=True):
+        for mode in modes:
+            for mine, theirs in rows:
+                ratios = paired_ratios(outcomes[mine], outcomes[theirs], n, mode)
+                if not ratios:
+                    continue
+                apart = ", ".join(
+                    f"{name} {statistics.median(values):.2f}"
+                    for name, part in parts
+                    if (values := paired_ratios(outcomes[mine], outcomes[theirs], n, mode, part))
+                )
+                print(
+                    f"  {mine} / {theirs}, N={n:,} {mode}: {spread(ratios)}"
+                    f" ({len(ratios)} pairs; {apart})"
+                )
 
 
 # ---------------------------------------------------------------------- heartbeat
@@ -491,13 +643,17 @@ def run_profile(kind: str, args: argparse.Namespace, where: Placement) -> None:
     messages = args.messages or default_messages(n, args.quick)
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f".fanout-{kind}.prof")
     print()
-    print(f"cProfile of {kind} (publish to {n:,} clients, {messages} messages), by own time:")
+    print(
+        f"cProfile of {kind} (publish to {n:,} clients, {messages} messages, "
+        f"{args.publish[0]}), by own time:"
+    )
     server, port = start_server(kind, args, where, ["--profile", path])
     clients: Clients | None = None
     try:
         clients = Clients(args.client_procs, where.clients, args.max_seconds)
         connect(server, clients, port, n)
-        sample = summarize(kind, [measure(server, clients, n, messages)])
+        burst = measure(server, clients, n, messages, args.publish[0], args.pad, args.stall)
+        sample = summarize(kind, [burst])
     finally:
         if clients is not None:
             clients.stop()
@@ -572,13 +728,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=5,
-        help="bursts each measurement is split into, alternating with its pair (default 5)",
+        default=6,
+        help="bursts each measurement is split into, alternating with its pair (default 6:"
+        " 18 pairs with --repeat 3)",
+    )
+    parser.add_argument(
+        "--publish",
+        type=comma_list,
+        default=["paced"],
+        help="comma list of publish modes among paced (a yield to the event loop after each"
+        " message, the default) and burst (every message of a burst back to back, no yield)",
+    )
+    parser.add_argument(
+        "--burst", action="store_true", help="publish in bursts: the same as --publish burst"
+    )
+    parser.add_argument(
+        "--stall",
+        type=float,
+        default=0.0,
+        help="seconds the clients stop reading at the start of each burst, so that the"
+        " server writes into full socket buffers (default 0)",
+    )
+    parser.add_argument(
+        "--pad",
+        type=int,
+        default=PAD,
+        help=f"payload padding in characters (default {PAD}: a ~{PAD + 40}-byte payload)",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 500 clients, ~30,000 deliveries per measurement (under a minute)",
+        help="smoke run: 500 clients, ~30,000 deliveries per measurement (a few minutes)",
     )
     parser.add_argument(
         "--heartbeat",
@@ -590,6 +770,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=lambda text: tuple(float(part) for part in comma_list(text)),
         default=(5.0, 15.0),
         help="interval,timeout in seconds for --heartbeat (default 5,15)",
+    )
+    parser.add_argument(
+        "--hub-heartbeat",
+        type=lambda text: tuple(float(part) for part in comma_list(text)),
+        default=None,
+        help="interval,timeout of the roomcast servers' HeartbeatPolicy during the fan-out"
+        " (default: quiet, 3600,7200; the hub's own default is 30,60); floors never ping",
+    )
+    parser.add_argument(
+        "--floor-keepalive",
+        type=float,
+        default=None,
+        help="websockets-broadcast pings with websockets' own keepalive every this many"
+        " seconds (ping_interval; default: off), the floor of --hub-heartbeat",
     )
     parser.add_argument(
         "--heartbeat-seconds", type=float, default=30.0, help="length of the --heartbeat soak"
@@ -625,6 +819,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = [s for s in args.servers + args.profile + args.trace_memory if s not in ALL_SERVERS]
     if unknown:
         parser.error(f"unknown servers: {', '.join(unknown)}")
+    if "node-ws" in args.profile + args.trace_memory:
+        parser.error("--profile and --trace-memory are for the Python servers")
+    if args.burst:
+        args.publish = ["burst"]
+    if not args.publish or any(mode not in MODES for mode in args.publish):
+        parser.error(f"--publish takes a comma list among {', '.join(MODES)}")
+    if args.pad < 0 or args.stall < 0:
+        parser.error("--pad and --stall must be 0 or more")
     if args.connections is None:
         args.connections = [10_000] if args.heartbeat else [500] if args.quick else [1_000, 5_000]
     if args.quick and args.heartbeat:
@@ -635,20 +837,51 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def groups(servers: Sequence[str]) -> list[list[str]]:
-    """Each roomcast adapter with its floor, when both are asked for; the rest alone."""
+    """Each roomcast adapter with its floor, when both are asked for; the rest alone.
+
+    The reference servers (node's ``ws``, picows) join roomcast-websockets and
+    its floor, so that all of them take turns in one interleaved run.
+    """
+    adapter, others = HEADLINE
+    headline = [kind for kind in (adapter, *others) if kind in servers]
     out: list[list[str]] = []
     placed: set[str] = set()
     for kind in servers:
         if kind in placed:
             continue
         group = [kind]
-        for adapter, floor, _target in PAIRS:
-            partner = floor if kind == adapter else adapter if kind == floor else None
-            if partner is not None and partner in servers and partner not in placed:
-                group = [adapter, floor]
+        if kind in headline:
+            group = headline
+        else:
+            for adapter, floor, _target in PAIRS:
+                partner = floor if kind == adapter else adapter if kind == floor else None
+                if partner is not None and partner in servers and partner not in placed:
+                    group = [adapter, floor]
         placed.update(group)
         out.append(group)
     return out
+
+
+def versions(args: argparse.Namespace) -> str:
+    """The header's versions: Python's packages, and node's when node-ws runs."""
+    text = (
+        f"Python {platform.python_version()}, websockets {version('websockets')}, "
+        f"starlette {version('starlette')}, uvicorn {version('uvicorn')} "
+        f"(ws={args.uvicorn_ws}), aiohttp {version('aiohttp')}, roomcast {version('roomcast')}"
+    )
+    if "picows" in args.servers:
+        text += f", picows {version('picows')}"
+    if "node-ws" in args.servers and node_missing() is None:
+        import json
+        import subprocess
+
+        node = subprocess.run(
+            ["node", "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        with open(os.path.join(NODE_DIR, "node_modules", "ws", "package.json")) as file:
+            ws_version = json.load(file)["version"]
+        text += f", node {node} with ws {ws_version}"
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -665,12 +898,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.client_procs = max(1, min(4, len(where.clients or {0})))
     now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     print(f"roomcast end-to-end fan-out benchmark, {now}")
-    print(
-        f"Python {platform.python_version()}, websockets {version('websockets')}, "
-        f"starlette {version('starlette')}, uvicorn {version('uvicorn')} "
-        f"(ws={args.uvicorn_ws}), aiohttp {version('aiohttp')}, roomcast {version('roomcast')}; "
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
-    )
+    print(f"{versions(args)}; {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs")
     print(f"{where.note}; {args.client_procs} client process(es) (raw asyncio WebSocket clients)")
     started = time.perf_counter()
     if args.heartbeat:
@@ -684,7 +912,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             f"servers: {', '.join(args.servers)}; clients {args.connections}; "
             f"repeat={args.repeat}{' (quick)' if args.quick else ''}; "
-            f"payload ~{PAD + 40} bytes; hub heartbeat quiet (3600 s)",
+            f"rounds={args.rounds}; publish {', '.join(args.publish)}; "
+            + (f"clients stall {args.stall:g} s per burst; " if args.stall else "")
+            + f"payload ~{args.pad + 40} bytes; hub heartbeat "
+            + (
+                "quiet (3600 s)"
+                if args.hub_heartbeat is None
+                else ",".join(f"{x:g}" for x in args.hub_heartbeat) + " s"
+            )
+            + (
+                ""
+                if args.floor_keepalive is None
+                else f"; websockets-broadcast keepalive {args.floor_keepalive:g} s"
+            ),
             flush=True,
         )
         outcomes: dict[str, list[Outcome | None]] = {kind: [] for kind in args.servers}
@@ -702,7 +942,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     if outcome is None:
                         continue
                     summary = ", ".join(
-                        f"N={s.connections}: {s.cpu_us:.2f} us/dlv, lost {s.lost}"
+                        f"N={s.connections}{'' if s.mode == 'paced' else ' ' + s.mode}: "
+                        f"{s.cpu_us:.2f} us/dlv, lost {s.lost}"
                         for s in outcome.samples
                     )
                     print(
@@ -711,8 +952,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         flush=True,
                     )
                 print(f"  [{rep + 1}/{args.repeat}] ({took:.0f} s)", flush=True)
-        print_table(args.servers, args.connections, outcomes)
-        print_ratios(args.servers, args.connections, outcomes)
+        print_table(args.servers, args.connections, outcomes, args.publish)
+        print_ratios(args.servers, args.connections, outcomes, args.publish)
+        print_headline(args.servers, args.connections, outcomes, args.publish)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 

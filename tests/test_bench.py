@@ -7,7 +7,9 @@ delivery or stops printing its results fails.
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +75,41 @@ def test_fanout_prints_its_ratios(adapter: str, floor: str) -> None:
     assert re.search(rf"mem/conn {adapter} - {floor}, N=2: -?[\d.]+ KiB", out), out
 
 
+def test_fanout_runs_the_reference_servers() -> None:
+    # node's ws and picows are part of the benchmark: missing, they fail it rather than
+    # skip (.ci/run installs both: picows with the bench extra, ws with npm ci).
+    assert shutil.which("node") is not None, "node is needed for the node-ws server"
+    assert (ROOT / "bench" / "node" / "node_modules" / "ws" / "package.json").is_file(), (
+        "node-ws needs its dependency installed: npm ci --prefix bench/node"
+    )
+    assert importlib.util.find_spec("picows") is not None, "picows: pip install -e '.[bench]'"
+    adapter, others = "roomcast-websockets", ("websockets-broadcast", "node-ws", "picows")
+    out = run(
+        *("-m", "bench.fanout", "--servers", ",".join((adapter, *others))),
+        *("--connections", "2", "--messages", "2", "--rounds", "1", "--repeat", "1"),
+        *("--publish", "paced,burst", "--client-procs", "1"),
+        *("--max-seconds", str(CHILD_SECONDS)),
+    )
+    assert "FAILED" not in out, out
+    assert re.search(r"picows \d[\w.]*, node v\d+[\d.]* with ws \d+[\d.]*", out), out
+    for kind in (adapter, *others):
+        # Both publish modes, every message received, user and system CPU apart.
+        assert re.search(
+            rf"\[1/1\] {kind}: N=2: [\d.]+ us/dlv, lost 0, N=2 burst: [\d.]+ us/dlv, lost 0 ", out
+        ), out
+        for mode in ("paced", "burst"):
+            row = rf"^{kind} +{mode} +2 +2 +[\d.]+ +[\d.]+ +[\d.]+ .* 0 +\d+%"
+            assert re.search(row, out, re.MULTILINE), out
+    assert "Headline: CPU per delivery" in out
+    for mode in ("paced", "burst"):
+        for other in others:
+            line = rf"^  {adapter} / {other}, N=2 {mode}: [\d.]+ \(1 pairs"
+            assert re.search(line, out, re.MULTILINE), out
+        for peer in others[1:]:
+            line = rf"^  {peer} / websockets-broadcast, N=2 {mode}: [\d.]+ \(1 pairs"
+            assert re.search(line, out, re.MULTILINE), out
+
+
 def test_cluster_prints_its_comparison() -> None:
     # Needs the Redis the multi-node tests use (127.0.0.1:6379), as the benchmark does.
     out = run(
@@ -114,9 +151,26 @@ def test_heartbeat_prints_its_ratio(adapter: str, floor: str) -> None:
     assert re.search(rf"ratio {ours} / {floor}: [\d.]+ \(median of 1 pairs", out), out
 
 
+def test_encode_prints_its_ratios() -> None:
+    out = run("-m", "bench.encode", "--pairs", "1", "--rounds", "2")
+    # Both paths wrote the same text for every value (the benchmark checks), and each
+    # value has its ratio line, for dumps and for hub.publish.
+    for value in ("reply frame", "small", "medium", "large"):
+        assert re.search(rf"^{value} +\d+ .* [\d.]+ \[.*\] \(1 pairs\)$", out, re.MULTILINE), out
+    for value in ("small", "medium", "large"):
+        line = rf"^hub.publish, {value} +\d+ .* [\d.]+ \[.*\] \(1 pairs\)$"
+        assert re.search(line, out, re.MULTILINE), out
+
+
 @pytest.mark.parametrize(
     "script",
-    ["bench/fanout.py", "bench/hub_fanout.py", "bench/cluster.py", "bench/heartbeat.py"],
+    [
+        "bench/fanout.py",
+        "bench/hub_fanout.py",
+        "bench/cluster.py",
+        "bench/heartbeat.py",
+        "bench/encode.py",
+    ],
 )
 def test_benchmarks_still_run_as_scripts(script: str) -> None:
     assert "usage:" in run(script, "--help")

@@ -62,6 +62,9 @@ REQUEST_TYPES = (
 )
 MAX_SAFE_INTEGER = 2**53 - 1
 
+# Every test here runs twice: server frames encoded by orjson, then by the standard library.
+pytestmark = pytest.mark.usefixtures("json_encoder")
+
 
 def frame(**fields: Any) -> str:
     return json.dumps(fields)
