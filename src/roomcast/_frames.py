@@ -338,17 +338,17 @@ def encode_room_reset(room: str, offset: int, epoch: str) -> str:
 
 #: Strings JSON encodes as themselves between quotes: no escapes needed.
 _PLAIN: Final = re.compile(r"[A-Za-z0-9_\-.:@=/]*")
-_plain = _PLAIN.fullmatch
+_plain_string = _PLAIN.fullmatch
 
 
 def _json_string(text: str) -> str:
-    return '"' + text + '"' if _plain(text) else dumps(text)
+    return '"' + text + '"' if _plain_string(text) else dumps(text)
 
 
 @functools.lru_cache(maxsize=4096)
 def _quote_name(name: str) -> str:
     """A room name or event type as a JSON string; cached, since the same few recur."""
-    return '"' + name + '"' if _plain(name) else dumps(name)
+    return '"' + name + '"' if _plain_string(name) else dumps(name)
 
 
 def encode_event(
