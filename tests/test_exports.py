@@ -77,6 +77,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "SystemClock",
         "TokenSources",
         "Transport",
+        "TryPingTransport",
     },
     "roomcast.hub": {"Admission", "Hub", "HubStatistics"},
     "roomcast.auth": {
@@ -197,6 +198,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "MAX_CLOSE_REASON_BYTES",
         "PingableTransport",
         "Transport",
+        "TryPingTransport",
     },
     "roomcast.testing": {
         "ClientEnd",
@@ -344,7 +346,13 @@ HOMES: dict[str, set[str]] = {
     "roomcast.membership": {"ClientId", "Room"},
     "roomcast.options": {"History", "RateLimit", "RoomOptions", "SlowConsumerPolicy"},
     "roomcast.ratelimit": {"KeyedRateLimiter", "RateLimiter"},
-    "roomcast.transport": {"EagerTransport", "Handshake", "PingableTransport", "Transport"},
+    "roomcast.transport": {
+        "EagerTransport",
+        "Handshake",
+        "PingableTransport",
+        "Transport",
+        "TryPingTransport",
+    },
     "roomcast.protocol": {"CloseCode", "PROTOCOL"},
     "roomcast.wire": {"StreamPosition"},
 }

@@ -55,6 +55,7 @@ from .transport import EagerTransport as EagerTransport
 from .transport import Handshake as Handshake
 from .transport import PingableTransport as PingableTransport
 from .transport import Transport as Transport
+from .transport import TryPingTransport as TryPingTransport
 from .wire import StreamPosition as StreamPosition
 
 __version__ = "0.1.0.dev0"
@@ -110,5 +111,6 @@ __all__ = [
     "SystemClock",
     "TokenSources",
     "Transport",
+    "TryPingTransport",
     "__version__",
 ]

@@ -57,6 +57,9 @@ logger = logging.getLogger("roomcast.aiohttp")
 
 # The hub waits for one pong at a time; older unanswered pings are forgotten.
 _MAX_PENDING_PINGS = 8
+# RFC 6455 section 5.2: FIN + ping opcode (0x9), then the payload's 7-bit length; our
+# payloads are 8 bytes. Section 5.1: a server never masks its frames.
+_PING_HEADER: Final = b"\x89\x08"
 
 _CHECKED = ("3.11.18", "3.14.5")
 _REQUEST = "aiohttp.web_request.BaseRequest"
@@ -83,7 +86,7 @@ _INTERNALS: Final = (
 
 
 class AiohttpTransport:
-    """A `PingableTransport` over a prepared ``WebSocketResponse``.
+    """A `TryPingTransport` over a prepared ``WebSocketResponse``.
 
     [`handler()`][roomcast.aiohttp.handler] builds the response as this class expects:
     ``autoping=False``, so that pongs reach [`receive()`][roomcast.aiohttp.AiohttpTransport.receive]
@@ -259,17 +262,42 @@ class AiohttpTransport:
             ConnectionClosed: the connection is closed.
         """
         self._open_transport()
+        payload = self._new_ping(on_pong)
+        try:
+            await self._ws.ping(payload)
+        except (ConnectionError, RuntimeError) as exc:
+            self._pings.pop(payload, None)
+            raise self._ended() from exc
+
+    def try_ping(self, on_pong: Callable[[], object]) -> bool:
+        """Write a protocol ping now if the write buffer is at or below its high-water mark.
+
+        Written in one piece to the socket's transport, as ``try_send()``
+        writes text frames, so it cannot split another frame; ``on_pong`` runs
+        when ``receive()`` reads its pong. Once the closing handshake has
+        begun, the transport counts as closed.
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+        """
+        transport = self._open_transport()
+        if (
+            self._request.protocol.writing_paused
+            or transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
+        ):
+            return False
+        transport.write(_PING_HEADER + self._new_ping(on_pong))
+        return True
+
+    def _new_ping(self, on_pong: Callable[[], object]) -> bytes:
+        """Remember ``on_pong`` under a new ping payload (8 bytes), forgetting the oldest past 8."""
         pings = self._pings
         if len(pings) >= _MAX_PENDING_PINGS:
             del pings[next(iter(pings))]
         self._next_ping += 1
         payload = self._next_ping.to_bytes(8, "big")
         pings[payload] = on_pong
-        try:
-            await self._ws.ping(payload)
-        except (ConnectionError, RuntimeError) as exc:
-            pings.pop(payload, None)
-            raise self._ended() from exc
+        return payload
 
     def _pong_received(self, payload: bytes) -> None:
         pings = self._pings

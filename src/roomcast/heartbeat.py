@@ -44,7 +44,8 @@ class HeartbeatPolicy:
         timeout: a client silent this long (no frame, no pong) is dead. It must be
             longer than the longest gap between two pings, ``interval * (1 + jitter)``,
             by at least a round trip, or a client that answers every ping could still be
-            declared dead.
+            declared dead. (The hub carries out pings and timeouts due within 50 ms of
+            each other together, so either may come up to 50 ms late.)
         jitter: fraction of ``interval`` by which each ping time is randomly moved,
             so that clients connected together are not pinged together.
 

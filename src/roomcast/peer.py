@@ -7,7 +7,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 import anyio
 from anyio.abc import TaskGroup
@@ -19,7 +19,7 @@ from .membership import ClientId as ClientId
 from .membership import Room
 from .options import SlowConsumerPolicy
 from .protocol import CLOSE_ABNORMAL, CloseCode
-from .transport import EagerTransport, PingableTransport, Transport
+from .transport import EagerTransport, PingableTransport, Transport, TryPingTransport
 from .wire import encode_gap
 
 __all__ = ["Client", "ClientId", "QueueLimits", "deliver_all"]
@@ -107,6 +107,8 @@ class Client:
             asyncio), the client itself, whose `try_send()` starts the send in
             place and leaves only a send that has to wait to the writer.
         close_code: the code the connection is closing with, once it is.
+        pingable: whether the transport sends protocol pings (a
+            [`PingableTransport`][roomcast.transport.PingableTransport]).
     """
 
     __slots__ = (
@@ -119,6 +121,7 @@ class Client:
         "_on_close",
         "_on_drop",
         "_ping",
+        "_ping_in_place",
         "_queue",
         "_queued_bytes",
         "_reader_scope",
@@ -179,8 +182,10 @@ class Client:
         self._send_scope: anyio.CancelScope | None = None
         self._writing = False
         self._wakeup: anyio.Event | None = None
-        #: Whether the transport sends protocol pings (checked once: the check is slow).
+        # Checked once: a protocol check is slow. A TryPingTransport is a PingableTransport
+        # with try_ping, which a plain look-up finds faster than a second protocol check.
         self.pingable = isinstance(transport, PingableTransport)
+        self._ping_in_place = self.pingable and callable(getattr(transport, "try_ping", None))
 
     @property
     def user_id(self) -> str | None:
@@ -277,9 +282,32 @@ class Client:
         return True
 
     def request_ping(self, on_pong: Callable[[], object]) -> None:
-        """Ask for a protocol ping (where the transport supports them)."""
+        """Ask for a protocol ping, where the transport has them; ``on_pong`` runs on its pong.
+
+        By the rule of [`deliver()`][roomcast.peer.Client.deliver]: when nothing is queued
+        or in flight and the transport is a
+        [`TryPingTransport`][roomcast.transport.TryPingTransport] that can take it now, the
+        ping is written in place, and no task is started; otherwise the writer sends it,
+        after what is queued. A transport found closed closes the client (1006), as a
+        failed write does; any other error of the transport's is logged and closes the
+        client (1011), as in the writer, and never reaches the caller.
+        """
         if self.close_code is not None or not self.pingable:
             return
+        if self.direct and self._ping_in_place:
+            transport = cast(TryPingTransport, self.transport)
+            try:
+                if transport.try_ping(on_pong):
+                    return
+            except ConnectionClosed:
+                self.close(CLOSE_ABNORMAL, "", flush=False)
+                return
+            except Exception:
+                # Called from the hub's heartbeat loop: a transport's bug must end
+                # this connection, never the loop.
+                logger.exception("ping of connection %s failed", self.id)
+                self.close(CloseCode.INTERNAL_ERROR, "internal error", flush=False)
+                return
         self._ping = on_pong
         self.direct = False
         self._wake_writer()

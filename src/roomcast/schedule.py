@@ -22,6 +22,10 @@ __all__ = ["Schedule"]
 
 #: Longest the loop sleeps, so new clients are picked up promptly.
 _MAX_SLEEP: Final = 1.0
+#: Shortest wait for the next heartbeat deadline: pings and timeouts due within it are
+#: carried out together, up to this late, so that many connections cost a few wakes a
+#: second rather than one per deadline.
+_HEARTBEAT_SLACK: Final = 0.05
 
 
 class Schedule:
@@ -32,7 +36,9 @@ class Schedule:
     loop ([`run()`][roomcast.schedule.Schedule.run], in the hub's task group)
     pings clients, closes those that stopped answering (1011), warns clients
     whose token is about to expire (``token.expiring``) and closes them once it
-    has (4002). It sleeps until the next deadline, at most one second.
+    has (4002). It sleeps until the next deadline, at most one second; a
+    heartbeat deadline less than 50 ms away (``_HEARTBEAT_SLACK``) waits for
+    the end of that slack, so that pings due close together go out in one wake.
 
     Attributes:
         heartbeat_timeouts: clients closed for not answering heartbeats.
@@ -108,6 +114,8 @@ class Schedule:
                     client.close(CloseCode.INTERNAL_ERROR, "heartbeat timeout", flush=False)
             self._run_expiries(now)
             deadline = heartbeat.next_deadline()
+            if deadline is not None:
+                deadline = max(deadline, now + _HEARTBEAT_SLACK)
             first = self._expiries.next_deadline()
             if first is not None:
                 deadline = first if deadline is None else min(deadline, first)

@@ -20,6 +20,7 @@ __all__ = [
     "Handshake",
     "PingableTransport",
     "Transport",
+    "TryPingTransport",
     "close_frame",
 ]
 
@@ -201,6 +202,32 @@ class PingableTransport(Transport, Protocol):
 
     async def ping(self, on_pong: Callable[[], object]) -> None:
         """Send a protocol ping; call ``on_pong`` when the peer's pong arrives.
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+        """
+        ...
+
+
+@runtime_checkable
+class TryPingTransport(PingableTransport, Protocol):
+    """A pingable transport that can also write a protocol ping without waiting.
+
+    The hub's heartbeat offers each ping to
+    [`try_ping()`][roomcast.transport.TryPingTransport.try_ping] when nothing is queued for the
+    connection, so that pinging an idle connection starts no task; when it declines, the ping goes
+    through [`ping()`][roomcast.transport.PingableTransport.ping] in the client's writer task, as
+    for any [`PingableTransport`][roomcast.transport.PingableTransport].
+    """
+
+    def try_ping(self, on_pong: Callable[[], object]) -> bool:
+        """Write a protocol ping now if the transport can take it; call ``on_pong`` on its pong.
+
+        Returns ``True`` when the ping was written (``on_pong`` then runs when its pong arrives,
+        as with [`ping()`][roomcast.transport.PingableTransport.ping]) and ``False``, writing
+        nothing and keeping no reference to ``on_pong``, when the caller must use ``ping()``
+        instead: the write buffer is above its high-water mark, a fragmented message or a
+        closing handshake is under way, or the framework lacks what writing in place needs.
 
         Raises:
             ConnectionClosed: the connection is closed.

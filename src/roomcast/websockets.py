@@ -2,9 +2,10 @@
 
 Checked with ``websockets`` 15.0, 15.0.1, 16.0, 16.1.1 and 17.4. The fast path, frames
 written in place, relies on connection attributes (listed in `_INTERNALS`);
-two of them are recent, ``send_in_progress`` (16.0) and ``set_connection_exc``
-(17.4). Where one is missing every frame goes through ``Connection.send()``
-instead: correct, one write per frame.
+three of them are recent, ``send_in_progress`` and ``pending_pings`` (16.0) and
+``set_connection_exc`` (17.4). Where one is missing every frame goes through ``Connection.send()``
+instead, and every heartbeat ping through ``Connection.ping()``: correct, one
+write per frame.
 
 What it mounts: a connection handler, [`handler(hub)`][roomcast.websockets.handler], whose
 ``process_request`` hook asks the hub to admit each handshake before it is accepted.
@@ -58,6 +59,7 @@ those the adapter can do without with the version that brought them.
 from __future__ import annotations
 
 import logging
+import random
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -132,6 +134,10 @@ _INTERNALS: Final = (
         "set_connection_exc", "callable", "why a write failed (else: send())", since="17.4"
     ),
     _on_connection("close_timeout", "attribute", "the hub's close_timeout for its closes"),
+    _on_connection("loop", "attribute", "the future a ping written in place resolves"),
+    _on_connection(
+        "pending_pings", "attribute", "a ping written in place (else: ping())", since="16.0"
+    ),
 )
 
 #: Whether this ``websockets`` records why an in-place write failed (17.4 and
@@ -145,7 +151,7 @@ _ProcessRequest = Callable[
 
 
 class WebSocketsTransport:
-    """A [`PingableTransport`][roomcast.transport.PingableTransport] over a ``ServerConnection``.
+    """A [`TryPingTransport`][roomcast.transport.TryPingTransport] over a ``ServerConnection``.
 
     Args:
         connection: the connection, past its opening handshake.
@@ -256,6 +262,44 @@ class WebSocketsTransport:
         except _WebSocketsClosed as exc:
             raise _closed(exc) from exc
         when_resolved(waiter, on_pong, logger)
+
+    def try_ping(self, on_pong: Callable[[], object]) -> bool:
+        """Write a protocol ping now if the write buffer is below its high-water mark.
+
+        The ping is registered with the connection as ``Connection.ping()``
+        registers its own, so ``websockets`` matches its pong (and a pong
+        answering a later ping answers it too) and ``on_pong`` runs then.
+        Declines, as ``try_send()`` does, while a fragmented message is being
+        sent, while the connection is closing, and with a ``websockets`` older
+        than 17.4.
+
+        Raises:
+            ConnectionClosed: the connection is closed.
+        """
+        if not self._can_write_now():
+            return False
+        connection = self._connection
+        pending = getattr(connection, "pending_pings", None)
+        if pending is None:
+            return False  # renamed or gone: ping() does it all
+        while True:  # four random bytes not awaiting a pong, as Connection.ping() chooses
+            data = random.getrandbits(32).to_bytes(4, "big")
+            if data not in pending:
+                break
+        loop = connection.loop
+        pong = loop.create_future()
+        pending[data] = (pong, loop.time())
+        when_resolved(pong, on_pong, logger)
+        try:
+            connection.protocol.send_ping(data)
+            connection.send_data()
+        except Exception as exc:
+            # As a failed in-place write: the connection's end, which also
+            # cancels the pong's future (on_pong never runs).
+            connection.set_connection_exc(exc)
+            connection.transport.abort()
+            raise _closed(None) from exc
+        return True
 
     def _can_write_now(self) -> bool:
         connection = self._connection

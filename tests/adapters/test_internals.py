@@ -156,6 +156,7 @@ def test_optional_internals_are_few_and_each_has_its_fallback() -> None:
     }
     # Deliberate: a new optional internal needs a fallback, a test of it and an entry here.
     assert set(optional) == {
+        ("websockets", "pending_pings"),
         ("websockets", "send_in_progress"),
         ("websockets", "set_connection_exc"),
     }
