@@ -338,16 +338,17 @@ def encode_room_reset(room: str, offset: int, epoch: str) -> str:
 
 #: Strings JSON encodes as themselves between quotes: no escapes needed.
 _PLAIN: Final = re.compile(r"[A-Za-z0-9_\-.:@=/]*")
+_plain_string = _PLAIN.fullmatch
 
 
 def _json_string(text: str) -> str:
-    return '"' + text + '"' if _PLAIN.fullmatch(text) else dumps(text)
+    return '"' + text + '"' if _plain_string(text) else dumps(text)
 
 
 @functools.lru_cache(maxsize=4096)
 def _quote_name(name: str) -> str:
     """A room name or event type as a JSON string; cached, since the same few recur."""
-    return '"' + name + '"' if _PLAIN.fullmatch(name) else dumps(name)
+    return '"' + name + '"' if _plain_string(name) else dumps(name)
 
 
 def encode_event(
@@ -369,20 +370,36 @@ def encode_event(
     Raises:
         LocalProtocolError: (a ``ValueError``) a string field holds a lone surrogate.
     """
-    head = (
-        '{"type":'
-        + _quote_name(type_)
-        + ',"room":'
-        + ("null" if room is None else _quote_name(room))
-        + ',"id":'
-        + _json_string(message_id)
-        + ',"payload":'
-        + payload_json
-        + ',"timestamp":'
-        + str(timestamp)
-        + ',"userId":'
-        + ("null" if user_id is None else _json_string(user_id))
-    )
+    return splice_event(type_, room, message_id, payload_json, timestamp, user_id, offset, epoch)
+
+
+def splice_event(
+    type_: str,
+    room: str | None,
+    message_id: str,
+    payload_json: str,
+    timestamp: int,
+    user_id: str | None,
+    offset: int | None,
+    epoch: str | None,
+) -> str:
+    """`encode_event()` with positional arguments: the fan-out's once-per-publish call."""
+    # One f-string each way: a single string is built.
     if offset is None:
-        return head + "}"
-    return head + ',"offset":' + str(offset) + ',"epoch":' + dumps(epoch) + "}"
+        return (
+            f'{{"type":{_quote_name(type_)}'
+            f',"room":{"null" if room is None else _quote_name(room)}'
+            f',"id":{_json_string(message_id)}'
+            f',"payload":{payload_json}'
+            f',"timestamp":{timestamp}'
+            f',"userId":{"null" if user_id is None else _json_string(user_id)}}}'
+        )
+    return (
+        f'{{"type":{_quote_name(type_)}'
+        f',"room":{"null" if room is None else _quote_name(room)}'
+        f',"id":{_json_string(message_id)}'
+        f',"payload":{payload_json}'
+        f',"timestamp":{timestamp}'
+        f',"userId":{"null" if user_id is None else _json_string(user_id)}'
+        f',"offset":{offset},"epoch":{dumps(epoch)}}}'
+    )

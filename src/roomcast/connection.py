@@ -160,68 +160,30 @@ class Connections:
             with anyio.CancelScope(shield=True):
                 await transport.close(admission.close_code, admission.reason)
             return
-        handshake_principal = admission.principal
-        del admission  # not kept alive for the connection's lifetime
         # Counted from acceptance, so sockets still waiting to authenticate count too.
         self._gate.opened(ip, None)
-        # One coroutine frame per connection: the rest of the connection runs
-        # here rather than in a helper coroutine.
-        session = Session(self._settings.session)
+        # One coroutine frame per idle connection: the read loop runs here, and
+        # what happens once (authentication, the ack, the closing handshake)
+        # runs in helpers, so that their variables take no room in this frame
+        # for the connection's lifetime.
         try:
+            session = Session(self._settings.session)
+            principal = await self._identify(transport, admission.principal, session)
+            del admission  # not kept alive for the connection's lifetime
+            if principal is None:
+                return
+            client = self._open(transport, principal, session)
             try:
-                principal = handshake_principal or await self._authenticate(transport, session)
-            except AuthenticationError as exc:  # counted where it was raised
-                with anyio.CancelScope(shield=True):
-                    await transport.close(exc.close_code, refusal_reason(exc))
-                return
-            except ConnectionClosed:
-                return
-            if handshake_principal is None and self._gate.user_refused(principal.user_id):
-                with anyio.CancelScope(shield=True):
-                    await transport.close(
-                        CloseCode.TRY_AGAIN_LATER, "too many connections for this user"
-                    )
-                return
-            if not self._running():
-                # Admitted before shutdown began, accepted after: never acknowledged.
-                with anyio.CancelScope(shield=True, deadline=self._shutdown_deadline):
-                    await transport.close(CloseCode.GOING_AWAY, "server shutting down")
-                return
-            # The node prefix routes send_to_client to the node holding the client.
-            client_id = ClientId(f"{self._node}.{secrets.token_hex(6)}")
-            client = Client(
-                client_id,
-                transport,
-                principal,
-                limits=self._settings.queue,
-                on_close=self._client_closed,
-                on_drop=self._frame_dropped,
-            )
-            self._register(client, session)
-            self.serving += 1
-            try:
-                # Subscribed before the ack: once a client is acknowledged,
-                # send_to_user reaches it.
-                if client.user_id is not None:
-                    await self._rooms.sync_channel("user", client.user_id)
-                expires = principal.expires_at
-                client.deliver(
-                    encode_ack(
-                        client_id=client_id,
-                        user_id=principal.user_id,
-                        heartbeat_ms=int(self._settings.heartbeat.interval * 1000),
-                        expires_at=None if expires is None else int(expires * 1000),
-                        protocol=PROTOCOL,
-                    )
-                )
-                # After the ack, so that token.expiring never comes before it.
-                self._schedule.token(client)
+                await self._acknowledge(client)
                 # The request loop runs in this task, inline (one coroutine frame
                 # fewer per idle connection). A writer runs in the hub's task group
                 # only while frames are queued; closing stops the loop once what
-                # had to be flushed is flushed (see ReadLoopStop).
+                # had to be flushed is flushed (see ReadLoopStop). Entered and
+                # exited by hand: a `with` would keep its bound __exit__ alive
+                # for the connection's lifetime.
                 stop = ReadLoopStop()
-                with stop:
+                stop.__enter__()
+                try:
                     client.attach(self._tasks(), stop)
                     try:
                         while not client.closing:
@@ -231,48 +193,115 @@ class Connections:
                             finally:
                                 stop.waiting = False
                             self.messages_in += 1
-                            self._schedule.seen(client_id, self._clock.now())
+                            self._schedule.seen(client.id, self._clock.now())
                             with stop.handling():
                                 await self._handle_frame(client, session, data)
                     except ConnectionClosed as exc:
                         client.close(exc.code, exc.reason, flush=False)
                     except Exception:
-                        logger.exception("connection %s failed", client_id)
+                        logger.exception("connection %s failed", client.id)
                         client.close(CloseCode.INTERNAL_ERROR, "internal error", flush=False)
+                except BaseException as exc:
+                    if not stop.__exit__(type(exc), exc, exc.__traceback__):
+                        raise
+                else:
+                    stop.__exit__(None, None, None)
                 # A writer may still be flushing (bounded by the drain deadline).
                 await client.writer_finished()
             finally:
-                with anyio.CancelScope(shield=True):
-                    # Cancelled from outside (the server is going away), or a bug.
-                    client.close(CloseCode.GOING_AWAY, "going away", flush=False)
-                    session.close()
-                    await self._unregister(client)
-                    close_code = client.close_code or CloseCode.NORMAL
-                    close_reason = client.close_reason
-                    # 1006 means the peer is already gone; closing still frees
-                    # the transport, and 1006 itself may not be sent on the wire.
-                    if close_code == CLOSE_ABNORMAL:
-                        close_code, close_reason = CloseCode.NORMAL, ""
-                    # The close frame waits behind what the transport holds, and
-                    # the transport for the peer's answer, reading and dropping
-                    # what the peer sends first: closing the socket with that
-                    # unread would reset the connection and lose the close frame.
-                    deadline = min(
-                        anyio.current_time() + self._settings.close_timeout,
-                        self._shutdown_deadline,
-                    )
-                    with anyio.CancelScope(deadline=deadline) as scope:
-                        self._closing.add(scope)
-                        try:
-                            await transport.close(close_code, close_reason)
-                        finally:
-                            self._closing.discard(scope)
-                    # Only now is this connection done: shutdown waits for its closing handshake.
-                    self.serving -= 1
-                    if not self.serving and self._idle is not None:
-                        self._idle.set()
+                await self._finish(client, transport, session)
         finally:
             self._gate.closed(ip, None)
+
+    async def _identify(
+        self, transport: Transport, principal: Principal | None, session: Session
+    ) -> Principal | None:
+        """Who is connecting; ``None`` (the transport closed) when they may not."""
+        handshake_principal = principal
+        try:
+            principal = handshake_principal or await self._authenticate(transport, session)
+        except AuthenticationError as exc:  # counted where it was raised
+            with anyio.CancelScope(shield=True):
+                await transport.close(exc.close_code, refusal_reason(exc))
+            return None
+        except ConnectionClosed:
+            return None
+        if handshake_principal is None and self._gate.user_refused(principal.user_id):
+            with anyio.CancelScope(shield=True):
+                await transport.close(
+                    CloseCode.TRY_AGAIN_LATER, "too many connections for this user"
+                )
+            return None
+        if not self._running():
+            # Admitted before shutdown began, accepted after: never acknowledged.
+            with anyio.CancelScope(shield=True, deadline=self._shutdown_deadline):
+                await transport.close(CloseCode.GOING_AWAY, "server shutting down")
+            return None
+        return principal
+
+    def _open(self, transport: Transport, principal: Principal, session: Session) -> Client:
+        """Make the client of an authenticated connection and register it."""
+        # The node prefix routes send_to_client to the node holding the client.
+        client = Client(
+            ClientId(f"{self._node}.{secrets.token_hex(6)}"),
+            transport,
+            principal,
+            limits=self._settings.queue,
+            on_close=self._client_closed,
+            on_drop=self._frame_dropped,
+        )
+        self._register(client, session)
+        self.serving += 1
+        return client
+
+    async def _acknowledge(self, client: Client) -> None:
+        """Send ``connection.ack``, once ``send_to_user`` reaches the client."""
+        if client.user_id is not None:
+            await self._rooms.sync_channel("user", client.user_id)
+        expires = client.principal.expires_at
+        client.deliver(
+            encode_ack(
+                client_id=client.id,
+                user_id=client.user_id,
+                heartbeat_ms=int(self._settings.heartbeat.interval * 1000),
+                expires_at=None if expires is None else int(expires * 1000),
+                protocol=PROTOCOL,
+            )
+        )
+        # After the ack, so that token.expiring never comes before it.
+        self._schedule.token(client)
+
+    async def _finish(self, client: Client, transport: Transport, session: Session) -> None:
+        """Leave every room and finish the closing handshake; shielded from cancellation."""
+        with anyio.CancelScope(shield=True):
+            # Cancelled from outside (the server is going away), or a bug.
+            client.close(CloseCode.GOING_AWAY, "going away", flush=False)
+            session.close()
+            await self._unregister(client)
+            close_code = client.close_code or CloseCode.NORMAL
+            close_reason = client.close_reason
+            # 1006 means the peer is already gone; closing still frees
+            # the transport, and 1006 itself may not be sent on the wire.
+            if close_code == CLOSE_ABNORMAL:
+                close_code, close_reason = CloseCode.NORMAL, ""
+            # The close frame waits behind what the transport holds, and
+            # the transport for the peer's answer, reading and dropping
+            # what the peer sends first: closing the socket with that
+            # unread would reset the connection and lose the close frame.
+            deadline = min(
+                anyio.current_time() + self._settings.close_timeout,
+                self._shutdown_deadline,
+            )
+            with anyio.CancelScope(deadline=deadline) as scope:
+                self._closing.add(scope)
+                try:
+                    await transport.close(close_code, close_reason)
+                finally:
+                    self._closing.discard(scope)
+            # Only now is this connection done: shutdown waits for its closing handshake.
+            self.serving -= 1
+            if not self.serving and self._idle is not None:
+                self._idle.set()
 
     def _tasks(self) -> TaskGroup:
         if self._task_group is None:  # serve() refuses connections before start

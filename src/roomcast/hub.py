@@ -17,6 +17,7 @@ from typing import Any, Final
 import anyio
 from anyio.abc import TaskGroup
 
+from ._names import _cached_room_problem, _cached_type_problem
 from .admission import Admission as Admission
 from .admission import Gatekeeper, HubState, check_running
 from .auth import (
@@ -58,6 +59,9 @@ __all__ = ["Admission", "Hub", "HubStatistics"]
 
 #: Seconds that shutdown gives closing handshakes beyond ``drain_timeout``.
 _SHUTDOWN_CLOSE_GRACE: Final = 1.0
+
+#: ``type``, which `Hub.publish()`'s argument of that name hides.
+_type_of: Final = type
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,19 +389,22 @@ class Hub:
                 not JSON-serializable.
             BackendError: the backend could not send it.
         """
-        check_running(self._state, "publish")
+        if self._state != "running":
+            check_running(self._state, "publish")
         names = (rooms,) if isinstance(rooms, str) else tuple(dict.fromkeys(rooms))
         for name in names:
-            validate_room(name)
-        validate_event_type(type)
-        return await self._rooms.publish(
-            names,
-            type,
-            dumps(payload),
-            user_id,
-            frozenset(exclude) if exclude else NOBODY,
-            ephemeral,
-        )
+            # The verdicts on names seen before are cached: ask the cache first.
+            if _type_of(name) is not str or _cached_room_problem(name) is not None:
+                validate_room(name)
+        if _type_of(type) is not str or _cached_type_problem(type) is not None:
+            validate_event_type(type)
+        payload_json = dumps(payload)
+        excluded = frozenset(exclude) if exclude else NOBODY
+        # The memory backend's fan-out runs in place: no coroutine below this one.
+        publish_now = self._rooms.publish_now
+        if publish_now is not None:
+            return publish_now(names, type, payload_json, user_id, excluded, ephemeral)
+        return await self._rooms.publish(names, type, payload_json, user_id, excluded, ephemeral)
 
     async def history(
         self, room: str, *, limit: int | None = None, since: StreamPosition | None = None

@@ -59,6 +59,8 @@ class Room(Generic[M]):
         filling: while a gap is being filled from history, the live messages
             that arrived meanwhile, in arrival order; otherwise ``None``.
         old_epoch: the epoch the room left, whose late messages are dropped.
+        recipients: ``members``' values as a tuple, kept for the fan-out until
+            the members change (``None`` until needed again).
     """
 
     __slots__ = (
@@ -71,6 +73,7 @@ class Room(Generic[M]):
         "offset",
         "old_epoch",
         "options",
+        "recipients",
     )
 
     def __init__(self, name: str, options: RoomOptions) -> None:
@@ -84,6 +87,7 @@ class Room(Generic[M]):
         self.next_offset = -1
         self.filling: list[Any] | None = None
         self.old_epoch: str | None = None
+        self.recipients: tuple[M, ...] | None = None
 
     def out_of_line(
         self, offset: int, epoch: str | None, item: Any
@@ -201,6 +205,7 @@ class Membership(Generic[M]):
     def join(self, client: M, room: Room[M]) -> None:
         """Make ``client`` a member of ``room``: from now on it gets the room's frames."""
         room.members[client.id] = client
+        room.recipients = None
         client.rooms[room.name] = room
 
     def end_join(self, client: M, room: Room[M]) -> bool:
@@ -221,6 +226,7 @@ class Membership(Generic[M]):
         if room is None:
             return False
         room.members.pop(client.id, None)
+        room.recipients = None
         self._close_if_empty(room)
         return True
 
@@ -228,6 +234,7 @@ class Membership(Generic[M]):
         """Stop fan-out to a closing client at once; its own list of rooms stays until it leaves."""
         for room in client.rooms.values():
             room.members.pop(client.id, None)
+            room.recipients = None
 
     def _close_if_empty(self, room: Room[M]) -> bool:
         if room.empty and self.rooms.get(room.name) is room:

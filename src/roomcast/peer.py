@@ -27,6 +27,12 @@ __all__ = ["Client", "ClientId", "QueueLimits", "deliver_all"]
 logger = logging.getLogger("roomcast.peer")
 
 
+class _Outlet(Protocol):
+    """What takes a frame in place: a transport, or a client on an eager one."""
+
+    def try_send(self, frame: str) -> bool: ...
+
+
 class _ReaderStop(Protocol):
     """What stops the connection's read loop (a ``ReadLoopStop`` or a cancel scope)."""
 
@@ -66,7 +72,7 @@ def deliver_all(clients: Iterable[Client], frame: str, room: str | None = None) 
     for client in clients:
         if client.direct:
             try:
-                if client.send_now(frame):
+                if client.outlet.try_send(frame):
                     continue
             except ConnectionClosed:
                 client.close(CLOSE_ABNORMAL, "", flush=False)
@@ -96,17 +102,16 @@ class Client:
             client of the hub.
         direct: whether frames may go straight to the transport right now
             (nothing queued, nothing in flight, not closing).
-        send_now: the transport's ``try_send``, bound once for the hot path;
+        outlet: what `deliver_all()` calls ``try_send`` on: the transport;
             for an [`EagerTransport`][roomcast.transport.EagerTransport] (Starlette on
-            asyncio), a method that starts the send in place and leaves only
-            a send that has to wait to the writer.
+            asyncio), the client itself, whose `try_send()` starts the send in
+            place and leaves only a send that has to wait to the writer.
         close_code: the code the connection is closing with, once it is.
         pingable: whether the transport sends protocol pings (a
             [`PingableTransport`][roomcast.transport.PingableTransport]).
     """
 
     __slots__ = (
-        "_begin_send",
         "_close_deadline",
         "_close_reason",
         "_dropped",
@@ -128,10 +133,10 @@ class Client:
         "direct",
         "id",
         "limits",
+        "outlet",
         "pingable",
         "principal",
         "rooms",
-        "send_now",
         "transport",
     )
 
@@ -152,15 +157,15 @@ class Client:
         # Shared with every client of the hub: one reference instead of a field each.
         self.limits = limits
         self._queued_bytes = 0
-        self.send_now = transport.try_send
+        # The transport itself, not its bound try_send: one object fewer per
+        # client, and one pointer fewer to follow per delivery.
+        self.outlet: _Outlet = transport
         #: The rest of a send that `EagerTransport.begin_send()` started
         #: but could not finish without waiting; the writer finishes it first.
         self._inflight: Coroutine[Any, Any, None] | None = None
         self._finished: anyio.Event | None = None
-        self._begin_send: Callable[[str], Coroutine[Any, Any, None] | None] | None = None
         if isinstance(transport, EagerTransport) and transport.eager:
-            self._begin_send = transport.begin_send
-            self.send_now = self._send_begun
+            self.outlet = self
         self.direct = True
         self.close_code: int | None = None
         self._close_reason = ""
@@ -231,16 +236,15 @@ class Client:
         """
         return deliver_all((self,), frame, room) == 0
 
-    def _send_begun(self, frame: str) -> bool:
-        """``send_now`` for an [`EagerTransport`][roomcast.EagerTransport]: start the send in place.
+    def try_send(self, frame: str) -> bool:
+        """The `outlet` on an [`EagerTransport`][roomcast.EagerTransport]: start the send in place.
 
         The frame is always taken: when the send cannot finish without
         waiting, its rest goes to the writer, and later frames queue behind it.
         """
-        begin = self._begin_send
-        if begin is None:
-            return False
-        rest = begin(frame)
+        # Only ever the outlet of an eager transport (see __init__).
+        transport: EagerTransport = self.transport  # type: ignore[assignment]
+        rest = transport.begin_send(frame)
         if rest is not None:
             self._inflight = rest
             self.direct = False

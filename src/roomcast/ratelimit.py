@@ -157,6 +157,26 @@ class RateLimiter:
         self._last = max(self._last, now)
         return True
 
+    def _take(self, tokens: float, last: float, now: float) -> tuple[float, float] | None:
+        """`allow()` for one message on a bucket whose state the caller keeps.
+
+        The bucket holds ``tokens`` at ``last`` and has this limiter's
+        parameters (a session keeps its bucket in two fields, not an object).
+
+        Returns:
+            The bucket's new ``(tokens, last)``, or ``None`` when refused (the
+            state stays as it was).
+        """
+        now = _check_now(now)
+        level = self._params.level(tokens, last, now)
+        if level < 1.0:
+            return None
+        return level - 1.0, max(last, now)
+
+    def _retry_after(self, tokens: float, last: float, now: float) -> float:
+        """`retry_after()` for one message on a bucket whose state the caller keeps."""
+        return self._params.retry_after(tokens, last, _check_now(now), 1.0)
+
     def retry_after(self, now: float, cost: float = 1.0) -> float:
         """Seconds from ``now`` until `allow()` with ``cost`` would succeed.
 

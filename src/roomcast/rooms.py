@@ -5,18 +5,22 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
 from anyio.abc import TaskGroup
 
+from ._frames import splice_event
 from ._names import USER_DISCONNECT
 from .backends.base import Backend, ChannelKind, HistoryResult, PresenceEntry, Publication
+from .backends.memory import _backend_publish_now, _publishes_in_place, _receives_everything
 from .clock import Clock
 from .membership import Membership, Room
+from .options import History
 from .peer import Client, ClientId, deliver_all
 from .settings import Settings
-from .wire import StreamPosition, dumps, encode_event, encode_room_reset
+from .wire import StreamPosition, dumps, encode_room_reset
 
 __all__ = ["Rooms", "encode", "room_error"]
 
@@ -38,16 +42,13 @@ def room_error(code: str, message: str) -> dict[str, Any]:
 
 def encode(publication: Publication) -> str:
     """The event frame of ``publication``: the same text for every member."""
-    return encode_event(
-        type_=publication.type,
-        room=publication.room,
-        message_id=publication.id,
-        payload_json=publication.payload_json,
-        timestamp=publication.timestamp,
-        user_id=publication.user_id,
-        offset=publication.offset,
-        epoch=publication.epoch,
-    )
+    room, type_, message_id, payload_json, timestamp, user_id, _, _, offset, epoch, _ = publication
+    return splice_event(type_, room, message_id, payload_json, timestamp, user_id, offset, epoch)
+
+
+_new_tuple: Final = tuple.__new__
+
+_PublishNow = Callable[[tuple[str, ...], str, str, str | None, frozenset[str], bool], str]
 
 
 class _ChannelLock:
@@ -100,7 +101,17 @@ class Rooms:
         self._channels: dict[ChannelKind, set[str]] = {"room": set(), "user": set(), "node": set()}
         # One lock per channel while someone changes its subscription; removed after.
         self._locks: dict[tuple[ChannelKind, str], _ChannelLock] = {}
+        # A MemoryBackend delivers every publication to its one node: subscribing
+        # does nothing there, and a set of this node's channels would only cost
+        # memory per room (unless a subclass overrides subscribing).
+        self._tracks_channels = not _receives_everything(backend)
         self._task_group: TaskGroup | None = None
+        # A MemoryBackend publishes synchronously: `publish()` then calls it without a
+        # coroutine, unless a subclass overrides its publish() (then always honoured).
+        synchronous = _publishes_in_place(backend)
+        self._backend_publish_now = synchronous or _backend_publish_now
+        #: `publish()` without a coroutine, where the backend allows it; else ``None``.
+        self.publish_now: _PublishNow | None = None if synchronous is None else self._publish_now
         self.published = 0
         self.messages_out = 0
         self.dropped = 0
@@ -127,6 +138,8 @@ class Rooms:
         subscription is complete and until its unsubscription starts, so a
         join to a room this node already receives takes no lock at all.
         """
+        if not self._tracks_channels:
+            return
         channels = self._channels[kind]
         if key in channels and self._wants(kind, key):
             return
@@ -290,6 +303,10 @@ class Rooms:
             room, type_, self._next_id(), payload_json, _now_ms(), user_id, True, NOBODY
         )
 
+    def _history(self, room: str) -> History | None:
+        local = self.rooms.get(room)  # its options, without parsing the name again
+        return (local.options if local is not None else self._settings.room_options(room)).history
+
     async def publish(
         self,
         rooms: tuple[str, ...],
@@ -300,15 +317,40 @@ class Rooms:
         ephemeral: bool,
     ) -> str:
         """Publish one message to each of ``rooms`` (one id for every copy); return its id."""
+        if self.publish_now is not None:
+            return self.publish_now(rooms, type_, payload_json, user_id, exclude, ephemeral)
         message_id = self._next_id()
         timestamp = _now_ms()
         for room in rooms:
             publication = Publication(
                 room, type_, message_id, payload_json, timestamp, user_id, ephemeral, exclude
             )
-            history = self._settings.room_options(room).history
-            await self._backend.publish("room", room, publication, history)
+            await self._backend.publish("room", room, publication, self._history(room))
         return message_id
+
+    def _publish_now(
+        self,
+        rooms: tuple[str, ...],
+        type_: str,
+        payload: str,
+        user: str | None,
+        exclude: frozenset[str],
+        ephemeral: bool,
+    ) -> str:
+        """`publish()` on a backend that publishes in place: no coroutine at all."""
+        self._sequence += 1
+        mid = f"{self._node}-{self._sequence:x}"
+        ts = int(time.time() * 1000)
+        backend_publish = self._backend_publish_now
+        local_rooms = self.rooms
+        for room in rooms:
+            local = local_rooms.get(room)  # its options, without parsing the name again
+            options = local.options if local is not None else self._settings.room_options(room)
+            # Publication(...) without its __new__, a Python function (offset, epoch
+            # and client: none yet).
+            fields = (room, type_, mid, payload, ts, user, ephemeral, exclude, None, None, None)
+            backend_publish("room", room, _new_tuple(Publication, fields), options.history)
+        return mid
 
     async def send_to_user(self, user_id: str, type_: str, payload_json: str) -> str:
         """Send a message to every connection of ``user_id`` on every node; return its id."""
@@ -386,19 +428,26 @@ class Rooms:
             self.dropped += 1
 
     def _fan_out(self, room: Room[Client], publication: Publication) -> None:
-        offset = publication.offset
+        name, type_, message_id, payload_json, timestamp, user_id, _, exclude, offset, epoch, _ = (
+            publication
+        )
         # The one check of a room's order: anything but the next offset of the
         # same epoch (a gap, a repeat, a new epoch, a fill under way) goes aside.
-        if offset is not None and (offset != room.next_offset or publication.epoch != room.epoch):
-            verdict = room.out_of_line(offset, publication.epoch, publication)
+        if offset is not None and (offset != room.next_offset or epoch != room.epoch):
+            verdict = room.out_of_line(offset, epoch, publication)
             if verdict == "gap":
                 self._start_fill(room)
             if verdict != "deliver":
                 return
-        frame = encode(publication)
-        exclude = publication.exclude
-        # A snapshot: a member closing mid-loop leaves the room at once.
-        members = tuple(room.members.values())
+        # The frame, once (as `encode()` makes it).
+        frame = splice_event(
+            type_, name, message_id, payload_json, timestamp, user_id, offset, epoch
+        )
+        # A snapshot, kept until the members change: a member closing mid-loop
+        # leaves the room at once.
+        members = room.recipients
+        if members is None:
+            members = room.recipients = tuple(room.members.values())
         if exclude:
             members = tuple(client for client in members if client.id not in exclude)
         # The hot path: one frame string for every member, no per-member
@@ -407,16 +456,17 @@ class Rooms:
         if room.joining is not None:
             for client_id, held in room.joining.items():
                 if client_id not in exclude:
-                    held.append((publication.offset, frame))
+                    held.append((offset, frame))
         if offset is not None:  # in line, or the first: the room is now at this one
-            if publication.epoch == room.epoch:
+            if epoch == room.epoch:
                 room.offset = offset
                 room.next_offset = offset + 1
             else:
-                room.advance(offset, publication.epoch)
+                room.advance(offset, epoch)
         self.published += 1
         self.messages_out += len(members) - dropped
-        self.dropped += dropped
+        if dropped:
+            self.dropped += dropped
 
     # ------------------------------------------------------------------ gaps
 

@@ -178,12 +178,16 @@ class Session:
         phase: where the connection is (see [RULES][roomcast.session.RULES]).
     """
 
-    __slots__ = ("_bad_requests", "_limiter", "_limits", "_strikes", "phase")
+    __slots__ = ("_bad_requests", "_last", "_limits", "_strikes", "_tokens", "phase")
 
     def __init__(self, limits: SessionLimits) -> None:
         self._limits = limits
         self.phase: Phase = "awaiting_auth"
-        self._limiter: RateLimiter | None = None
+        # The request-rate bucket (``limits.messages``' parameters), kept in two
+        # fields rather than an object of its own: it lives as long as the
+        # connection. ``_last`` is ``None`` until the session opens.
+        self._tokens = 0.0
+        self._last: float | None = None
         # Made on first need: most connections are never limited nor malformed.
         self._strikes: RateLimiter | None = None
         self._bad_requests: RateLimiter | None = None
@@ -191,7 +195,8 @@ class Session:
     def open(self, now: float) -> None:
         """The peer is authenticated: requests are handled, within the rate limit from ``now``."""
         self.phase = "open"
-        self._limiter = self._limits.messages.fresh(now)
+        self._tokens = self._limits.messages.burst
+        self._last = now
 
     def close(self) -> None:
         """The connection is closing: nothing it sends is handled any more."""
@@ -222,15 +227,17 @@ class Session:
             if rule is Rule.HANDLE and isinstance(request, Auth):
                 return Authenticate(request.token)
             return Fail(_BEFORE_AUTH)
-        limiter = self._limiter
-        if limiter is None:  # never opened: every phase but "open" has returned above
+        last = self._last
+        if last is None:  # never opened: every phase but "open" has returned above
             return None
-        if not limiter.allow(now):
+        limiter = self._limits.messages
+        taken = limiter._take(self._tokens, last, now)
+        if taken is None:
             if self._strikes is None:
                 self._strikes = self._limits.strikes.fresh(now)
             if not self._strikes.allow(now):
                 return Close(CloseCode.RATE_LIMITED, "rate limit exceeded", "rate_limited")
-            retry_ms = math.ceil(limiter.retry_after(now) * 1000)
+            retry_ms = math.ceil(limiter._retry_after(self._tokens, last, now) * 1000)
             return Reply(
                 encode_error(
                     "rate_limited",
@@ -241,6 +248,7 @@ class Session:
                 ),
                 "rate_limited",
             )
+        self._tokens, self._last = taken
         if rule is Rule.REFUSE:
             return Reply(encode_error("bad_request", "already authenticated", ref=request.ref))
         return Handle(request)

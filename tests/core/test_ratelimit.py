@@ -227,6 +227,25 @@ def test_allow_succeeds_exactly_at_retry_after(
     assert limiter.allow(now + wait, cost)
 
 
+@settings(max_examples=300, deadline=None)
+@given(rates, periods, st.floats(1.0, 50.0), st.floats(-1e6, 1e6), st.lists(st.floats(-1.0, 5.0)))
+def test_a_bucket_kept_outside_the_limiter_behaves_like_the_limiter(
+    rate: float, period: float, burst: float, start: float, steps: list[float]
+) -> None:
+    # A session keeps its request bucket in two fields (see roomcast.session).
+    template = RateLimiter(rate, period, burst)
+    limiter = template.fresh(start)
+    tokens, last = template.burst, start
+    now = start
+    for dt in steps:
+        now += dt
+        assert template._retry_after(tokens, last, now) == limiter.retry_after(now)
+        taken = template._take(tokens, last, now)
+        assert (taken is not None) == limiter.allow(now)
+        if taken is not None:
+            tokens, last = taken
+
+
 # --------------------------------------------------------------------------- KeyedRateLimiter
 
 

@@ -694,6 +694,51 @@ def test_encode_event_with_history_position() -> None:
     assert (decoded["payload"], decoded["offset"], decoded["epoch"]) == ([], 17, "ep")
 
 
+_texts = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    type_=_texts,
+    room=st.none() | _texts,
+    message_id=_texts,
+    timestamp=st.integers(0, 2**53),
+    user_id=st.none() | _texts,
+    position=st.none() | st.tuples(st.integers(0, 2**53), st.none() | _texts),
+)
+def test_an_event_frame_is_the_compact_json_of_its_fields(
+    type_: str,
+    room: str | None,
+    message_id: str,
+    timestamp: int,
+    user_id: str | None,
+    position: tuple[int, str | None] | None,
+) -> None:
+    # The fan-out splices frames by hand: byte for byte what json.dumps makes.
+    fields: dict[str, Any] = {
+        "type": type_,
+        "room": room,
+        "id": message_id,
+        "payload": {"n": 1},
+        "timestamp": timestamp,
+        "userId": user_id,
+    }
+    offset, epoch = position if position is not None else (None, None)
+    if offset is not None:
+        fields.update(offset=offset, epoch=epoch)
+    text = encode_event(
+        type_=type_,
+        room=room,
+        message_id=message_id,
+        payload_json='{"n":1}',
+        timestamp=timestamp,
+        user_id=user_id,
+        offset=offset,
+        epoch=epoch,
+    )
+    assert text == json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+
+
 def test_encode_event_refuses_a_lone_surrogate_in_a_field() -> None:
     with pytest.raises(LocalProtocolError):
         encode_event(

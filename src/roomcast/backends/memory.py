@@ -99,6 +99,17 @@ class MemoryBackend(Backend):
         self, kind: ChannelKind, key: str, publication: Publication, history: History | None
     ) -> Publication:
         """Store (when the room keeps history) and deliver ``publication``, in one step."""
+        return self.publish_now(kind, key, publication, history)
+
+    def publish_now(
+        self, kind: ChannelKind, key: str, publication: Publication, history: History | None
+    ) -> Publication:
+        """[`publish()`][roomcast.backends.memory.MemoryBackend.publish] without a coroutine.
+
+        The hub calls this directly, which saves a coroutine per publish, when
+        ``publish`` is not overridden: a subclass that overrides ``publish``
+        is always called through it.
+        """
         if history is not None and kind == "room" and not publication.ephemeral:
             publication = self._append(key, publication, history)
         deliver = self._deliver
@@ -191,3 +202,39 @@ class MemoryBackend(Backend):
     async def presence(self, room: str) -> list[PresenceEntry]:
         """Every connection present in ``room``."""
         return list(self._presence.get(room, {}).values())
+
+
+#: `MemoryBackend.publish_now()`'s signature.
+_PublishNow = Callable[[ChannelKind, str, Publication, History | None], Publication]
+
+
+def _publishes_in_place(backend: Backend) -> _PublishNow | None:
+    """``backend.publish_now``, for a MemoryBackend whose ``publish()`` no subclass overrides.
+
+    The hub then publishes without a coroutine; an overridden ``publish()``
+    is always called through.
+    """
+    if isinstance(backend, MemoryBackend) and type(backend).publish is MemoryBackend.publish:
+        return backend.publish_now
+    return None
+
+
+def _backend_publish_now(
+    kind: ChannelKind, key: str, publication: Publication, history: History | None
+) -> Publication:
+    """What `_publishes_in_place()` stands for when it found nothing: never called."""
+    raise RuntimeError("the backend does not publish in place")
+
+
+def _receives_everything(backend: Backend) -> bool:
+    """Whether ``backend`` hands its node every publication, subscribed or not.
+
+    True of a MemoryBackend whose ``subscribe()`` and ``unsubscribe()`` no
+    subclass overrides: the hub then keeps no table of its channels.
+    """
+    cls = type(backend)
+    return (
+        isinstance(backend, MemoryBackend)
+        and cls.subscribe is MemoryBackend.subscribe
+        and cls.unsubscribe is MemoryBackend.unsubscribe
+    )
