@@ -118,13 +118,31 @@ class Run:
     latencies: array[float]
     lost: int
     late: int = 0
+    client_cpu: float = float("nan")  # the client processes' CPU seconds over the same span
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used, or NaN where /proc has none."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as file:
+            fields = file.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    # After the command name: state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def clients_cpu(clients: Clients) -> float:
+    return sum(process_cpu(child.process.pid) for child in clients.children)
 
 
 def run(server: Server, command: dict[str, Any], messages: int, connections: int) -> Run:
     timeout = 60.0 + messages * connections / 2_000
     server.clients.arm(messages, timeout)
+    client_cpu0 = clients_cpu(server.clients)
     published = server.child.call(command, timeout)
     results = server.clients.results(timeout + 10)
+    client_cpu = clients_cpu(server.clients) - client_cpu0
     after = server.child.call({"cmd": "stats"})
     latencies: array[float] = array("d")
     for result in results:
@@ -136,6 +154,7 @@ def run(server: Server, command: dict[str, Any], messages: int, connections: int
         latencies=latencies,
         lost=sum(result["lost"] for result in results),
         late=int(published.get("late", 0)),
+        client_cpu=client_cpu,
     )
 
 
@@ -279,9 +298,9 @@ def paced(args: argparse.Namespace, cpus: tuple[Any, Any]) -> None:
     )
     print(
         f"{'server':<24} {'lag p50 ms':>11} {'lag p99 ms':>11} {'max ms':>9} {'lost':>6} "
-        f"{'late':>5} {'server cpu':>11}"
+        f"{'late':>5} {'server cpu':>11} {'client cpu':>11}"
     )
-    print("-" * 84)
+    print("-" * 96)
     lines = []
     for kind, delay in ((ROOMCAST, args.paced_delay / 1e3), (FLOOR, None)):
         server = start(kind, delay, args, cpus)
@@ -295,9 +314,12 @@ def paced(args: argparse.Namespace, cpus: tuple[Any, Any]) -> None:
         p50, p99 = (percentile(outcome.latencies, f) * 1e3 for f in (0.5, 0.99))
         peak = max(outcome.latencies, default=float("nan")) * 1e3
         busy = outcome.cpu / outcome.wall * 100
+        # Every client process together, in % of one core: near 100 % per client
+        # process, the clients, not the server, set the pace.
+        reading = outcome.client_cpu / outcome.wall * 100
         print(
             f"{server.label:<24} {p50:>11.1f} {p99:>11.1f} {peak:>9.1f} {outcome.lost:>6} "
-            f"{outcome.late:>5} {busy:>10.0f}%"
+            f"{outcome.late:>5} {busy:>10.0f}% {reading:>10.0f}%"
         )
         lines.append(
             f"paced {args.paced_rate:g}/s to {args.paced_connections:,}: {server.label}: "
