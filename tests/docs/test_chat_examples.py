@@ -301,3 +301,52 @@ async def test_the_chat_cluster_says_so_when_redis_cannot_be_reached() -> None:
     assert "cannot start the chat nodes" in errors
     assert "Traceback" not in errors
     assert b"listening" not in result.stdout
+
+
+async def test_the_aiohttp_chat_with_a_flush_delay_relays_messages() -> None:
+    # The Performance page's flush_delay, as the example's --flush-delay sets it.
+    with anyio.fail_after(TIMEOUT * 2):
+        async with await anyio.open_process(
+            [
+                sys.executable,
+                str(EXAMPLES / "chat_aiohttp.py"),
+                "--port",
+                "0",
+                "--flush-delay",
+                "5",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as process:
+            assert process.stdout is not None
+            line = b""
+            async for chunk in process.stdout:
+                line += chunk
+                if b"\n" in line:
+                    break
+            ws_url = "ws" + line.decode().split()[-1].removeprefix("http").rstrip("/") + "/ws"
+            async with (
+                connect(ws_url, subprotocols=V1) as reader,
+                connect(ws_url, subprotocols=V1) as writer,
+            ):
+                for client in (reader, writer):
+                    await next_frame(client, "connection.ack")
+                subscribe = {"action": "subscribe", "rooms": ["chat:general"], "ref": 1}
+                await reader.send(json.dumps(subscribe))
+                assert (await next_frame(reader, "reply"))["ok"] is True
+                for number in range(3):
+                    await post_and_receive(writer, reader, {"text": f"m{number}", "name": "ana"})
+                process.send_signal(signal.SIGTERM)
+                assert await close_frame(reader) == (1001, "server shutting down")
+            assert await process.wait() == 0
+
+
+@pytest.mark.parametrize("value", ["2000", "-1", "nan", "soon"])
+async def test_the_aiohttp_chat_refuses_a_flush_delay_out_of_range(value: str) -> None:
+    with anyio.fail_after(TIMEOUT * 2):
+        result = await anyio.run_process(
+            [sys.executable, str(EXAMPLES / "chat_aiohttp.py"), "--flush-delay", value],
+            check=False,
+        )
+    assert result.returncode == 2
+    assert f"give milliseconds from 0 to 1000, not '{value}'" in result.stderr.decode()
