@@ -1,12 +1,8 @@
-"""The aiohttp adapter's work below aiohttp's WebSocket API: raw frames, close watch, reset.
+"""The aiohttp adapter's work below aiohttp's WebSocket API: close watch, drain, reset.
 
 aiohttp runs on asyncio only, so this module (like ``roomcast.aiohttp``) uses
 asyncio directly. Each piece bypasses aiohttp for a reason of its own:
 
-- `text_frame` (from ``roomcast._writes``) builds a server text frame (RFC 6455
-  section 5.2) that [`AiohttpTransport`][roomcast.aiohttp.AiohttpTransport] writes
-  straight to the asyncio transport, without waiting, where aiohttp's ``send_str``
-  must be awaited.
 - `drained` waits for aiohttp's write buffer to drain without sharing
   aiohttp's one drain future between waiters.
 - `CloseFrameWatch` sits between the socket and aiohttp's protocol and notices
@@ -31,9 +27,7 @@ from typing import Final
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from roomcast._writes import text_frame
-
-__all__ = ["CloseFrameWatch", "drained", "negotiating", "reset", "text_frame"]
+__all__ = ["CloseFrameWatch", "drained", "negotiating", "reset"]
 
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
 

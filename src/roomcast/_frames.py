@@ -384,22 +384,13 @@ def splice_event(
     epoch: str | None,
 ) -> str:
     """`encode_event()` with positional arguments: the fan-out's once-per-publish call."""
-    # One f-string each way: a single string is built.
-    if offset is None:
-        return (
-            f'{{"type":{_quote_name(type_)}'
-            f',"room":{"null" if room is None else _quote_name(room)}'
-            f',"id":{_json_string(message_id)}'
-            f',"payload":{payload_json}'
-            f',"timestamp":{timestamp}'
-            f',"userId":{"null" if user_id is None else _json_string(user_id)}}}'
-        )
+    # One f-string: a single string is built; the position, when kept, closes it.
+    position = "}" if offset is None else f',"offset":{offset},"epoch":{dumps(epoch)}}}'
     return (
         f'{{"type":{_quote_name(type_)}'
         f',"room":{"null" if room is None else _quote_name(room)}'
         f',"id":{_json_string(message_id)}'
         f',"payload":{payload_json}'
         f',"timestamp":{timestamp}'
-        f',"userId":{"null" if user_id is None else _json_string(user_id)}'
-        f',"offset":{offset},"epoch":{dumps(epoch)}}}'
+        f',"userId":{"null" if user_id is None else _json_string(user_id)}{position}'
     )

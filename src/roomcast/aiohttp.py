@@ -15,7 +15,7 @@ The browser client, ``roomcast.js``, is served by the route definition
 application chooses: ``app.add_routes([roomcast.aiohttp.client_script("/roomcast.js")])``.
 
 aiohttp runs on asyncio only, so this adapter and its private half,
-``roomcast._aiohttp_wire`` (raw frame writes, the close-frame watch, socket
+``roomcast._aiohttp_wire`` (the close-frame watch, the drain wait, socket
 reset), use asyncio directly, as does ``roomcast._writes`` (frames built once per
 publication, a connection's frames written together). Needs aiohttp 3.11 or later
 (``BaseProtocol.writing_paused`` appeared in 3.11); checked with 3.11.18 and 3.14.5.
@@ -35,7 +35,7 @@ import anyio
 
 from roomcast import _client_script
 from roomcast._adapters import Internal
-from roomcast._writes import HeldFrames
+from roomcast._writes import HeldFrames, text_frame
 from roomcast.config import DEFAULT_FLUSH_DELAY
 from roomcast.exceptions import ConnectionClosed
 from roomcast.protocol import CLOSE_ABNORMAL, CLOSE_NO_STATUS, CloseCode
@@ -45,7 +45,7 @@ try:
     from aiohttp import WebSocketError, WSMsgType, web
     from aiohttp.http_exceptions import HttpProcessingError
 
-    from roomcast._aiohttp_wire import CloseFrameWatch, drained, negotiating, reset, text_frame
+    from roomcast._aiohttp_wire import CloseFrameWatch, drained, negotiating, reset
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "roomcast.aiohttp needs the aiohttp package: pip install 'aiohttp>=3.11' "
@@ -72,7 +72,7 @@ _PROTOCOL = "aiohttp.base_protocol.BaseProtocol"
 _WRITER = "aiohttp.http_writer.StreamWriter"
 
 #: Every attribute outside aiohttp's documented API that this adapter uses. Beyond these,
-#: text frames are written to the asyncio transport directly (see ``roomcast._aiohttp_wire``).
+#: text frames are written to the asyncio transport directly (see ``roomcast._writes``).
 _INTERNALS: Final = (
     Internal(_REQUEST, "protocol", "attribute", _CHECKED, "asked whether writing is paused"),
     Internal(
