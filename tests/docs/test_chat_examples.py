@@ -318,13 +318,8 @@ async def test_the_aiohttp_chat_with_a_flush_delay_relays_messages() -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         ) as process:
-            assert process.stdout is not None
-            line = b""
-            async for chunk in process.stdout:
-                line += chunk
-                if b"\n" in line:
-                    break
-            ws_url = "ws" + line.decode().split()[-1].removeprefix("http").rstrip("/") + "/ws"
+            [line] = await first_lines(process, 1)
+            ws_url = "ws" + line.split()[-1].removeprefix("http").rstrip("/") + "/ws"
             async with (
                 connect(ws_url, subprotocols=V1) as reader,
                 connect(ws_url, subprotocols=V1) as writer,
