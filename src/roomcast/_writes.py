@@ -72,7 +72,7 @@ class HeldFrames(ABC):
     come after).
     """
 
-    __slots__ = ("_batch", "_held", "_held_size")
+    __slots__ = ("_batch", "_held", "_held_limit", "_held_size")
 
     def _start_holding(self, flush_delay: float) -> None:
         """Join the running loop's batch for ``flush_delay``.
@@ -85,9 +85,18 @@ class HeldFrames(ABC):
         self._held: list[bytes] | None = None
         #: Bytes held: they count toward the write buffer's high-water mark.
         self._held_size = 0
+        #: Past this many bytes held, they are written at once: the high-water mark
+        #: when the batch's first frame was held.
+        self._held_limit = 0
 
-    def _hold(self, text: str) -> None:
-        """Hold ``text``'s frame (built once per publication) until the batch flushes."""
+    def _hold(self, text: str, limit: int) -> None:
+        """Hold ``text``'s frame (built once per publication) until the batch flushes.
+
+        The caller has checked that the connection may take it; past ``limit``
+        bytes held (its write buffer's high-water mark), what is held is
+        written at once.
+        """
+        self._held_limit = limit
         batch = self._batch
         if text is batch.text:
             data = batch.data
@@ -101,6 +110,32 @@ class HeldFrames(ABC):
         else:
             held.append(data)
         self._held_size += len(data)
+        if self._held_size > limit:
+            # A burst holds no more than the buffer may: it goes on to the buffer now.
+            self._flush_held()
+
+    def _hold_again(self, text: str) -> bool:
+        """Hold ``text`` behind this batch's frames if it is the batch's last frame; say if so.
+
+        The fast path of a fan-out: when this connection already holds frames
+        in the batch, it passed every check of ``try_send`` when the first of
+        them was held, and roomcast has written nothing to it since (each of
+        its writes takes what is held first), so the same publication costs
+        this member an append. Should the connection start closing meanwhile,
+        the flush drops what is held, as a send in flight is dropped.
+        """
+        held = self._held
+        if held is None:
+            return False
+        batch = self._batch
+        if text is not batch.text:
+            return False
+        data = batch.data
+        held.append(data)
+        self._held_size += len(data)
+        if self._held_size > self._held_limit:
+            self._flush_held()
+        return True
 
     def _take_held(self) -> bytes | None:
         """What is held, as one ``bytes`` (the very frame object when there is one), or None."""

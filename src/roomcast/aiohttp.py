@@ -180,11 +180,16 @@ class AiohttpTransport(HeldFrames):
 
         A frame taken is written with the connection's other frames of the same
         event loop iteration (or ``flush_delay``), in one write; frames held past
-        the high-water mark are written at once.
+        the high-water mark are written at once. A frame of the publication
+        this connection took last, behind frames it holds, is taken without
+        the checks, which passed for the first of them; a connection that
+        closed meanwhile drops it at the flush.
 
         Raises:
             ConnectionClosed: the connection is closed.
         """
+        if self._hold_again(frame):
+            return True
         transport = self._open_transport()
         high = transport.get_write_buffer_limits()[1]
         if (
@@ -194,13 +199,10 @@ class AiohttpTransport(HeldFrames):
         ):
             return False
         try:
-            self._hold(frame)
+            self._hold(frame, high)
         except UnicodeEncodeError as exc:  # a lone surrogate: as a failed write
             reset(transport)
             raise _closed(None) from exc
-        if self._held_size > high:
-            # A burst holds no more than the buffer may: it goes on to the buffer now.
-            self._flush_held()
         return True
 
     async def send(self, frames: list[str]) -> None:

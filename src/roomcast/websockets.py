@@ -238,11 +238,16 @@ class WebSocketsTransport(HeldFrames):
 
         A frame taken is written with the connection's other frames of the same
         event loop iteration (or ``flush_delay``), in one write; frames held past
-        the high-water mark are written at once.
+        the high-water mark are written at once. A frame of the publication
+        this connection took last, behind frames it holds, is taken without
+        the checks, which passed for the first of them; a connection that
+        closed meanwhile drops it at the flush.
 
         Raises:
             ConnectionClosed: the connection is closed.
         """
+        if self._hold_again(frame):
+            return True
         # _can_write_now(), inlined: this runs once per member of every fan-out.
         connection = self._connection
         protocol = connection.protocol
@@ -264,14 +269,11 @@ class WebSocketsTransport(HeldFrames):
             return False
         if self._raw and not protocol.writes:
             try:
-                self._hold(frame)
+                self._hold(frame, high)
             except UnicodeEncodeError as exc:  # a lone surrogate: as a failed write
                 connection.set_connection_exc(exc)
                 transport.abort()
                 raise _closed(None) from exc
-            if self._held_size > high:
-                # A burst holds no more than the buffer may: it goes on to the buffer now.
-                self._flush_held()
         else:
             self._write([frame])
         return True

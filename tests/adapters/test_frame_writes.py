@@ -257,6 +257,35 @@ async def test_flush_delay_holds_frames_past_the_loop_iteration(accepted: Any) -
             assert writes.calls == [text_frame("1") + text_frame("2")]
 
 
+async def start_closing(transport: WebSocketsTransport | AiohttpTransport) -> None:
+    """The framework starts a closing handshake (code 4001) without the adapter."""
+    if isinstance(transport, WebSocketsTransport):
+        connection = transport._connection
+        connection.protocol.send_close(4001, "gone")
+        connection.send_data()
+    else:
+        ws = transport._ws
+        ws._set_closed()  # aiohttp's close() marks it first, then writes
+        assert ws._writer is not None
+        await ws._writer.close(4001, b"gone")
+
+
+async def close_frame_first(
+    client: ClientConnection, transport: WebSocketsTransport | AiohttpTransport
+) -> None:
+    """The client's next read is the close frame (4001) of `start_closing`: no message."""
+    if isinstance(transport, AiohttpTransport):
+        while client.protocol.state is OPEN:  # until the client reads the close frame
+            await anyio.sleep(0.01)
+        socket = transport._request.transport
+        assert socket is not None
+        socket.abort()  # nobody reads the client's answer
+    with pytest.raises(WebSocketsClosed) as excinfo:
+        await client.recv()
+    assert excinfo.value.rcvd is not None
+    assert excinfo.value.rcvd.code == 4001
+
+
 @pytest.mark.parametrize("accepted", KINDS)
 async def test_frames_held_for_a_connection_that_closes_first_are_dropped(accepted: Any) -> None:
     with anyio.fail_after(TIMEOUT):
@@ -264,26 +293,36 @@ async def test_frames_held_for_a_connection_that_closes_first_are_dropped(accept
             writes = written(transport)
             assert transport.try_send("late")
             # The framework starts a closing handshake before the batch flushes.
-            if isinstance(transport, WebSocketsTransport):
-                connection = transport._connection
-                connection.protocol.send_close(4001, "gone")
-                connection.send_data()
-            else:
-                ws = transport._ws
-                ws._set_closed()  # aiohttp's close() marks it first, then writes
-                await ws._writer.close(4001, b"gone")
+            await start_closing(transport)
             await next_iteration()
             assert all(text_frame("late") not in data for data in writes.calls)
-            if isinstance(transport, AiohttpTransport):
-                while client.protocol.state is OPEN:  # until the client reads the close frame
-                    await anyio.sleep(0.01)
-                socket = transport._request.transport
-                assert socket is not None
-                socket.abort()  # nobody reads the client's answer
-            with pytest.raises(WebSocketsClosed) as excinfo:
-                await client.recv()  # the close frame comes first: no message
-            assert excinfo.value.rcvd is not None
-            assert excinfo.value.rcvd.code == 4001
+            await close_frame_first(client, transport)
+
+
+@pytest.mark.parametrize("accepted", KINDS)
+async def test_the_same_publication_behind_held_frames_is_held_without_the_checks(
+    accepted: Any,
+) -> None:
+    publication, other = '{"seq":1}', '{"seq":2}'
+    with anyio.fail_after(TIMEOUT):
+        async with accepted() as (first, one), accepted() as (_, two):
+            writes = written(one)
+            assert one.try_send("earlier")
+            assert two.try_send(publication)  # the batch frames the publication
+            await start_closing(one)
+            # Held frames and the batch's publication: an append, no check made...
+            assert one.try_send(publication)
+            # ...while another text on the closing connection is checked and refused
+            # (websockets: not now; aiohttp: closed).
+            try:
+                taken = one.try_send(other)
+            except ConnectionClosed:
+                taken = False
+            assert not taken
+            await next_iteration()
+            # The flush drops what the closing connection held.
+            assert all(b"earlier" not in data and b"seq" not in data for data in writes.calls)
+            await close_frame_first(first, one)
 
 
 @pytest.mark.parametrize("accepted", KINDS)
