@@ -15,7 +15,11 @@ clients of ``fanout.py``) on the others, all on 127.0.0.1:
 - **Paced**: ``--paced-rate`` publishes per second for ``--paced-seconds`` to
   ``--paced-connections`` subscribers, for roomcast at ``--paced-delay`` and for
   ``broadcast()``: the publish lag (receive time - the time the publish was due,
-  p50/p99/max), messages lost and the server's CPU.
+  p50/p99/max), messages lost and the server's CPU. Then the kernel's floor for the
+  same load, measured on the same CPUs (``bench/_send_floor.py``: a bare
+  ``socket.send()`` to each of as many loopback sockets): the CPU one write costs, so
+  the share of a core one write per delivery takes, and how long one write to every
+  subscriber takes, which a frame held for the next publish waits on top.
 
 Run ``python -m bench.flush --help``; bench/README.md says how to read it. A
 benchmark, not a test: it asserts nothing about timing.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -51,6 +56,8 @@ ROOMCAST = "roomcast-websockets"
 #: Payload padding: {"t": ..., "seq": ..., "pad": "x" * PAD} is about 100 bytes.
 PAD = 60
 SETTLE_TIMEOUT = 120.0
+#: About the size of one paced event frame (header, envelope, payload).
+FLOOR_FRAME_BYTES = 220
 #: The system calls that write to a socket.
 SYSCALLS = ("sendto", "sendmsg", "write", "writev")
 
@@ -325,9 +332,40 @@ def paced(args: argparse.Namespace, cpus: tuple[Any, Any]) -> None:
             f"paced {args.paced_rate:g}/s to {args.paced_connections:,}: {server.label}: "
             f"publish lag p99 {p99:.1f} ms, lost {outcome.lost}"
         )
+    floor = send_floor(args.paced_connections, FLOOR_FRAME_BYTES, cpus)
+    per_send = floor["user_us"] + floor["sys_us"]
+    deliveries = args.paced_rate * args.paced_connections
+    interval_ms = 1e3 / args.paced_rate
+    print(
+        f"\nfloor here (bench/_send_floor.py, same CPUs): one send() of {FLOOR_FRAME_BYTES} "
+        f"bytes to each of {args.paced_connections:,} loopback sockets costs {per_send:.1f} us "
+        f"of CPU per send ({floor['user_us']:.1f} user + {floor['sys_us']:.1f} system), "
+        f"{floor['round_ms']:.0f} ms for one send to every socket"
+    )
+    print(
+        f"  one write per delivery at {deliveries:,.0f} deliveries/s: "
+        f"{deliveries * per_send / 1e6:.0%} of one core in send() alone; two frames per "
+        f"write: {deliveries * per_send / 2e6:.0%}, and a frame waits for the next publish "
+        f"({interval_ms:.0f} ms) then its turn among the writes (up to "
+        f"{floor['round_ms']:.0f} ms)"
+    )
     print()
     for line in lines:
         print(line)
+
+
+def send_floor(connections: int, size: int, cpus: tuple[Any, Any]) -> dict[str, float]:
+    """``bench/_send_floor.py`` on the servers' and the clients' CPUs: the kernel's floor."""
+    command = [sys.executable, "-m", "bench._send_floor", str(connections), str(size), "20"]
+    for option, chosen in (("--writer-cpus", cpus[0]), ("--reader-cpus", cpus[1])):
+        if chosen:
+            command += [option, ",".join(map(str, sorted(chosen)))]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=root)
+    if done.returncode:
+        raise ChildError(f"bench._send_floor failed: {done.stderr.strip()}")
+    answer: dict[str, float] = json.loads(done.stdout)
+    return answer
 
 
 # ---------------------------------------------------------------------- main
