@@ -9,7 +9,8 @@ clients of ``fanout.py``) on the others, all on 127.0.0.1:
   at each ``--delays`` flush delay, the servers taking turns burst after burst
   (``--rounds``). Server CPU per delivery, latency
   (p50/p99), the ratio to ``broadcast()`` (median of the rounds' pairs) and the
-  server's system calls per delivery (one more burst each, counted by ``perf stat``
+  server's system calls per delivery (``--counted`` more bursts each, 3 by default,
+  counted by ``perf stat``
   on the kernel's ``sys_enter_sendto/sendmsg/write/writev`` tracepoints, or by
   ``strace -c`` where perf cannot).
 - **Paced**: ``--paced-rate`` publishes per second for ``--paced-seconds`` to
@@ -201,8 +202,8 @@ def counter() -> str | None:
     return None
 
 
-def counted_burst(server: Server, args: argparse.Namespace, tool: str) -> tuple[int, Run]:
-    """One more burst with the server's socket writes counted; (system calls, the run)."""
+def counted_bursts(server: Server, args: argparse.Namespace, tool: str) -> tuple[int, int]:
+    """``--counted`` more bursts with the server's socket writes counted; (calls, lost)."""
     if tool == "perf":
         events = ",".join(f"syscalls:sys_enter_{name}" for name in SYSCALLS)
         argv = ["perf", "stat", "-x,", "-e", events, "-p", str(server.pid)]
@@ -210,8 +211,10 @@ def counted_burst(server: Server, args: argparse.Namespace, tool: str) -> tuple[
         argv = ["strace", "-c", "-f", "-e", f"trace={','.join(SYSCALLS)}", "-p", str(server.pid)]
     watcher = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # attached before the first publish
+    lost = 0
     try:
-        outcome = burst(server, args)
+        for _ in range(args.counted):
+            lost += burst(server, args).lost
     finally:
         watcher.send_signal(signal.SIGINT)
         _out, err = watcher.communicate(timeout=60)
@@ -225,7 +228,7 @@ def counted_burst(server: Server, args: argparse.Namespace, tool: str) -> tuple[
             parts = line.split()
             if len(parts) >= 5 and parts[-1] in SYSCALLS and parts[3].isdigit():
                 total += int(parts[3])
-    return total, outcome
+    return total, lost
 
 
 # ---------------------------------------------------------------------- the two parts
@@ -252,9 +255,9 @@ def bursts(args: argparse.Namespace, cpus: tuple[Any, Any], tool: str | None) ->
                 )
         if tool is not None:
             for server in servers:
-                count, outcome = counted_burst(server, args, tool)
-                server.syscalls = count / (args.messages * args.connections)
-                server.lost += outcome.lost
+                count, lost = counted_bursts(server, args, tool)
+                server.syscalls = count / (args.counted * args.messages * args.connections)
+                server.lost += lost
     finally:
         for server in servers:
             server.clients.stop()
@@ -266,7 +269,7 @@ def bursts(args: argparse.Namespace, cpus: tuple[Any, Any], tool: str | None) ->
         f"subscribers, "
         f"{args.rounds} rounds; server CPU us per delivery, median [min-max]; latency over every "
         f"round; ratio: each round against broadcast()'s, median; syscalls: socket writes "
-        f"per delivery ({tool or 'not counted'}, one more burst)"
+        f"per delivery ({tool or 'not counted'}, {args.counted} more bursts)"
     )
     print(
         f"{'server':<24} {'cpu us/dlv':>22} {'p50 ms':>8} {'p99 ms':>8} {'lost':>5} "
@@ -383,6 +386,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--delays", type=comma_floats, default=[0.0, 1.0, 5.0, 20.0], help="flush delays, ms"
     )
+    parser.add_argument(
+        "--counted", type=int, default=3, help="bursts with system calls counted, per server"
+    )
     parser.add_argument("--paced-connections", type=int, default=5000)
     parser.add_argument("--paced-rate", type=float, default=20.0, help="publishes per second")
     parser.add_argument("--paced-seconds", type=float, default=15.0)
@@ -392,6 +398,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--client-procs", type=int, default=0, help="default: CPUs - 1, max 4")
     parser.add_argument("--max-seconds", type=float, default=1800.0)
     args = parser.parse_args(argv)
+    if args.counted < 1:
+        parser.error("--counted must be at least 1")
     if not args.client_procs:
         args.client_procs = max(1, min(4, (os.cpu_count() or 2) - 1))
     return args
