@@ -168,6 +168,7 @@ EXPECTED_ALL: dict[str, set[str]] = {
         "encode_history_reply",
         "encode_reply",
         "encode_room_reset",
+        "json_encoder",
         "MAX_DEPTH",
         "MAX_MESSAGE_SIZE",
         "MAX_REF_LENGTH",

@@ -23,7 +23,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from ._requests import Ref
 from .exceptions import LocalProtocolError
@@ -192,6 +192,16 @@ def _load_orjson() -> None:
 
 
 _load_orjson()
+
+
+def json_encoder() -> Literal["orjson", "json"]:
+    """Which library writes server frames in this process: ``"orjson"`` or ``"json"``.
+
+    ``"orjson"`` when orjson is installed (the ``speedups`` extra) and wrote the
+    import-time probe values exactly as the standard library does; ``"json"`` (the
+    standard library) otherwise. Either way, frames are the same text.
+    """
+    return "json" if _orjson_dumps is None else "orjson"
 
 
 def dumps(value: Any) -> str:

@@ -23,6 +23,7 @@ from ._frames import encode_gap as encode_gap
 from ._frames import encode_history_reply as encode_history_reply
 from ._frames import encode_reply as encode_reply
 from ._frames import encode_room_reset as encode_room_reset
+from ._frames import json_encoder as json_encoder
 from ._names import MAX_ROOM_NAME_LENGTH as MAX_ROOM_NAME_LENGTH
 from ._names import MAX_TYPE_LENGTH as MAX_TYPE_LENGTH
 from ._names import _room_problem, _type_problem
@@ -84,6 +85,7 @@ __all__ = [
     "encode_history_reply",
     "encode_reply",
     "encode_room_reset",
+    "json_encoder",
     "namespace_of",
     "validate_event_type",
     "validate_room",

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from roomcast import _frames
 from roomcast.exceptions import LocalProtocolError
-from roomcast.wire import dumps
+from roomcast.wire import dumps, json_encoder
 
 from .odd_values import (
     ODD_KEYS,
@@ -218,6 +218,14 @@ def test_orjson_is_used_when_installed() -> None:
     """The import-time check passes with the orjson installed: frames are written by it."""
     assert orjson is not None
     assert _frames._orjson_dumps is orjson.dumps
+    assert json_encoder() == "orjson"
+
+
+def test_json_encoder_names_the_standard_library_when_orjson_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_frames, "_orjson_dumps", None)
+    assert json_encoder() == "json"
 
 
 def fake_orjson(dumps: Callable[..., bytes]) -> types.ModuleType:
@@ -244,6 +252,7 @@ def test_an_orjson_that_writes_otherwise_is_not_used(
         _frames._load_orjson()
     assert _frames._orjson_dumps is None
     assert "orjson 0.0 writes JSON unlike the standard library" in caplog.text
+    assert json_encoder() == "json"
     assert dumps({"a": "é"}) == '{"a":"é"}'
 
 
