@@ -87,11 +87,13 @@ def parse_origins(values: Iterable[str]) -> frozenset[str]:
     """Check an ``allowed_origins`` setting: each entry ``scheme://host[:port]``.
 
     Raises:
-        TypeError: ``values`` is a single string.
+        TypeError: ``values`` is a single string, or not iterable.
         ValueError: an entry is not an http(s) origin.
     """
-    if isinstance(values, str):
-        raise TypeError("allowed_origins must be a collection of origins, not a string")
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(
+            f"allowed_origins must be a collection of origins, not {type(values).__name__}"
+        )
     origins = set()
     for value in values:
         parsed = urllib.parse.urlsplit(value) if isinstance(value, str) else None

@@ -64,6 +64,17 @@ _SHUTDOWN_CLOSE_GRACE: Final = 1.0
 _type_of: Final = type
 
 
+def _check_kinds(**given: tuple[object, type, str]) -> None:
+    """Refuse an object argument that is not of its kind; None stands for the default.
+
+    Raises:
+        TypeError: naming the argument, what it must be and what it is.
+    """
+    for name, (value, kind, what) in given.items():
+        if value is not None and not isinstance(value, kind):
+            raise TypeError(f"{name} must be {what}, not {type(value).__name__}")
+
+
 @dataclass(frozen=True, slots=True)
 class HubStatistics:
     """A snapshot of a hub's counters (see [`Hub.stats()`][roomcast.hub.Hub.stats]).
@@ -179,15 +190,21 @@ class Hub:
             connection's frames to write them together, in one system call
             (at most 1). 0, the default, writes at the end of the current event
             loop iteration: frames ready in the same iteration still leave
-            together, and nothing waits longer than today. A few milliseconds
-            trade that much latency for less CPU per delivery under heavy
-            fan-out (see the performance page). The Starlette adapter cannot
+            together, and none waits past the iteration. A delay of a few
+            milliseconds lets a client's frames of several publications share
+            a write, for less CPU per delivery under heavy fan-out; each frame
+            may wait up to the delay, plus the time one flush of every waiting
+            client takes (see the performance page). The Starlette adapter cannot
             batch below the ASGI server and ignores it.
         clock: time source (tests pass [`ManualClock`][roomcast.testing.ManualClock]).
 
     Raises:
-        ValueError: a limit is not positive, or an option is malformed.
-        TypeError: an argument has the wrong type.
+        ValueError: a limit or delay is not a number in its range, or an option is
+            malformed.
+        TypeError: an object argument is not of its kind (an ``authenticator``
+            that is no [`Authenticator`][roomcast.Authenticator], ``limits`` that
+            are no [`ConnectionLimits`][roomcast.ConnectionLimits], ...), or
+            ``allowed_origins`` is not a collection of origin strings.
     """
 
     def __init__(
@@ -218,6 +235,16 @@ class Hub:
         flush_delay: float = DEFAULT_FLUSH_DELAY,
         clock: Clock | None = None,
     ) -> None:
+        _check_kinds(
+            authenticator=(authenticator, Authenticator, "an Authenticator"),
+            backend=(backend, Backend, "a Backend"),
+            namespaces=(namespaces, Mapping, "a mapping of namespace to RoomOptions"),
+            default_room_options=(default_room_options, RoomOptions, "a RoomOptions"),
+            rate_limit=(rate_limit, RateLimit, "a RateLimit"),
+            token_sources=(token_sources, TokenSources, "a TokenSources"),
+            limits=(limits, ConnectionLimits, "a ConnectionLimits"),
+            clock=(clock, Clock, "a Clock"),
+        )
         self._clock: Clock = clock or SystemClock()
         limits = limits or ConnectionLimits()
         self._settings = settings = configure(

@@ -872,3 +872,29 @@ async def test_a_request_the_backend_fails_is_answered_and_the_connection_stays_
             assert (await client.publish("chat:a", "msg", "back"))["ok"] is True
             await client.subscribe("chat:b")  # raises unless granted
             assert hub.stats().clients == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("authenticator", "authenticator must be an Authenticator, not int"),
+        ("backend", "backend must be a Backend, not int"),
+        ("namespaces", "namespaces must be a mapping of namespace to RoomOptions, not int"),
+        ("default_room_options", "default_room_options must be a RoomOptions, not int"),
+        ("rate_limit", "rate_limit must be a RateLimit, not int"),
+        ("token_sources", "token_sources must be a TokenSources, not int"),
+        ("limits", "limits must be a ConnectionLimits, not int"),
+        ("clock", "clock must be a Clock, not int"),
+        ("allowed_origins", "allowed_origins must be a collection of origins, not int"),
+    ],
+)
+def test_an_object_option_of_the_wrong_kind_is_refused_by_name(option: str, message: str) -> None:
+    options: dict[str, Any] = {option: 3}
+    with pytest.raises(TypeError, match=message):
+        Hub(**options)
+
+
+def test_allowed_origins_given_as_one_string_or_bytes_is_refused() -> None:
+    for one in ("https://app.example", b"https://app.example"):
+        with pytest.raises(TypeError, match="must be a collection of origins, not"):
+            Hub(allowed_origins=one)  # type: ignore[arg-type]
