@@ -5,9 +5,11 @@ connected loopback socket pairs; a reader process (on ``--reader-cpus``) reads e
 socket as data arrives; this process (on ``--writer-cpus``) writes SIZE bytes to each of
 the N sockets in turn, one ``socket.send()`` each, ROUNDS times, with a 20 ms pause
 between rounds so that the reader keeps up. Prints one JSON line: the writer's user and
-system CPU per send in microseconds, and the rounds' median wall time for one send to
-every socket. No framework, no event loop, no framing: whatever a server adds to a
-delivery comes on top of this. Linux (``os.fork``, ``sched_setaffinity``).
+system CPU per send in microseconds (``user_us``, ``sys_us``; from ``getrusage``, whose
+user/system split is only meaningful over many sends: thousands, not tens), and the
+rounds' median wall time for one send to every socket in milliseconds (``round_ms``).
+No framework, no event loop, no framing: whatever a server adds to a delivery comes on
+top of this. Linux (``os.fork``, ``sched_setaffinity``).
 """
 
 from __future__ import annotations
@@ -100,11 +102,15 @@ def cpu_set(text: str) -> set[int] | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="one send() per socket: the kernel's floor")
-    parser.add_argument("n", type=int)
-    parser.add_argument("size", type=int)
-    parser.add_argument("rounds", type=int)
-    parser.add_argument("--writer-cpus", type=cpu_set, default=None)
-    parser.add_argument("--reader-cpus", type=cpu_set, default=None)
+    parser.add_argument("n", type=int, metavar="N", help="loopback sockets")
+    parser.add_argument("size", type=int, metavar="SIZE", help="bytes per send()")
+    parser.add_argument("rounds", type=int, metavar="ROUNDS", help="sends to every socket")
+    parser.add_argument(
+        "--writer-cpus", type=cpu_set, default=None, help="CPUs of the writer, e.g. 0"
+    )
+    parser.add_argument(
+        "--reader-cpus", type=cpu_set, default=None, help="CPUs of the reader, e.g. 1"
+    )
     args = parser.parse_args(argv)
     if args.n < 1 or args.size < 1 or args.rounds < 1:
         parser.error("N, SIZE and ROUNDS must be positive")

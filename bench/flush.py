@@ -343,14 +343,14 @@ def paced(args: argparse.Namespace, cpus: tuple[Any, Any]) -> None:
         f"\nfloor here (bench/_send_floor.py, same CPUs): one send() of {FLOOR_FRAME_BYTES} "
         f"bytes to each of {args.paced_connections:,} loopback sockets costs {per_send:.1f} us "
         f"of CPU per send ({floor['user_us']:.1f} user + {floor['sys_us']:.1f} system), "
-        f"{floor['round_ms']:.0f} ms for one send to every socket"
+        f"{floor['round_ms']:.1f} ms for one send to every socket"
     )
     print(
         f"  one write per delivery at {deliveries:,.0f} deliveries/s: "
         f"{deliveries * per_send / 1e6:.0%} of one core in send() alone; two frames per "
         f"write: {deliveries * per_send / 2e6:.0%}, and a frame waits for the next publish "
         f"({interval_ms:.0f} ms) then its turn among the writes (up to "
-        f"{floor['round_ms']:.0f} ms)"
+        f"{floor['round_ms']:.1f} ms)"
     )
     print()
     for line in lines:

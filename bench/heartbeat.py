@@ -299,7 +299,7 @@ def placement() -> tuple[set[int] | None, set[int] | None, str]:
         os.sched_setaffinity(0, clients)
     except OSError as exc:
         return None, None, f"sched_setaffinity failed ({exc}): processes not pinned"
-    return server, clients, f"both servers on CPU {cpus[0]}, clients + driver on {cpus[1:]}"
+    return server, clients, f"the servers on CPU {cpus[0]}, clients + driver on {cpus[1:]}"
 
 
 def run(args: argparse.Namespace) -> None:
@@ -423,7 +423,8 @@ def run(args: argparse.Namespace) -> None:
         )
     if per_connection:
         print(
-            f"  the same per open connection: {statistics.median(per_connection):.2f} "
+            f"  ratio to {floor} per open connection: "
+            f"{statistics.median(per_connection):.2f} "
             f"([{min(per_connection):.2f}-{max(per_connection):.2f}])"
         )
 

@@ -76,6 +76,12 @@ async def main(host: str, port: int, flush_delay: float = 0.0) -> None:
             await site.start()
             port = runner.addresses[0][1]
             print(f"chat server listening on http://{host}:{port}/", flush=True)
+            if flush_delay:
+                print(
+                    f"flush delay {flush_delay * 1e3:g} ms: a client's frames wait up to "
+                    "that long to leave together",
+                    flush=True,
+                )
             async for _ in signals:
                 break
     finally:

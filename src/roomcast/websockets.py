@@ -7,7 +7,8 @@ three of them are recent, ``send_in_progress`` and ``pending_pings`` (16.0) and
 instead, and every heartbeat ping through ``Connection.ping()``: correct, one
 write per frame. On the fast path a publication's frame is
 built once for every member and a connection's frames leave together, in one write
-per event loop iteration (or per ``flush_delay``; see ``roomcast._writes``).
+per event loop iteration (or per ``flush_delay``; the Performance page's "How fan-out
+works" describes it).
 
 What it mounts: a connection handler, [`handler(hub)`][roomcast.websockets.handler], whose
 ``process_request`` hook asks the hub to admit each handshake before it is accepted.

@@ -318,7 +318,9 @@ async def test_the_aiohttp_chat_with_a_flush_delay_relays_messages() -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         ) as process:
-            [line] = await first_lines(process, 1)
+            line, delay = await first_lines(process, 2)
+            # The delay the hub runs with, said at start.
+            assert delay.startswith("flush delay 5 ms: "), delay
             ws_url = "ws" + line.split()[-1].removeprefix("http").rstrip("/") + "/ws"
             async with (
                 connect(ws_url, subprotocols=V1) as reader,
