@@ -273,6 +273,11 @@ def test_a_refused_token_is_replaced_by_the_providers_next_one(server: Server, p
     assert server.call(_disconnect("ana", CloseCode.INVALID_TOKEN)) == 1
     page.wait_for_function("seen.states.length === 7 && rc.state === 'connected'")
     assert page.evaluate("seen.tokenCalls") == 3
+    # Connected comes before the room's new subscription is in: publish once it is.
+    deadline = time.monotonic() + SERVER_TIMEOUT
+    while server.call(_members("live:after")) != 1:
+        assert time.monotonic() < deadline, "the room was not subscribed again"
+        time.sleep(0.02)
     server.publish("live:after", "x.y", "resubscribed")
     page.wait_for_function("seen.rooms['live:after'].events.length === 1")
 
@@ -282,6 +287,13 @@ def _disconnect(user: str, code: int) -> Callable[[Hub], Coroutine[Any, Any, int
         return hub.disconnect_user(user, code)
 
     return disconnect
+
+
+def _members(room: str) -> Callable[[Hub], Coroutine[Any, Any, int]]:
+    async def members(hub: Hub) -> int:
+        return hub.stats().members.get(room, 0)
+
+    return members
 
 
 @pytest.mark.parametrize("tokens", ["always-bad", "static-bad"])
