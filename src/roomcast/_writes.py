@@ -98,21 +98,14 @@ class HeldFrames(ABC):
         """
         self._held_limit = limit
         batch = self._batch
-        if text is batch.text:
-            data = batch.data
-        else:
-            data = batch.data = text_frame(text)
+        if text is not batch.text:
+            batch.data = text_frame(text)
             batch.text = text
-        held = self._held
-        if held is None:
-            self._held = [data]
+        if self._held is None:
+            self._held = []
             batch.add(self)
-        else:
-            held.append(data)
-        self._held_size += len(data)
-        if self._held_size > limit:
-            # A burst holds no more than the buffer may: it goes on to the buffer now.
-            self._flush_held()
+        # Now the batch's last frame, behind what this connection holds.
+        self._hold_again(text)
 
     def _hold_again(self, text: str) -> bool:
         """Hold ``text`` behind this batch's frames if it is the batch's last frame; say if so.
@@ -134,6 +127,7 @@ class HeldFrames(ABC):
         held.append(data)
         self._held_size += len(data)
         if self._held_size > self._held_limit:
+            # A burst holds no more than the buffer may: it goes on to the buffer now.
             self._flush_held()
         return True
 
