@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,21 @@ async def close_frame(client: ClientConnection) -> tuple[int, str] | None:
             await client.recv()
     except WebSocketsClosed as exc:
         return None if exc.rcvd is None else (int(exc.rcvd.code), exc.rcvd.reason)
+
+
+@asynccontextmanager
+async def chat_pair(ws_url: str) -> AsyncIterator[tuple[ClientConnection, ClientConnection]]:
+    """Two connected clients of a chat example: (reader, writer), reader in chat:general."""
+    async with (
+        connect(ws_url, subprotocols=V1) as reader,
+        connect(ws_url, subprotocols=V1) as writer,
+    ):
+        for client in (reader, writer):
+            await next_frame(client, "connection.ack")
+        subscribe = {"action": "subscribe", "rooms": ["chat:general"], "ref": 1}
+        await reader.send(json.dumps(subscribe))
+        assert (await next_frame(reader, "reply"))["ok"] is True
+        yield reader, writer
 
 
 async def post_and_receive(
@@ -119,15 +136,7 @@ async def test_chat_example_serves_its_page_relays_messages_and_stops_cleanly_on
             assert "export class Roomcast" in script[2]
 
             ws_url = "ws" + http_url.removeprefix("http").rstrip("/") + "/ws"
-            async with (
-                connect(ws_url, subprotocols=V1) as reader,
-                connect(ws_url, subprotocols=V1) as writer,
-            ):
-                for client in (reader, writer):
-                    await next_frame(client, "connection.ack")
-                subscribe = {"action": "subscribe", "rooms": ["chat:general"], "ref": 1}
-                await reader.send(json.dumps(subscribe))
-                assert (await next_frame(reader, "reply"))["ok"] is True
+            async with chat_pair(ws_url) as (reader, writer):
                 await post_and_receive(writer, reader, {"text": "hello", "name": "ana"})
 
                 process.send_signal(stop)
@@ -322,15 +331,7 @@ async def test_the_aiohttp_chat_with_a_flush_delay_relays_messages() -> None:
             # The delay the hub runs with, said at start.
             assert delay.startswith("flush delay 5 ms: "), delay
             ws_url = "ws" + line.split()[-1].removeprefix("http").rstrip("/") + "/ws"
-            async with (
-                connect(ws_url, subprotocols=V1) as reader,
-                connect(ws_url, subprotocols=V1) as writer,
-            ):
-                for client in (reader, writer):
-                    await next_frame(client, "connection.ack")
-                subscribe = {"action": "subscribe", "rooms": ["chat:general"], "ref": 1}
-                await reader.send(json.dumps(subscribe))
-                assert (await next_frame(reader, "reply"))["ok"] is True
+            async with chat_pair(ws_url) as (reader, writer):
                 for number in range(3):
                     await post_and_receive(writer, reader, {"text": f"m{number}", "name": "ana"})
                 process.send_signal(signal.SIGTERM)
